@@ -1,0 +1,34 @@
+# Two commands do all set-up (see README):  make test   and   make demo
+# Both create .venv, install pinned dependencies and the Debian packages the project needs.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: deps system-deps test lint demo classifier clean help
+
+help:
+	@echo "make test   install everything, run ruff and the test suite"
+	@echo "make demo   install everything, run the demo on the embedded default data"
+	@echo "make deps   only install (virtual environment + system packages)"
+	@echo "make clean  remove generated files (keeps .venv)"
+
+system-deps:
+	@bash scripts/system_deps.sh
+
+$(STAMP): requirements.txt scripts/bootstrap.sh
+	bash scripts/bootstrap.sh $(VENV)
+
+deps: system-deps $(STAMP)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+demo: deps
+	PYTHON=$(PY) bash scripts/demo.sh
+
+clean:
+	rm -rf model_store/*.mar demo_runs .pytest_cache

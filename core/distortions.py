@@ -1,0 +1,121 @@
+"""Image distortions of the reference paper, as a registry.
+
+Gaussian blur: sigma in {1, 2, 3, 4, 5} pixels, square kernel of side 4*sigma + 1 (OpenCV
+GaussianBlur), as in the GLOBECOM 2021 prototype. Border: reflected by default; the prototype's
+zero border (`border="constant"`) darkens the edges, a cue real blur does not give, so it is an
+option only. Gaussian noise: sigma in {5, 10, 20, 30, 40} on the 0-255 scale, drawn independently
+per pixel and channel, added in floating point, then **clipped** to [0, 255] and rounded (the
+prototype's uint8 addition wrapped around).
+
+Level 0 of any type is the pristine image. Distortions act on RGB uint8 HxWx3 images at the size
+the model sees (resize first, then distort) and return a new array of the same shape and dtype.
+
+A new distortion is one function and one `@register(...)` line:
+
+    @register("motion_blur", levels=(5, 9, 13))
+    def motion_blur(image, level, rng): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from core.errors import UnknownDistortionError
+
+DistortionFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """A registered distortion type: its name, its levels (paper's units) and the function."""
+
+    name: str
+    levels: tuple[float, ...]
+    fn: DistortionFn
+
+    def __call__(self, image: np.ndarray, level: float, rng: np.random.Generator | None = None,
+                 **options) -> np.ndarray:
+        if level == 0:
+            return image.copy()
+        if level not in self.levels:
+            raise UnknownDistortionError(
+                f"level {level:g} is not a level of {self.name} (levels: "
+                f"{', '.join(f'{v:g}' for v in self.levels)}, or 0 for pristine)")
+        return self.fn(image, level, rng if rng is not None else np.random.default_rng(), **options)
+
+
+REGISTRY: dict[str, Distortion] = {}
+
+
+def register(name: str, *, levels: tuple[float, ...]) -> Callable[[DistortionFn], DistortionFn]:
+    """Decorator: add `fn(image, level, rng, **options)` to the registry under `name`."""
+    def wrap(fn: DistortionFn) -> DistortionFn:
+        if name in REGISTRY:
+            raise ValueError(f"distortion {name!r} registered twice")
+        REGISTRY[name] = Distortion(name=name, levels=tuple(levels), fn=fn)
+        return fn
+    return wrap
+
+
+def get(name: str) -> Distortion:
+    """The registered distortion `name`, or a one-line error listing the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownDistortionError(
+            f"unknown distortion type {name!r} (known: {', '.join(REGISTRY)})") from None
+
+
+def apply(image: np.ndarray, name: str, level: float, *, rng: np.random.Generator | None = None,
+          seed: int | None = None, **options) -> np.ndarray:
+    """Apply distortion `name` at `level`; `seed` (or `rng`) makes noise reproducible."""
+    if rng is None and seed is not None:
+        rng = np.random.default_rng(seed)
+    return get(name)(image, level, rng, **options)
+
+
+def sample(rng: np.random.Generator, types: tuple[str, ...] | None = None) -> tuple[str, float]:
+    """A uniformly random type from `types` (default: all), then a uniformly random level of it."""
+    types = tuple(types or REGISTRY)
+    name = types[int(rng.integers(len(types)))]
+    levels = get(name).levels
+    return name, levels[int(rng.integers(len(levels)))]
+
+
+# ----------------------------------------------------------------------------------- registry
+_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
+
+
+def blur_kernel_size(sigma: float) -> int:
+    """Side of the square Gaussian kernel used for `sigma`: 4*sigma + 1 (the paper's choice)."""
+    return int(4 * sigma + 1)
+
+
+@register("pristine", levels=(0,))
+def _pristine(image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    return image.copy()
+
+
+@register("gaussian_blur", levels=(1, 2, 3, 4, 5))
+def gaussian_blur(image: np.ndarray, level: float, rng: np.random.Generator, *,
+                  border: str = "reflect") -> np.ndarray:
+    if border not in _BORDERS:
+        raise UnknownDistortionError(f"unknown blur border {border!r} (known: {', '.join(_BORDERS)})")
+    k = blur_kernel_size(level)
+    out = cv2.GaussianBlur(image, (k, k), sigmaX=float(level), sigmaY=float(level),
+                           borderType=_BORDERS[border])
+    return out.reshape(image.shape)
+
+
+@register("gaussian_noise", levels=(5, 10, 20, 30, 40))
+def gaussian_noise(image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    noise = rng.normal(0.0, float(level), size=image.shape)
+    return np.clip(np.rint(image.astype(np.float64) + noise), 0, 255).astype(np.uint8)
+
+
+# The classifier's class order: fixed here so checkpoints, manifests and handlers agree.
+DISTORTION_CLASSES: tuple[str, ...] = ("pristine", "gaussian_blur", "gaussian_noise")

@@ -1,0 +1,185 @@
+"""Image decoding, resizing and model-input normalisation: the one implementation.
+
+Training (datasets), export (parity images), the TorchServe handlers and the router all call these
+functions, so an image becomes the same tensor everywhere (the classic training/serving skew bug
+cannot creep in through a second copy). numpy + OpenCV only.
+
+Conventions: images are RGB, uint8, HxWx3 (HWC); model inputs are float32, 3xHxW (CHW),
+`(x / 255 - mean) / std` with ImageNet statistics by default (torchvision's MobileNetV2 recipe).
+Resizing is to a square `size x size`, as the reference prototype did (aspect ratio not kept).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from core.errors import ImageDecodeError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Limits for untrusted input: refuse before decoding, so a small file that claims 50,000 x 50,000
+# pixels (a decompression bomb) never reaches the decoder.
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8"
+# JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_format(data: bytes) -> str | None:
+    """'png', 'jpeg' or None, from the magic bytes."""
+    if data.startswith(_PNG_SIGNATURE):
+        return "png"
+    if data.startswith(_JPEG_SOI):
+        return "jpeg"
+    return None
+
+
+def header_dimensions(data: bytes) -> tuple[int, int]:
+    """(height, width) read from a PNG or JPEG header without decoding the pixels."""
+    fmt = image_format(data)
+    if fmt == "png":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageDecodeError("truncated PNG header")
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if fmt == "jpeg":
+        pos = 2
+        while pos + 4 <= len(data):
+            if data[pos] != 0xFF:
+                raise ImageDecodeError("corrupt JPEG marker stream")
+            marker = data[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length field
+                pos += 2
+                continue
+            (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+            if length < 2:
+                raise ImageDecodeError("corrupt JPEG segment length")
+            if marker in _JPEG_SOF:
+                if pos + 9 > len(data):
+                    break
+                height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+                return height, width
+            if marker == 0xDA:  # start of scan before any frame header
+                break
+            pos += 2 + length
+        raise ImageDecodeError("JPEG without a frame header (truncated?)")
+    raise ImageDecodeError("not a JPEG or PNG image")
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Gray (HxW or HxWx1) and RGBA images to RGB uint8 HxWx3; RGB passes through."""
+    if image.dtype != np.uint8:
+        raise ImageDecodeError(f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ImageDecodeError(f"unsupported image shape {image.shape}")
+
+
+def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode JPEG or PNG bytes to RGB uint8 HxWx3, refusing empty, oversize or non-image input."""
+    if not data:
+        raise ImageDecodeError("empty body")
+    if len(data) > max_bytes:
+        raise ImageDecodeError(f"image of {len(data)} bytes exceeds the limit of {max_bytes}")
+    height, width = header_dimensions(data)
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(f"image header claims {width}x{height} pixels")
+    if height * width > max_pixels:
+        raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageDecodeError("image data could not be decoded (corrupt or truncated)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_raw(data: bytes, *, height: int, width: int, channels: int = 3,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Raw interleaved uint8 pixels (gray, RGB or RGBA) of a known size to RGB HxWx3."""
+    if channels not in (1, 3, 4):
+        raise ImageDecodeError(f"raw images have 1, 3 or 4 channels, not {channels}")
+    if height <= 0 or width <= 0 or height * width > max_pixels:
+        raise ImageDecodeError(f"raw image size {width}x{height} out of range")
+    expected = height * width * channels
+    if len(data) != expected:
+        raise ImageDecodeError(f"raw image needs {expected} bytes for {width}x{height}x{channels}, "
+                               f"got {len(data)}")
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+    return to_rgb(pixels.copy())
+
+
+def encode_image(image: np.ndarray, fmt: str = "png", *, jpeg_quality: int = 95) -> bytes:
+    """RGB uint8 image to PNG (lossless) or JPEG bytes."""
+    bgr = cv2.cvtColor(to_rgb(image), cv2.COLOR_RGB2BGR)
+    if fmt == "png":
+        ok, buf = cv2.imencode(".png", bgr)
+    elif fmt in ("jpg", "jpeg"):
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    else:
+        raise ValueError(f"unknown image format {fmt!r}")
+    if not ok:
+        raise ValueError("OpenCV could not encode the image")
+    return buf.tobytes()
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Square resize to `size x size`; area interpolation when shrinking, bilinear when growing.
+
+    An image already at the size is returned unchanged, so re-preprocessing an image that was
+    written at the model's size is exact.
+    """
+    height, width = image.shape[:2]
+    if height == size and width == size:
+        return image
+    shrinking = height * width > size * size
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    out = cv2.resize(image, (size, size), interpolation=interpolation)
+    return out[:, :, None] if out.ndim == 2 and image.ndim == 3 else out
+
+
+def normalize(image: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> np.ndarray:
+    """RGB uint8 HxWx3 to float32 3xHxW: `(x / 255 - mean) / std`, computed in float32."""
+    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    x -= np.asarray(mean, dtype=np.float32)
+    x /= np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the backbone's input; recorded in checkpoints and manifests."""
+
+    size: int = 64
+    mean: tuple[float, ...] = field(default=IMAGENET_MEAN)
+    std: tuple[float, ...] = field(default=IMAGENET_STD)
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 image of any size to the float32 3xSxS model input."""
+        return normalize(resize(to_rgb(image), self.size), self.mean, self.std)
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(size=int(d["size"]), mean=tuple(float(v) for v in d["mean"]),
+                   std=tuple(float(v) for v in d["std"]))

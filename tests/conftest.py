@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny generated images and a fake Fashion-MNIST in the idx format."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def textured_image(seed: int, size: int = 48) -> np.ndarray:
+    """A smooth random RGB uint8 image with some edges: enough structure for every distortion."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    image = np.zeros((size, size, 3), dtype=np.float64)
+    for c in range(3):
+        fx, fy, phase = rng.uniform(1, 6), rng.uniform(1, 6), rng.uniform(0, 6.28)
+        image[:, :, c] = 127 + 90 * np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
+    x0, y0 = rng.integers(0, size // 2, size=2)
+    image[y0:y0 + size // 3, x0:x0 + size // 3] = rng.uniform(0, 255, size=3)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def fake_fashion_root(tmp_path_factory) -> Path:
+    """A Fashion-MNIST look-alike: 28x28 gray 'garments' (blobs on black), 10 classes."""
+    root = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 200), ("t10k", 60)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        yy, xx = np.mgrid[0:28, 0:28]
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            r = 5 + label % 5 + rng.integers(0, 3)
+            cy, cx = 14 + rng.integers(-3, 4), 14 + rng.integers(-3, 4)
+            blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < r * r
+            images[i][blob] = 120 + 10 * label + rng.integers(0, 30)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """An ImageFolder tree (Caltech-256 layout): 3 classes x 20 PNG images."""
+    from core.imaging import encode_image
+
+    root = tmp_path_factory.mktemp("folder")
+    for c in range(3):
+        d = root / f"{c:03d}.class{c}"
+        d.mkdir()
+        for i in range(20):
+            (d / f"img_{i:03d}.png").write_bytes(encode_image(textured_image(100 * c + i, 40)))
+    return root

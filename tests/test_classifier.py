@@ -1,0 +1,131 @@
+"""The distortion classifier: architecture, a tiny training run, evaluation output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core.imaging import encode_image
+from training import eval_classifier, train_classifier
+from training.classifier import ClassifierConfig, DistortionClassifier
+from training.photos import PHOTOS, PhotoCrops, available_photos, group_of, is_heldout
+
+
+@pytest.mark.parametrize("size,flat", [(64, 49), (224, 729), (32, 9)])
+def test_architecture_follows_input_size(size, flat):
+    model = DistortionClassifier(ClassifierConfig(input_size=size))
+    assert model.head[-1].in_features == flat  # 27 x 27 = 729 at 224 px, as in CollabAR
+    out = model(torch.rand(5, 1, size, size))
+    assert out.shape == (5, 3)
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d"]
+    assert model.features[5].out_channels == 1
+
+
+def test_too_small_input_is_refused():
+    with pytest.raises(ValueError, match="too small"):
+        DistortionClassifier(ClassifierConfig(input_size=8))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(fake_fashion_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "classifier.pt"
+    args = train_classifier.get_args_parser().parse_args([
+        "--data-root", str(fake_fashion_root), "--out", str(out), "--input-size", "32",
+        "--photo-fraction", "0", "--epochs", "4", "--samples-per-epoch", "640",
+        "--val-limit", "20", "--workers", "0", "--quiet"])
+    payload = train_classifier.main(args)
+    return out, payload
+
+
+def test_training_learns_and_checkpoint_records_config(tiny_checkpoint):
+    path, payload = tiny_checkpoint
+    assert path.is_file()
+    assert payload["class_names"] == ["pristine", "gaussian_blur", "gaussian_noise"]
+    assert payload["config"]["input_size"] == 32
+    assert len(payload["history"]) >= 1 and payload["run_id"]
+    # 3 balanced classes: chance is 1/3; blur and noise leave clear marks in the spectrum
+    assert payload["val_accuracy"] > 0.6
+
+
+def test_evaluation_writes_the_documented_json(tiny_checkpoint, fake_fashion_root, tmp_path):
+    path, payload = tiny_checkpoint
+    out = tmp_path / "classifier.json"
+    args = eval_classifier.get_args_parser().parse_args([
+        "--checkpoint", str(path), "--data-root", str(fake_fashion_root), "--photo-crops", "0",
+        "--workers", "0", "--quiet", "--json", str(out)])
+    result = eval_classifier.main(args)
+    saved = json.loads(out.read_text())
+    assert saved["accuracy"] == result["accuracy"] and 0 <= saved["accuracy"] <= 1
+    assert saved["n"] == 60 and saved["run_id"] == payload["run_id"]
+    assert set(saved["per_level"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
+    assert list(saved["per_level"]["gaussian_noise"]) == ["5", "10", "20", "30", "40"]
+    matrix = saved["confusion"]["matrix"]
+    assert sum(map(sum, matrix)) == 60
+    assert sum(matrix[k][k] for k in range(3)) / 60 == pytest.approx(saved["accuracy"])
+    assert "eval_classifier" in saved["command"]
+
+
+def test_photo_pool_split_is_by_group():
+    for _, rel in PHOTOS:
+        if "left" in rel or "right" in rel:
+            assert is_heldout(rel) == is_heldout(rel.replace("left", "right"))
+    assert group_of("data/aloeL.jpg") == group_of("data/aloeR.jpg")
+
+
+def test_photo_crops_when_photos_are_installed():
+    if not available_photos("train") or not available_photos("heldout"):
+        pytest.skip("opencv-doc / scikit-image photos not installed")
+    train = {p.name for p in available_photos("train")}
+    held = {p.name for p in available_photos("heldout")}
+    assert not train & held
+    crops = PhotoCrops("heldout", 10, size=48, seed=1)
+    a = crops.image(3)
+    assert a.shape == (48, 48, 3)
+    assert (crops.image(3) == a).all()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("argv,reason", [
+    (["training.train_classifier", "--data", "fashion-mnist", "--data-root", "/nonexistent"],
+     "dataset-fashion-mnist"),
+    (["training.train_classifier", "--data", "/no/such/folder"], "neither 'fashion-mnist'"),
+    (["training.train_classifier", "--photo-fraction", "2"], "--photo-fraction"),
+    (["training.eval_classifier", "--checkpoint", "/no/such.pt"], "not found"),
+    (["training.distort", "--distortion-type", "fog"], "unknown distortion type 'fog'"),
+    (["training.distort", "--distortion-type", "gaussian_noise", "--levels", "3"], "not a level"),
+    (["training.distort"], "either --distortion-type or --classifier-set"),
+])
+def test_cli_bad_input_is_one_line_and_nonzero(argv, reason):
+    r = _cli(*argv)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error:") and reason in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_wrong_checkpoint_files(tmp_path, tiny_checkpoint):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("this is not a checkpoint")
+    r = _cli("training.eval_classifier", "--checkpoint", str(junk))
+    assert r.returncode == 2 and "not a readable checkpoint" in r.stderr and "Traceback" not in r.stderr
+    other = tmp_path / "other.pt"
+    torch.save({"kind": "expert", "state_dict": {}}, other)
+    r = _cli("training.eval_classifier", "--checkpoint", str(other))
+    assert r.returncode == 2 and "expected distortion_classifier" in r.stderr
+
+
+def test_cli_unreadable_image_in_dataset(tmp_path):
+    root = tmp_path / "ds" / "cls"
+    root.mkdir(parents=True)
+    for i in range(10):
+        (root / f"{i}.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    (root / "ok.png").write_bytes(encode_image(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy()))
+    r = _cli("training.distort", "--data", str(tmp_path / "ds"), "--split", "train",
+             "--distortion-type", "gaussian_blur", "--out", str(tmp_path / "out"), "--quiet")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and ".jpg" in r.stderr

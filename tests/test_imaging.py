@@ -1,0 +1,109 @@
+"""Image decoding, limits, resize and normalisation."""
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from core.errors import ImageDecodeError
+from core.imaging import (
+    Preprocessing,
+    decode_image,
+    decode_raw,
+    encode_image,
+    header_dimensions,
+    normalize,
+    resize,
+)
+from tests.conftest import textured_image
+
+
+def test_png_roundtrip_is_exact_and_rgb_ordered():
+    image = textured_image(0)
+    image[0, 0] = (255, 0, 0)
+    out = decode_image(encode_image(image, "png"))
+    np.testing.assert_array_equal(out, image)
+    assert tuple(out[0, 0]) == (255, 0, 0)
+
+
+def test_jpeg_decodes_close_and_header_dimensions():
+    image = np.repeat(textured_image(1)[:, :30, :1], 3, axis=2)  # gray: no chroma subsampling loss
+    data = encode_image(image, "jpg", jpeg_quality=95)
+    assert header_dimensions(data) == (48, 30)
+    out = decode_image(data)
+    assert out.shape == (48, 30, 3)
+    assert np.abs(out.astype(int) - image).mean() < 4
+
+
+def test_gray_and_rgba_png_become_rgb():
+    gray = textured_image(2)[:, :, 0]
+    ok, buf = cv2.imencode(".png", gray)
+    out = decode_image(buf.tobytes())
+    assert out.shape == (48, 48, 3) and (out[:, :, 0] == gray).all() and (out[:, :, 2] == gray).all()
+    rgba = np.dstack([textured_image(3), np.full((48, 48), 128, np.uint8)])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    np.testing.assert_array_equal(decode_image(buf.tobytes()), rgba[:, :, :3])
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty body"),
+    (b"hello world, not an image", "not a JPEG or PNG"),
+    (b"GIF89a" + bytes(40), "not a JPEG or PNG"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(4), "truncated PNG header"),
+    (b"\xff\xd8\xff\xe0\x00", "JPEG without a frame header"),
+])
+def test_bad_bytes_are_refused_with_a_reason(data, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(data)
+
+
+def test_truncated_image_is_refused():
+    data = encode_image(textured_image(4), "png")
+    with pytest.raises(ImageDecodeError, match="could not be decoded"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_refused_from_header():
+    # A valid PNG header claiming 60000 x 60000 pixels: refused before any decoding.
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    with pytest.raises(ImageDecodeError, match="exceeds the limit"):
+        decode_image(b"\x89PNG\r\n\x1a\n" + chunk)
+
+
+def test_size_limit_in_bytes():
+    with pytest.raises(ImageDecodeError, match="exceeds the limit of 100"):
+        decode_image(encode_image(textured_image(5), "png"), max_bytes=100)
+
+
+def test_raw_pixels():
+    image = textured_image(6)
+    np.testing.assert_array_equal(decode_raw(image.tobytes(), height=48, width=48), image)
+    gray = decode_raw(bytes(range(12)), height=3, width=4, channels=1)
+    assert gray.shape == (3, 4, 3)
+    with pytest.raises(ImageDecodeError, match="needs 6912 bytes"):
+        decode_raw(b"123", height=48, width=48)
+
+
+def test_resize_is_noop_at_size_and_square_otherwise():
+    image = textured_image(7)
+    assert resize(image, 48) is image
+    assert resize(image, 64).shape == (64, 64, 3)
+    assert resize(image[:, :20], 32).shape == (32, 32, 3)
+
+
+def test_normalize_matches_formula_in_float32():
+    image = textured_image(8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    x = normalize(image, mean, std)
+    assert x.dtype == np.float32 and x.shape == (3, 48, 48)
+    expected = (image.astype(np.float64) / 255 - mean) / std
+    np.testing.assert_allclose(x, expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_preprocessing_roundtrips_through_dict():
+    p = Preprocessing(size=96)
+    assert Preprocessing.from_dict(p.to_dict()) == p
+    assert p.model_input(textured_image(9)).shape == (3, 96, 96)

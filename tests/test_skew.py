@@ -1,0 +1,44 @@
+"""Training/serving skew: the serving path and the training path give the same tensors.
+
+Training path: `DistortedDataset` (source image -> resize -> distort -> model input or spectrum).
+Serving path: the device encodes the distorted image as PNG and sends it; the handler decodes the
+bytes (`core.imaging.decode_image`) and calls the same `Preprocessing` / `classifier_input`.
+Both must agree bit for bit (PNG is lossless and resizing an image already at the model size is
+the identity).
+"""
+
+import numpy as np
+import pytest
+
+from core.imaging import Preprocessing, decode_image, encode_image
+from core.spectrum import classifier_input
+from training.datasets import DistortedDataset, DistortionPolicy, FashionMNIST, distorted_image
+
+CELLS = [("pristine", 0), ("gaussian_blur", 1), ("gaussian_blur", 5), ("gaussian_noise", 5),
+         ("gaussian_noise", 40)]
+
+
+@pytest.mark.parametrize("name,level", CELLS)
+@pytest.mark.parametrize("size", [64, 96])
+def test_serving_path_equals_training_path(fake_fashion_root, name, level, size):
+    source = FashionMNIST("test", root=fake_fashion_root)
+    policy = DistortionPolicy(fixed=(name, level), seed=3)
+    image_ds = DistortedDataset(source, size=size, policy=policy, representation="image")
+    spec_ds = DistortedDataset(source, size=size, policy=policy, representation="spectrum")
+    preprocessing = Preprocessing(size=size)
+    for index in (0, 7):
+        # what the device would send: the distorted image, losslessly encoded
+        sent, _, _ = distorted_image(source, index, size, policy)
+        received = decode_image(encode_image(sent, "png"))
+        np.testing.assert_array_equal(preprocessing.model_input(received), image_ds[index][0].numpy())
+        np.testing.assert_array_equal(classifier_input(received, size), spec_ds[index][0].numpy())
+
+
+def test_jpeg_on_the_wire_stays_within_documented_tolerance(fake_fashion_root):
+    # JPEG is lossy: quality 95 moves the normalised input by < 0.1 on average (0.02 of its range)
+    source = FashionMNIST("test", root=fake_fashion_root)
+    policy = DistortionPolicy(fixed=("gaussian_blur", 2), seed=3)
+    sent, _, _ = distorted_image(source, 0, 64, policy)
+    train_x = DistortedDataset(source, size=64, policy=policy)[0][0].numpy()
+    serve_x = Preprocessing(size=64).model_input(decode_image(encode_image(sent, "jpg", jpeg_quality=95)))
+    assert np.abs(serve_x - train_x).mean() < 0.1

@@ -1,0 +1,54 @@
+"""Saving and loading checkpoints: plain tensors and JSON-able metadata, never arbitrary pickles.
+
+Every checkpoint is a dict with `kind` ('distortion_classifier', ...), `config`, `state_dict`,
+`run_id`, `created` and whatever the kind needs (class names, history, command). Loading uses
+`torch.load(weights_only=True)`, so a checkpoint cannot run code, and a wrong or broken file gives
+a one-line error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import torch
+
+from core.errors import UserInputError
+
+
+def new_run_id() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it again."""
+    module = sys.modules["__main__"].__spec__
+    head = f"python -m {module.name}" if module is not None else f"python {sys.argv[0]}"
+    return " ".join([head, *sys.argv[1:]])
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
+
+
+def load_checkpoint(path: str | Path, kind: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"checkpoint {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"{path} is not a readable checkpoint ({first})") from None
+    if not isinstance(payload, dict) or "kind" not in payload:
+        raise UserInputError(f"{path} is not a checkpoint of this project")
+    if payload["kind"] != kind:
+        raise UserInputError(f"{path} is a {payload['kind']} checkpoint, expected {kind}")
+    return payload

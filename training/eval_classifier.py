@@ -1,0 +1,145 @@
+"""Evaluate the distortion classifier on the test split and on held-out natural photos.
+
+Reports overall accuracy over random types and levels (one seeded draw per test image), accuracy
+in every (type, level) cell (every test image at that fixed distortion), and the confusion matrix;
+the same for crops of the photos held out from the training pool (`photos`).
+
+    python -m training.eval_classifier --checkpoint checkpoints/classifier.pt \
+        --json docs/results/classifier.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from core import distortions
+from core.cli import progress, run_cli
+from training.checkpoints import command_line, load_checkpoint
+from training.classifier import ClassifierConfig, DistortionClassifier
+from training.datasets import DistortedDataset, DistortionPolicy, ImageSource, load_source
+from training.photos import PhotoCrops, available_photos
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", default="checkpoints/classifier.pt")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
+    p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--limit", type=int, default=None, help="use the first N images of the split")
+    p.add_argument("--photo-crops", type=int, default=3000,
+                   help="crops of the held-out photos per evaluation (0 skips photos)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the distortion draws")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the results here as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def load_classifier(path: str | Path) -> tuple[DistortionClassifier, dict]:
+    payload = load_checkpoint(path, "distortion_classifier")
+    model = DistortionClassifier(ClassifierConfig.from_dict(payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device | str = "cpu",
+            desc: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predicted class, true distortion class, level) for every sample of `loader`."""
+    model.eval()
+    preds, targets, levels = [], [], []
+    for x, _, target, level in progress(loader, desc=desc, quiet=desc is None):
+        preds.append(model(x.to(device)).argmax(dim=1).cpu().numpy())
+        targets.append(target.numpy())
+        levels.append(level.numpy())
+    return np.concatenate(preds), np.concatenate(targets), np.concatenate(levels)
+
+
+def confusion(pred: np.ndarray, target: np.ndarray, n: int) -> list[list[int]]:
+    """Row = true class, column = predicted class."""
+    m = np.zeros((n, n), dtype=int)
+    np.add.at(m, (target, pred), 1)
+    return m.tolist()
+
+
+def evaluate_source(model: DistortionClassifier, source: ImageSource, *, seed: int, workers: int,
+                    label: str, quiet: bool) -> dict:
+    """Random-draw accuracy and confusion, plus accuracy at every fixed (type, level)."""
+    size = model.config.image_size
+    classes = list(model.config.classes)
+
+    def run(policy: DistortionPolicy, desc: str):
+        ds = DistortedDataset(source, size=size, policy=policy, representation="spectrum",
+                              spectrum_size=model.config.input_size)
+        loader = DataLoader(ds, batch_size=256, num_workers=workers)
+        return predict(model, loader, desc=None if quiet else desc)
+
+    pred, target, _ = run(DistortionPolicy(types=tuple(classes), seed=seed), f"{label} random draw")
+    result = {"accuracy": float((pred == target).mean()), "n": int(len(pred)),
+              "confusion": {"labels": classes, "matrix": confusion(pred, target, len(classes))},
+              "per_level": {}, "per_level_n": {}}
+    for k, name in enumerate(classes):
+        for level in (0, *distortions.get(name).levels) if name != "pristine" else (0,):
+            if level == 0 and name != "pristine":
+                continue  # level 0 of every type is the pristine cell
+            p, _, _ = run(DistortionPolicy(fixed=(name, level), seed=seed + 1),
+                          f"{label} {name} {level:g}")
+            result["per_level"].setdefault(name, {})[f"{level:g}"] = float((p == k).mean())
+            result["per_level_n"].setdefault(name, {})[f"{level:g}"] = int(len(p))
+    return result
+
+
+def format_table(result: dict, title: str) -> str:
+    lines = [f"{title}: accuracy {100 * result['accuracy']:.2f} % over {result['n']} random draws"]
+    for name, cells in result["per_level"].items():
+        row = "  ".join(f"{lvl:>3}: {100 * acc:6.2f}" for lvl, acc in cells.items())
+        lines.append(f"  {name:<15} {row}")
+    labels = result["confusion"]["labels"]
+    lines.append("  confusion (rows true, columns predicted): " + " / ".join(labels))
+    for name, row in zip(labels, result["confusion"]["matrix"], strict=True):
+        lines.append(f"    {name:<15} " + " ".join(f"{v:6d}" for v in row))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> dict:
+    started = time.time()
+    model, payload = load_classifier(args.checkpoint)
+    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root)
+    result = evaluate_source(model, source, seed=args.seed, workers=args.workers,
+                             label=args.split, quiet=args.quiet)
+    result.update({"data": args.data, "split": args.split})
+    print(format_table(result, f"{args.data} {args.split}"))
+    if args.photo_crops > 0:
+        photos = PhotoCrops("heldout", args.photo_crops, size=model.config.image_size,
+                            seed=args.seed)
+        result["photos"] = evaluate_source(model, photos, seed=args.seed, workers=args.workers,
+                                           label="photos", quiet=args.quiet)
+        result["photos"]["files"] = [p.name for p in available_photos("heldout")]
+        print(format_table(result["photos"], f"held-out photos ({len(photos.files)} files)"))
+    result.update({
+        "checkpoint": str(args.checkpoint),
+        "run_id": payload["run_id"],
+        "train_command": payload.get("command"),
+        "train_wall_time_s": payload.get("wall_time_s"),
+        "command": command_line(),
+        "wall_time_s": round(time.time() - started, 1),
+    })
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))

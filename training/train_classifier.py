@@ -1,0 +1,214 @@
+"""Train the distortion classifier on spectra of distorted images.
+
+Each sample is an image (Fashion-MNIST, or a random crop of a natural photo with probability
+`--photo-fraction`) with a uniformly random distortion class (pristine / gaussian_blur /
+gaussian_noise) at a uniformly random level of it, drawn anew every epoch. Validation uses a fixed
+draw over the Fashion-MNIST validation split and crops of the training photos (the held-out photos
+are kept for `training.eval_classifier`). Adam with a cosine learning-rate schedule, cross-entropy, early stopping on validation
+accuracy; the best epoch is saved with its config, class order and a run id.
+
+    python -m training.train_classifier --out checkpoints/classifier.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
+
+from core.cli import progress, run_cli
+from core.errors import UserInputError
+from training.checkpoints import command_line, new_run_id, save_checkpoint
+from training.classifier import ClassifierConfig, DistortionClassifier
+from training.datasets import DistortedDataset, DistortionPolicy, load_source
+from training.eval_classifier import predict
+from training.photos import PhotoCrops
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
+    p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files")
+    p.add_argument("--out", default="checkpoints/classifier.pt", help="checkpoint to write")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="side of the images the distortions act on (the experts' input size)")
+    p.add_argument("--input-size", type=int, default=64,
+                   help="side of the classifier's spectrum (the image is resized to it first)")
+    p.add_argument("--photo-fraction", type=float, default=0.5,
+                   help="share of samples that are natural-photo crops (0 disables photos)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--samples-per-epoch", type=int, default=20000)
+    p.add_argument("--train-limit", type=int, default=None, help="use the first N training images")
+    p.add_argument("--val-limit", type=int, default=3000, help="validation images (Fashion-MNIST)")
+    p.add_argument("--val-photo-crops", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--patience", type=int, default=6, help="epochs without improvement before stopping")
+    p.add_argument("--restarts", type=int, default=3,
+                   help="fresh initialisations to try if the 1-channel bottleneck dies")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.photo_fraction <= 1.0:
+        raise UserInputError("--photo-fraction must be in [0, 1]")
+    for name in ("epochs", "samples_per_epoch", "batch_size", "input_size", "image_size", "patience"):
+        if getattr(args, name) <= 0:
+            raise UserInputError(f"--{name.replace('_', '-')} must be positive")
+
+
+def build_datasets(args: argparse.Namespace):
+    """(train dataset, sampler weights, validation dataset) as described in the module docstring."""
+    size = args.image_size
+    spec = {"representation": "spectrum", "spectrum_size": args.input_size}
+    train_src = load_source(args.data, "train", seed=args.seed, limit=args.train_limit,
+                            data_root=args.data_root)
+    val_src = load_source(args.data, "val", seed=args.seed, limit=args.val_limit,
+                          data_root=args.data_root)
+    train_parts = [DistortedDataset(train_src, size=size, **spec,
+                                    policy=DistortionPolicy(seed=args.seed))]
+    val_parts = [DistortedDataset(val_src, size=size, **spec,
+                                  policy=DistortionPolicy(seed=args.seed + 1))]
+    weights = [np.full(len(train_src), (1.0 - args.photo_fraction) / len(train_src))]
+    if args.photo_fraction > 0:
+        # as many distinct crops per epoch as samples drawn from them
+        n_crops = max(1, int(args.samples_per_epoch * args.photo_fraction))
+        photos = PhotoCrops("train", n_crops, size=size, seed=args.seed)
+        train_parts.append(DistortedDataset(photos, size=size, **spec,
+                                            policy=DistortionPolicy(seed=args.seed + 2)))
+        weights.append(np.full(n_crops, args.photo_fraction / n_crops))
+        val_photos = PhotoCrops("train", args.val_photo_crops, size=size, seed=args.seed + 100)
+        val_parts.append(DistortedDataset(val_photos, size=size, **spec,
+                                          policy=DistortionPolicy(seed=args.seed + 3)))
+    return train_parts, np.concatenate(weights), ConcatDataset(val_parts)
+
+
+def main(args: argparse.Namespace) -> dict:
+    _check_args(args)
+    started = time.time()
+    device = _device(args.device)
+    train_parts, weights, val_set = build_datasets(args)
+    config = ClassifierConfig(input_size=args.input_size, dropout=args.dropout,
+                              image_size=args.image_size)
+    val_loader = DataLoader(val_set, batch_size=256, num_workers=args.workers)
+    print(f"training the distortion classifier on {len(train_parts[0])} {args.data} images"
+          f"{' + natural-photo crops' if len(train_parts) > 1 else ''}, "
+          f"{args.samples_per_epoch} samples/epoch, validation {len(val_set)} samples, {device}",
+          file=sys.stderr)
+    # CollabAR's 1-channel 1x1 conv feeds everything through a single ReLU, which can die and
+    # collapse the classifier to one class. Detect it after each epoch and start over from a
+    # fresh initialisation (up to --restarts times) instead of training a dead network.
+    for attempt in range(args.restarts + 1):
+        torch.manual_seed(args.seed + 7919 * attempt)
+        model = DistortionClassifier(config).to(device)
+        outcome = _fit(model, args, train_parts, weights, val_set, val_loader, device)
+        if outcome is not None:
+            break
+        print(f"the 1-channel bottleneck died (attempt {attempt + 1}); restarting from a new "
+              f"initialisation", file=sys.stderr)
+    else:
+        raise UserInputError(f"the classifier's bottleneck died in all {args.restarts + 1} attempts: "
+                             f"lower --lr or change --seed")
+    best_acc, best_state, best_epoch, history = outcome
+
+    payload = {
+        "kind": "distortion_classifier",
+        "config": config.to_dict(),
+        "class_names": list(config.classes),
+        "state_dict": {k: v.cpu() for k, v in best_state.items()},
+        "run_id": new_run_id(),
+        "best_epoch": best_epoch,
+        "attempts": attempt + 1,
+        "val_accuracy": best_acc,
+        "history": history,
+        "data": args.data,
+        "photo_fraction": args.photo_fraction,
+        "command": command_line(),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    save_checkpoint(args.out, payload)
+    print(f"saved {args.out}: best epoch {best_epoch}, val accuracy {best_acc:.4f}, "
+          f"{payload['wall_time_s']:.0f} s", file=sys.stderr)
+    return payload
+
+
+def _fit(model, args, train_parts, weights, val_set, val_loader, device):
+    """Train with early stopping; (best val acc, best state, best epoch, history) or None if the
+    bottleneck died."""
+    train_set = ConcatDataset(train_parts)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    loss_fn = nn.CrossEntropyLoss()
+    best_acc, best_state, best_epoch, history, stale = -1.0, None, -1, [], 0
+    for epoch in range(args.epochs):
+        for part in train_parts:
+            part.set_epoch(epoch)
+            if hasattr(part.source, "set_epoch"):
+                part.source.set_epoch(epoch)
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), args.samples_per_epoch,
+                                        generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
+                            num_workers=args.workers, drop_last=True)
+        model.train()
+        total_loss, seen = 0.0, 0
+        bar = progress(loader, desc=f"epoch {epoch + 1}/{args.epochs}", quiet=args.quiet)
+        for x, _, target, _ in bar:
+            x, target = x.to(device), target.to(device)
+            loss = loss_fn(model(x), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(x)
+            seen += len(x)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        schedule.step()
+        pred, target, _ = predict(model, val_loader, device)
+        val_acc = float((pred == target).mean())
+        alive = _bottleneck_alive(model, val_set, device)
+        history.append({"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+                        "val_accuracy": val_acc, "bottleneck_alive": alive})
+        print(f"epoch {epoch + 1:3d}  loss {total_loss / max(seen, 1):.4f}  val acc {val_acc:.4f}"
+              f"  live bottleneck {alive:.2f}", file=sys.stderr)
+        if alive == 0.0:
+            return None
+        if val_acc > best_acc:
+            best_acc, best_state, best_epoch, stale = val_acc, copy.deepcopy(model.state_dict()), epoch + 1, 0
+        else:
+            stale += 1
+            if stale >= args.patience:
+                print(f"early stop: no improvement for {args.patience} epochs", file=sys.stderr)
+                break
+    return best_acc, best_state, best_epoch, history
+
+
+@torch.no_grad()
+def _bottleneck_alive(model: DistortionClassifier, val_set, device: torch.device) -> float:
+    """Fraction of validation samples whose 1-channel bottleneck has any non-zero activation."""
+    model.eval()
+    xs = torch.stack([val_set[i][0] for i in range(min(64, len(val_set)))]).to(device)
+    return float((model.bottleneck(xs).flatten(1).amax(dim=1) > 0).float().mean())
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))
