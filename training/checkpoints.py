@@ -26,7 +26,10 @@ def new_run_id() -> str:
 def command_line() -> str:
     """The command that is running, as a user would type it again."""
     module = sys.modules["__main__"].__spec__
-    head = f"python -m {module.name}" if module is not None else f"python {sys.argv[0]}"
+    if module is None:
+        head = f"python {sys.argv[0]}"
+    else:
+        head = f"python -m {module.name.removesuffix('.__main__')}"
     return " ".join([head, *sys.argv[1:]])
 
 

@@ -4,8 +4,10 @@ Each sample is an image (Fashion-MNIST, or a random crop of a natural photo with
 `--photo-fraction`) with a uniformly random distortion class (pristine / gaussian_blur /
 gaussian_noise) at a uniformly random level of it, drawn anew every epoch. Validation uses a fixed
 draw over the Fashion-MNIST validation split and crops of the training photos (the held-out photos
-are kept for `training.eval_classifier`). Adam with a cosine learning-rate schedule, cross-entropy, early stopping on validation
-accuracy; the best epoch is saved with its config, class order and a run id.
+are kept for `training.eval_classifier`). Adam with a cosine learning-rate schedule,
+cross-entropy, early stopping on validation accuracy; the best epoch is saved (after every
+improvement, so an interrupted run leaves a usable checkpoint) with its config, class order and a
+run id.
 
     python -m training.train_classifier --out checkpoints/classifier.pt
 """
@@ -116,13 +118,36 @@ def main(args: argparse.Namespace) -> dict:
           f"{' + natural-photo crops' if len(train_parts) > 1 else ''}, "
           f"{args.samples_per_epoch} samples/epoch, validation {len(val_set)} samples, {device}",
           file=sys.stderr)
+    run_id = new_run_id()
+
+    def checkpoint(state: dict, epoch: int, acc: float, history: list, attempt: int) -> dict:
+        """Write the best model so far: an interrupted run still leaves a usable checkpoint."""
+        payload = {
+            "kind": "distortion_classifier",
+            "config": config.to_dict(),
+            "class_names": list(config.classes),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
+            "run_id": run_id,
+            "best_epoch": epoch,
+            "attempts": attempt + 1,
+            "val_accuracy": acc,
+            "history": history,
+            "data": args.data,
+            "photo_fraction": args.photo_fraction,
+            "command": command_line(),
+            "wall_time_s": round(time.time() - started, 1),
+        }
+        save_checkpoint(args.out, payload)
+        return payload
+
     # CollabAR's 1-channel 1x1 conv feeds everything through a single ReLU, which can die and
     # collapse the classifier to one class. Detect it after each epoch and start over from a
     # fresh initialisation (up to --restarts times) instead of training a dead network.
     for attempt in range(args.restarts + 1):
         torch.manual_seed(args.seed + 7919 * attempt)
         model = DistortionClassifier(config).to(device)
-        outcome = _fit(model, args, train_parts, weights, val_set, val_loader, device)
+        outcome = _fit(model, args, train_parts, weights, val_set, val_loader, device,
+                       on_best=lambda *a, attempt=attempt: checkpoint(*a, attempt))
         if outcome is not None:
             break
         print(f"the 1-channel bottleneck died (attempt {attempt + 1}); restarting from a new "
@@ -131,31 +156,15 @@ def main(args: argparse.Namespace) -> dict:
         raise UserInputError(f"the classifier's bottleneck died in all {args.restarts + 1} attempts: "
                              f"lower --lr or change --seed")
     best_acc, best_state, best_epoch, history = outcome
-
-    payload = {
-        "kind": "distortion_classifier",
-        "config": config.to_dict(),
-        "class_names": list(config.classes),
-        "state_dict": {k: v.cpu() for k, v in best_state.items()},
-        "run_id": new_run_id(),
-        "best_epoch": best_epoch,
-        "attempts": attempt + 1,
-        "val_accuracy": best_acc,
-        "history": history,
-        "data": args.data,
-        "photo_fraction": args.photo_fraction,
-        "command": command_line(),
-        "wall_time_s": round(time.time() - started, 1),
-    }
-    save_checkpoint(args.out, payload)
+    payload = checkpoint(best_state, best_epoch, best_acc, history, attempt)  # full history, wall time
     print(f"saved {args.out}: best epoch {best_epoch}, val accuracy {best_acc:.4f}, "
           f"{payload['wall_time_s']:.0f} s", file=sys.stderr)
     return payload
 
 
-def _fit(model, args, train_parts, weights, val_set, val_loader, device):
-    """Train with early stopping; (best val acc, best state, best epoch, history) or None if the
-    bottleneck died."""
+def _fit(model, args, train_parts, weights, val_set, val_loader, device, on_best):
+    """Train with early stopping, calling `on_best(state, epoch, acc, history)` on every new best;
+    returns (best val acc, best state, best epoch, history), or None if the bottleneck died."""
     train_set = ConcatDataset(train_parts)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
@@ -194,6 +203,7 @@ def _fit(model, args, train_parts, weights, val_set, val_loader, device):
             return None
         if val_acc > best_acc:
             best_acc, best_state, best_epoch, stale = val_acc, copy.deepcopy(model.state_dict()), epoch + 1, 0
+            on_best(best_state, best_epoch, best_acc, history)
         else:
             stale += 1
             if stale >= args.patience:
