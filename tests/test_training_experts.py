@@ -60,3 +60,76 @@ def test_adapt_bn_moves_only_bn_statistics(fake_fashion_root, backbone, tmp_path
     params = dict(before.stages.named_parameters())
     assert all(torch.equal(a[k], b[k]) for k in params)
     assert payload["adapt_bn"] and payload["backbone_hash"] != backbone_hash(before)
+
+
+@pytest.fixture(scope="module")
+def experts(fake_fashion_root, backbone, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("experts")
+    paths = []
+    for name in ("pristine", "gaussian_blur", "gaussian_noise"):
+        args = train_expert.get_args_parser().parse_args(
+            ["--data-root", str(fake_fashion_root), "--backbone", str(backbone), "--distortion", name,
+             "--out", str(folder / f"expert_{name}.pt"), *COMMON])
+        train_expert.main(args)
+        paths.append(str(folder / f"expert_{name}.pt"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(fake_fashion_root, tmp_path_factory):
+    from training import train_classifier
+
+    out = tmp_path_factory.mktemp("cls") / "classifier.pt"
+    train_classifier.main(train_classifier.get_args_parser().parse_args(
+        ["--data-root", str(fake_fashion_root), "--out", str(out), "--input-size", "32",
+         "--image-size", "32", "--photo-fraction", "0", "--epochs", "2", "--samples-per-epoch",
+         "320", "--val-limit", "20", "--workers", "0", "--quiet"]))
+    return out
+
+
+def test_evaluate_writes_table_csv_and_plots(fake_fashion_root, backbone, experts, tiny_classifier,
+                                             tmp_path):
+    import csv
+
+    from training import evaluate
+
+    args = evaluate.get_args_parser().parse_args(
+        ["--backbone", str(backbone), "--experts", *experts, "--classifier", str(tiny_classifier),
+         "--data-root", str(fake_fashion_root), "--limit", "30", "--workers", "0", "--quiet",
+         "--out", str(tmp_path)])
+    evaluate.main(args)
+    rows = list(csv.DictReader(open(tmp_path / "accuracy.csv")))
+    assert len(rows) == 11 * 5 * 3  # cells x p_tar x (conventional, oracle, routed)
+    assert {r["model"] for r in rows} == {"conventional", "expert_oracle", "expert_routed"}
+    for r in rows:
+        p_edge, overall = float(r["p_edge"]), float(r["overall_acc"])
+        assert 0 <= p_edge <= 1 and 0 <= overall <= 1
+        edge = float(r["edge_acc"]) if r["edge_acc"] else 0.0
+        cloud = float(r["cloud_acc"]) if r["cloud_acc"] else 0.0
+        assert overall == pytest.approx(p_edge * edge + (1 - p_edge) * cloud, abs=1e-5)
+        rates = sum(float(r[f"exit_rate_{k}"]) for k in range(4))
+        assert rates == pytest.approx(1.0)
+    # a higher threshold never lets more samples exit at the edge
+    for model in ("conventional", "expert_oracle"):
+        p = [float(r["p_edge"]) for r in rows
+             if r["model"] == model and r["distortion"] == "gaussian_noise" and r["level"] == "20"]
+        assert p == sorted(p, reverse=True)
+    md = (tmp_path / "accuracy.md").read_text()
+    assert "| gaussian_blur | 3 |" in md and "ECE before" in md
+    assert (tmp_path / "accuracy_vs_level.png").stat().st_size > 1000
+    assert (tmp_path / "p_edge_vs_ptar.png").stat().st_size > 1000
+
+
+def test_evaluate_refuses_experts_of_another_backbone(fake_fashion_root, backbone, experts, tmp_path):
+    from core.errors import UserInputError
+    from training import evaluate
+
+    other = tmp_path / "other_backbone.pt"
+    train_backbone.main(train_backbone.get_args_parser().parse_args(
+        ["--data-root", str(fake_fashion_root), "--out", str(other), "--weights", "none",
+         "--input-size", "32", *COMMON]))
+    args = evaluate.get_args_parser().parse_args(
+        ["--backbone", str(other), "--experts", *experts, "--classifier", "none",
+         "--data-root", str(fake_fashion_root), "--limit", "10", "--out", str(tmp_path)])
+    with pytest.raises(UserInputError, match="another backbone run"):
+        evaluate.main(args)

@@ -1,0 +1,217 @@
+"""The paper's accuracy experiment: conventional early exit vs expert branches, per distortion.
+
+For every distortion type and level (level 0 = pristine) the test split is distorted on the fly
+(seeded), every model's four exits are computed once, and the exit rule of `core.exits` is replayed
+for each p_tar. Models:
+
+- `conventional`: the pristine-trained early-exit network for every input;
+- `expert_oracle`: the expert of the image's true distortion type;
+- `expert_routed`: the expert the distortion classifier picks from the image's spectrum (the
+  live system's behaviour);
+- with `--adapt-bn` experts (own BN statistics) the same two rows again, suffixed `_adapt_bn`.
+
+Experts that share the conventional model's backbone (BN frozen) are evaluated from one pass of
+the shared stages. Writes `accuracy.csv` (one row per model, distortion, level, p_tar), `accuracy.md`
+(the seed's table form, plus calibration) and plots into `--out`.
+
+    python -m training.evaluate --backbone checkpoints/backbone.pt \
+        --experts checkpoints/expert_*.pt --classifier checkpoints/classifier.pt --out docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from core import distortions
+from core.cli import progress, run_cli
+from core.errors import UserInputError
+from core.exits import confidence_and_class, decide
+from core.imaging import Preprocessing
+from training import engine
+from training.checkpoints import command_line
+from training.datasets import DistortedDataset, DistortionPolicy, load_source
+from training.eval_classifier import load_classifier
+
+P_TARS = (0.7, 0.75, 0.8, 0.85, 0.9)
+CSV_COLUMNS = ("model", "distortion", "level", "p_tar", "n", "exit_rate_0", "exit_rate_1",
+               "exit_rate_2", "exit_rate_3", "p_edge", "edge_acc", "cloud_acc", "overall_acc",
+               "routing_acc")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backbone", default="checkpoints/backbone.pt", help="the conventional model")
+    p.add_argument("--experts", nargs="+", default=None,
+                   help="expert checkpoints (default: checkpoints/expert_*.pt)")
+    p.add_argument("--classifier", default="checkpoints/classifier.pt",
+                   help="distortion classifier for the routed rows ('none' to skip them)")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", default="test", choices=("val", "test"))
+    p.add_argument("--limit", type=int, default=None, help="first N images of the split")
+    p.add_argument("--p-tar", type=float, nargs="+", default=P_TARS)
+    p.add_argument("--seed", type=int, default=2021, help="seed of the distortion draws")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="docs/results", help="folder for CSV, Markdown and plots")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def cells() -> list[tuple[str, float]]:
+    """(type, level) of every evaluated cell; the pristine image is level 0 of every type."""
+    out = [("pristine", 0)]
+    for name in distortions.DISTORTION_CLASSES[1:]:
+        out += [(name, level) for level in distortions.get(name).levels]
+    return out
+
+
+@torch.no_grad()
+def all_exit_logits(models: dict[str, tuple], loader: DataLoader, device: torch.device,
+                    desc: str | None) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
+    """Every model's exit logits on `loader`; models with one backbone hash share one stage pass."""
+    groups: dict[str, list[str]] = {}
+    for name, (_, payload) in models.items():
+        groups.setdefault(payload["backbone_hash"], []).append(name)
+    out = {name: [[] for _ in range(4)] for name in models}
+    labels = []
+    for x, y, _, _ in progress(loader, desc=desc, quiet=desc is None):
+        x = x.to(device)
+        labels.append(y.numpy())
+        for members in groups.values():
+            stages = models[members[0]][0].stages
+            h = x
+            for k, stage in enumerate(stages):
+                h = stage(h)
+                for name in members:
+                    out[name][k].append(models[name][0].heads[k](h).float().cpu().numpy())
+    return {n: [np.concatenate(z) for z in per] for n, per in out.items()}, np.concatenate(labels)
+
+
+@torch.no_grad()
+def classifier_routes(classifier, source, policy: DistortionPolicy, image_size: int, args) -> np.ndarray:
+    ds = DistortedDataset(source, size=image_size, policy=policy, representation="spectrum",
+                          spectrum_size=classifier.config.input_size)
+    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
+    return np.concatenate([classifier(x).argmax(dim=1).numpy() for x, _, _, _ in loader])
+
+
+def metrics(conf: np.ndarray, pred: np.ndarray, labels: np.ndarray, p_tar: float) -> dict:
+    d = decide(conf, pred, p_tar)
+    correct = d.prediction == labels
+    edge, cloud = d.at_edge, ~d.at_edge
+    row = {f"exit_rate_{k}": float((d.exit_index == k).mean()) for k in range(conf.shape[1])}
+    row.update({
+        "n": int(len(labels)),
+        "p_edge": float(edge.mean()),
+        "edge_acc": float(correct[edge].mean()) if edge.any() else None,
+        "cloud_acc": float(correct[cloud].mean()) if cloud.any() else None,
+        "overall_acc": float(correct.mean()),
+    })
+    return row
+
+
+def confidences(logits: list[np.ndarray], temperatures: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [confidence_and_class(z, t) for z, t in zip(logits, temperatures, strict=True)]
+    return np.stack([c for c, _ in pairs], axis=1), np.stack([p for _, p in pairs], axis=1)
+
+
+def load_models(args) -> tuple[dict[str, tuple], dict[str, dict[str, str]]]:
+    """{'conventional': (model, payload), 'expert:<type>[:adapt_bn]': ...} and expert names by kind."""
+    models = {"conventional": engine.load_early_exit(args.backbone, role="backbone")}
+    expert_paths = args.experts or sorted(str(p) for p in Path("checkpoints").glob("expert_*.pt"))
+    if not expert_paths:
+        raise UserInputError("no expert checkpoints given (--experts) or found in checkpoints/")
+    experts: dict[str, dict[str, str]] = {"": {}, "_adapt_bn": {}}
+    run_id = models["conventional"][1]["run_id"]
+    for path in expert_paths:
+        model, payload = engine.load_early_exit(path, role="expert")
+        if payload["backbone_run_id"] != run_id:
+            raise UserInputError(f"{path} was fine-tuned from another backbone run "
+                                 f"({payload['backbone_run_id']}, expected {run_id})")
+        suffix = "_adapt_bn" if payload["adapt_bn"] else ""
+        key = f"expert:{payload['distortion']}{suffix}"
+        models[key] = (model, payload)
+        experts[suffix][payload["distortion"]] = key
+    for suffix, by_type in experts.items():
+        if by_type and set(by_type) != set(distortions.DISTORTION_CLASSES):
+            missing = set(distortions.DISTORTION_CLASSES) - set(by_type)
+            raise UserInputError(f"experts{suffix or ''} missing for: {', '.join(sorted(missing))}")
+    return models, {s: e for s, e in experts.items() if e}
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    started = time.time()
+    device = engine.device_from_arg(args.device)
+    models, experts = load_models(args)
+    for model, _ in models.values():
+        model.to(device).eval()
+    conventional = models["conventional"][1]
+    preprocessing = Preprocessing.from_dict(conventional["preprocessing"])
+    classifier = None
+    if args.classifier != "none":
+        classifier, _ = load_classifier(args.classifier)
+    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root)
+    classes = list(distortions.DISTORTION_CLASSES)
+
+    rows = []
+    for name, level in cells():
+        policy = DistortionPolicy(fixed=(name, level), seed=args.seed)
+        loader = engine.image_loader(source, policy, preprocessing, batch_size=args.batch_size,
+                                     workers=args.workers, shuffle=False)
+        logits, labels = all_exit_logits(models, loader, device,
+                                         None if args.quiet else f"{name} {level:g}")
+        conf = {k: confidences(z, models[k][1]["temperatures"]) for k, z in logits.items()}
+        routes = (classifier_routes(classifier, source, policy, preprocessing.size, args)
+                  if classifier is not None else None)
+        variants = [("conventional", conf["conventional"], None)]
+        for suffix, by_type in experts.items():
+            variants.append((f"expert_oracle{suffix}", conf[by_type[name]], None))
+            if routes is not None:
+                stacked_c = np.stack([conf[by_type[c]][0] for c in classes])   # (3, N, K)
+                stacked_p = np.stack([conf[by_type[c]][1] for c in classes])
+                n = np.arange(len(labels))
+                variants.append((f"expert_routed{suffix}", (stacked_c[routes, n], stacked_p[routes, n]),
+                                 float((routes == classes.index(name)).mean())))
+        for model_name, (c, p), routing_acc in variants:
+            for p_tar in args.p_tar:
+                rows.append({"model": model_name, "distortion": name, "level": level, "p_tar": p_tar,
+                             **metrics(c, p, labels, p_tar), "routing_acc": routing_acc})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "accuracy.csv", rows)
+    summary = {"command": command_line(), "wall_time_s": round(time.time() - started, 1),
+               "n_images": int(len(source)), "split": args.split,
+               "models": {k: {"run_id": p["run_id"], "checkpoint_command": p["command"],
+                              "temperatures": p["temperatures"], "calibration": p["calibration"],
+                              "val_accuracy": p["val_accuracy"]} for k, (_, p) in models.items()}}
+    (out / "accuracy_run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from training.report import write_accuracy_report  # matplotlib only when reporting
+    write_accuracy_report(rows, summary, out)
+    engine.log(f"wrote {out}/accuracy.csv, accuracy.md and plots ({summary['wall_time_s']:.0f} s)")
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else
+                                 f"{r[k]:.6f}" if isinstance(r[k], float) else r[k])
+                             for k in CSV_COLUMNS})
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))
