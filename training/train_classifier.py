@@ -41,20 +41,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="checkpoints/classifier.pt", help="checkpoint to write")
     p.add_argument("--image-size", type=int, default=64,
                    help="side of the images the distortions act on (the experts' input size)")
-    p.add_argument("--input-size", type=int, default=64,
-                   help="side of the classifier's spectrum (the image is resized to it first)")
+    p.add_argument("--input-size", type=int, default=128,
+                   help="side of the classifier's spectrum; the image is resized to it first. Twice "
+                        "the image size keeps an empty band whose minimum anchors the min-max "
+                        "scaling, so a noise floor is not normalised away (see README)")
     p.add_argument("--photo-fraction", type=float, default=0.5,
                    help="share of samples that are natural-photo crops (0 disables photos)")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--samples-per-epoch", type=int, default=20000)
     p.add_argument("--train-limit", type=int, default=None, help="use the first N training images")
-    p.add_argument("--val-limit", type=int, default=3000, help="validation images (Fashion-MNIST)")
-    p.add_argument("--val-photo-crops", type=int, default=1500)
+    p.add_argument("--val-limit", type=int, default=1500, help="validation images (Fashion-MNIST)")
+    p.add_argument("--val-photo-crops", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--patience", type=int, default=6, help="epochs without improvement before stopping")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--patience", type=int, default=8, help="epochs without improvement before stopping")
     p.add_argument("--restarts", type=int, default=3,
                    help="fresh initialisations to try if the 1-channel bottleneck dies")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
