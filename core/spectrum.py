@@ -4,6 +4,13 @@ prototype), with the prototype's numerical bugs fixed.
 gray (Rec.601 luma, in float) -> 2-D FFT -> fftshift (zero frequency in the centre) ->
 log(1 + |F|) -> min-max to [0, 1], float32 HxW. The prototype used 20*log|F| cast to uint8, which
 wraps around and gives -inf where |F| = 0.
+
+Size matters because of the min-max step: at the image's own size, white noise lifts every
+coefficient, the minimum included, and the scaling removes most of the lift (weak noise becomes
+nearly invisible). Computing the spectrum of the image upsampled to 2-3x its size leaves a band of
+frequencies the image cannot contain; its minimum stays near zero whatever the noise, so the
+noise floor survives the scaling. The classifier's input size is therefore larger than the
+backbone's (see README, "Distortion classifier").
 """
 
 from __future__ import annotations

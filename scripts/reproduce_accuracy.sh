@@ -11,8 +11,8 @@ CK=${CHECKPOINTS:-checkpoints}
 # From random initialisation (no ImageNet weights offline), the prototype's backbone rate of
 # 1.5e-4 is far too slow; these rates train MobileNetV2 from scratch in a few epochs.
 [ -f "$CK/backbone.pt" ] || $PY -m training.train_backbone --out "$CK/backbone.pt" \
-  --epochs "${BACKBONE_EPOCHS:-6}" --batch-size 64 --lr-backbone 1e-3 --lr-heads 1e-3 \
-  --cosine-t "${BACKBONE_EPOCHS:-6}" "$@"
+  --epochs "${BACKBONE_EPOCHS:-5}" --batch-size 64 --lr-backbone 1e-3 --lr-heads 1e-3 \
+  --cosine-t "${BACKBONE_EPOCHS:-5}" "$@"
 for d in pristine gaussian_blur gaussian_noise; do
   [ -f "$CK/expert_$d.pt" ] || $PY -m training.train_expert --backbone "$CK/backbone.pt" \
     --distortion "$d" --out "$CK/expert_$d.pt" --epochs "${EXPERT_EPOCHS:-3}" --batch-size 64 \
