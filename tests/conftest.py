@@ -60,3 +60,47 @@ def image_folder(tmp_path_factory) -> Path:
         for i in range(20):
             (d / f"img_{i:03d}.png").write_bytes(encode_image(textured_image(100 * c + i, 40)))
     return root
+
+
+# Tiny trained models, shared by the training, evaluation and export tests.
+COMMON = ["--train-limit", "64", "--val-limit", "20", "--epochs", "1", "--batch-size", "16",
+          "--workers", "0", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def backbone(fake_fashion_root, tmp_path_factory):
+    from training import train_backbone
+
+    out = tmp_path_factory.mktemp("bb") / "backbone.pt"
+    args = train_backbone.get_args_parser().parse_args(
+        ["--data-root", str(fake_fashion_root), "--out", str(out), "--weights", "none",
+         "--input-size", "32", *COMMON])
+    train_backbone.main(args)
+    return out
+
+
+@pytest.fixture(scope="session")
+def experts(fake_fashion_root, backbone, tmp_path_factory):
+    from training import train_expert
+
+    folder = tmp_path_factory.mktemp("experts")
+    paths = []
+    for name in ("pristine", "gaussian_blur", "gaussian_noise"):
+        args = train_expert.get_args_parser().parse_args(
+            ["--data-root", str(fake_fashion_root), "--backbone", str(backbone), "--distortion", name,
+             "--out", str(folder / f"expert_{name}.pt"), *COMMON])
+        train_expert.main(args)
+        paths.append(str(folder / f"expert_{name}.pt"))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(fake_fashion_root, tmp_path_factory):
+    from training import train_classifier
+
+    out = tmp_path_factory.mktemp("cls") / "classifier.pt"
+    train_classifier.main(train_classifier.get_args_parser().parse_args(
+        ["--data-root", str(fake_fashion_root), "--out", str(out), "--input-size", "32",
+         "--image-size", "32", "--photo-fraction", "0", "--epochs", "2", "--samples-per-epoch",
+         "320", "--val-limit", "20", "--workers", "0", "--quiet"]))
+    return out

@@ -3,21 +3,9 @@
 import pytest
 import torch
 
+from tests.conftest import COMMON
 from training import train_backbone, train_expert
 from training.engine import backbone_hash, load_early_exit
-
-COMMON = ["--train-limit", "64", "--val-limit", "20", "--epochs", "1", "--batch-size", "16",
-          "--workers", "0", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def backbone(fake_fashion_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bb") / "backbone.pt"
-    args = train_backbone.get_args_parser().parse_args(
-        ["--data-root", str(fake_fashion_root), "--out", str(out), "--weights", "none",
-         "--input-size", "32", *COMMON])
-    train_backbone.main(args)
-    return out
 
 
 def _expert(fake_fashion_root, backbone, out, *extra):
@@ -60,31 +48,6 @@ def test_adapt_bn_moves_only_bn_statistics(fake_fashion_root, backbone, tmp_path
     params = dict(before.stages.named_parameters())
     assert all(torch.equal(a[k], b[k]) for k in params)
     assert payload["adapt_bn"] and payload["backbone_hash"] != backbone_hash(before)
-
-
-@pytest.fixture(scope="module")
-def experts(fake_fashion_root, backbone, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("experts")
-    paths = []
-    for name in ("pristine", "gaussian_blur", "gaussian_noise"):
-        args = train_expert.get_args_parser().parse_args(
-            ["--data-root", str(fake_fashion_root), "--backbone", str(backbone), "--distortion", name,
-             "--out", str(folder / f"expert_{name}.pt"), *COMMON])
-        train_expert.main(args)
-        paths.append(str(folder / f"expert_{name}.pt"))
-    return paths
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier(fake_fashion_root, tmp_path_factory):
-    from training import train_classifier
-
-    out = tmp_path_factory.mktemp("cls") / "classifier.pt"
-    train_classifier.main(train_classifier.get_args_parser().parse_args(
-        ["--data-root", str(fake_fashion_root), "--out", str(out), "--input-size", "32",
-         "--image-size", "32", "--photo-fraction", "0", "--epochs", "2", "--samples-per-epoch",
-         "320", "--val-limit", "20", "--workers", "0", "--quiet"]))
-    return out
 
 
 def test_evaluate_writes_table_csv_and_plots(fake_fashion_root, backbone, experts, tiny_classifier,

@@ -1,0 +1,161 @@
+"""The manifest carried by every archive: what a segment set is and how to use it correctly.
+
+JSON, versioned, validated on load (a handler or the router refuses a manifest that does not
+parse, rather than serving with wrong preprocessing or temperatures). Roles:
+
+- `edge`:  stages 0-2 and the three side branches of one expert; ends with the split tensor;
+- `cloud`: stage 3 and the final exit of one expert; starts from the split tensor;
+- `classifier`: the distortion classifier on the spectrum.
+
+An edge and a cloud archive pair only when their `split` contract and `run_id` agree
+(`check_pair`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.errors import UserInputError
+
+SCHEMA_VERSION = 1
+ROLES = ("edge", "cloud", "classifier")
+DTYPES = ("FP32", "FP16", "INT8")
+
+
+class ManifestError(UserInputError):
+    """A manifest that is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | None, ...]   # None for the dynamic batch axis
+    dtype: str = "FP32"
+
+
+@dataclass(frozen=True)
+class ExitSpec:
+    index: int
+    name: str                 # branch0, branch1, branch2, final
+    file: str                 # ONNX file of the head
+    temperature: float
+    threshold: float          # default p_tar
+
+
+@dataclass(frozen=True)
+class Manifest:
+    role: str
+    name: str                                  # expert name or "distortion_classifier"
+    distortion: str | None
+    class_names: tuple[str, ...]
+    preprocessing: dict
+    stages: tuple[str, ...]                    # ONNX files of the backbone segments, in order
+    exits: tuple[ExitSpec, ...]
+    input: TensorSpec
+    output: TensorSpec                         # edge: the split tensor; others: logits
+    backbone_hash: str
+    run_id: str
+    files: dict = field(default_factory=dict)  # file name -> sha256
+    exporter: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        try:
+            if d.get("schema_version") != SCHEMA_VERSION:
+                raise ManifestError(f"manifest schema {d.get('schema_version')!r} is not "
+                                    f"{SCHEMA_VERSION}")
+            m = cls(
+                role=str(d["role"]), name=str(d["name"]),
+                distortion=None if d["distortion"] is None else str(d["distortion"]),
+                class_names=tuple(str(c) for c in d["class_names"]),
+                preprocessing={"size": int(d["preprocessing"]["size"]),
+                               "mean": [float(v) for v in d["preprocessing"]["mean"]],
+                               "std": [float(v) for v in d["preprocessing"]["std"]],
+                               **{k: v for k, v in d["preprocessing"].items()
+                                  if k not in ("size", "mean", "std")}},
+                stages=tuple(str(s) for s in d["stages"]),
+                exits=tuple(ExitSpec(index=int(e["index"]), name=str(e["name"]), file=str(e["file"]),
+                                     temperature=float(e["temperature"]),
+                                     threshold=float(e["threshold"])) for e in d["exits"]),
+                input=_tensor(d["input"]), output=_tensor(d["output"]),
+                backbone_hash=str(d["backbone_hash"]), run_id=str(d["run_id"]),
+                files={str(k): str(v) for k, v in d.get("files", {}).items()},
+                exporter=dict(d.get("exporter", {})),
+            )
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"malformed manifest ({type(exc).__name__}: {exc})") from None
+        m.validate()
+        return m
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ManifestError(f"manifest {path} not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"manifest {path} is not readable JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest {path} is not a JSON object")
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        if self.role not in ROLES:
+            raise ManifestError(f"unknown manifest role {self.role!r}")
+        if not self.class_names:
+            raise ManifestError("manifest lists no class names")
+        for spec in (self.input, self.output):
+            if spec.dtype not in DTYPES:
+                raise ManifestError(f"unknown dtype {spec.dtype!r} for {spec.name}")
+        for e in self.exits:
+            if not (e.temperature > 0 and 0 < e.threshold <= 1):
+                raise ManifestError(f"exit {e.name}: temperature must be > 0 and threshold in (0, 1]")
+        expected = {"edge": 3, "cloud": 1, "classifier": 0}[self.role]
+        if self.role != "classifier" and len(self.exits) != expected:
+            raise ManifestError(f"a {self.role} manifest has {expected} exits, not {len(self.exits)}")
+        for name in (*self.stages, *(e.file for e in self.exits)):
+            if name not in self.files:
+                raise ManifestError(f"file {name} is not listed with its hash")
+
+    def verify_files(self, folder: str | Path) -> None:
+        """Check that every listed file exists in `folder` with the recorded SHA-256."""
+        for name, digest in self.files.items():
+            path = Path(folder) / name
+            if not path.is_file():
+                raise ManifestError(f"{name} listed in the manifest is missing")
+            if sha256_file(path) != digest:
+                raise ManifestError(f"{name} does not match its manifest hash")
+
+
+def _tensor(d: dict) -> TensorSpec:
+    return TensorSpec(name=str(d["name"]), shape=tuple(None if v is None else int(v) for v in d["shape"]),
+                      dtype=str(d.get("dtype", "FP32")))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_pair(edge: Manifest, cloud: Manifest) -> None:
+    """Refuse an edge/cloud pair whose split contract, run or classes differ."""
+    if edge.role != "edge" or cloud.role != "cloud":
+        raise ManifestError(f"expected an edge and a cloud manifest, got {edge.role} and {cloud.role}")
+    if edge.output != cloud.input:
+        raise ManifestError(f"split contract differs: edge sends {edge.output}, cloud expects {cloud.input}")
+    if edge.run_id != cloud.run_id:
+        raise ManifestError(f"run ids differ: edge {edge.run_id}, cloud {cloud.run_id}")
+    if edge.class_names != cloud.class_names:
+        raise ManifestError("edge and cloud were trained on different classes")

@@ -1,0 +1,1 @@
+"""ONNX export of the trained segments, parity checks, manifests (and, next, TorchServe archives)."""

@@ -1,0 +1,84 @@
+"""Export every segment of the trained system to ONNX and check it against PyTorch.
+
+One file per segment, single-file models (weights inside, `external_data=False`), dynamic batch
+axis, explicit input and output names, opset `OPSET`:
+
+    backbone/stage{0..3}.onnx          shared by every expert whose backbone hash matches
+    <expert>/branch{0,1,2}.onnx        side-branch heads (edge)
+    <expert>/final.onnx                the final exit (cloud)
+    classifier/classifier.onnx         the distortion classifier (spectrum in, logits out)
+
+Parity is checked at export time on real validation images: every segment's ONNX output is
+compared with PyTorch's; logits may differ by at most `LOGIT_ATOL` (absolute) and no argmax may
+differ, or the export fails.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+OPSET = 18
+LOGIT_ATOL = 1e-3      # float32 ONNX vs eager: observed differences are ~1e-6
+FEATURE_ATOL = 1e-3
+
+
+class ExportParityError(RuntimeError):
+    """An exported segment does not reproduce its PyTorch module."""
+
+
+def ort_session(path: str | Path, *, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime session with providers and threads named explicitly (never inherited)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def export_module(module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str,
+                  output_name: str) -> None:
+    """Export `module` (eval mode) with a dynamic batch axis as one self-contained ONNX file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example,), str(path), input_names=[input_name],
+                          output_names=[output_name], dynamic_shapes=({0: batch},),
+                          external_data=False, opset_version=OPSET, verbose=False)
+
+
+@dataclass
+class ParityReport:
+    segment: str
+    max_abs_diff: float
+    argmax_mismatches: int | None
+    n: int
+
+
+def check_parity(module: nn.Module, path: Path, inputs: torch.Tensor, *, is_logits: bool,
+                 segment: str) -> tuple[ParityReport, torch.Tensor]:
+    """Run `inputs` through PyTorch and onnxruntime; raise ExportParityError on a mismatch.
+
+    Returns the report and PyTorch's output (the next segment's input)."""
+    with torch.no_grad():
+        expected = module.eval()(inputs)
+    session = ort_session(path)
+    got = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+    diff = float(np.abs(got - expected.numpy()).max())
+    mismatches = None
+    if is_logits:
+        mismatches = int((got.argmax(axis=1) != expected.numpy().argmax(axis=1)).sum())
+    report = ParityReport(segment=segment, max_abs_diff=diff, argmax_mismatches=mismatches,
+                          n=int(inputs.shape[0]))
+    tolerance = LOGIT_ATOL if is_logits else FEATURE_ATOL
+    if got.shape != tuple(expected.shape) or diff > tolerance or mismatches:
+        raise ExportParityError(f"{segment}: ONNX differs from PyTorch (max |diff| {diff:.3g} > "
+                                f"{tolerance:g} or {mismatches} argmax mismatches of {len(inputs)})")
+    return report, expected

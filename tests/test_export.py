@@ -1,0 +1,97 @@
+"""ONNX export: every segment of every expert, parity, manifests, a broken segment fails."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.manifest import Manifest, ManifestError, check_pair
+from export import __main__ as export_cli
+from export.segments import ExportParityError, check_parity, export_module, ort_session
+
+EXPERTS = ("conventional", "pristine", "gaussian_blur", "gaussian_noise")
+SEGMENTS = ("branch0", "branch1", "branch2", "final")
+
+
+@pytest.fixture(scope="module")
+def exported(backbone, experts, tiny_classifier, fake_fashion_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported")
+    args = export_cli.get_args_parser().parse_args(
+        ["--backbone", str(backbone), "--experts", *experts, "--classifier", str(tiny_classifier),
+         "--data-root", str(fake_fashion_root), "--parity-images", "12", "--out", str(out)])
+    report = export_cli.main(args)
+    return out, report
+
+
+def test_report_covers_every_segment(exported):
+    out, report = exported
+    names = {s["segment"] for s in report["segments"]}
+    # experts with BN frozen share the conventional model's backbone: one stage set only
+    assert sum(n.startswith("backbone/") for n in names) == 4
+    for expert in EXPERTS:
+        for seg in SEGMENTS:
+            assert f"{expert}/{seg}.onnx" in names
+    assert "classifier/classifier.onnx" in names
+    for s in report["segments"]:
+        assert s["max_abs_diff"] < 1e-3 and not s["argmax_mismatches"]
+
+
+@pytest.mark.parametrize("expert", EXPERTS)
+def test_manifests_validate_and_pair(exported, expert):
+    out, _ = exported
+    edge = Manifest.load(out / f"edge_{expert}.json")
+    cloud = Manifest.load(out / f"cloud_{expert}.json")
+    check_pair(edge, cloud)
+    edge.verify_files(out)
+    cloud.verify_files(out)
+    assert [e.name for e in edge.exits] == ["branch0", "branch1", "branch2"]
+    assert [e.name for e in cloud.exits] == ["final"]
+    assert edge.output.shape[0] is None and edge.output.shape[1] == 160
+    assert all(e.temperature > 0 for e in (*edge.exits, *cloud.exits))
+    assert edge.preprocessing["size"] == 32
+
+
+@pytest.mark.parametrize("expert", EXPERTS)
+@pytest.mark.parametrize("segment", SEGMENTS)
+def test_segment_runs_any_batch_without_nan(exported, expert, segment):
+    out, _ = exported
+    sess = ort_session(out / f"{expert}/{segment}.onnx")
+    shape = [d if isinstance(d, int) else 3 for d in sess.get_inputs()[0].shape]
+    y = sess.run(None, {sess.get_inputs()[0].name: np.random.rand(*shape).astype(np.float32)})[0]
+    assert y.shape == (3, 10) and np.isfinite(y).all()
+
+
+def test_mismatched_pair_is_refused(exported):
+    out, _ = exported
+    edge = Manifest.load(out / "edge_gaussian_blur.json")
+    cloud = Manifest.load(out / "cloud_gaussian_noise.json")
+    with pytest.raises(ManifestError, match="run ids differ"):
+        check_pair(edge, cloud)
+
+
+def test_tampered_file_and_malformed_manifest(exported, tmp_path):
+    out, _ = exported
+    data = json.loads((out / "edge_pristine.json").read_text())
+    bad = dict(data, exits=data["exits"][:1])
+    (tmp_path / "m.json").write_text(json.dumps(bad))
+    with pytest.raises(ManifestError, match="3 exits"):
+        Manifest.load(tmp_path / "m.json")
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not readable JSON"):
+        Manifest.load(tmp_path / "m.json")
+    m = Manifest.load(out / "edge_pristine.json")
+    with pytest.raises(ManifestError, match="missing"):
+        m.verify_files(tmp_path)
+
+
+def test_broken_segment_fails_parity(tmp_path):
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+    x = torch.randn(6, 3, 2, 2)
+    path = tmp_path / "head.onnx"
+    export_module(module, x[:2], path, input_name="x", output_name="logits")
+    check_parity(module, path, x, is_logits=True, segment="head")  # the honest export passes
+    with torch.no_grad():
+        module[1].weight[0, 0] += 0.5  # the PyTorch model moved on: the ONNX file is now stale
+    with pytest.raises(ExportParityError, match="head: ONNX differs"):
+        check_parity(module, path, x, is_logits=True, segment="head")
