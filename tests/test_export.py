@@ -95,3 +95,32 @@ def test_broken_segment_fails_parity(tmp_path):
         module[1].weight[0, 0] += 0.5  # the PyTorch model moved on: the ONNX file is now stale
     with pytest.raises(ExportParityError, match="head: ONNX differs"):
         check_parity(module, path, x, is_logits=True, segment="head")
+
+
+def test_pipeline_matches_pytorch_and_answers_images(exported, backbone, experts, tiny_classifier,
+                                                      fake_fashion_root, tmp_path):
+    from core.imaging import encode_image
+    from export import pipeline as pipeline_cli
+    from tests.conftest import textured_image
+
+    out, _ = exported
+    args = pipeline_cli.get_args_parser().parse_args(
+        ["--exported", str(out), "--compare-pytorch", "--backbone", str(backbone), "--experts", *experts,
+         "--classifier", str(tiny_classifier), "--data-root", str(fake_fashion_root), "--limit", "40",
+         "--quiet", "--json", str(tmp_path / "parity.json")])
+    result = pipeline_cli.main(args)
+    assert result["n"] == 40 and result["agreement"] == 1.0, result["disagreements"][:3]
+    assert json.loads((tmp_path / "parity.json").read_text())["p_tar"] == 0.8
+
+    pipe = pipeline_cli.Pipeline(out)
+    images = [textured_image(i, 40) for i in range(5)]
+    for p_tar in (0.0001, 1.0):  # everything exits at branch 0 / (almost) everything offloads
+        answers = pipe.infer(images, p_tar)
+        assert len(answers) == 5
+        assert all(0 <= a["class"] < 10 and a["expert"] in pipe.edge for a in answers)
+    assert all(a["exit"] == 0 and not a["offloaded"] for a in pipe.infer(images, 0.0001))
+    path = tmp_path / "img.png"
+    path.write_bytes(encode_image(images[0]))
+    one = pipeline_cli.main(pipeline_cli.get_args_parser().parse_args(
+        ["--exported", str(out), "--images", str(path), "--expert", "gaussian_noise"]))
+    assert one[0]["expert"] == "gaussian_noise"

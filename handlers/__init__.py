@@ -1,0 +1,2 @@
+"""TorchServe handlers and the onnxruntime segment runners they use (numpy + OpenCV + onnxruntime,
+no torch import)."""

@@ -1,0 +1,133 @@
+"""Run exported segments with onnxruntime: the edge expert, the cloud expert, the classifier.
+
+numpy + onnxruntime only (no torch): the TorchServe handlers, the in-process reference pipeline
+and the benchmarks all use these classes, so the live servers and the reference decide exits with
+the same code. Early exit in a batch is decided per sample with masks: only the samples that no
+branch has answered yet run the next stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from core.exits import confidence_and_class
+from core.imaging import Preprocessing
+from core.manifest import Manifest, ManifestError
+from core.spectrum import classifier_input
+
+
+def make_session(path: Path, *, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+                 ) -> ort.InferenceSession:
+    """A session with threads and providers stated explicitly (never onnxruntime's defaults)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+
+
+class _Segments:
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int, verify: bool):
+        if verify:
+            manifest.verify_files(folder)
+        self.manifest = manifest
+        self.stages = [make_session(folder / f, threads=threads) for f in manifest.stages]
+        self.heads = [make_session(folder / e.file, threads=threads) for e in manifest.exits]
+
+    @staticmethod
+    def run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@dataclass
+class EdgeResult:
+    """Per-sample outcome on the edge (arrays of length N)."""
+
+    exit_index: np.ndarray        # branch that answered, or -1 when offloaded
+    prediction: np.ndarray        # class of the answering branch (-1 when offloaded)
+    confidence: np.ndarray        # its confidence (nan when offloaded)
+    branch_confidence: np.ndarray  # N x 3, nan for branches a sample never reached
+    branch_prediction: np.ndarray  # N x 3, -1 where not reached
+    split: np.ndarray | None      # M x C x H x W for the M offloaded samples, in order
+    offloaded: np.ndarray         # indices of the offloaded samples
+
+
+class EdgeExpert(_Segments):
+    """Stages 0-2 and the three side branches of one expert."""
+
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True):
+        if manifest.role != "edge":
+            raise ManifestError(f"{manifest.name}: not an edge manifest")
+        super().__init__(manifest, folder, threads=threads, verify=verify)
+        self.preprocessing = Preprocessing.from_dict(manifest.preprocessing)
+        self.temperatures = [e.temperature for e in manifest.exits]
+
+    def run_batch(self, x: np.ndarray, p_tar: float | np.ndarray) -> EdgeResult:
+        """Run N preprocessed images; per-sample thresholds allowed (array of length N)."""
+        n = x.shape[0]
+        p_tar = np.broadcast_to(np.asarray(p_tar, dtype=np.float64), (n,))
+        exit_index = np.full(n, -1)
+        prediction = np.full(n, -1)
+        confidence = np.full(n, np.nan)
+        branch_conf = np.full((n, 3), np.nan)
+        branch_pred = np.full((n, 3), -1)
+        active = np.arange(n)   # samples no branch has answered yet
+        h = x
+        for k, (stage, head) in enumerate(zip(self.stages, self.heads, strict=True)):
+            h = self.run(stage, h)
+            conf, pred = confidence_and_class(self.run(head, h), self.temperatures[k])
+            branch_conf[active, k] = conf
+            branch_pred[active, k] = pred
+            done = conf >= p_tar[active]
+            exit_index[active[done]] = k
+            prediction[active[done]] = pred[done]
+            confidence[active[done]] = conf[done]
+            active, h = active[~done], h[~done]
+            if active.size == 0:
+                break
+        return EdgeResult(exit_index=exit_index, prediction=prediction, confidence=confidence,
+                          branch_confidence=branch_conf, branch_prediction=branch_pred,
+                          split=h if active.size else None, offloaded=active)
+
+
+class CloudExpert(_Segments):
+    """Stage 3 and the final exit of one expert."""
+
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True):
+        if manifest.role != "cloud":
+            raise ManifestError(f"{manifest.name}: not a cloud manifest")
+        super().__init__(manifest, folder, threads=threads, verify=verify)
+        self.temperature = manifest.exits[0].temperature
+
+    def logits(self, split: np.ndarray) -> np.ndarray:
+        h = split
+        for stage in self.stages:
+            h = self.run(stage, h)
+        return self.run(self.heads[0], h)
+
+    def run_batch(self, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence, class) of the final exit for each offloaded sample."""
+        return confidence_and_class(self.logits(split), self.temperature)
+
+
+class DistortionClassifierRuntime:
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True):
+        if manifest.role != "classifier":
+            raise ManifestError(f"{manifest.name}: not a classifier manifest")
+        if verify:
+            manifest.verify_files(folder)
+        self.manifest = manifest
+        self.size = int(manifest.preprocessing["spectrum_size"])
+        self.session = make_session(folder / manifest.stages[0], threads=threads)
+
+    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+        """N x 3 distortion probabilities for RGB uint8 images of any size."""
+        x = np.stack([classifier_input(im, self.size) for im in images]).astype(np.float32)
+        logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
