@@ -29,6 +29,7 @@ from core.errors import UserInputError
 from training.checkpoints import command_line, new_run_id, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
+from training.engine import device_from_arg
 from training.eval_classifier import predict
 from training.photos import PhotoCrops
 
@@ -64,14 +65,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -111,7 +104,7 @@ def build_datasets(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> dict:
     _check_args(args)
     started = time.time()
-    device = _device(args.device)
+    device = device_from_arg(args.device)
     train_parts, weights, val_set = build_datasets(args)
     config = ClassifierConfig(input_size=args.input_size, dropout=args.dropout,
                               image_size=args.image_size)
