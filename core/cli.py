@@ -21,16 +21,30 @@ def run_cli(main: Callable[[object], object], parser_factory: Callable[[], objec
     try:
         main(args)
     except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except OSError as exc:  # missing, unreadable or unwritable files, full disk
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"error: {exc.strerror or _one_line(str(exc))}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(message: str) -> str:
+    """The reason itself, on one line.
+
+    An error raised inside a DataLoader worker comes back with the worker's traceback in its
+    message; its last line is the original `module.ErrorType: reason`.
+    """
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return message.strip()
+    last = lines[-1].strip()
+    head, sep, reason = last.partition(": ")
+    return reason if sep and head.rsplit(".", 1)[-1].endswith("Error") else last
 
 
 def progress(iterable, *, desc: str | None = None, quiet: bool = False, **kwargs):

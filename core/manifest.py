@@ -122,6 +122,10 @@ class Manifest:
         expected = {"edge": 3, "cloud": 1, "classifier": 0}[self.role]
         if self.role != "classifier" and len(self.exits) != expected:
             raise ManifestError(f"a {self.role} manifest has {expected} exits, not {len(self.exits)}")
+        for name in (*self.stages, *(e.file for e in self.exits), *self.files):
+            parts = Path(name).parts
+            if Path(name).is_absolute() or ".." in parts or not parts:
+                raise ManifestError(f"file name {name!r} leaves the archive folder")
         for name in (*self.stages, *(e.file for e in self.exits)):
             if name not in self.files:
                 raise ManifestError(f"file {name} is not listed with its hash")

@@ -39,6 +39,14 @@ def spectrum(image: np.ndarray, size: int | None = None) -> np.ndarray:
     return ((magnitude - lo) / (hi - lo)).astype(np.float32)
 
 
-def classifier_input(image: np.ndarray, size: int) -> np.ndarray:
-    """The classifier's float32 1xSxS input for an RGB uint8 image of any size."""
+def classifier_input(image: np.ndarray, size: int, *, image_size: int | None = None) -> np.ndarray:
+    """The classifier's float32 1xSxS input for an RGB uint8 image of any size.
+
+    The image is first brought to `image_size` (the size at which the classifier's training
+    distortions were applied, the backbone's input size), then to the spectrum size `size`: a
+    512-px camera frame and the 64-px image the classifier trained on go through the same steps.
+    """
+    image = to_rgb(image)
+    if image_size is not None:
+        image = resize(image, image_size)
     return spectrum(image, size)[None, :, :]

@@ -52,15 +52,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parity_images(args, preprocessing: Preprocessing, classifier_size: int | None):
+def parity_images(args, preprocessing: Preprocessing, classifier_config=None, *, split_seed: int = 0):
     """Validation images with random distortions: (model inputs, classifier spectra)."""
-    source = load_source(args.data, "val", limit=args.parity_images, data_root=args.data_root)
+    source = load_source(args.data, "val", limit=args.parity_images, data_root=args.data_root,
+                         seed=split_seed)
     policy = DistortionPolicy(seed=99)
     images = [distorted_image(source, i, preprocessing.size, policy)[0] for i in range(len(source))]
     x = torch.from_numpy(np.stack([preprocessing.model_input(im) for im in images]))
     spectra = None
-    if classifier_size:
-        spectra = torch.from_numpy(np.stack([classifier_input(im, classifier_size) for im in images]))
+    if classifier_config is not None:
+        spectra = torch.from_numpy(np.stack([
+            classifier_input(im, classifier_config.input_size, image_size=classifier_config.image_size)
+            for im in images]))
     return x, spectra
 
 
@@ -77,7 +80,10 @@ def main(args: argparse.Namespace) -> dict:
         models[name] = (model, payload)
     preprocessing = Preprocessing.from_dict(conventional[1]["preprocessing"])
     classifier = load_classifier(args.classifier) if args.classifier != "none" else None
-    x, spectra = parity_images(args, preprocessing, classifier[0].config.input_size if classifier else None)
+    if args.parity_images < 2:
+        raise UserInputError("--parity-images must be at least 2 (the batch axis is exported dynamic)")
+    x, spectra = parity_images(args, preprocessing, classifier[0].config if classifier else None,
+                               split_seed=conventional[1].get("split_seed", 0))
     exporter = {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET,
                 "command": command_line()}
     report: dict = {"segments": [], "manifests": [], "exporter": exporter}
@@ -129,7 +135,8 @@ def main(args: argparse.Namespace) -> dict:
         manifest = Manifest(
             role="classifier", name="distortion_classifier", distortion=None,
             class_names=tuple(payload["class_names"]),
-            preprocessing={**preprocessing.to_dict(), "spectrum_size": size},
+            preprocessing={**Preprocessing(size=model.config.image_size).to_dict(),
+                           "spectrum_size": size},
             stages=(rel,), exits=(), input=TensorSpec("spectrum", (None, 1, size, size)),
             output=TensorSpec("logits", (None, len(payload["class_names"]))),
             backbone_hash="", run_id=payload["run_id"], files={rel: sha256_file(out / rel)},

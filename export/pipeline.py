@@ -104,8 +104,12 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
     for path in args.experts:
         m, p = load_early_exit(path, role="expert")
         experts[p["expert"]] = (m, p)
+    missing = set(distortions.DISTORTION_CLASSES) - set(experts)
+    if missing:
+        raise UserInputError(f"--experts lacks the expert for {', '.join(sorted(missing))}")
     classifier, _ = load_classifier(args.classifier)
-    source = load_source(args.data, "test", limit=args.limit, data_root=args.data_root)
+    source = load_source(args.data, "test", limit=args.limit, data_root=args.data_root,
+                         seed=conventional[1].get("split_seed", 0))
     pre = Preprocessing.from_dict(conventional[1]["preprocessing"])
     size = pre.size
     policy = DistortionPolicy(types=distortions.DISTORTION_CLASSES, seed=args.seed)
@@ -116,8 +120,9 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
         images = [distorted_image(source, i, size, policy)[0] for i in idx]
         live = pipeline.infer(images, args.p_tar)
         with torch.no_grad():
-            spectra = torch.from_numpy(np.stack([classifier_input(im, classifier.config.input_size)
-                                                 for im in images]))
+            spectra = torch.from_numpy(np.stack([
+                classifier_input(im, classifier.config.input_size, image_size=classifier.config.image_size)
+                for im in images]))
             routes = classifier(spectra).argmax(dim=1).numpy()
             x = torch.from_numpy(np.stack([pre.model_input(im) for im in images]))
             for j, i in enumerate(idx):

@@ -122,11 +122,13 @@ class DistortionClassifierRuntime:
             manifest.verify_files(folder)
         self.manifest = manifest
         self.size = int(manifest.preprocessing["spectrum_size"])
+        self.image_size = int(manifest.preprocessing["size"])
         self.session = make_session(folder / manifest.stages[0], threads=threads)
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """N x 3 distortion probabilities for RGB uint8 images of any size."""
-        x = np.stack([classifier_input(im, self.size) for im in images]).astype(np.float32)
+        x = np.stack([classifier_input(im, self.size, image_size=self.image_size)
+                      for im in images]).astype(np.float32)
         logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)

@@ -69,3 +69,9 @@ def test_random_policy_is_reproducible_and_changes_with_epoch(fake_fashion_root)
     assert first != [ds[i][2:] for i in range(30)]
     x, label, dclass, level = ds[0]
     assert tuple(x.shape) == (1, 32, 32) and label == source.label(0)
+
+
+def test_image_folder_limit_keeps_every_class(image_folder):
+    src = ImageFolderSource(image_folder, "train", limit=9)
+    assert len(src) == 9
+    assert {label for _, label in src._files} == {0, 1, 2}

@@ -83,6 +83,10 @@ def test_tampered_file_and_malformed_manifest(exported, tmp_path):
     m = Manifest.load(out / "edge_pristine.json")
     with pytest.raises(ManifestError, match="missing"):
         m.verify_files(tmp_path)
+    escaping = dict(data, files={**data["files"], "../../etc/passwd": "0" * 64})
+    (tmp_path / "m.json").write_text(json.dumps(escaping))
+    with pytest.raises(ManifestError, match="leaves the archive folder"):
+        Manifest.load(tmp_path / "m.json")
 
 
 def test_broken_segment_fails_parity(tmp_path):
@@ -114,11 +118,14 @@ def test_pipeline_matches_pytorch_and_answers_images(exported, backbone, experts
 
     pipe = pipeline_cli.Pipeline(out)
     images = [textured_image(i, 40) for i in range(5)]
-    for p_tar in (0.0001, 1.0):  # everything exits at branch 0 / (almost) everything offloads
+    for p_tar in (0.0001, 1.0):
         answers = pipe.infer(images, p_tar)
         assert len(answers) == 5
         assert all(0 <= a["class"] < 10 and a["expert"] in pipe.edge for a in answers)
+    # a threshold nothing can miss: every image exits at the first branch
     assert all(a["exit"] == 0 and not a["offloaded"] for a in pipe.infer(images, 0.0001))
+    # a threshold of 1.0 is out of reach of an undertrained 10-class softmax: all offloaded
+    assert all(a["offloaded"] for a in pipe.infer(images, 1.0))
     path = tmp_path / "img.png"
     path.write_bytes(encode_image(images[0]))
     one = pipeline_cli.main(pipeline_cli.get_args_parser().parse_args(

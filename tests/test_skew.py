@@ -42,3 +42,29 @@ def test_jpeg_on_the_wire_stays_within_documented_tolerance(fake_fashion_root):
     train_x = DistortedDataset(source, size=64, policy=policy)[0][0].numpy()
     serve_x = Preprocessing(size=64).model_input(decode_image(encode_image(sent, "jpg", jpeg_quality=95)))
     assert np.abs(serve_x - train_x).mean() < 0.1
+
+
+def test_large_images_take_the_same_path_in_training_and_serving(image_folder, tmp_path):
+    """A 200-px photo: training resizes it to the model size (then distorts, here pristine) and
+    takes the spectrum at the classifier's size; serving receives the 200-px file itself."""
+    from core import distortions
+    from core.imaging import resize
+    from tests.conftest import textured_image
+    from training.datasets import ImageFolderSource
+
+    root = tmp_path / "big" / "cls"
+    root.mkdir(parents=True)
+    for i in range(10):
+        (root / f"{i}.png").write_bytes(encode_image(resize(textured_image(i, 50), 200)))
+    source = ImageFolderSource(tmp_path / "big", "train")
+    policy = DistortionPolicy(fixed=("pristine", 0))
+    spec = DistortedDataset(source, size=64, policy=policy, representation="spectrum",
+                            spectrum_size=128)
+    model = DistortedDataset(source, size=64, policy=policy, representation="image")
+    received = decode_image(source._files[0][0].read_bytes())
+    assert received.shape == (200, 200, 3)
+    np.testing.assert_array_equal(classifier_input(received, 128, image_size=64), spec[0][0].numpy())
+    np.testing.assert_array_equal(Preprocessing(size=64).model_input(received), model[0][0].numpy())
+    # and without the intermediate size the classifier would see another spectrum
+    assert not np.array_equal(classifier_input(received, 128), spec[0][0].numpy())
+    assert distortions.get("pristine").levels == (0,)

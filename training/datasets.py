@@ -139,7 +139,11 @@ class ImageFolderSource:
             files.extend((members[i], label) for i in sorted(perm[lo:hi]))
         if not files:
             raise UserInputError(f"{root} has no JPEG/PNG images in its {split} split")
-        self._files = files[:limit] if limit is not None else files
+        if limit is not None and limit < len(files):
+            # a seeded sample keeps every class represented (files are in class order)
+            keep = np.sort(_seeded_permutation(len(files), seed + 7)[:limit])
+            files = [files[i] for i in keep]
+        self._files = files
         self.split = split
 
     def __len__(self) -> int:
@@ -160,6 +164,8 @@ class ImageFolderSource:
 def load_source(data: str, split: str, *, seed: int = 0, limit: int | None = None,
                 data_root: str | None = None) -> ImageSource:
     """`fashion-mnist` (the embedded default) or the path of an ImageFolder tree."""
+    if limit is not None and limit <= 0:
+        raise UserInputError(f"a limit of {limit} images leaves nothing to work on")
     if data == "fashion-mnist":
         return FashionMNIST(split, root=data_root or FASHION_MNIST_ROOT, seed=seed, limit=limit)
     if os.path.isdir(data):
@@ -212,7 +218,8 @@ class DistortedDataset(Dataset):
     Items: (input tensor, object label, distortion class index, level). `representation` is
     'image' (3xSxS, normalised) or 'spectrum' (1xTxT in [0, 1], T = `spectrum_size`, default S).
     Distortions always act at `size`, the backbone's input size, where their levels are defined;
-    the classifier resizes that image to its own input size, exactly as its handler does.
+    the spectrum is then taken by `core.spectrum.classifier_input`, the function the serving side
+    calls on a received image.
     """
 
     def __init__(self, source: ImageSource, *, size: int, policy: DistortionPolicy,
@@ -239,7 +246,7 @@ class DistortedDataset(Dataset):
         image, name, level = distorted_image(self.source, index, self.size, self.policy,
                                              epoch=self.epoch, blur_border=self.blur_border)
         if self.representation == "spectrum":
-            x = classifier_input(image, self.spectrum_size)
+            x = classifier_input(image, self.spectrum_size, image_size=self.size)
         else:
             x = self.preprocessing.model_input(image)
         return (torch.from_numpy(x), self.source.label(index),

@@ -27,7 +27,7 @@ from core import distortions
 from core.cli import progress, run_cli
 from core.errors import UserInputError
 from core.imaging import encode_image
-from core.spectrum import spectrum
+from core.spectrum import classifier_input
 from training.datasets import DistortionPolicy, distorted_image, load_source
 
 
@@ -35,6 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--distortion-type", default=None,
@@ -48,6 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N images of the split")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the random draws")
     p.add_argument("--out", default="data/distorted", help="output folder")
+    p.add_argument("--spectrum-size", type=int, default=128,
+                   help="with --classifier-set: side of the spectra (the classifier's input size)")
     p.add_argument("--classifier-set", action="store_true",
                    help="write spectra per distortion class instead (random type and level)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -89,7 +92,8 @@ def write_classifier_set(args: argparse.Namespace, source) -> int:
     for i in progress(range(len(source)), desc="spectra", quiet=args.quiet):
         image, name, level = distorted_image(source, i, args.size, policy,
                                              blur_border=args.blur_border)
-        spec16 = np.round(spectrum(image) * 65535.0).astype(np.uint16)
+        spec = classifier_input(image, args.spectrum_size, image_size=args.size)[0]
+        spec16 = np.round(spec * 65535.0).astype(np.uint16)
         rel = Path(name) / f"{i:06d}.png"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(root / rel), spec16):
@@ -114,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserInputError("give either --distortion-type or --classifier-set")
     if args.distortion_type is not None:
         distortions.get(args.distortion_type)  # fail before loading data
-    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root)
+    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root,
+                         seed=args.split_seed)
     if args.classifier_set:
         return write_classifier_set(args, source)
     return write_distorted(args, source)

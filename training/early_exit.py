@@ -82,6 +82,8 @@ def conv_macs_per_block(features: nn.Sequential, size: int) -> list[int]:
 
 def place_exits(macs: list[int], fractions: tuple[float, ...]) -> tuple[int, ...]:
     """Index of the first block at which the cumulative MAC fraction reaches each fraction."""
+    if not all(0 < f < 1 for f in fractions) or list(fractions) != sorted(fractions):
+        raise UserInputError(f"exit fractions must be increasing and inside (0, 1), got {list(fractions)}")
     total = float(sum(macs))
     cumulative, out, acc = [], [], 0
     for m in macs:
@@ -139,7 +141,8 @@ class EarlyExitMobileNetV2(nn.Module):
         features = net.features
         if config.exit_after is not None:
             exits = tuple(config.exit_after)
-            if len(exits) != 3 or list(exits) != sorted(set(exits)) or exits[-1] >= len(features) - 1:
+            if (len(exits) != 3 or list(exits) != sorted(set(exits)) or exits[0] < 0
+                    or exits[-1] >= len(features) - 1):
                 raise UserInputError(f"--exit-after needs 3 increasing block indices below "
                                      f"{len(features) - 1}, got {list(exits)}")
         else:

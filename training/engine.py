@@ -32,7 +32,10 @@ def device_from_arg(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"unknown --device {name!r} (cpu, cuda, cuda:N or auto)") from None
 
 
 def image_loader(source: ImageSource, policy: DistortionPolicy, preprocessing: Preprocessing, *,
@@ -121,6 +124,7 @@ def base_payload(model: EarlyExitMobileNetV2, *, role: str, class_names: tuple[s
         "run_id": run_id,
         "command": command,
         "data": args.data,
+        "split_seed": args.split_seed,
         "wall_time_s": round(time.time() - started, 1),
     }
 
@@ -134,6 +138,9 @@ def fit(model: EarlyExitMobileNetV2, *, train_loader: DataLoader, val_loader: Da
         weights: tuple[float, ...], device: torch.device, quiet: bool,
         freeze_backbone_bn: bool = False, on_epoch_start=None) -> tuple[dict, list[dict]]:
     """Train with early stopping on the validation loss; returns (best state dict, history)."""
+    if len(train_loader.dataset) < train_loader.batch_size:
+        raise UserInputError(f"{len(train_loader.dataset)} training images are fewer than one batch "
+                             f"of {train_loader.batch_size}: lower --batch-size")
     best_loss, best_state, history, stale = float("inf"), None, [], 0
     for epoch in range(epochs):
         if on_epoch_start is not None:
@@ -159,6 +166,8 @@ def fit(model: EarlyExitMobileNetV2, *, train_loader: DataLoader, val_loader: Da
             if stale >= patience:
                 log(f"early stop: validation loss did not improve for {patience} epochs")
                 break
+    if best_state is None:
+        raise UserInputError("the validation loss was never finite (diverged): lower the learning rates")
     return best_state, history
 
 
@@ -176,7 +185,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exit-weights", type=float, nargs=NUM_EXITS, default=(1.0,) * NUM_EXITS,
                    help="weights of the four exits' cross-entropies in the loss")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and distortion draws")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the train/val(/test) split; recorded so evaluation uses the same split")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -114,7 +114,8 @@ def format_table(result: dict, title: str) -> str:
 def main(args: argparse.Namespace) -> dict:
     started = time.time()
     model, payload = load_classifier(args.checkpoint)
-    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root)
+    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root,
+                         seed=payload.get("split_seed", 0))
     result = evaluate_source(model, source, seed=args.seed, workers=args.workers,
                              label=args.split, quiet=args.quiet)
     result.update({"data": args.data, "split": args.split})

@@ -101,6 +101,9 @@ def all_exit_logits(models: dict[str, tuple], loader: DataLoader, device: torch.
 
 @torch.no_grad()
 def classifier_routes(classifier, source, policy: DistortionPolicy, image_size: int, args) -> np.ndarray:
+    if classifier.config.image_size != image_size:
+        raise UserInputError(f"the classifier was trained on {classifier.config.image_size}-px images, "
+                             f"the experts on {image_size}-px images")
     ds = DistortedDataset(source, size=image_size, policy=policy, representation="spectrum",
                           spectrum_size=classifier.config.input_size)
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
@@ -162,7 +165,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     classifier = None
     if args.classifier != "none":
         classifier, _ = load_classifier(args.classifier)
-    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root)
+    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root,
+                         seed=conventional.get("split_seed", 0))
     classes = list(distortions.DISTORTION_CLASSES)
 
     rows = []

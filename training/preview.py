@@ -14,6 +14,7 @@ import numpy as np
 
 from core import distortions
 from core.cli import run_cli
+from core.errors import UserInputError
 from core.imaging import encode_image, resize
 from core.spectrum import spectrum
 from training.datasets import load_source
@@ -23,6 +24,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     p.add_argument("--data-root", default=None)
     p.add_argument("--index", type=int, default=0, help="which test image to show")
     p.add_argument("--size", type=int, default=64, help="model input size (distortions act here)")
@@ -59,7 +61,12 @@ def contact_sheet(image: np.ndarray, *, scale: int = 2, spectra: bool = False) -
 
 
 def main(args: argparse.Namespace) -> None:
-    source = load_source(args.data, "test", limit=args.index + 1, data_root=args.data_root)
+    if args.index < 0:
+        raise UserInputError("--index must be >= 0")
+    source = load_source(args.data, "test", limit=args.index + 1, data_root=args.data_root,
+                         seed=args.split_seed)
+    if args.index >= len(source):
+        raise UserInputError(f"--index {args.index} is past the end of the test split ({len(source)} images)")
     image = resize(source.image(args.index), args.size)
     sheet = contact_sheet(image, scale=args.scale, spectra=args.spectra)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

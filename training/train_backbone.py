@@ -51,9 +51,9 @@ def main(args: argparse.Namespace) -> dict:
     started = time.time()
     torch.manual_seed(args.seed)
     device = engine.device_from_arg(args.device)
-    train_src = load_source(args.data, "train", seed=args.seed, limit=args.train_limit,
+    train_src = load_source(args.data, "train", seed=args.split_seed, limit=args.train_limit,
                             data_root=args.data_root)
-    val_src = load_source(args.data, "val", seed=args.seed, limit=args.val_limit,
+    val_src = load_source(args.data, "val", seed=args.split_seed, limit=args.val_limit,
                           data_root=args.data_root)
     config = ExitConfig(num_classes=len(train_src.classes), input_size=args.input_size,
                         width_mult=args.width_mult, exit_fractions=tuple(args.exit_fractions),

@@ -61,7 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, default=3,
                    help="fresh initialisations to try if the 1-channel bottleneck dies")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and distortion draws")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the train/val(/test) split; recorded so evaluation uses the same split")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -73,15 +75,17 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "samples_per_epoch", "batch_size", "input_size", "image_size", "patience"):
         if getattr(args, name) <= 0:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
+    if args.input_size < 13:
+        raise UserInputError("--input-size must be at least 13 for the classifier's convolutions")
 
 
 def build_datasets(args: argparse.Namespace):
     """(train dataset, sampler weights, validation dataset) as described in the module docstring."""
     size = args.image_size
     spec = {"representation": "spectrum", "spectrum_size": args.input_size}
-    train_src = load_source(args.data, "train", seed=args.seed, limit=args.train_limit,
+    train_src = load_source(args.data, "train", seed=args.split_seed, limit=args.train_limit,
                             data_root=args.data_root)
-    val_src = load_source(args.data, "val", seed=args.seed, limit=args.val_limit,
+    val_src = load_source(args.data, "val", seed=args.split_seed, limit=args.val_limit,
                           data_root=args.data_root)
     train_parts = [DistortedDataset(train_src, size=size, **spec,
                                     policy=DistortionPolicy(seed=args.seed))]
@@ -129,6 +133,7 @@ def main(args: argparse.Namespace) -> dict:
             "history": history,
             "data": args.data,
             "photo_fraction": args.photo_fraction,
+            "split_seed": args.split_seed,
             "command": command_line(),
             "wall_time_s": round(time.time() - started, 1),
         }

@@ -63,9 +63,12 @@ def main(args: argparse.Namespace) -> dict:
     device = engine.device_from_arg(args.device)
     model, backbone = engine.load_early_exit(args.backbone, role="backbone")
     preprocessing = Preprocessing.from_dict(backbone["preprocessing"])
-    train_src = load_source(args.data, "train", seed=args.seed, limit=args.train_limit,
+    if args.split_seed != backbone.get("split_seed", 0):
+        raise UserInputError(f"--split-seed {args.split_seed} differs from the backbone's "
+                             f"({backbone.get('split_seed', 0)}): validation would overlap its training set")
+    train_src = load_source(args.data, "train", seed=args.split_seed, limit=args.train_limit,
                             data_root=args.data_root)
-    val_src = load_source(args.data, "val", seed=args.seed, limit=args.val_limit,
+    val_src = load_source(args.data, "val", seed=args.split_seed, limit=args.val_limit,
                           data_root=args.data_root)
     if tuple(train_src.classes) != tuple(backbone["class_names"]):
         raise UserInputError(f"{args.data} has other classes than the backbone was trained on")
