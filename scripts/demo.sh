@@ -21,7 +21,7 @@ step "2/4 dataset generator: 200 test images at every blur level (ImageFolder tr
 $PY -m training.distort --split test --limit 200 --distortion-type gaussian_blur --out "$OUT/distorted" --quiet
 
 step "3/4 distortion classifier: training on a 10,000-image subset plus natural-photo crops"
-$PY -m training.train_classifier --train-limit 10000 --samples-per-epoch 6000 --epochs 6 \
+$PY -m training.train_classifier --train-limit 10000 --samples-per-epoch 6000 --epochs 6 --input-size 128 \
   --val-limit 1000 --val-photo-crops 400 --quiet --out "$OUT/classifier.pt"
 
 step "4/4 evaluation: 2,000 test images and crops of held-out photos"

@@ -42,13 +42,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="checkpoints/classifier.pt", help="checkpoint to write")
     p.add_argument("--image-size", type=int, default=64,
                    help="side of the images the distortions act on (the experts' input size)")
-    p.add_argument("--input-size", type=int, default=128,
+    p.add_argument("--input-size", type=int, default=192,
                    help="side of the classifier's spectrum; the image is resized to it first. Twice "
                         "the image size keeps an empty band whose minimum anchors the min-max "
                         "scaling, so a noise floor is not normalised away (see README)")
     p.add_argument("--photo-fraction", type=float, default=0.5,
                    help="share of samples that are natural-photo crops (0 disables photos)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--samples-per-epoch", type=int, default=20000)
     p.add_argument("--train-limit", type=int, default=None, help="use the first N training images")
     p.add_argument("--val-limit", type=int, default=1500, help="validation images (Fashion-MNIST)")
