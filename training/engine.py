@@ -184,6 +184,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=10, help="early stopping on the validation loss")
     p.add_argument("--exit-weights", type=float, nargs=NUM_EXITS, default=(1.0,) * NUM_EXITS,
                    help="weights of the four exits' cross-entropies in the loss")
+    add_runtime_args(p)
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """Workers, seeds, device and progress options of every training CLI."""
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and distortion draws")
     p.add_argument("--split-seed", type=int, default=0,

@@ -29,7 +29,7 @@ from core.errors import UserInputError
 from training.checkpoints import command_line, new_run_id, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
-from training.engine import device_from_arg
+from training.engine import add_runtime_args, device_from_arg
 from training.eval_classifier import predict
 from training.photos import PhotoCrops
 
@@ -60,12 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=8, help="epochs without improvement before stopping")
     p.add_argument("--restarts", type=int, default=3,
                    help="fresh initialisations to try if the 1-channel bottleneck dies")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and distortion draws")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the train/val(/test) split; recorded so evaluation uses the same split")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_runtime_args(p)
     return p
 
 
