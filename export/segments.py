@@ -24,6 +24,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from handlers.runtime import make_session
+
 OPSET = 18
 LOGIT_ATOL = 1e-3      # float32 ONNX vs eager: observed differences are ~1e-6
 FEATURE_ATOL = 1e-3
@@ -34,12 +36,8 @@ class ExportParityError(RuntimeError):
 
 
 def ort_session(path: str | Path, *, threads: int = 1) -> ort.InferenceSession:
-    """An onnxruntime session with providers and threads named explicitly (never inherited)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    """The serving side's session factory, so parity is checked under the same settings."""
+    return make_session(Path(path), threads=threads)
 
 
 def export_module(module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str,
