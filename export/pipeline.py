@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,26 +32,50 @@ from handlers.runtime import CloudExpert, DistortionClassifierRuntime, EdgeExper
 
 
 class Pipeline:
-    """Classifier + every exported expert pair found in `folder`."""
+    """Classifier + every expert pair, from an export folder or from a model store's archives."""
 
     def __init__(self, folder: str | Path, *, threads: int = 1):
+        """`folder`: written by `python -m export`, or a model store of .mar archives."""
         folder = Path(folder)
-        if not (folder / "distortion_classifier.json").is_file():
-            raise UserInputError(f"{folder} has no distortion_classifier.json: run python -m export")
-        self.classifier = DistortionClassifierRuntime(Manifest.load(folder / "distortion_classifier.json"),
-                                                      folder, threads=threads)
+        self._unpacked = None
+        if (folder / "distortion_classifier.json").is_file():
+            found = {p.stem: (Manifest.load(p), folder) for p in sorted(folder.glob("*.json"))
+                     if p.name != "export_report.json"}
+        elif (folder / "distortion_classifier.mar").is_file():
+            found = self._unpack_store(folder)
+        else:
+            raise UserInputError(f"{folder} holds neither an export (distortion_classifier.json) nor "
+                                 f"archives (distortion_classifier.mar): run python -m export")
+        manifest, where = found["distortion_classifier"]
+        self.classifier = DistortionClassifierRuntime(manifest, where, threads=threads)
         self.edge: dict[str, EdgeExpert] = {}
         self.cloud: dict[str, CloudExpert] = {}
-        for path in sorted(folder.glob("edge_*.json")):
-            name = path.stem[len("edge_"):]
-            edge_m, cloud_m = Manifest.load(path), Manifest.load(folder / f"cloud_{name}.json")
+        for key in sorted(found):
+            if not key.startswith("edge_"):
+                continue
+            name = key[len("edge_"):]
+            if f"cloud_{name}" not in found:
+                raise UserInputError(f"edge_{name} has no cloud_{name} beside it")
+            (edge_m, edge_dir), (cloud_m, cloud_dir) = found[key], found[f"cloud_{name}"]
             check_pair(edge_m, cloud_m)
-            self.edge[name] = EdgeExpert(edge_m, folder, threads=threads)
-            self.cloud[name] = CloudExpert(cloud_m, folder, threads=threads)
+            self.edge[name] = EdgeExpert(edge_m, edge_dir, threads=threads)
+            self.cloud[name] = CloudExpert(cloud_m, cloud_dir, threads=threads)
         self.distortions = self.classifier.manifest.class_names
         missing = [d for d in self.distortions if d not in self.edge]
         if missing:
             raise UserInputError(f"no exported expert for {', '.join(missing)}")
+
+    def _unpack_store(self, store: Path) -> dict[str, tuple[Manifest, Path]]:
+        """Unpack every archive into a private temporary folder, exactly as TorchServe would."""
+        from export.archive import extract
+        from handlers.service import MANIFEST_NAME
+
+        self._unpacked = tempfile.TemporaryDirectory(prefix="pipeline_")
+        found = {}
+        for mar in sorted(store.glob("*.mar")):
+            folder = extract(mar, Path(self._unpacked.name) / mar.stem)
+            found[mar.stem] = (Manifest.load(folder / MANIFEST_NAME), folder)
+        return found
 
     def infer(self, images: list[np.ndarray], p_tar: float = 0.8, *, expert: str | None = None) -> list[dict]:
         """Answers for RGB uint8 images; `expert` forces one expert instead of routing."""
@@ -147,7 +172,8 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--exported", default="exported", help="folder written by python -m export")
+    p.add_argument("--exported", default="exported",
+                   help="folder written by python -m export, or a model store of .mar archives")
     p.add_argument("--images", nargs="*", default=[], help="JPEG/PNG files to answer")
     p.add_argument("--p-tar", type=float, default=0.8)
     p.add_argument("--expert", default=None, help="force this expert instead of routing")

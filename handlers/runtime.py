@@ -30,13 +30,19 @@ def make_session(path: Path, *, threads: int = 1, providers: tuple[str, ...] = (
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
 
 
+CPU = ("CPUExecutionProvider",)
+
+
 class _Segments:
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int, verify: bool):
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int, verify: bool,
+                 providers: tuple[str, ...] = CPU):
         if verify:
             manifest.verify_files(folder)
         self.manifest = manifest
-        self.stages = [make_session(folder / f, threads=threads) for f in manifest.stages]
-        self.heads = [make_session(folder / e.file, threads=threads) for e in manifest.exits]
+        self.stages = [make_session(folder / f, threads=threads, providers=providers)
+                       for f in manifest.stages]
+        self.heads = [make_session(folder / e.file, threads=threads, providers=providers)
+                      for e in manifest.exits]
 
     @staticmethod
     def run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
@@ -59,10 +65,11 @@ class EdgeResult:
 class EdgeExpert(_Segments):
     """Stages 0-2 and the three side branches of one expert."""
 
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True):
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True,
+                 providers: tuple[str, ...] = CPU):
         if manifest.role != "edge":
             raise ManifestError(f"{manifest.name}: not an edge manifest")
-        super().__init__(manifest, folder, threads=threads, verify=verify)
+        super().__init__(manifest, folder, threads=threads, verify=verify, providers=providers)
         self.preprocessing = Preprocessing.from_dict(manifest.preprocessing)
         self.temperatures = [e.temperature for e in manifest.exits]
 
@@ -97,10 +104,11 @@ class EdgeExpert(_Segments):
 class CloudExpert(_Segments):
     """Stage 3 and the final exit of one expert."""
 
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True):
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True,
+                 providers: tuple[str, ...] = CPU):
         if manifest.role != "cloud":
             raise ManifestError(f"{manifest.name}: not a cloud manifest")
-        super().__init__(manifest, folder, threads=threads, verify=verify)
+        super().__init__(manifest, folder, threads=threads, verify=verify, providers=providers)
         self.temperature = manifest.exits[0].temperature
 
     def logits(self, split: np.ndarray) -> np.ndarray:
@@ -115,7 +123,8 @@ class CloudExpert(_Segments):
 
 
 class DistortionClassifierRuntime:
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True):
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True,
+                 providers: tuple[str, ...] = CPU):
         if manifest.role != "classifier":
             raise ManifestError(f"{manifest.name}: not a classifier manifest")
         if verify:
@@ -123,7 +132,7 @@ class DistortionClassifierRuntime:
         self.manifest = manifest
         self.size = int(manifest.preprocessing["spectrum_size"])
         self.image_size = int(manifest.preprocessing["size"])
-        self.session = make_session(folder / manifest.stages[0], threads=threads)
+        self.session = make_session(folder / manifest.stages[0], threads=threads, providers=providers)
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """N x 3 distortion probabilities for RGB uint8 images of any size."""

@@ -104,3 +104,27 @@ def tiny_classifier(fake_fashion_root, tmp_path_factory):
          "--image-size", "32", "--photo-fraction", "0", "--epochs", "2", "--samples-per-epoch",
          "320", "--val-limit", "20", "--workers", "0", "--quiet"]))
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(backbone, experts, tiny_classifier, fake_fashion_root, tmp_path_factory):
+    """`python -m export` over the tiny checkpoints: (folder, export report)."""
+    from export import __main__ as export_cli
+
+    out = tmp_path_factory.mktemp("exported")
+    args = export_cli.get_args_parser().parse_args(
+        ["--backbone", str(backbone), "--experts", *experts, "--classifier", str(tiny_classifier),
+         "--data-root", str(fake_fashion_root), "--parity-images", "12", "--out", str(out)])
+    report = export_cli.main(args)
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def model_store(exported, tmp_path_factory):
+    """Every archive built by `python -m export.archive` from the tiny export."""
+    from export import archive
+
+    store = tmp_path_factory.mktemp("model_store")
+    archive.main(archive.get_args_parser().parse_args(
+        ["--exported", str(exported[0]), "--model-store", str(store)]))
+    return store

@@ -7,21 +7,10 @@ import pytest
 import torch
 
 from core.manifest import Manifest, ManifestError, check_pair
-from export import __main__ as export_cli
 from export.segments import ExportParityError, check_parity, export_module, ort_session
 
 EXPERTS = ("conventional", "pristine", "gaussian_blur", "gaussian_noise")
 SEGMENTS = ("branch0", "branch1", "branch2", "final")
-
-
-@pytest.fixture(scope="module")
-def exported(backbone, experts, tiny_classifier, fake_fashion_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exported")
-    args = export_cli.get_args_parser().parse_args(
-        ["--backbone", str(backbone), "--experts", *experts, "--classifier", str(tiny_classifier),
-         "--data-root", str(fake_fashion_root), "--parity-images", "12", "--out", str(out)])
-    report = export_cli.main(args)
-    return out, report
 
 
 def test_report_covers_every_segment(exported):

@@ -136,13 +136,23 @@ def log(message: str) -> None:
 def fit(model: EarlyExitMobileNetV2, *, train_loader: DataLoader, val_loader: DataLoader,
         optimizer: torch.optim.Optimizer, scheduler, epochs: int, patience: int,
         weights: tuple[float, ...], device: torch.device, quiet: bool,
-        freeze_backbone_bn: bool = False, on_epoch_start=None) -> tuple[dict, list[dict]]:
-    """Train with early stopping on the validation loss; returns (best state dict, history)."""
+        freeze_backbone_bn: bool = False, on_epoch_start=None,
+        max_minutes: float | None = None) -> tuple[dict, list[dict]]:
+    """Train with early stopping on the validation loss; returns (best state dict, history).
+
+    `max_minutes` bounds the wall time: no epoch starts that the last one's duration says would
+    end past the budget, so the best state is always a whole epoch's.
+    """
+    fit_started = time.time()
     if len(train_loader.dataset) < train_loader.batch_size:
         raise UserInputError(f"{len(train_loader.dataset)} training images are fewer than one batch "
                              f"of {train_loader.batch_size}: lower --batch-size")
     best_loss, best_state, history, stale = float("inf"), None, [], 0
     for epoch in range(epochs):
+        if (max_minutes is not None and history
+                and time.time() - fit_started + history[-1]["seconds"] > 60 * max_minutes):
+            log(f"stopping after {epoch} epochs: another would overrun the {max_minutes:g}-min budget")
+            break
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         started = time.time()
@@ -182,6 +192,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--cosine-t", type=int, default=10, help="period of the cosine schedule (epochs)")
     p.add_argument("--patience", type=int, default=10, help="early stopping on the validation loss")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-time budget: no epoch starts that would end past it")
     p.add_argument("--exit-weights", type=float, nargs=NUM_EXITS, default=(1.0,) * NUM_EXITS,
                    help="weights of the four exits' cross-entropies in the loss")
     add_runtime_args(p)
@@ -201,5 +213,7 @@ def check_common_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "cosine_t"):
         if getattr(args, name) <= 0:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise UserInputError("--max-minutes must be positive")
     if any(w < 0 for w in args.exit_weights) or sum(args.exit_weights) == 0:
         raise UserInputError("--exit-weights must be non-negative and not all zero")

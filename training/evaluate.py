@@ -147,6 +147,13 @@ def load_models(args) -> tuple[dict[str, tuple], dict[str, dict[str, str]]]:
         key = f"expert:{payload['distortion']}{suffix}"
         models[key] = (model, payload)
         experts[suffix][payload["distortion"]] = key
+    # BN adaptation on pristine data would reproduce the backbone's own statistics, so an
+    # adapt-bn set may borrow the frozen-BN expert of a type it lacks (the pristine one, usually).
+    if experts["_adapt_bn"]:
+        for kind, key in experts[""].items():
+            if kind not in experts["_adapt_bn"]:
+                experts["_adapt_bn"][kind] = key
+                engine.log(f"adapt-bn experts: using the frozen-BN {kind} expert for {kind} images")
     for suffix, by_type in experts.items():
         if by_type and set(by_type) != set(distortions.DISTORTION_CLASSES):
             missing = set(distortions.DISTORTION_CLASSES) - set(by_type)

@@ -75,7 +75,8 @@ def main(args: argparse.Namespace) -> dict:
     best_state, history = engine.fit(model, train_loader=train_loader, val_loader=val_loader,
                                      optimizer=optimizer, scheduler=scheduler, epochs=args.epochs,
                                      patience=args.patience, weights=tuple(args.exit_weights),
-                                     device=device, quiet=args.quiet)
+                                     device=device, quiet=args.quiet,
+                                     max_minutes=args.max_minutes)
     model.load_state_dict(best_state)
     logits, labels = engine.collect_logits(model, val_loader, device)
     calibration = calibrate_exits(logits, labels)

@@ -94,7 +94,8 @@ def main(args: argparse.Namespace) -> dict:
                                      optimizer=optimizer, scheduler=scheduler, epochs=args.epochs,
                                      patience=args.patience, weights=tuple(args.exit_weights),
                                      device=device, quiet=args.quiet,
-                                     freeze_backbone_bn=not args.adapt_bn, on_epoch_start=new_epoch)
+                                     freeze_backbone_bn=not args.adapt_bn, on_epoch_start=new_epoch,
+                                     max_minutes=args.max_minutes)
     model.load_state_dict(best_state)
     logits, labels = engine.collect_logits(model, val_loader, device)
     calibration = calibrate_exits(logits, labels)

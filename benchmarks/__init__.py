@@ -1,0 +1,1 @@
+"""Benchmarks: network emulation, latency, load and reliability runs against the live system."""

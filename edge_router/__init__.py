@@ -1,0 +1,1 @@
+"""The edge router: the edge's front door (expert choice, offload decision, discovery)."""

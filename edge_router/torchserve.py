@@ -1,0 +1,245 @@
+"""Start, stop and inspect the edge and cloud TorchServe instances on one machine.
+
+    python -m edge_router.torchserve start edge --model-store model_store --models all
+    python -m edge_router.torchserve start cloud --model-store model_store --models all
+    python -m edge_router.torchserve status
+    python -m edge_router.torchserve stop edge
+
+Each instance gets its own ports (HTTP and gRPC), working folder (`run/<role>/`: the generated
+`config.properties`, `key_file.json`, `logs/`, `tmp/`) and TMPDIR, as two TorchServe processes on
+one machine need. The configuration is the repository's `config.properties` (token auth on,
+loopback only, registration limited to the local model store) with the instance's ports and paths
+filled in. `--models all` registers every archive of the model store whose name matches the role
+(edge: the classifier and `edge_*`; cloud: `cloud_*`). `start` returns once `/ping` says Healthy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from core.cli import run_cli
+from core.errors import UserInputError
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "config.properties"
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int
+    management: int
+    metrics: int
+    grpc_inference: int
+    grpc_management: int
+
+
+DEFAULT_PORTS = {
+    "edge": Ports(8080, 8081, 8082, 7070, 7071),
+    "cloud": Ports(8090, 8091, 8092, 7090, 7091),
+}
+ROLE_PREFIXES = {"edge": ("distortion_classifier", "edge_"), "cloud": ("cloud_",)}
+
+
+@dataclass
+class Instance:
+    """Where one TorchServe instance lives and how to reach it."""
+
+    role: str
+    workdir: Path
+    ports: Ports
+    host: str = "127.0.0.1"
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{self.host}:{self.ports.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.ports.management}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports.metrics}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    def keys(self) -> dict[str, str]:
+        """The instance's tokens ('inference', 'management'); never printed or logged."""
+        return read_keys(self.key_file)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(TMPDIR=str(self.workdir / "tmp"), LOG_LOCATION=str(self.workdir / "logs"),
+                   METRICS_LOCATION=str(self.workdir / "logs"))
+        return env
+
+
+def read_keys(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text())
+        return {"inference": data["inference"]["key"], "management": data["management"]["key"]}
+    except FileNotFoundError:
+        raise UserInputError(f"{path} not found: is the instance started (token auth on)?") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserInputError(f"{path} is not a TorchServe key file") from None
+
+
+def instance(role: str, *, run_dir: str | Path = "run", ports: Ports | None = None,
+             host: str = "127.0.0.1") -> Instance:
+    if role not in DEFAULT_PORTS:
+        raise UserInputError(f"unknown role {role!r} (edge or cloud)")
+    return Instance(role=role, workdir=Path(run_dir).resolve() / role,
+                    ports=ports or DEFAULT_PORTS[role], host=host)
+
+
+def render_config(inst: Instance, model_store: Path) -> str:
+    """The repository's config.properties with this instance's addresses and paths."""
+    values = {
+        "inference_address": inst.inference_url,
+        "management_address": inst.management_url,
+        "metrics_address": inst.metrics_url,
+        "grpc_inference_port": str(inst.ports.grpc_inference),
+        "grpc_management_port": str(inst.ports.grpc_management),
+        "model_store": str(model_store),
+        # Java's own temp folder (model extraction) per instance, beside TMPDIR's pid file.
+        "vmargs": f"-Xmx1g -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={inst.workdir / 'tmp'}",
+    }
+    lines, seen = [], set()
+    for line in TEMPLATE.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.startswith("#") and "=" in line and key in values:
+            lines.append(f"{key}={values[key]}")
+            seen.add(key)
+        else:
+            lines.append(line)
+    lines += [f"{k}={v}" for k, v in values.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+def archives_for(role: str, model_store: Path, models: list[str]) -> list[str]:
+    available = sorted(p.stem for p in model_store.glob("*.mar"))
+    if models == ["all"]:
+        chosen = [m for m in available if m.startswith(ROLE_PREFIXES[role])]
+    else:
+        chosen = models
+    missing = [m for m in chosen if m not in available]
+    if missing:
+        raise UserInputError(f"not in {model_store}: {', '.join(missing)} (run python -m export.archive)")
+    return chosen
+
+
+def torchserve_bin() -> str:
+    return str(Path(sys.executable).parent / "torchserve")
+
+
+def ping(inst: Instance, timeout: float = 2.0) -> bool:
+    """Healthy on /ping (which needs the inference token while token auth is on)."""
+    try:
+        token = inst.keys()["inference"] if inst.key_file.is_file() else ""
+    except UserInputError:
+        token = ""
+    try:
+        r = requests.get(f"{inst.inference_url}/ping", timeout=timeout,
+                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        return r.status_code == 200 and r.json().get("status") == "Healthy"
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def start(inst: Instance, model_store: str | Path, models: list[str], *, wait_s: float = 120,
+          extra_env: dict[str, str] | None = None) -> Instance:
+    store = Path(model_store).resolve()
+    if not store.is_dir():
+        raise UserInputError(f"model store {store} does not exist (run python -m export.archive)")
+    chosen = archives_for(inst.role, store, models)
+    if ping(inst):
+        raise UserInputError(f"something already answers on {inst.inference_url}: stop it first")
+    for sub in ("tmp", "logs"):
+        (inst.workdir / sub).mkdir(parents=True, exist_ok=True)
+    config = inst.workdir / "config.properties"
+    config.write_text(render_config(inst, store))
+    cmd = [torchserve_bin(), "--start", "--ncs", "--ts-config", str(config),
+           "--model-store", str(store)]
+    if chosen:
+        cmd += ["--models", *[f"{m}={m}.mar" for m in chosen]]
+    env = inst.env()
+    env.update(extra_env or {})
+    with open(inst.workdir / "logs" / "launcher.log", "ab") as out:
+        subprocess.run(cmd, cwd=inst.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                       check=False, timeout=60)
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        if ping(inst) and (not chosen or _models_ready(inst, chosen)):
+            return inst
+        time.sleep(0.5)
+    stop(inst)
+    raise RuntimeError(f"TorchServe {inst.role} did not become healthy in {wait_s:.0f} s; see "
+                       f"{inst.workdir / 'logs'}")
+
+
+def _models_ready(inst: Instance, models: list[str]) -> bool:
+    try:
+        headers = {"Authorization": f"Bearer {inst.keys()['management']}"}
+        for m in models:
+            r = requests.get(f"{inst.management_url}/models/{m}", headers=headers, timeout=2)
+            if r.status_code != 200 or not any(w.get("status") == "READY"
+                                               for v in r.json() for w in v.get("workers", [])):
+                return False
+        return True
+    except (requests.RequestException, UserInputError, ValueError):
+        return False
+
+
+def stop(inst: Instance, *, wait_s: float = 30) -> None:
+    subprocess.run([torchserve_bin(), "--stop"], cwd=inst.workdir if inst.workdir.is_dir() else None,
+                   env=inst.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False, timeout=60)
+    deadline = time.time() + wait_s
+    while time.time() < deadline and ping(inst, timeout=0.5):
+        time.sleep(0.3)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("role", nargs="?", choices=("edge", "cloud"), default=None,
+                   help="instance (status: both when omitted)")
+    p.add_argument("--model-store", default="model_store")
+    p.add_argument("--models", nargs="*", default=["all"],
+                   help="archive names to register at start, or 'all' for the role's archives")
+    p.add_argument("--run-dir", default="run", help="parent of the instances' working folders")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    roles = [args.role] if args.role else ["edge", "cloud"]
+    if args.action != "status" and not args.role:
+        raise UserInputError(f"{args.action} needs a role: edge or cloud")
+    for role in roles:
+        inst = instance(role, run_dir=args.run_dir)
+        if args.action == "start":
+            start(inst, args.model_store, args.models)
+            print(f"{role}: healthy at {inst.inference_url} (management {inst.management_url}, "
+                  f"metrics {inst.metrics_url}); tokens in {inst.key_file}")
+        elif args.action == "stop":
+            stop(inst)
+            print(f"{role}: stopped")
+        else:
+            print(f"{role}: {'healthy' if ping(inst) else 'not answering'} at {inst.inference_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))

@@ -1,0 +1,153 @@
+"""`python -m export.archive`: the exported segments to TorchServe archives in the model store.
+
+    python -m export.archive --exported exported --model-store model_store
+
+One archive per manifest written by `python -m export`: `edge_<expert>.mar`, `cloud_<expert>.mar`,
+`distortion_classifier.mar`. Each holds its ONNX files at the paths its manifest names, the
+manifest as `model_manifest.json`, the handler of its role, the torch-free `core` package and the
+handler support modules (so the serving side runs exactly the preprocessing the models were
+trained with), and a `model-config.yaml` with the worker, batching and onnxruntime settings.
+Archives are built with TorchServe's own `torch-model-archiver`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from core.cli import run_cli
+from core.errors import UserInputError
+from core.manifest import Manifest
+from handlers.service import MANIFEST_NAME
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = {"edge": "edge_handler.py", "cloud": "cloud_handler.py", "classifier": "classifier_handler.py"}
+SUPPORT_MODULES = ("handlers/__init__.py", "handlers/runtime.py", "handlers/service.py")
+MAX_EXTRACTED_BYTES = 512 * 1024 * 1024
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--exported", default="exported", help="folder written by python -m export")
+    p.add_argument("--model-store", default="model_store", help="where the .mar files go")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="archive names to build (e.g. edge_gaussian_blur); default all")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
+    p.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size")
+    p.add_argument("--max-batch-delay", type=int, default=2,
+                   help="ms TorchServe waits to fill a batch")
+    p.add_argument("--workers", type=int, default=1, help="workers per model")
+    p.add_argument("--archiver", default=None,
+                   help="torch-model-archiver executable (default: the one beside this Python)")
+    return p
+
+
+def manifests(exported: Path) -> dict[str, Manifest]:
+    """Archive name -> manifest, for every manifest `python -m export` wrote."""
+    found = {}
+    for path in sorted(exported.glob("*.json")):
+        if path.name == "export_report.json":
+            continue
+        m = Manifest.load(path)
+        m.verify_files(exported)
+        found[path.stem] = m
+    if not found:
+        raise UserInputError(f"no manifests in {exported}: run python -m export first")
+    return found
+
+
+def model_config(args: argparse.Namespace) -> str:
+    # YAML written by hand (flat, known keys) so the archive needs no YAML writer here.
+    return "\n".join([
+        f"minWorkers: {args.workers}",
+        f"maxWorkers: {args.workers}",
+        f"batchSize: {args.batch_size}",
+        f"maxBatchDelay: {args.max_batch_delay}",
+        "responseTimeout: 30",
+        "onnxruntime:",
+        f"  intra_op_threads: {args.threads}",
+        "  providers: [CPUExecutionProvider]",
+        "",
+    ])
+
+
+def stage(name: str, manifest: Manifest, exported: Path, folder: Path) -> None:
+    """Lay out one archive's extra files under `folder`, at the paths the handler expects."""
+    for rel in manifest.files:
+        dst = folder / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(exported / rel, dst)
+    (folder / MANIFEST_NAME).write_text(manifest.to_json())
+    (folder / "core").mkdir()
+    for src in sorted((ROOT / "core").glob("*.py")):
+        shutil.copy2(src, folder / "core" / src.name)
+    (folder / "handlers").mkdir()
+    for rel in SUPPORT_MODULES:
+        shutil.copy2(ROOT / rel, folder / rel)
+
+
+def build(name: str, manifest: Manifest, args: argparse.Namespace) -> Path:
+    store = Path(args.model_store)
+    archiver = args.archiver or str(Path(sys.executable).parent / "torch-model-archiver")
+    with tempfile.TemporaryDirectory(prefix=f"mar_{name}_") as tmp:
+        extra = Path(tmp) / "extra"
+        extra.mkdir()
+        stage(name, manifest, Path(args.exported), extra)
+        config = Path(tmp) / "model-config.yaml"
+        config.write_text(model_config(args))
+        cmd = [archiver, "--model-name", name, "--version", "1.0",
+               "--handler", str(ROOT / "handlers" / HANDLERS[manifest.role]),
+               "--extra-files", str(extra), "--config-file", str(config),
+               "--export-path", str(store), "--force"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"torch-model-archiver failed for {name}: "
+                               f"{(done.stderr or done.stdout).strip()[-500:]}")
+    return store / f"{name}.mar"
+
+
+def extract(mar: Path, dest: Path) -> Path:
+    """Unpack an archive safely (no absolute paths, no '..', bounded size); returns its folder."""
+    with zipfile.ZipFile(mar) as zf:
+        total = 0
+        for info in zf.infolist():
+            parts = Path(info.filename).parts
+            if Path(info.filename).is_absolute() or ".." in parts:
+                raise UserInputError(f"{mar}: member {info.filename!r} leaves the archive")
+            total += info.file_size
+        if total > MAX_EXTRACTED_BYTES:
+            raise UserInputError(f"{mar}: {total} bytes unpacked exceeds {MAX_EXTRACTED_BYTES}")
+        zf.extractall(dest)
+    if not (dest / MANIFEST_NAME).is_file():
+        raise UserInputError(f"{mar} carries no {MANIFEST_NAME}: not one of our archives")
+    return dest
+
+
+def main(args: argparse.Namespace) -> list[str]:
+    for key in ("threads", "batch_size", "workers"):
+        if getattr(args, key) < 1:
+            raise UserInputError(f"--{key.replace('_', '-')} must be at least 1")
+    if args.max_batch_delay < 0:
+        raise UserInputError("--max-batch-delay must not be negative")
+    found = manifests(Path(args.exported))
+    wanted = args.only if args.only else list(found)
+    unknown = [n for n in wanted if n not in found]
+    if unknown:
+        raise UserInputError(f"no manifest for {', '.join(unknown)} (have: {', '.join(found)})")
+    Path(args.model_store).mkdir(parents=True, exist_ok=True)
+    built = []
+    for name in wanted:
+        path = build(name, found[name], args)
+        built.append(str(path))
+        print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)")
+    return built
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))

@@ -1,0 +1,39 @@
+"""TorchServe handler of the distortion classifier: image in, distortion probabilities out.
+
+Request: a JPEG or PNG body. Response: JSON `distortion` (the most likely class) and
+`probabilities` (class name -> probability). The spectrum is computed by `core.spectrum`, the same
+code the classifier was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+
+from core.imaging import decode_image
+from handlers.runtime import DistortionClassifierRuntime
+from handlers.service import Service, body_bytes
+
+
+class DistortionClassifierHandler(Service):
+    role = "classifier"
+
+    def load(self, model_dir, *, threads, providers):
+        self.classifier = DistortionClassifierRuntime(self.manifest, model_dir, threads=threads,
+                                                      providers=providers)
+
+    def parse(self, request, context, idx):
+        return decode_image(body_bytes(request))
+
+    def run(self, items, context):
+        order = list(items)
+        probs = self.classifier.probabilities([items[i] for i in order])
+        names = self.manifest.class_names
+        answers = {}
+        for j, i in enumerate(order):
+            k = int(probs[j].argmax())
+            self.metric(context, "DistortionRoutes", 1, dimensions={"Distortion": names[k]})
+            answers[i] = json.dumps({"distortion": names[k],
+                                     "probabilities": {n: float(p) for n, p in zip(names, probs[j],
+                                                                                   strict=True)}})
+            context.set_response_content_type(i, "application/json")
+        return answers

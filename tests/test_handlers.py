@@ -1,0 +1,171 @@
+"""Archives and the TorchServe handlers, in process (the live servers are tested in test_serving)."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from core import wire
+from core.distortions import apply
+from core.imaging import encode_image
+from core.manifest import Manifest
+from export.archive import extract
+from export.pipeline import Pipeline
+from handlers.classifier_handler import DistortionClassifierHandler
+from handlers.cloud_handler import CloudExpertHandler
+from handlers.edge_handler import EdgeExpertHandler
+from handlers.runtime import EdgeExpert
+from handlers.service import MANIFEST_NAME
+from tests.conftest import textured_image
+
+EXPERTS = ("conventional", "pristine", "gaussian_blur", "gaussian_noise")
+
+
+class FakeContext:
+    """The parts of TorchServe's Context the handlers use."""
+
+    def __init__(self, model_dir, headers=None):
+        self.system_properties = {"model_dir": str(model_dir)}
+        self.model_yaml_config = {"onnxruntime": {"intra_op_threads": 1}}
+        self.headers = headers or {}
+        self.status, self.response_headers, self.content_types = {}, {}, {}
+        self.metrics = None
+
+    def get_all_request_header(self, idx):
+        return self.headers.get(idx, {})
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        assert "\n" not in phrase and len(phrase) < 60
+        self.status[idx] = code
+
+    def set_response_header(self, idx, key, value):
+        self.response_headers.setdefault(idx, {})[key] = value
+
+    def set_response_content_type(self, idx, value):
+        self.content_types[idx] = value
+
+
+@pytest.fixture(scope="module")
+def unpacked(model_store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("unpacked")
+    return {mar.stem: extract(mar, root / mar.stem) for mar in model_store.glob("*.mar")}
+
+
+def started(handler_cls, folder):
+    h = handler_cls()
+    h.initialize(FakeContext(folder))
+    return h
+
+
+def png(seed, level=0, kind="gaussian_blur"):
+    im = textured_image(seed, 40)
+    return encode_image(apply(im, kind, level, seed=seed) if level else im)
+
+
+@pytest.mark.parametrize("expert", EXPERTS)
+def test_archives_carry_what_their_handler_needs(model_store, expert):
+    for role, handler, heads in (("edge", "edge_handler.py", ("branch0", "branch1", "branch2")),
+                                 ("cloud", "cloud_handler.py", ("final",))):
+        with zipfile.ZipFile(model_store / f"{role}_{expert}.mar") as zf:
+            names = set(zf.namelist())
+        manifest = Manifest.from_dict(json.loads(zipfile.ZipFile(
+            model_store / f"{role}_{expert}.mar").read(MANIFEST_NAME)))
+        assert {handler, MANIFEST_NAME, "model-config.yaml", "MAR-INF/MANIFEST.json",
+                "core/imaging.py", "core/wire.py", "core/exits.py", "handlers/runtime.py",
+                "handlers/service.py"} <= names
+        assert {f"{expert}/{h}.onnx" for h in heads} <= names
+        assert set(manifest.files) <= names and all(s in names for s in manifest.stages)
+
+
+def test_extract_refuses_paths_that_leave_the_folder(tmp_path):
+    bad = tmp_path / "evil.mar"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../outside.txt", "x")
+    with pytest.raises(Exception, match="leaves the archive"):
+        extract(bad, tmp_path / "x")
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_handlers_import_no_torch():
+    code = ("import sys; import handlers.edge_handler, handlers.cloud_handler, "
+            "handlers.classifier_handler, core.wire; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_edge_batch_one_response_per_request_bad_ones_isolated(unpacked):
+    h = started(EdgeExpertHandler, unpacked["edge_gaussian_blur"])
+    images = [png(i, level=(i % 3) * 2) for i in range(6)]
+    data = [{"body": images[0]}, {"body": b"not an image"}, {"body": images[1]}, {"body": b""},
+            {"body": images[2]}, {"body": {"json": 1}}, {"body": images[3]}]
+    headers = {0: {"X-Exit-Threshold": "0.5"}, 2: {"x-exit-threshold": "1.0"},
+               4: {"X-Offload-Compression": "int8", "X-Exit-Threshold": "1"},
+               6: {"X-Exit-Threshold": "7"}}
+    ctx = FakeContext(unpacked["edge_gaussian_blur"], headers)
+    out = h.handle(data, ctx)
+    assert len(out) == len(data)
+    assert {i: ctx.status[i] for i in ctx.status} == {1: 400, 3: 400, 5: 415, 6: 400}
+    for i in (1, 3, 5, 6):
+        assert "\n" not in out[i] and json.loads(out[i])["error"]
+    # threshold 1.0 can never be met by a branch: the split tensor comes back in the wire format
+    for i, dtype in ((2, "FP32"), (4, "INT8")):
+        assert ctx.content_types[i] == wire.CONTENT_TYPE
+        msg = wire.decode(out[i], ctx.response_headers[i][wire.HEADER_LENGTH])
+        assert msg.datatype == dtype and msg.name == "stage2" and msg.parameters["exited"] is False
+        assert len(msg.parameters["branches"]) == 3
+
+
+def test_edge_handler_matches_runtime_per_sample(unpacked):
+    folder = unpacked["edge_pristine"]
+    h = started(EdgeExpertHandler, folder)
+    runtime = EdgeExpert(Manifest.load(folder / MANIFEST_NAME), folder)
+    images = [png(i, level=i % 4) for i in range(8)]
+    ctx = FakeContext(folder, {i: {"X-Exit-Threshold": "0.35"} for i in range(8)})
+    out = h.handle([{"data": b} for b in images], ctx)
+    from core.imaging import decode_image
+    x = np.stack([runtime.preprocessing.model_input(decode_image(b)) for b in images])
+    ref = runtime.run_batch(x, 0.35)
+    for j, body in enumerate(out):
+        if ref.exit_index[j] >= 0:
+            answer = json.loads(body)
+            assert (answer["exit"], answer["class"]) == (ref.exit_index[j], ref.prediction[j])
+        else:
+            msg = wire.decode(body, ctx.response_headers[j][wire.HEADER_LENGTH])
+            row = list(ref.offloaded).index(j)
+            assert np.array_equal(msg.array[0], ref.split[row])
+
+
+def test_cloud_handler_answers_split_tensors_and_refuses_wrong_contracts(unpacked):
+    folder = unpacked["cloud_gaussian_noise"]
+    h = started(CloudExpertHandler, folder)
+    shape = Manifest.load(folder / MANIFEST_NAME).input.shape[1:]
+    good, n = wire.encode(np.random.default_rng(0).normal(size=(3, *shape)), name="stage2",
+                          compression="fp16")
+    wrong, m = wire.encode(np.zeros((1, shape[0] + 1, *shape[1:])), name="stage2")
+    ctx = FakeContext(folder, {0: {wire.HEADER_LENGTH: str(n)}, 1: {wire.HEADER_LENGTH: str(m)},
+                               2: {}})
+    out = h.handle([{"body": good}, {"body": wrong}, {"body": good}], ctx)
+    assert len(json.loads(out[0])["predictions"]) == 3
+    assert ctx.status == {1: 400, 2: 400}
+    assert "expected tensor stage2" in json.loads(out[1])["error"]
+    assert "Inference-Header-Content-Length" in json.loads(out[2])["error"]
+
+
+def test_classifier_handler_and_wrong_role_refused(unpacked):
+    h = started(DistortionClassifierHandler, unpacked["distortion_classifier"])
+    out = h.handle([{"body": png(1)}, {"body": png(2, 20, "gaussian_noise")}], FakeContext("."))
+    for body in out:
+        probs = json.loads(body)["probabilities"]
+        assert set(probs) == {"pristine", "gaussian_blur", "gaussian_noise"}
+        assert abs(sum(probs.values()) - 1) < 1e-5
+    with pytest.raises(RuntimeError, match="edge manifest"):
+        started(CloudExpertHandler, unpacked["edge_pristine"])
+
+
+def test_pipeline_from_archives_equals_pipeline_from_export(model_store, exported):
+    images = [textured_image(i, 40) for i in range(6)]
+    a = Pipeline(model_store).infer(images, 0.4)
+    b = Pipeline(exported[0]).infer(images, 0.4)
+    assert a == b
