@@ -22,6 +22,7 @@ from core.errors import UserInputError
 from core.manifest import Manifest
 
 MANIFEST_NAME = "model_manifest.json"
+DESCRIBE_HEADER = "X-Describe"   # "manifest": answer with the archive's manifest (discovery)
 log = logging.getLogger(__name__)
 
 try:  # present inside a TorchServe worker; plain objects with .name/.value elsewhere
@@ -115,6 +116,10 @@ class Service:
         responses: list = [None] * len(data)
         items: dict[int, object] = {}
         for i, request in enumerate(data):
+            if (header(context, i, DESCRIBE_HEADER) or "").strip().lower() == "manifest":
+                context.set_response_content_type(i, "application/json")
+                responses[i] = self.manifest.to_json()
+                continue
             try:
                 items[i] = self.parse(request if isinstance(request, dict) else {}, context, i)
             except RequestError as exc:

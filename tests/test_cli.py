@@ -36,7 +36,7 @@ def _cli(*args):
     (["training.train_classifier", "--device", "bogus"], "unknown --device"),
     (["training.preview", "--index", "999999"], "past the end"),
     (["export", "--backbone", "/no/such.pt"], "not found"),
-    (["export.pipeline", "--exported", "/no/such/folder"], "no distortion_classifier.json"),
+    (["export.pipeline", "--exported", "/no/such/folder"], "holds neither an export"),
 ])
 def test_cli_bad_input_is_one_line_and_nonzero(argv, reason):
     r = _cli(*argv)

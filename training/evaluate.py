@@ -65,6 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="docs/results", help="folder for CSV, Markdown and plots")
+    p.add_argument("--cells", choices=("all", "pristine"), default="all",
+                   help="'pristine': only the undistorted test images (e.g. each exit's plain accuracy)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -176,14 +178,15 @@ def main(args: argparse.Namespace) -> list[dict]:
                          seed=conventional.get("split_seed", 0))
     classes = list(distortions.DISTORTION_CLASSES)
 
-    rows = []
-    for name, level in cells():
+    rows, exit_accuracy = [], {}
+    for name, level in (cells() if args.cells == "all" else [("pristine", 0)]):
         policy = DistortionPolicy(fixed=(name, level), seed=args.seed)
         loader = engine.image_loader(source, policy, preprocessing, batch_size=args.batch_size,
                                      workers=args.workers, shuffle=False)
         logits, labels = all_exit_logits(models, loader, device,
                                          None if args.quiet else f"{name} {level:g}")
         conf = {k: confidences(z, models[k][1]["temperatures"]) for k, z in logits.items()}
+        exit_accuracy[f"{name}:{level:g}"] = {k: engine.exit_accuracies(z, labels) for k, z in logits.items()}
         routes = (classifier_routes(classifier, source, policy, preprocessing.size, args)
                   if classifier is not None else None)
         variants = [("conventional", conf["conventional"], None)]
@@ -204,6 +207,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     write_csv(out / "accuracy.csv", rows)
     summary = {"command": command_line(), "wall_time_s": round(time.time() - started, 1),
                "n_images": int(len(source)), "split": args.split,
+               "exit_accuracy": exit_accuracy,
                "models": {k: {"run_id": p["run_id"], "checkpoint_command": p["command"],
                               "temperatures": p["temperatures"], "calibration": p["calibration"],
                               "val_accuracy": p["val_accuracy"]} for k, (_, p) in models.items()}}
