@@ -5,7 +5,9 @@ Every `refresh_s` the router lists the models registered on the edge and the clo
 with `X-Describe: manifest`, answered by our handlers), and pairs `edge_<x>` with `cloud_<x>` when
 their split contract and training run agree (`core.manifest.check_pair`). Experts appear without
 a router restart when they are registered and disappear when they are unregistered. Pairs that
-do not match are listed with the reason and never used.
+do not match are listed with the reason and never used. An instance whose management API stops
+answering keeps its last known experts (reported under `errors`), so a cloud outage leaves the
+edge answering, degraded, instead of refusing everything.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Discovery:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._last: dict[str, dict[str, str]] = {}   # role -> models seen at the last good listing
 
     def start(self) -> None:
         self.refresh()
@@ -139,9 +142,13 @@ class Discovery:
             for role, ep in (("edge", self.edge), ("cloud", self.cloud)):
                 try:
                     models = self._models(ep)
+                    self._last[role] = models
                 except (requests.RequestException, ValueError) as exc:
+                    # An instance that does not answer keeps its last known experts: the edge must
+                    # go on answering (degraded) through a cloud outage, not lose every expert.
                     cat.errors[ep.name] = f"management API: {type(exc).__name__}"
-                    continue
+                    models = {m: u for m, u in self._last.get(role, {}).items()
+                              if (ep.name, m, u) in self._manifests}
                 # forget manifests of unregistered models: a re-registered archive is asked again
                 self._manifests = {k: v for k, v in self._manifests.items()
                                    if k[0] != ep.name or k[1] in models}

@@ -1,0 +1,207 @@
+"""The live system: real edge and cloud TorchServe on loopback, the router, real HTTP.
+
+Starts both instances on test ports with the tiny archives, the router in this process, and holds
+the router's answers against the in-process reference pipeline; then bad input, registration,
+token auth and a cloud outage.
+"""
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from core.distortions import apply
+from core.imaging import encode_image
+from edge_router import register
+from edge_router.app import Router, RouterConfig, make_server
+from edge_router.discovery import Discovery, Endpoint
+from edge_router.torchserve import Ports, instance, start, stop
+from export.pipeline import Pipeline
+from tests.conftest import textured_image
+
+pytestmark = pytest.mark.integration
+
+MODELS = {"edge": ["distortion_classifier", "edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"],
+          "cloud": ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"]}
+PORTS = {"edge": Ports(18180, 18181, 18182, 17170, 17171),
+         "cloud": Ports(18190, 18191, 18192, 17190, 17191)}
+
+
+def endpoint(inst):
+    keys = inst.keys()
+    return Endpoint(inst.role, inst.inference_url, inst.management_url, keys["inference"],
+                    keys["management"])
+
+
+@pytest.fixture(scope="module")
+def system(model_store, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    insts = {role: instance(role, run_dir=run_dir, ports=PORTS[role]) for role in ("edge", "cloud")}
+    try:
+        for role, inst in insts.items():
+            start(inst, model_store, MODELS[role], wait_s=240)
+        discovery = Discovery(endpoint(insts["edge"]), endpoint(insts["cloud"]), refresh_s=0.5)
+        discovery.start()
+        router = Router(discovery, RouterConfig(default_threshold=0.8, default_deadline_ms=10_000))
+        server = make_server(router, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        yield {"url": url, "insts": insts, "router": router, "run_dir": run_dir, "store": model_store}
+        discovery.stop()
+        server.shutdown()
+        server.server_close()
+    finally:
+        for inst in insts.values():
+            stop(inst)
+
+
+def images(n=10):
+    out = []
+    for i in range(n):
+        im = textured_image(100 + i, 48)
+        kind, level = [("pristine", 0), ("gaussian_blur", 3), ("gaussian_noise", 30)][i % 3]
+        out.append(apply(im, kind, level, seed=i) if level else im)
+    return out
+
+
+def classify(system, body, **params):
+    return requests.post(f"{system['url']}/v1/classify", data=body, params=params, timeout=60)
+
+
+def test_router_agrees_with_the_reference_pipeline(system):
+    h = requests.get(f"{system['url']}/healthz", timeout=10)
+    assert h.status_code == 200, h.text
+    assert set(h.json()["experts"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
+    reference = Pipeline(system["store"])
+    ims = images(12)
+    for threshold in (0.3, 0.6):
+        expected = reference.infer(ims, threshold)
+        for im, ref in zip(ims, expected, strict=True):
+            r = classify(system, encode_image(im, "png"), threshold=threshold, compression="fp32")
+            assert r.status_code == 200, r.text
+            got = r.json()
+            assert (got["expert"], got["exit"], got["class"]) == (ref["expert"], ref["exit"], ref["class"])
+            assert got["offloaded"] == ref["offloaded"] and not got["degraded"]
+            assert abs(got["confidence"] - ref["confidence"]) < 1e-4
+            if got["offloaded"]:
+                assert got["offloaded_bytes"] == 4 * int(np.prod(got_split_shape(system)))
+                assert "cloud_ms" in got["timings_ms"]
+    text = requests.get(f"{system['url']}/metrics", timeout=10).text
+    assert 'edge_router_requests_total{status="200"} 24' in text
+    assert "edge_router_exits_total" in text and "edge_router_request_seconds_bucket" in text
+
+
+def got_split_shape(system):
+    info = requests.get(f"{system['url']}/v1/experts", timeout=10).json()
+    return info["experts"]["pristine"]["split"]["shape"][1:]
+
+
+def test_compression_and_edge_only_modes(system):
+    body = encode_image(images(1)[0], "png")
+    sizes = {}
+    for c in ("fp32", "fp16", "int8"):
+        r = classify(system, body, threshold=1.0, compression=c, expert="pristine")
+        assert r.status_code == 200 and r.json()["offloaded"], r.text
+        sizes[c] = r.json()["offloaded_bytes"]
+    assert sizes["fp32"] == 2 * sizes["fp16"] == 4 * sizes["int8"]
+    r = classify(system, body, threshold=1.0, mode="edge_only")
+    assert r.status_code == 200 and not r.json()["offloaded"] and r.json()["exit"] in (0, 1, 2)
+
+
+@pytest.mark.parametrize("body, params, status", [
+    (b"", {}, 400),
+    (b"hello, not an image", {}, 415),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, {}, 400),
+    ("png", {"threshold": "2"}, 400),
+    ("png", {"threshold": "abc"}, 400),
+    ("png", {"compression": "zip"}, 400),
+    ("png", {"expert": "no_such_expert"}, 404),
+    ("png", {"expert": "../../etc"}, 400),
+    ("png", {"bogus": "1"}, 400),
+    ("png", {"deadline_ms": "-1"}, 400),
+])
+def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(system, body, params, status):
+    if body == "png":
+        body = encode_image(images(1)[0], "png")
+    r = classify(system, body, **params)
+    assert r.status_code == status, r.text
+    reason = r.json()["error"]
+    assert reason and "\n" not in reason
+    assert classify(system, encode_image(images(1)[0], "png")).status_code == 200
+
+
+def test_oversize_and_unframed_bodies_are_refused_without_reading_them(system):
+    host, port = system["url"].removeprefix("http://").split(":")
+    too_big = system["router"].config.max_body_bytes + 1
+    for head in (f"Content-Length: {too_big}", "Transfer-Encoding: chunked"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n".encode())
+            status = sock.recv(200).split(b"\r\n")[0]
+        assert status.split()[1] in (b"413", b"411"), status
+    assert classify(system, encode_image(images(1)[0], "png")).status_code == 200
+
+
+def test_torchserve_refuses_requests_without_token_and_remote_registration(system):
+    edge = system["insts"]["edge"]
+    r = requests.post(f"{edge.inference_url}/predictions/edge_pristine", data=b"x", timeout=10)
+    assert r.status_code in (400, 401) and "Token" in r.text
+    headers = {"Authorization": f"Bearer {edge.keys()['management']}"}
+    for url in ("https://example.com/evil.mar", "file:///etc/passwd.mar"):
+        r = requests.post(f"{edge.management_url}/models", params={"url": url}, headers=headers, timeout=30)
+        assert r.status_code >= 400 and "allowed" in r.text.lower(), r.text
+    r = requests.post(f"{edge.management_url}/models", params={"url": "../outside.mar"}, headers=headers,
+                      timeout=30)
+    assert r.status_code >= 400
+
+
+def test_registration_is_picked_up_and_removal_stops_use(system):
+    args = ["--run-dir", str(system["run_dir"])]
+    for role in ("edge", "cloud"):
+        inst = system["insts"][role]
+        args += [f"--{role}-url", inst.inference_url, f"--{role}-management-url", inst.management_url]
+    parser = register.get_args_parser()
+    body = encode_image(images(1)[0], "png")
+    register.main(parser.parse_args(["add", "conventional", *args]))
+    assert wait_for(lambda: "conventional" in experts(system))
+    assert classify(system, body, expert="conventional").status_code == 200
+    register.main(parser.parse_args(["remove", "conventional", *args]))
+    assert wait_for(lambda: "conventional" not in experts(system))
+    assert classify(system, body, expert="conventional").status_code == 404
+    listing = register.main(parser.parse_args(["list", *args]))
+    assert "edge_conventional" not in listing["edge"] and "edge_pristine" in listing["edge"]
+
+
+def experts(system):
+    return requests.get(f"{system['url']}/v1/experts", timeout=10).json()["experts"]
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_cloud_outage_gives_degraded_edge_answers(system):
+    """Last: stops the cloud instance."""
+    body = encode_image(images(1)[0], "png")
+    stop(system["insts"]["cloud"])
+    r = classify(system, body, threshold=1.0, expert="pristine")
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["degraded"] and got["exit"] in (0, 1, 2) and "cloud" in got["degraded_reason"]
+    assert classify(system, body, threshold=0.01).json()["degraded"] is False   # edge answers itself
+    text = requests.get(f"{system['url']}/metrics", timeout=10).text
+    assert "edge_router_degraded_total" in text
+    # discovery notices the outage but keeps the experts: the edge goes on answering, degraded
+    info = lambda: json.loads(requests.get(f"{system['url']}/v1/experts", timeout=10).text)  # noqa: E731
+    assert wait_for(lambda: "cloud" in info()["errors"])
+    assert set(info()["experts"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
+    r = classify(system, body, threshold=1.0)
+    assert r.status_code == 200 and r.json()["degraded"]
