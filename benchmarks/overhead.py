@@ -1,0 +1,228 @@
+"""What the serving stack costs: router + TorchServe vs the in-process pipeline, same images.
+
+    python -m benchmarks.overhead --size 224 --json docs/results/overhead.json
+
+Builds an early-exit model at `--size` px (random weights unless `--backbone` gives a trained one
+of that size: latency does not depend on the weights) with three expert head-sets and the trained
+distortion classifier, exports and archives them, starts an edge and a cloud TorchServe and the
+router (its own process) on loopback test ports, and then, image by image and alternating so noise
+hits both alike, times:
+
+- in-process: decode + `export.pipeline.Pipeline.infer` (classifier, edge stages, cloud segment);
+- stack: HTTP POST to the router, which calls the classifier and the edge expert on the edge
+  TorchServe and, when offloading, the cloud TorchServe.
+
+Two paths, forced by the threshold: `edge_exit` (threshold 0.01: the first branch answers) and
+`offload` (threshold 1.0: no branch can answer, the split tensor goes to the cloud). Reports p50 /
+p95 per path and side, their ratio, the router's per-step timings, and the RSS of every process.
+Bounded: `--requests` per path, `--max-seconds` overall; everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import requests
+import torch
+
+from core.cli import progress, run_cli
+from core.errors import UserInputError
+from core.imaging import decode_image, encode_image
+from export.pipeline import Pipeline
+from training.checkpoints import command_line, new_run_id, save_checkpoint
+from training.datasets import DistortionPolicy, distorted_image, load_source
+from training.early_exit import EarlyExitMobileNetV2, ExitConfig
+from training.engine import base_payload, load_early_exit
+
+PORTS = {"edge": (18280, 18281, 18282, 17270, 17271), "cloud": (18290, 18291, 18292, 17290, 17291)}
+EXPERTS = ("pristine", "gaussian_blur", "gaussian_noise")
+PATHS = {"edge_exit": 0.01, "offload": 1.0}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--size", type=int, default=224, help="model input size (px)")
+    p.add_argument("--backbone", default=None, help="a trained backbone of --size px (optional)")
+    p.add_argument("--classifier", default="checkpoints/classifier.pt")
+    p.add_argument("--requests", type=int, default=150, help="timed requests per path and side")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--router-port", type=int, default=18200)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--max-seconds", type=float, default=900)
+    p.add_argument("--json", default=None)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def build_checkpoints(size: int, folder: Path, backbone: str | None) -> tuple[Path, list[Path]]:
+    """A backbone checkpoint of `size` px and one expert checkpoint per distortion (same weights)."""
+    if backbone:
+        model, payload = load_early_exit(backbone, role="backbone")
+        if payload["config"]["input_size"] != size:
+            raise UserInputError(f"{backbone} was trained at {payload['config']['input_size']} px, "
+                                 f"not {size}")
+    else:
+        torch.manual_seed(0)
+        model = EarlyExitMobileNetV2(ExitConfig(input_size=size)).eval()
+        from core.imaging import Preprocessing
+        args = Namespace(data="fashion-mnist", split_seed=0)
+        payload = base_payload(model, role="backbone", class_names=tuple(f"class{i}" for i in range(10)),
+                               preprocessing=Preprocessing(size=size), run_id=new_run_id(),
+                               command=command_line(), started=time.time(), args=args)
+        payload.update(distortion="pristine", expert="conventional", temperatures=[1.0] * 4,
+                       calibration={}, val_accuracy=[], history=[])
+    bb = folder / "backbone.pt"
+    save_checkpoint(bb, payload)
+    experts = []
+    for d in EXPERTS:
+        path = folder / f"expert_{d}.pt"
+        save_checkpoint(path, {**payload, "role": "expert", "distortion": d, "expert": d, "adapt_bn": False,
+                               "backbone_run_id": payload["run_id"]})
+        experts.append(path)
+    return bb, experts
+
+
+def rss_of_everything(instances, router: psutil.Process) -> dict[str, float]:
+    out = {"router": router.memory_info().rss / 2**20}
+    for inst in instances:
+        pid_file = inst.workdir / "tmp" / ".model_server.pid"
+        try:
+            frontend = psutil.Process(int(pid_file.read_text().strip()))
+        except (OSError, ValueError, psutil.Error):
+            continue
+        out[f"{inst.role}_frontend_java"] = frontend.memory_info().rss / 2**20
+        for i, child in enumerate(frontend.children(recursive=True)):
+            try:
+                out[f"{inst.role}_worker_{i}"] = child.memory_info().rss / 2**20
+            except psutil.Error:
+                pass
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def percentiles(values: list[float]) -> dict:
+    return {"p50_ms": round(float(np.median(values)), 3),
+            "p95_ms": round(float(np.percentile(values, 95)), 3), "n": len(values)}
+
+
+def main(args: argparse.Namespace) -> dict:
+    from edge_router.torchserve import Ports, instance, start, stop
+
+    if args.requests < 5 or args.size < 32:
+        raise UserInputError("--requests must be at least 5 and --size at least 32")
+    if not Path(args.classifier).is_file():
+        raise UserInputError(f"{args.classifier} not found: train the distortion classifier first")
+    stop_at = time.time() + args.max_seconds
+    result = {"command": command_line(), "size": args.size,
+              "weights": "trained" if args.backbone else "random (latency does not depend on weights)",
+              "machine": f"{platform.machine()}, {psutil.cpu_count()} cores", "paths": {}}
+    with tempfile.TemporaryDirectory(prefix="overhead_") as tmp:
+        tmp = Path(tmp)
+        bb, experts = build_checkpoints(args.size, tmp / "ck", args.backbone)
+        py = sys.executable
+        data_root = ["--data-root", args.data_root] if args.data_root else []
+        subprocess.run([py, "-m", "export", "--backbone", str(bb), "--experts", *map(str, experts),
+                        "--classifier", args.classifier, "--parity-images", "8",
+                        "--out", str(tmp / "exported"), *data_root], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([py, "-m", "export.archive", "--exported", str(tmp / "exported"), "--model-store",
+                        str(tmp / "store"), "--only", "distortion_classifier",
+                        *[f"{r}_{d}" for r in ("edge", "cloud") for d in EXPERTS]],
+                       check=True, stdout=subprocess.DEVNULL)
+        insts = [instance(r, run_dir=tmp / "run", ports=Ports(*PORTS[r])) for r in ("edge", "cloud")]
+        router_proc = None
+        try:
+            for inst in insts:
+                start(inst, tmp / "store", ["all"], wait_s=240)
+            router_proc = subprocess.Popen(
+                [py, "-m", "edge_router", "--run-dir", str(tmp / "run"), "--port", str(args.router_port),
+                 "--log-level", "WARNING", "--deadline-ms", "30000",
+                 *[x for inst in insts for x in (f"--{inst.role}-url", inst.inference_url,
+                                                  f"--{inst.role}-management-url", inst.management_url)]])
+            url = f"http://127.0.0.1:{args.router_port}"
+            _wait_healthy(url, router_proc)
+            pipeline = Pipeline(tmp / "store")
+            source = load_source("fashion-mnist", "test", limit=args.requests + args.warmup,
+                                 data_root=args.data_root)
+            policy = DistortionPolicy(fixed=("pristine", 0), seed=0)
+            bodies = [encode_image(distorted_image(source, i, args.size, policy)[0], "png")
+                      for i in range(len(source))]
+            session = requests.Session()
+            for path, threshold in PATHS.items():
+                inproc, stack, steps = [], [], {}
+                for i, body in enumerate(progress(bodies, desc=path, quiet=args.quiet)):
+                    if time.time() > stop_at:
+                        break
+                    t = time.perf_counter()
+                    ref = pipeline.infer([decode_image(body)], threshold)[0]
+                    t_in = time.perf_counter() - t
+                    t = time.perf_counter()
+                    r = session.post(f"{url}/v1/classify", data=body, params={"threshold": threshold},
+                                     timeout=60)
+                    t_stack = time.perf_counter() - t
+                    if r.status_code != 200:
+                        raise RuntimeError(f"router answered {r.status_code}: {r.text[:200]}")
+                    got = r.json()
+                    if (got["exit"], got["class"]) != (ref["exit"], ref["class"]):
+                        raise RuntimeError(f"stack and pipeline disagree on image {i}: {got} vs {ref}")
+                    if i < args.warmup:
+                        continue
+                    inproc.append(t_in * 1000)
+                    stack.append(t_stack * 1000)
+                    for k, v in got["timings_ms"].items():
+                        steps.setdefault(k, []).append(v)
+                ip, st = percentiles(inproc), percentiles(stack)
+                result["paths"][path] = {
+                    "threshold": threshold, "in_process": ip, "stack": st,
+                    "p50_ratio": round(st["p50_ms"] / ip["p50_ms"], 2),
+                    "p95_ratio": round(st["p95_ms"] / ip["p95_ms"], 2),
+                    "router_steps_p50_ms": {k: round(float(np.median(v)), 3) for k, v in steps.items()},
+                    "exit": got["exit"], "offloaded": got["offloaded"]}
+                row = result["paths"][path]
+                print(f"{path:9s} in-process p50 {ip['p50_ms']:7.2f} ms p95 {ip['p95_ms']:7.2f} | stack p50 "
+                      f"{st['p50_ms']:7.2f} ms p95 {st['p95_ms']:7.2f} | ratio p50 x{row['p50_ratio']:.2f}"
+                      f"  router steps p50 {row['router_steps_p50_ms']}")
+            result["rss_mb"] = rss_of_everything(insts, psutil.Process(router_proc.pid))
+            result["rss_mb"]["benchmark_client_with_pipeline"] = round(
+                psutil.Process().memory_info().rss / 2**20, 1)
+        finally:
+            if router_proc is not None:
+                router_proc.terminate()
+                router_proc.wait(timeout=30)
+            for inst in insts:
+                stop(inst)
+    key = f"_{args.size}" if args.size != 224 else ""
+    result[f"edge_exit_p50_ratio{key}"] = result["paths"]["edge_exit"]["p50_ratio"]
+    result[f"offload_p50_ratio{key}"] = result["paths"]["offload"]["p50_ratio"]
+    print(f"RSS (MB): {result['rss_mb']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the router exited during start-up")
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the router did not become healthy")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))

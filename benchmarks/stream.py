@@ -1,0 +1,133 @@
+"""Send a stream of pristine, blurred and noisy test images through the live router; print a table.
+
+    python -m benchmarks.stream --router http://127.0.0.1:8000 --per-cell 30 --json out.json
+
+Every answer is a live decision of the running system (classifier, expert, exits, offload); the
+table gives, per distortion and level: accuracy, exit distribution, offload rate, degraded answers,
+p50 latency and the expert the router chose most often. Bounded: `--per-cell` images per cell and
+a `--max-seconds` budget after which it stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from core import distortions
+from core.cli import progress, run_cli
+from core.errors import UserInputError
+from core.imaging import encode_image
+from training.datasets import DistortionPolicy, distorted_image, load_source
+
+DEFAULT_CELLS = ("pristine:0", "gaussian_blur:1", "gaussian_blur:3", "gaussian_blur:5",
+                 "gaussian_noise:10", "gaussian_noise:20", "gaussian_noise:40")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--router", default="http://127.0.0.1:8000")
+    p.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), help="type:level pairs")
+    p.add_argument("--per-cell", type=int, default=30)
+    p.add_argument("--size", type=int, default=64, help="image size sent (the models' input size)")
+    p.add_argument("--threshold", type=float, default=None, help="p_tar (default: the router's)")
+    p.add_argument("--compression", default="fp32")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--max-seconds", type=float, default=600)
+    p.add_argument("--json", default=None)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def parse_cells(cells: list[str]) -> list[tuple[str, float]]:
+    out = []
+    for c in cells:
+        name, _, level = c.partition(":")
+        try:
+            lvl = float(level or 0)
+        except ValueError:
+            raise UserInputError(f"cell {c!r}: level is not a number") from None
+        if name != "pristine":
+            distortions.get(name)
+            if lvl not in distortions.get(name).levels:
+                raise UserInputError(f"cell {c!r}: level not among {distortions.get(name).levels}")
+        out.append((name, lvl))
+    return out
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.per_cell < 1 or args.max_seconds <= 0:
+        raise UserInputError("--per-cell and --max-seconds must be positive")
+    cells = parse_cells(args.cells)
+    source = load_source(args.data, "test", limit=args.per_cell, data_root=args.data_root)
+    params = {"compression": args.compression}
+    if args.threshold is not None:
+        params["threshold"] = args.threshold
+    session = requests.Session()
+    stop_at = time.time() + args.max_seconds
+    rows, records = [], []
+    for name, level in cells:
+        policy = DistortionPolicy(fixed=(name, level), seed=args.seed)
+        cell = []
+        for i in progress(range(len(source)), desc=f"{name} {level:g}", quiet=args.quiet):
+            if time.time() > stop_at:
+                break
+            image, label = distorted_image(source, i, args.size, policy)[0], source.label(i)
+            t = time.perf_counter()
+            try:
+                r = session.post(f"{args.router}/v1/classify", data=encode_image(image, "png"),
+                                 params=params, timeout=30)
+                json_body = r.headers.get("Content-Type", "").startswith("application/json")
+                status, answer = r.status_code, (r.json() if json_body else {})
+            except requests.RequestException as exc:
+                status, answer = 0, {"error": type(exc).__name__}
+            latency = (time.perf_counter() - t) * 1000
+            rec = {"distortion": name, "level": level, "label": int(label), "status": status,
+                   "latency_ms": latency, "routed_distortion": answer.get("distortion"),
+                   **{k: answer.get(k) for k in ("class", "exit", "expert", "offloaded", "degraded",
+                                                 "offloaded_bytes")}}
+            cell.append(rec)
+        records += cell
+        ok = [r for r in cell if r["status"] == 200]
+        exits = Counter(r["exit"] for r in ok)
+        rows.append({
+            "distortion": name, "level": level, "n": len(cell), "errors": len(cell) - len(ok),
+            "accuracy": float(np.mean([r["class"] == r["label"] for r in ok])) if ok else None,
+            "exit_share": {str(k): exits.get(k, 0) / max(len(ok), 1) for k in range(4)},
+            "offload_rate": float(np.mean([bool(r["offloaded"]) for r in ok])) if ok else None,
+            "degraded": sum(bool(r["degraded"]) for r in ok),
+            "p50_ms": float(np.median([r["latency_ms"] for r in ok])) if ok else None,
+            "expert": Counter(r["expert"] for r in ok).most_common(1)[0][0] if ok else None,
+        })
+    print_table(rows)
+    result = {"router": args.router, "params": params, "rows": rows, "requests": len(records)}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**result, "records": records}, indent=2) + "\n")
+    return result
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'distortion':16s} {'level':>5s} {'n':>4s} {'acc %':>6s} {'exits b0/b1/b2/final %':>23s} "
+          f"{'offload %':>9s} {'degr':>4s} {'p50 ms':>7s}  expert")
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}"
+        ex = "/".join(f"{100 * r['exit_share'][str(k)]:.0f}" for k in range(4))
+        off = "-" if r["offload_rate"] is None else f"{100 * r['offload_rate']:.0f}"
+        p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.1f}"
+        errors = f"  ({r['errors']} errors)" if r["errors"] else ""
+        print(f"{r['distortion']:16s} {r['level']:5g} {r['n']:4d} {acc:>6s} {ex:>23s} {off:>9s} "
+              f"{r['degraded']:4d} {p50:>7s}  {r['expert']}{errors}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))
