@@ -58,6 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=150, help="timed requests per path and side")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--router-port", type=int, default=18200)
+    p.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size of the archives")
+    p.add_argument("--max-batch-delay", type=int, default=2, help="TorchServe batching delay (ms)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--max-seconds", type=float, default=900)
     p.add_argument("--json", default=None)
@@ -124,6 +126,8 @@ def main(args: argparse.Namespace) -> dict:
         raise UserInputError(f"{args.classifier} not found: train the distortion classifier first")
     stop_at = time.time() + args.max_seconds
     result = {"command": command_line(), "size": args.size,
+              "torchserve_batching": {"batch_size": args.batch_size,
+                                      "max_batch_delay_ms": args.max_batch_delay},
               "weights": "trained" if args.backbone else "random (latency does not depend on weights)",
               "machine": f"{platform.machine()}, {psutil.cpu_count()} cores", "paths": {}}
     with tempfile.TemporaryDirectory(prefix="overhead_") as tmp:
@@ -135,7 +139,8 @@ def main(args: argparse.Namespace) -> dict:
                         "--classifier", args.classifier, "--parity-images", "8",
                         "--out", str(tmp / "exported"), *data_root], check=True, stdout=subprocess.DEVNULL)
         subprocess.run([py, "-m", "export.archive", "--exported", str(tmp / "exported"), "--model-store",
-                        str(tmp / "store"), "--only", "distortion_classifier",
+                        str(tmp / "store"), "--batch-size", str(args.batch_size),
+                        "--max-batch-delay", str(args.max_batch_delay), "--only", "distortion_classifier",
                         *[f"{r}_{d}" for r in ("edge", "cloud") for d in EXPERTS]],
                        check=True, stdout=subprocess.DEVNULL)
         insts = [instance(r, run_dir=tmp / "run", ports=Ports(*PORTS[r])) for r in ("edge", "cloud")]
