@@ -116,6 +116,7 @@ def test_compression_and_edge_only_modes(system):
     (b"", {}, 400),
     (b"hello, not an image", {}, 415),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, {}, 400),
+    ("truncated_jpeg", {}, 400),
     ("png", {"threshold": "2"}, 400),
     ("png", {"threshold": "abc"}, 400),
     ("png", {"compression": "zip"}, 400),
@@ -127,11 +128,35 @@ def test_compression_and_edge_only_modes(system):
 def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(system, body, params, status):
     if body == "png":
         body = encode_image(images(1)[0], "png")
+    elif body == "truncated_jpeg":
+        body = encode_image(images(1)[0], "jpeg")[:200]
     r = classify(system, body, **params)
     assert r.status_code == status, r.text
     reason = r.json()["error"]
     assert reason and "\n" not in reason
     assert classify(system, encode_image(images(1)[0], "png")).status_code == 200
+
+
+@pytest.mark.parametrize("shape, compression, header_length", [
+    ((1, 3, 2, 2), "fp32", None),      # wrong per-sample shape
+    (None, "fp16", "oops"),            # header length not a number
+    (None, "int8", "100000"),          # header length beyond the body
+])
+def test_cloud_refuses_wrong_tensors_and_keeps_serving(system, shape, compression, header_length):
+    from core import wire
+
+    cloud = system["insts"]["cloud"]
+    headers = {"Authorization": f"Bearer {cloud.keys()['inference']}"}
+    info = requests.get(f"{system['url']}/v1/experts", timeout=10).json()["experts"]["pristine"]
+    good_shape = (1, *info["split"]["shape"][1:])
+    body, n = wire.encode(np.ones(shape or good_shape, np.float32), name="stage2", compression=compression)
+    r = requests.post(f"{cloud.inference_url}/predictions/cloud_pristine", data=body, timeout=30,
+                      headers={**headers, wire.HEADER_LENGTH: header_length or str(n)})
+    assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
+    body, n = wire.encode(np.ones(good_shape, np.float32), name="stage2")
+    r = requests.post(f"{cloud.inference_url}/predictions/cloud_pristine", data=body, timeout=30,
+                      headers={**headers, wire.HEADER_LENGTH: str(n)})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
 
 
 def test_oversize_and_unframed_bodies_are_refused_without_reading_them(system):
