@@ -3,7 +3,8 @@
     POST /v1/classify      body: a JPEG or PNG image
         query (all optional): threshold (p_tar in (0, 1]), compression (fp32|fp16|int8, the
         offloaded tensor's), deadline_ms, expert (force one instead of routing), mode
-        (auto | edge_only: never offload, answer with the most confident branch)
+        (auto | edge_only: never offload, answer with the most confident branch |
+        cloud_only: send the image to the cloud's full_<expert> archive, default conventional)
     GET  /v1/experts       the experts in use, the refused ones and why
     GET  /healthz          200 when the classifier and at least one expert are usable
     GET  /metrics          Prometheus text
@@ -99,8 +100,8 @@ def parse_options(query: str, config: RouterConfig) -> Options:
     if compression not in wire.COMPRESSIONS:
         raise RouterError(400, "compression must be fp32, fp16 or int8")
     mode = (one("mode", "auto") or "").lower()
-    if mode not in ("auto", "edge_only"):
-        raise RouterError(400, "mode must be auto or edge_only")
+    if mode not in ("auto", "edge_only", "cloud_only"):
+        raise RouterError(400, "mode must be auto, edge_only or cloud_only")
     expert = one("expert")
     if expert is not None and (not expert or len(expert) > 64
                                or not all(c.isalnum() or c in "_-" for c in expert)):
@@ -131,6 +132,8 @@ class Router:
         check_image(body, self.config.max_body_bytes)
         cat = self.discovery.catalogue
         edge_ep, cloud_ep = self.discovery.edge, self.discovery.cloud
+        if options.mode == "cloud_only":
+            return self._cloud_only(body, options, started, deadline)
 
         # 1. distortion -> expert
         distortion, probabilities = None, None
@@ -207,6 +210,20 @@ class Router:
         out["timings_ms"] = {k: round(v, 3) for k, v in timings.items()}
         self.metrics.inc("exits_total", help="answers by exit and expert", expert=pair.name,
                          exit=str(out["exit"]))
+        return out
+
+    def _cloud_only(self, body: bytes, options: Options, started: float, deadline: float) -> dict:
+        """The baseline without the edge: the image goes to the cloud's full_<expert> archive."""
+        expert = options.expert or "conventional"
+        answer = self._post(self.discovery.cloud, f"predictions/full_{expert}", body, {}, deadline,
+                            "cloud (full model)")
+        out = {"expert": expert, "distortion": None, "distortion_probabilities": None,
+               "threshold": None, "offloaded": True, "offloaded_bytes": len(body),
+               "compression": "image", "degraded": False,
+               **{k: answer[k] for k in ("exit", "exit_name", "class", "class_name", "confidence")},
+               "timings_ms": {"cloud_ms": round(_ms(started), 3), "total_ms": round(_ms(started), 3)}}
+        self.metrics.inc("exits_total", help="answers by exit and expert", expert=f"full_{expert}",
+                         exit="3")
         return out
 
     @staticmethod

@@ -46,7 +46,7 @@ DEFAULT_PORTS = {
     "edge": Ports(8080, 8081, 8082, 7070, 7071),
     "cloud": Ports(8090, 8091, 8092, 7090, 7091),
 }
-ROLE_PREFIXES = {"edge": ("distortion_classifier", "edge_"), "cloud": ("cloud_",)}
+ROLE_PREFIXES = {"edge": ("distortion_classifier", "edge_"), "cloud": ("cloud_", "full_")}
 
 
 @dataclass
@@ -220,6 +220,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="*", default=["all"],
                    help="archive names to register at start, or 'all' for the role's archives")
     p.add_argument("--run-dir", default="run", help="parent of the instances' working folders")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (keep loopback unless inside an isolated namespace)")
+    p.add_argument("--wait-s", type=float, default=120, help="how long start waits for Healthy")
     return p
 
 
@@ -228,9 +231,9 @@ def main(args: argparse.Namespace) -> int:
     if args.action != "status" and not args.role:
         raise UserInputError(f"{args.action} needs a role: edge or cloud")
     for role in roles:
-        inst = instance(role, run_dir=args.run_dir)
+        inst = instance(role, run_dir=args.run_dir, host=args.host)
         if args.action == "start":
-            start(inst, args.model_store, args.models)
+            start(inst, args.model_store, args.models, wait_s=args.wait_s)
             print(f"{role}: healthy at {inst.inference_url} (management {inst.management_url}, "
                   f"metrics {inst.metrics_url}); tokens in {inst.key_file}")
         elif args.action == "stop":

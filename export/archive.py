@@ -3,7 +3,8 @@
     python -m export.archive --exported exported --model-store model_store
 
 One archive per manifest written by `python -m export`: `edge_<expert>.mar`, `cloud_<expert>.mar`,
-`distortion_classifier.mar`. Each holds its ONNX files at the paths its manifest names, the
+`distortion_classifier.mar` (and with `--full`, `full_<expert>.mar`: every stage of one expert, the
+cloud-only baseline of the latency benchmark). Each holds its ONNX files at the paths its manifest names, the
 manifest as `model_manifest.json`, the handler of its role, the torch-free `core` package and the
 handler support modules (so the serving side runs exactly the preprocessing the models were
 trained with), and a `model-config.yaml` with the worker, batching and onnxruntime settings.
@@ -26,7 +27,8 @@ from core.manifest import Manifest
 from handlers.service import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
-HANDLERS = {"edge": "edge_handler.py", "cloud": "cloud_handler.py", "classifier": "classifier_handler.py"}
+HANDLERS = {"edge": "edge_handler.py", "cloud": "cloud_handler.py", "classifier": "classifier_handler.py",
+            "full": "full_handler.py"}
 SUPPORT_MODULES = ("handlers/__init__.py", "handlers/runtime.py", "handlers/service.py")
 MAX_EXTRACTED_BYTES = 512 * 1024 * 1024
 
@@ -43,6 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-delay", type=int, default=2,
                    help="ms TorchServe waits to fill a batch")
     p.add_argument("--workers", type=int, default=1, help="workers per model")
+    p.add_argument("--full", action="store_true",
+                   help="also build full_<expert>.mar (every stage in one archive: the cloud-only baseline)")
     p.add_argument("--archiver", default=None,
                    help="torch-model-archiver executable (default: the one beside this Python)")
     return p
@@ -77,9 +81,14 @@ def model_config(args: argparse.Namespace) -> str:
     ])
 
 
-def stage(name: str, manifest: Manifest, exported: Path, folder: Path) -> None:
+def stage(name: str, manifest: Manifest, exported: Path, folder: Path,
+          cloud: Manifest | None = None) -> None:
     """Lay out one archive's extra files under `folder`, at the paths the handler expects."""
-    for rel in manifest.files:
+    files = dict(manifest.files)
+    if cloud is not None:   # a full archive: the cloud half too
+        files.update(cloud.files)
+        (folder / "cloud_manifest.json").write_text(cloud.to_json())
+    for rel in files:
         dst = folder / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(exported / rel, dst)
@@ -92,17 +101,17 @@ def stage(name: str, manifest: Manifest, exported: Path, folder: Path) -> None:
         shutil.copy2(ROOT / rel, folder / rel)
 
 
-def build(name: str, manifest: Manifest, args: argparse.Namespace) -> Path:
+def build(name: str, manifest: Manifest, args: argparse.Namespace, cloud: Manifest | None = None) -> Path:
     store = Path(args.model_store)
     archiver = args.archiver or str(Path(sys.executable).parent / "torch-model-archiver")
     with tempfile.TemporaryDirectory(prefix=f"mar_{name}_") as tmp:
         extra = Path(tmp) / "extra"
         extra.mkdir()
-        stage(name, manifest, Path(args.exported), extra)
+        stage(name, manifest, Path(args.exported), extra, cloud)
         config = Path(tmp) / "model-config.yaml"
         config.write_text(model_config(args))
         cmd = [archiver, "--model-name", name, "--version", "1.0",
-               "--handler", str(ROOT / "handlers" / HANDLERS[manifest.role]),
+               "--handler", str(ROOT / "handlers" / HANDLERS["full" if cloud else manifest.role]),
                "--extra-files", str(extra), "--config-file", str(config),
                "--export-path", str(store), "--force"]
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -142,8 +151,12 @@ def main(args: argparse.Namespace) -> list[str]:
         raise UserInputError(f"no manifest for {', '.join(unknown)} (have: {', '.join(found)})")
     Path(args.model_store).mkdir(parents=True, exist_ok=True)
     built = []
-    for name in wanted:
-        path = build(name, found[name], args)
+    jobs = [(name, found[name], None) for name in wanted]
+    if args.full:
+        jobs += [(f"full_{n[len('edge_'):]}", found[n], found[f"cloud_{n[len('edge_'):]}"])
+                 for n in found if n.startswith("edge_") and f"cloud_{n[len('edge_'):]}" in found]
+    for name, manifest, cloud in jobs:
+        path = build(name, manifest, args, cloud)
         built.append(str(path))
         print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)")
     return built
