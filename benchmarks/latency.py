@@ -26,6 +26,7 @@ plots and Markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -124,26 +125,32 @@ def client(args: argparse.Namespace) -> int:
 
 
 # -- the orchestrator -----------------------------------------------------------------------------
-def run_profile(profile, args, out: Path) -> Path:
+@contextlib.contextmanager
+def live_system(profile, *, model_store: str, run_dir: str, backend: str = "auto",
+                max_minutes: float = 20):
+    """The live system over one emulated profile; yields (link, router URL, run dir, env, router).
+
+    Cloud TorchServe in the cloud namespace on CPU 1; edge TorchServe and the router in the edge
+    namespace on CPU 0; the router listens on the edge's device-side address. Everything is
+    stopped and the namespaces removed on exit, also on failure.
+    """
     from benchmarks import netem
 
-    records = out / f"records_{profile.name}.csv"
-    run_dir = Path(args.run_dir).resolve() / profile.name
+    run_dir = Path(run_dir).resolve() / profile.name
     py = sys.executable
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    started = time.time()
-    with netem.Link(profile, backend=args.backend, max_seconds=60 * (args.max_minutes + 10)) as link:
-        procs = []
+    with netem.Link(profile, backend=backend, max_seconds=60 * (max_minutes + 10)) as link:
 
         def ts(role: str, action: str, host: str, cpu: str, models: list[str]) -> None:
             cmd = [py, "-m", "edge_router.torchserve", action, role, "--run-dir", str(run_dir),
                    "--host", host]
             if action == "start":
-                cmd += ["--model-store", str(Path(args.model_store).resolve()), "--wait-s", "300",
+                cmd += ["--model-store", str(Path(model_store).resolve()), "--wait-s", "300",
                         "--models", *models]
             subprocess.run(link.exec_args(role, ["taskset", "-c", cpu, *cmd]), check=action == "start",
                            env=env, timeout=400)
 
+        router = None
         try:
             ts("cloud", "start", netem.ADDR["cloud"], "1", CLOUD_MODELS)
             ts("edge", "start", "127.0.0.1", "0", EDGE_MODELS)
@@ -153,34 +160,42 @@ def run_profile(profile, args, out: Path) -> Path:
                 "--cloud-url", f"http://{netem.ADDR['cloud']}:8090",
                 "--cloud-management-url", f"http://{netem.ADDR['cloud']}:8091",
                 "--deadline-ms", "10000"]), env=env)
-            procs.append(router)
             url = f"http://{netem.ADDR['edge_dev']}:8000"
             wait = subprocess.run(link.exec_args("dev", [py, "-c", _WAIT_HEALTHY, url]), env=env,
                                   timeout=120)
             if wait.returncode != 0:
                 raise RuntimeError(f"the router in the edge namespace did not become healthy "
                                    f"({profile.name})")
-            tmp_records = records.with_suffix(".partial")
-            client_cmd = [py, "-m", "benchmarks.latency", "--client", "--router", url, "--profile",
-                          profile.name, "--per-cell", str(args.per_cell), "--records", str(tmp_records),
-                          "--max-minutes", str(args.max_minutes), "--size", str(args.size)]
-            if args.data_root:
-                client_cmd += ["--data-root", args.data_root]
-            if args.quiet:
-                client_cmd.append("--quiet")
-            subprocess.run(link.exec_args("dev", client_cmd), check=True, env=env,
-                           timeout=60 * (args.max_minutes + 5))
-            tmp_records.replace(records)
+            yield link, url, run_dir, env, router
         finally:
-            for p in procs:
-                p.terminate()
+            if router is not None:
+                router.terminate()
                 try:
-                    p.wait(timeout=20)
+                    router.wait(timeout=20)
                 except subprocess.TimeoutExpired:
-                    p.kill()
+                    router.kill()
             ts("edge", "stop", "127.0.0.1", "0", [])
             ts("cloud", "stop", netem.ADDR["cloud"], "1", [])
-    print(f"{profile.name}: done in {time.time() - started:.0f} s ({link.backend} backend)")
+
+
+def run_profile(profile, args, out: Path) -> Path:
+    records = out / f"records_{profile.name}.csv"
+    started = time.time()
+    with live_system(profile, model_store=args.model_store, run_dir=args.run_dir, backend=args.backend,
+                     max_minutes=args.max_minutes) as (link, url, _, env, _router):
+        tmp_records = records.with_suffix(".partial")
+        client_cmd = [sys.executable, "-m", "benchmarks.latency", "--client", "--router", url,
+                      "--profile", profile.name, "--per-cell", str(args.per_cell), "--records",
+                      str(tmp_records), "--max-minutes", str(args.max_minutes), "--size", str(args.size)]
+        if args.data_root:
+            client_cmd += ["--data-root", args.data_root]
+        if args.quiet:
+            client_cmd.append("--quiet")
+        subprocess.run(link.exec_args("dev", client_cmd), check=True, env=env,
+                       timeout=60 * (args.max_minutes + 5))
+        tmp_records.replace(records)
+        backend = link.backend
+    print(f"{profile.name}: done in {time.time() - started:.0f} s ({backend} backend)")
     return records
 
 

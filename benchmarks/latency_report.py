@@ -56,6 +56,10 @@ def write_report(folder: str | Path) -> dict:
     if not rows:
         raise SystemExit(f"no records_*.csv in {folder}")
     profiles = list(dict.fromkeys(r["profile"] for r in rows))
+    meta_path = folder / "run.json"
+    if meta_path.is_file():   # the run's own order (lan, sao_paulo, fremont, paris), not alphabetical
+        order = list(json.loads(meta_path.read_text()).get("profiles", {}))
+        profiles.sort(key=lambda p: order.index(p) if p in order else len(order))
     cells = defaultdict(list)
     for r in rows:
         cells[(*key(r), r["distortion"], r["level"])].append(r)

@@ -108,8 +108,8 @@ def decode(body: bytes, header_length: int | str | None, *, max_elements: int = 
     request_params = header.get("parameters", {})
     if not isinstance(name, str) or not name or len(name) > 64:
         raise WireError("input 'name' must be a short string")
-    if datatype not in _NUMPY:
-        raise WireError(f"datatype {datatype!r} not supported (FP32, FP16, INT8)")
+    if not isinstance(datatype, str) or datatype not in _NUMPY:   # (a list or dict is unhashable)
+        raise WireError(f"datatype {str(datatype)[:20]!r} not supported (FP32, FP16, INT8)")
     if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK
             or not all(type(d) is int and d > 0 for d in shape)):
         raise WireError(f"shape must be a list of 1..{MAX_RANK} positive integers")

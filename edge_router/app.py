@@ -40,6 +40,9 @@ from edge_router.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+MIN_DEADLINE_MS = 50.0
+
+
 class RouterError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -96,6 +99,8 @@ def parse_options(query: str, config: RouterConfig) -> Options:
 
     threshold = number("threshold", config.default_threshold, 0.0, 1.0)
     deadline_ms = number("deadline_ms", config.default_deadline_ms, 0.0, 600_000.0)
+    if deadline_ms < MIN_DEADLINE_MS:   # no edge can answer sooner: refuse rather than time out
+        raise RouterError(400, f"deadline_ms must be at least {MIN_DEADLINE_MS:g}")
     compression = (one("compression", "fp32") or "").lower()
     if compression not in wire.COMPRESSIONS:
         raise RouterError(400, "compression must be fp32, fp16 or int8")
@@ -215,8 +220,14 @@ class Router:
     def _cloud_only(self, body: bytes, options: Options, started: float, deadline: float) -> dict:
         """The baseline without the edge: the image goes to the cloud's full_<expert> archive."""
         expert = options.expert or "conventional"
-        answer = self._post(self.discovery.cloud, f"predictions/full_{expert}", body, {}, deadline,
-                            "cloud (full model)")
+        try:
+            answer = self._post(self.discovery.cloud, f"predictions/full_{expert}", body, {}, deadline,
+                                "cloud (full model)")
+        except RouterError as exc:
+            if exc.status == 503:   # TorchServe said 404: the requested archive is not there
+                raise RouterError(404, f"no full_{expert} archive registered on the cloud "
+                                       f"(python -m export.archive --full)") from None
+            raise
         out = {"expert": expert, "distortion": None, "distortion_probabilities": None,
                "threshold": None, "offloaded": True, "offloaded_bytes": len(body),
                "compression": "image", "degraded": False,

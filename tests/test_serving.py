@@ -124,6 +124,8 @@ def test_compression_and_edge_only_modes(system):
     ("png", {"expert": "../../etc"}, 400),
     ("png", {"bogus": "1"}, 400),
     ("png", {"deadline_ms": "-1"}, 400),
+    ("png", {"deadline_ms": "10"}, 400),
+    ("png", {"mode": "cloud_only"}, 404),     # no full_conventional archive registered here
 ])
 def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(system, body, params, status):
     if body == "png":

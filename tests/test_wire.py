@@ -50,16 +50,23 @@ def test_int8_keeps_zero_exact_and_handles_constant_tensors():
     assert wire.decode(body, n).array[0, 0] == 0.0
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda h, raw: (h, raw[:-1]), "tensor bytes"),
-    (lambda h, raw: ({**h, "inputs": [{**h["inputs"][0], "shape": [2, 160, 2, 3]}]}, raw),
-     "binary_data_size"),
-    (lambda h, raw: ({**h, "inputs": [{**h["inputs"][0], "datatype": "FP64"}]}, raw), "datatype"),
-    (lambda h, raw: ({**h, "inputs": [{**h["inputs"][0], "shape": [2, -160, 2, 2]}]}, raw), "shape"),
-    (lambda h, raw: ({**h, "inputs": []}, raw), "exactly one"),
-    (lambda h, raw: ({"outputs": h["inputs"]}, raw), "'inputs'"),
-    (lambda h, raw: (h, np.full(len(raw) // 4, np.nan, np.float32).tobytes()), "NaN"),
-])
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda h, raw: (h, raw[:-1]), "tensor bytes"),
+        (
+            lambda h, raw: ({**h, "inputs": [{**h["inputs"][0], "shape": [2, 160, 2, 3]}]}, raw),
+            "binary_data_size",
+        ),
+        (lambda h, raw: ({**h, "inputs": [{**h["inputs"][0], "datatype": "FP64"}]}, raw), "datatype"),
+        (lambda h, raw: ({**h, "inputs": [{**h["inputs"][0], "datatype": {"a": 1}}]}, raw), "datatype"),
+        (lambda h, raw: ({**h, "inputs": [{**h["inputs"][0], "datatype": ["FP32"]}]}, raw), "datatype"),
+        (lambda h, raw: ({**h, "inputs": [{**h["inputs"][0], "shape": [2, -160, 2, 2]}]}, raw), "shape"),
+        (lambda h, raw: ({**h, "inputs": []}, raw), "exactly one"),
+        (lambda h, raw: ({"outputs": h["inputs"]}, raw), "'inputs'"),
+        (lambda h, raw: (h, np.full(len(raw) // 4, np.nan, np.float32).tobytes()), "NaN"),
+    ],
+)
 def test_lying_headers_are_refused_with_a_reason(mutate, reason):
     x = split_tensor()
     body, n = wire.encode(x, name="stage2")
@@ -98,9 +105,35 @@ def test_decoder_never_fails_with_anything_but_wire_error(body, length):
     assert msg.array.dtype == np.float32 and np.isfinite(msg.array).all()
 
 
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**7) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["name", "shape", "datatype", "parameters"]), JSON_VALUES),
+    st.binary(max_size=64),
+)
+def test_any_json_in_the_tensor_spec_fails_cleanly(spec, raw):
+    head = json.dumps({"inputs": [spec]}).encode()
+    try:
+        msg = wire.decode(head + raw, len(head))
+    except wire.WireError:
+        return
+    assert np.isfinite(msg.array).all()
+
+
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.sampled_from(["fp32", "fp16", "int8"]),
-       st.integers(0, 2**31 - 1), st.integers(0, 2000), st.integers(0, 255))
+@given(
+    st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    st.sampled_from(["fp32", "fp16", "int8"]),
+    st.integers(0, 2**31 - 1),
+    st.integers(0, 2000),
+    st.integers(0, 255),
+)
 def test_mutated_valid_bodies_decode_or_fail_cleanly(shape, compression, seed, pos, value):
     x = np.random.default_rng(seed).normal(0, 2, shape).astype(np.float32)
     body, n = wire.encode(x, name="stage2", compression=compression)
