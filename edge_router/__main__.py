@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from core.cli import run_cli
@@ -62,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
         server = make_server(router, args.host, args.port)
     except OSError as exc:
         raise UserInputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean exit: finally closes the socket
+    # SIGTERM drains: no new connections, requests in progress are answered, then exit.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.drain, daemon=True).start())
     cat = discovery.catalogue
     logging.getLogger("edge_router").info(
         "listening on http://%s:%d; experts: %s; refused: %s", args.host, args.port,

@@ -317,6 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     router: Router   # set on the subclass made by make_server
     server_version = "edge-router"
+    timeout = 5.0    # an idle keep-alive connection is closed after this (also bounds a drain)
 
     def setup(self):
         super().setup()
@@ -332,6 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        if self.server.draining:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self._headers_buffer.append(b"\r\n" + data)   # headers and body in one write
         self.flush_headers()
 
@@ -389,8 +393,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class RouterServer(ThreadingHTTPServer):
-    daemon_threads = True
+    """Threaded server that drains on shutdown: `drain()` stops accepting, lets every request in
+    progress finish (its answer says `Connection: close`), and `server_close()` then waits for the
+    handler threads, so a restart loses no request that reached the router."""
+
+    daemon_threads = False
+    block_on_close = True
     request_queue_size = 128
+    draining = False
+
+    def drain(self) -> None:
+        self.draining = True
+        self.shutdown()          # returns once serve_forever has stopped accepting
 
 
 def make_server(router: Router, host: str = "127.0.0.1", port: int = 8000) -> RouterServer:

@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,6 +214,19 @@ def wait_for(predicate, timeout=30.0):
             return True
         time.sleep(0.2)
     return False
+
+
+def test_tokens_never_appear_in_logs_or_answers(system):
+    tokens = [v for inst in system["insts"].values() for v in inst.keys().values()]
+    assert all(len(t) >= 8 for t in tokens)
+    texts = [requests.get(f"{system['url']}{path}", timeout=10).text
+             for path in ("/v1/experts", "/metrics", "/healthz")]
+    texts.append(classify(system, b"not an image").text)
+    for log in Path(system["run_dir"]).rglob("*.log"):
+        texts.append(log.read_text(errors="replace"))
+    assert len(texts) > 4
+    for text in texts:
+        assert not any(t in text for t in tokens)
 
 
 def test_cloud_outage_gives_degraded_edge_answers(system):
