@@ -253,7 +253,31 @@ def knees(levels: list[dict]) -> dict:
     }
 
 
+def plot(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, r in report["profiles"].items():
+        c = [x["concurrency"] for x in r["levels"]]
+        ax1.plot(c, [x["throughput_rps"] for x in r["levels"]], marker="o", label=name)
+        ax2.plot(c, [x["p99_ms"] for x in r["levels"]], marker="o", label=f"{name} p99")
+        ax2.plot(c, [x["p50_ms"] for x in r["levels"]], marker=".", linestyle="--", label=f"{name} p50")
+    for ax, label in ((ax1, "throughput (req/s)"), (ax2, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "throughput_vs_concurrency.png", dpi=110)
+    plt.close(fig)
+
+
 def write_markdown(report: dict, out: Path) -> None:
+    plot(report, out)
     lines = ["# Load: concurrent clients against the live router", "", f"Command: `{report['command']}`", ""]
     for name, r in report["profiles"].items():
         lines += [
@@ -280,7 +304,8 @@ def write_markdown(report: dict, out: Path) -> None:
             + "; ".join(f"{k} {v['first_mb']}/{v['last_mb']}/{v['max_mb']}" for k, v in r["rss"].items()),
             "",
         ]
-    (out / "summary.md").write_text("\n".join(lines))
+    lines.append("![throughput and latency vs concurrency](throughput_vs_concurrency.png)")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

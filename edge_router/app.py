@@ -75,7 +75,7 @@ def parse_options(query: str, config: RouterConfig) -> Options:
     known = {"threshold", "compression", "deadline_ms", "expert", "mode"}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise RouterError(400, f"unknown query parameter(s): {', '.join(u[:30] for u in unknown)}")
+        raise RouterError(400, f"unknown query parameter(s): {', '.join(repr(u[:30]) for u in unknown)}")
 
     def one(name, default=None):
         values = params.get(name)
