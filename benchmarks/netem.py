@@ -29,7 +29,9 @@ import os
 import random
 import select
 import shlex
+import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -53,7 +55,7 @@ class Profile:
     rate_mbit: float
     rtt_ms: float
     jitter_ms: float = 0.0
-    loss: float = 0.0          # fraction of packets dropped per direction
+    loss: float = 0.0  # fraction of packets dropped per direction
 
     def validate(self) -> None:
         if not (self.rate_mbit > 0 and self.rtt_ms >= 0 and self.jitter_ms >= 0 and 0 <= self.loss < 1):
@@ -62,7 +64,7 @@ class Profile:
 
 # The paper's three edge-cloud distances (Sao Paulo, Fremont, Paris) and a local link.
 PROFILES = {
-    "lan": Profile("lan", 100.0, 1.0),   # a campus link; the userspace line tops out near 400 Mbit/s
+    "lan": Profile("lan", 100.0, 1.0),  # a campus link; the userspace line tops out near 400 Mbit/s
     "sao_paulo": Profile("sao_paulo", 93.6, 10.0),
     "fremont": Profile("fremont", 73.3, 180.0),
     "paris": Profile("paris", 60.0, 216.0),
@@ -111,7 +113,7 @@ def namespaces_available() -> tuple[bool, str]:
     if os.geteuid() != 0:
         return False, "network namespaces need root"
     try:
-        sh("ip netns del ee-probe", check=False)   # a leftover of an interrupted probe
+        sh("ip netns del ee-probe", check=False)  # a leftover of an interrupted probe
         sh("ip netns add ee-probe")
         sh("ip netns del ee-probe")
     except (RuntimeError, FileNotFoundError, subprocess.TimeoutExpired) as exc:
@@ -211,7 +213,7 @@ class DelayLine:
             except OSError:
                 pass  # the far side went away (teardown)
             late = time.monotonic() - release
-            if slept and 0 <= late < 0.002:   # only wake-up latency, never queueing
+            if slept and 0 <= late < 0.002:  # only wake-up latency, never queueing
                 self.lateness[d] = 0.95 * self.lateness[d] + 0.05 * late
 
 
@@ -219,8 +221,9 @@ class DelayLine:
 class Link:
     """Namespaces dev/edge/cloud with `profile` on the edge-cloud link (a context manager)."""
 
-    def __init__(self, profile: Profile, *, backend: str = "auto", max_seconds: float = 1800,
-                 with_device: bool = True):
+    def __init__(
+        self, profile: Profile, *, backend: str = "auto", max_seconds: float = 1800, with_device: bool = True
+    ):
         if backend not in ("auto", "netem", "tun"):
             raise UserInputError("--backend must be auto, netem or tun")
         profile.validate()
@@ -294,8 +297,11 @@ class Link:
                 sh(f"ip link set {dev} up", ns=ns)
                 jitter = f" {p.jitter_ms / 2:g}ms" if p.jitter_ms else ""
                 loss = f" loss {100 * p.loss:g}%" if p.loss else ""
-                sh(f"tc qdisc add dev {dev} root netem delay {p.rtt_ms / 2:g}ms{jitter}{loss} "
-                   f"rate {p.rate_mbit:g}mbit limit 100000", ns=ns)
+                sh(
+                    f"tc qdisc add dev {dev} root netem delay {p.rtt_ms / 2:g}ms{jitter}{loss} "
+                    f"rate {p.rate_mbit:g}mbit limit 100000",
+                    ns=ns,
+                )
         else:
             fd_e, fd_c = open_tun("ee-tune"), open_tun("ee-tunc")
             self._fds = [fd_e, fd_c]
@@ -307,8 +313,10 @@ class Link:
                 # queue of about a second of data at the rate, burst of a few packets
                 burst = max(4 * 1514, int(p.rate_mbit * 1e6 / 8 / 250))
                 limit = max(64 * 1514, int(p.rate_mbit * 1e6 / 8 * max(0.2, p.rtt_ms / 1000)))
-                sh(f"tc qdisc add dev {dev} root tbf rate {p.rate_mbit:g}mbit burst {burst} "
-                   f"limit {limit}", ns=ns)
+                sh(
+                    f"tc qdisc add dev {dev} root tbf rate {p.rate_mbit:g}mbit burst {burst} limit {limit}",
+                    ns=ns,
+                )
             self.delay_line = DelayLine(fd_e, fd_c, p)
             self.delay_line.start()
 
@@ -334,13 +342,17 @@ class Link:
 # -- self-check ---------------------------------------------------------------------------------
 def tcp_rtt_ms(link: Link, samples: int = 20) -> float:
     """Median TCP-connect-free RTT: a tiny request/response on one warm connection, timed."""
-    server = subprocess.Popen(link.exec_args("cloud", [sys.executable, "-c", _ECHO_SERVER, ADDR["cloud"]]),
-                              stdout=subprocess.PIPE)
+    server = subprocess.Popen(
+        link.exec_args("cloud", [sys.executable, "-c", _ECHO_SERVER, ADDR["cloud"]]), stdout=subprocess.PIPE
+    )
     try:
-        server.stdout.readline()   # "ready"
-        out = subprocess.run(link.exec_args("edge", [sys.executable, "-c", _ECHO_CLIENT, ADDR["cloud"],
-                                                      str(samples)]),
-                             capture_output=True, text=True, timeout=60 + samples * link.profile.rtt_ms / 100)
+        server.stdout.readline()  # "ready"
+        out = subprocess.run(
+            link.exec_args("edge", [sys.executable, "-c", _ECHO_CLIENT, ADDR["cloud"], str(samples)]),
+            capture_output=True,
+            text=True,
+            timeout=60 + samples * link.profile.rtt_ms / 100,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"rtt probe failed: {out.stderr.strip()[-300:]}")
         return float(out.stdout.strip())
@@ -351,20 +363,71 @@ def tcp_rtt_ms(link: Link, samples: int = 20) -> float:
 
 def goodput_mbit(link: Link, seconds: float = 8.0, warmup: float = 3.0) -> float:
     """Bulk TCP goodput from cloud to edge on one connection, measured after a warm-up."""
-    server = subprocess.Popen(link.exec_args("cloud", [sys.executable, "-c", _BULK_SERVER, ADDR["cloud"],
-                                                        str(seconds + warmup + 2)]),
-                              stdout=subprocess.PIPE)
+    server = subprocess.Popen(
+        link.exec_args(
+            "cloud", [sys.executable, "-c", _BULK_SERVER, ADDR["cloud"], str(seconds + warmup + 2)]
+        ),
+        stdout=subprocess.PIPE,
+    )
     try:
         server.stdout.readline()
-        out = subprocess.run(link.exec_args("edge", [sys.executable, "-c", _BULK_CLIENT, ADDR["cloud"],
-                                                      str(warmup), str(seconds)]),
-                             capture_output=True, text=True, timeout=seconds + warmup + 60)
+        out = subprocess.run(
+            link.exec_args(
+                "edge", [sys.executable, "-c", _BULK_CLIENT, ADDR["cloud"], str(warmup), str(seconds)]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=seconds + warmup + 60,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"goodput probe failed: {out.stderr.strip()[-300:]}")
         return float(out.stdout.strip())
     finally:
         server.kill()
         server.wait()
+
+
+def ping_rtt_ms(link: Link, count: int = 20) -> float:
+    """Median RTT of `count` ICMP echoes from the edge to the cloud (Debian's ping)."""
+    out = subprocess.run(
+        link.exec_args("edge", ["ping", "-n", "-c", str(count), "-i", "0.2", ADDR["cloud"]]),
+        capture_output=True,
+        text=True,
+        timeout=30 + count * (0.2 + link.profile.rtt_ms / 1000),
+    )
+    times = [float(t.split("=")[1]) for t in out.stdout.split() if t.startswith("time=")]
+    if not times:
+        raise RuntimeError(f"ping failed: {(out.stderr or out.stdout).strip()[-300:]}")
+    return float(statistics.median(times[2:] if len(times) > 4 else times))
+
+
+def iperf3_goodput_mbit(link: Link, seconds: float = 12.0, warmup: float = 3.0) -> float:
+    """One TCP stream cloud -> edge with iperf3 (Debian's), the first `warmup` seconds omitted."""
+    server = subprocess.Popen(
+        link.exec_args("cloud", ["iperf3", "-s", "-1", "-B", ADDR["cloud"]]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        out = subprocess.run(
+            link.exec_args(
+                "edge", ["iperf3", "-c", ADDR["cloud"], "-R", "-J", "-t", f"{seconds:g}", "-O", f"{warmup:g}"]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=seconds + warmup + 60,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"iperf3 failed: {(out.stderr or out.stdout).strip()[-300:]}")
+        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+    finally:
+        server.kill()
+        server.wait()
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
 
 
 _ECHO_SERVER = r"""
@@ -415,13 +478,22 @@ print(got * 8 / (time.time() - start) / 1e6)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("action", choices=("check", "profiles"))
     p.add_argument("--profiles", nargs="+", default=list(PROFILES))
     p.add_argument("--profiles-file", default=None, help="JSON of extra profiles")
     p.add_argument("--backend", default="auto", choices=("auto", "netem", "tun"))
     p.add_argument("--seconds", type=float, default=12.0, help="goodput measurement length")
+    p.add_argument(
+        "--probes",
+        default="auto",
+        choices=("auto", "debian", "python"),
+        help="ping + iperf3 (Debian packages, as the paper) or small Python probes",
+    )
     p.add_argument("--json", default=None)
     return p
 
@@ -436,21 +508,38 @@ def main(args: argparse.Namespace) -> dict:
     if unknown:
         raise UserInputError(f"unknown profile(s) {', '.join(unknown)} (known: {', '.join(profiles)})")
     result = {"command": " ".join(["python -m benchmarks.netem", *sys.argv[1:]]), "profiles": {}}
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))   # run the context managers' cleanup
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the context managers' cleanup
     for name in args.profiles:
         p = profiles[name]
+        tools = args.probes == "debian" or (args.probes == "auto" and have("ping") and have("iperf3"))
         with Link(p, backend=args.backend, max_seconds=300, with_device=False) as link:
-            rtt = tcp_rtt_ms(link)
-            goodput = goodput_mbit(link, seconds=args.seconds)
-        row = {"backend": link.backend, "rtt_ms_configured": p.rtt_ms, "rtt_ms_measured": round(rtt, 2),
-               "rate_mbit_configured": p.rate_mbit, "goodput_mbit_measured": round(goodput, 2),
-               "rtt_error": round(rtt / p.rtt_ms - 1, 4) if p.rtt_ms else None,
-               "goodput_error": round(goodput / p.rate_mbit - 1, 4)}
+            if tools:
+                rtt, goodput = ping_rtt_ms(link), iperf3_goodput_mbit(link, seconds=args.seconds)
+            else:
+                rtt, goodput = tcp_rtt_ms(link), goodput_mbit(link, seconds=args.seconds)
+        row = {
+            "backend": link.backend,
+            "probes": "ping+iperf3" if tools else "python",
+            "rtt_ms_configured": p.rtt_ms,
+            "rtt_ms_measured": round(rtt, 2),
+            "rate_mbit_configured": p.rate_mbit,
+            "goodput_mbit_measured": round(goodput, 2),
+            "rtt_error": round(rtt / p.rtt_ms - 1, 4) if p.rtt_ms else None,
+            "goodput_error": round(goodput / p.rate_mbit - 1, 4),
+        }
         result["profiles"][name] = row
-        print(f"{name:10s} [{link.backend}] RTT {rtt:8.2f} ms (configured {p.rtt_ms:g})   goodput "
-              f"{goodput:7.2f} Mbit/s (configured {p.rate_mbit:g})")
-    result["rtt_method"] = "median of 20 round trips of 32 bytes on one warm TCP connection"
-    result["goodput_method"] = f"one TCP connection, bytes received in {args.seconds:g} s after a 3 s warm-up"
+        print(
+            f"{name:10s} [{link.backend}] RTT {rtt:8.2f} ms (configured {p.rtt_ms:g})   goodput "
+            f"{goodput:7.2f} Mbit/s (configured {p.rate_mbit:g})"
+        )
+    result["rtt_method"] = (
+        "ping: median of 20 ICMP echoes, edge -> cloud (python: median of 20 "
+        "32-byte round trips on one warm TCP connection)"
+    )
+    result["goodput_method"] = (
+        f"iperf3 -R -t {args.seconds:g} -O 3: one TCP stream cloud -> edge, the "
+        "first 3 s omitted (python: the same with a socket pair)"
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

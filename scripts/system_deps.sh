@@ -3,6 +3,7 @@
 #   dataset-fashion-mnist  the embedded default data set       (required)
 #   Java 17+               the TorchServe frontend              (required)
 #   opencv-doc             sample photos for the classifier     (recommended)
+#   iperf3, iputils-ping   the network emulator's self-check    (optional: Python probes otherwise)
 # Fast when everything is present: it only looks at files.
 set -euo pipefail
 
@@ -16,7 +17,17 @@ if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ]; then
   missing+=(openjdk-17-jre-headless)
 fi
 [ -f "$PHOTOS" ] || missing+=(opencv-doc)
-[ ${#missing[@]} -eq 0 ] && exit 0
+optional=()
+command -v iperf3 >/dev/null 2>&1 || optional+=(iperf3)
+command -v ping >/dev/null 2>&1 || optional+=(iputils-ping)
+if [ ${#missing[@]} -eq 0 ]; then
+  # optional tools: try once, never fail the install for them
+  if [ ${#optional[@]} -gt 0 ] && [ "$(id -u)" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${optional[@]}" \
+      >/dev/null 2>&1 || echo "note: ${optional[*]} not installed; the network self-check uses Python probes" >&2
+  fi
+  exit 0
+fi
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"
@@ -30,4 +41,8 @@ export DEBIAN_FRONTEND=noninteractive
 if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >&2; then
   echo "error: apt-get could not install ${missing[*]}; install them by hand and re-run" >&2
   exit 1
+fi
+if [ ${#optional[@]} -gt 0 ]; then
+  $SUDO apt-get install -y -qq --no-install-recommends "${optional[@]}" >/dev/null 2>&1 \
+    || echo "note: ${optional[*]} not installed; the network self-check uses Python probes" >&2
 fi
