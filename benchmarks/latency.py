@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from core.cli import progress, run_cli
+from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 
 CELLS = [("pristine", 0)] + [("gaussian_blur", v) for v in (1, 2, 3, 4, 5)] + \
@@ -161,6 +160,7 @@ def live_system(profile, *, model_store: str, run_dir: str, backend: str = "auto
                 "--cloud-management-url", f"http://{netem.ADDR['cloud']}:8091",
                 "--deadline-ms", "10000"]), env=env)
             url = f"http://{netem.ADDR['edge_dev']}:8000"
+            # polled from the device namespace, the only place that reaches the router's address
             wait = subprocess.run(link.exec_args("dev", [py, "-c", _WAIT_HEALTHY, url]), env=env,
                                   timeout=120)
             if wait.returncode != 0:
@@ -199,15 +199,8 @@ def run_profile(profile, args, out: Path) -> Path:
     return records
 
 
-_WAIT_HEALTHY = r"""
-import sys, time, urllib.request
-for _ in range(200):
-    try:
-        if urllib.request.urlopen(sys.argv[1] + "/healthz", timeout=2).status == 200: sys.exit(0)
-    except Exception: pass
-    time.sleep(0.5)
-sys.exit(1)
-"""
+_WAIT_HEALTHY = ("import sys; from edge_router.app import wait_until_healthy; "
+                 "wait_until_healthy(sys.argv[1], timeout=100)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -260,7 +253,7 @@ def main(args: argparse.Namespace) -> int:
     meta = {"command": " ".join(["python -m benchmarks.latency", *sys.argv[1:]]),
             "wall_time_s": round(time.time() - started, 1), "per_cell": args.per_cell,
             "profiles": {n: vars(profiles[n]) for n in args.profiles}}
-    (out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(out / "run.json", meta)
     latency_report.write_report(out)
     return 0
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli import write_json
+
 SYSTEM_ORDER = ("cloud_only", "conventional", "edge_only", "expert")
 COLORS = {"cloud_only": "tab:gray", "conventional": "tab:red", "edge_only": "tab:orange",
           "expert": "tab:green"}
@@ -102,7 +104,7 @@ def write_report(folder: str | Path) -> dict:
                        "accuracy_delta_points": round(
                            100 * (s["accuracy"] - allcells["fp32"]["accuracy"]), 2)}
                 for comp, s in allcells.items()}
-    (folder / "checks.json").write_text(json.dumps(checks, indent=2) + "\n")
+    write_json(folder / "checks.json", checks)
     plots(rows, agg, profiles, folder)
     markdown(rows, agg, checks, profiles, folder)
     return checks

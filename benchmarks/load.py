@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from core.cli import run_cli
+from core.cli import run_cli, write_json
 from core.errors import UserInputError
 
 LEVELS = (1, 2, 4, 8, 16, 32)
@@ -96,7 +96,7 @@ def client(args: argparse.Namespace) -> int:
         row = run_level(c, args, bodies)
         results.append(row)
         print(json.dumps(row), flush=True)
-    Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.results, results)
     return 0
 
 
@@ -182,7 +182,7 @@ def main(args: argparse.Namespace) -> dict | int:
                 **knees(json.loads((out / f"levels_{name}.json").read_text())),
                 "rss": r["rss"],
             }
-        (out / "load.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out / "load.json", report)
         write_markdown(report, out)
         return report
     report = {"command": " ".join(["python -m benchmarks.load", *sys.argv[1:]]), "profiles": {}}
@@ -227,7 +227,7 @@ def main(args: argparse.Namespace) -> dict | int:
             f"{report['profiles'][name]['p99_exceeds_2x_single_p50_at']}; errors below it: "
             f"{report['profiles'][name]['errors_below_knee']}"
         )
-    (out / "load.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "load.json", report)
     write_markdown(report, out)
     return report
 

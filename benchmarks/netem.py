@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.cli import run_cli
+from core.cli import run_cli, write_json
 from core.errors import UserInputError
 
 SUBNET = "10.213.0.0/16"
@@ -340,51 +340,46 @@ class Link:
 
 
 # -- self-check ---------------------------------------------------------------------------------
-def tcp_rtt_ms(link: Link, samples: int = 20) -> float:
-    """Median TCP-connect-free RTT: a tiny request/response on one warm connection, timed."""
-    server = subprocess.Popen(
-        link.exec_args("cloud", [sys.executable, "-c", _ECHO_SERVER, ADDR["cloud"]]), stdout=subprocess.PIPE
-    )
+def _python_probe(link: Link, what: str, server: list[str], client: list[str], timeout: float) -> float:
+    """Run a probe server (Python snippet) in the cloud namespace and its client in the edge
+    namespace; the client prints one number."""
+    proc = subprocess.Popen(link.exec_args("cloud", [sys.executable, "-c", *server]), stdout=subprocess.PIPE)
     try:
-        server.stdout.readline()  # "ready"
+        proc.stdout.readline()  # "ready"
         out = subprocess.run(
-            link.exec_args("edge", [sys.executable, "-c", _ECHO_CLIENT, ADDR["cloud"], str(samples)]),
+            link.exec_args("edge", [sys.executable, "-c", *client]),
             capture_output=True,
             text=True,
-            timeout=60 + samples * link.profile.rtt_ms / 100,
+            timeout=timeout,
         )
         if out.returncode != 0:
-            raise RuntimeError(f"rtt probe failed: {out.stderr.strip()[-300:]}")
+            raise RuntimeError(f"{what} probe failed: {out.stderr.strip()[-300:]}")
         return float(out.stdout.strip())
     finally:
-        server.kill()
-        server.wait()
+        proc.kill()
+        proc.wait()
+
+
+def tcp_rtt_ms(link: Link, samples: int = 20) -> float:
+    """Median RTT of 32-byte round trips on one warm TCP connection."""
+    return _python_probe(
+        link,
+        "rtt",
+        [_ECHO_SERVER, ADDR["cloud"]],
+        [_ECHO_CLIENT, ADDR["cloud"], str(samples)],
+        timeout=60 + samples * link.profile.rtt_ms / 100,
+    )
 
 
 def goodput_mbit(link: Link, seconds: float = 8.0, warmup: float = 3.0) -> float:
     """Bulk TCP goodput from cloud to edge on one connection, measured after a warm-up."""
-    server = subprocess.Popen(
-        link.exec_args(
-            "cloud", [sys.executable, "-c", _BULK_SERVER, ADDR["cloud"], str(seconds + warmup + 2)]
-        ),
-        stdout=subprocess.PIPE,
+    return _python_probe(
+        link,
+        "goodput",
+        [_BULK_SERVER, ADDR["cloud"], str(seconds + warmup + 2)],
+        [_BULK_CLIENT, ADDR["cloud"], str(warmup), str(seconds)],
+        timeout=seconds + warmup + 60,
     )
-    try:
-        server.stdout.readline()
-        out = subprocess.run(
-            link.exec_args(
-                "edge", [sys.executable, "-c", _BULK_CLIENT, ADDR["cloud"], str(warmup), str(seconds)]
-            ),
-            capture_output=True,
-            text=True,
-            timeout=seconds + warmup + 60,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"goodput probe failed: {out.stderr.strip()[-300:]}")
-        return float(out.stdout.strip())
-    finally:
-        server.kill()
-        server.wait()
 
 
 def ping_rtt_ms(link: Link, count: int = 20) -> float:
@@ -541,8 +536,7 @@ def main(args: argparse.Namespace) -> dict:
         "first 3 s omitted (python: the same with a socket pair)"
     )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
 
 

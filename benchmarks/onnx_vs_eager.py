@@ -14,7 +14,6 @@ eager / onnxruntime, and the ONNX file sizes.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from core.cli import progress, run_cli
+from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from export.segments import OPSET, export_module, ort_session
 from training.checkpoints import command_line
@@ -136,8 +135,7 @@ def main(args: argparse.Namespace) -> dict:
                   f"{row['cloud']['onnxruntime_ms']:7.2f} ms  x{row['cloud']['speedup']:.2f}   "
                   f"files {row['edge']['onnx_bytes'] / 1e6:.1f} + {row['cloud']['onnx_bytes'] / 1e6:.1f} MB")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
 
 

@@ -21,7 +21,6 @@ Bounded: `--requests` per path, `--max-seconds` overall; everything started is s
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -35,9 +34,10 @@ import psutil
 import requests
 import torch
 
-from core.cli import progress, run_cli
+from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import decode_image, encode_image
+from edge_router.app import wait_until_healthy
 from export.pipeline import Pipeline
 from training.checkpoints import command_line, new_run_id, save_checkpoint
 from training.datasets import DistortionPolicy, distorted_image, load_source
@@ -154,7 +154,7 @@ def main(args: argparse.Namespace) -> dict:
                  *[x for inst in insts for x in (f"--{inst.role}-url", inst.inference_url,
                                                   f"--{inst.role}-management-url", inst.management_url)]])
             url = f"http://127.0.0.1:{args.router_port}"
-            _wait_healthy(url, router_proc)
+            wait_until_healthy(url, proc=router_proc)
             pipeline = Pipeline(tmp / "store")
             source = load_source("fashion-mnist", "test", limit=args.requests + args.warmup,
                                  data_root=args.data_root)
@@ -210,23 +210,8 @@ def main(args: argparse.Namespace) -> dict:
     result[f"offload_p50_ratio{key}"] = result["paths"]["offload"]["p50_ratio"]
     print(f"RSS (MB): {result['rss_mb']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the router exited during start-up")
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the router did not become healthy")
 
 
 if __name__ == "__main__":

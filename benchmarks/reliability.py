@@ -40,9 +40,10 @@ import psutil
 import requests
 
 from core import wire
-from core.cli import progress, run_cli
+from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import encode_image
+from edge_router.app import wait_until_healthy
 
 EDGE_MODELS = ["distortion_classifier", "edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"]
 CLOUD_MODELS = ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"]
@@ -91,15 +92,7 @@ class LoopbackSystem:
         for role, inst in self.insts.items():
             args += [f"--{role}-url", inst.inference_url, f"--{role}-management-url", inst.management_url]
         self.router = subprocess.Popen(args)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("the router did not become healthy")
+        wait_until_healthy(self.url, proc=self.router)
 
     def stop_router(self) -> None:
         if self.router is not None:
@@ -639,7 +632,7 @@ def main(args: argparse.Namespace) -> dict | int:
             result["soak"] = run_soak(system, args)
     if "faults" in args.parts and not args.no_link_faults:
         result["faults"] += run_link_faults(args)
-    result_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result_path, result)
     write_markdown(result, out / "reliability.md")
     return result
 

@@ -11,17 +11,15 @@ a `--max-seconds` budget after which it stops by itself.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import requests
 
 from core import distortions
-from core.cli import progress, run_cli
+from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import encode_image
 from training.datasets import DistortionPolicy, distorted_image, load_source
@@ -111,8 +109,7 @@ def main(args: argparse.Namespace) -> dict:
     print_table(rows)
     result = {"router": args.router, "params": params, "rows": rows, "requests": len(records)}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({**result, "records": records}, indent=2) + "\n")
+        write_json(args.json, {**result, "records": records})
     return result
 
 

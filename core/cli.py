@@ -7,8 +7,10 @@ Programming errors still raise, so bugs stay visible.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from core.errors import UserInputError
 
@@ -53,3 +55,10 @@ def progress(iterable, *, desc: str | None = None, quiet: bool = False, **kwargs
 
     return tqdm(iterable, desc=desc, disable=True if quiet else None, leave=False,
                 file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+def write_json(path: str | Path, data) -> None:
+    """A result file: indented JSON with a final newline, its folder created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

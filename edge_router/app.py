@@ -220,14 +220,8 @@ class Router:
     def _cloud_only(self, body: bytes, options: Options, started: float, deadline: float) -> dict:
         """The baseline without the edge: the image goes to the cloud's full_<expert> archive."""
         expert = options.expert or "conventional"
-        try:
-            answer = self._post(self.discovery.cloud, f"predictions/full_{expert}", body, {}, deadline,
-                                "cloud (full model)")
-        except RouterError as exc:
-            if exc.status == 503:   # TorchServe said 404: the requested archive is not there
-                raise RouterError(404, f"no full_{expert} archive registered on the cloud "
-                                       f"(python -m export.archive --full)") from None
-            raise
+        answer = self._post(self.discovery.cloud, f"predictions/full_{expert}", body, {}, deadline,
+                            f"cloud: full_{expert} (python -m export.archive --full)", missing_status=404)
         out = {"expert": expert, "distortion": None, "distortion_probabilities": None,
                "threshold": None, "offloaded": True, "offloaded_bytes": len(body),
                "compression": "image", "degraded": False,
@@ -243,7 +237,10 @@ class Router:
         out.update(exit=k, exit_name=_exit_name(pair, k), **{"class": int(pred[k])},
                    class_name=names[int(pred[k])], confidence=float(conf[k]))
 
-    def _raw_post(self, ep, path: str, body: bytes, headers: dict, deadline: float, step: str):
+    def _raw_post(self, ep, path: str, body: bytes, headers: dict, deadline: float, step: str,
+                  missing_status: int = 503):
+        """POST to a TorchServe; `missing_status` answers a 404 (no such model): 503 for a model
+        discovery listed (it went away), 404 for one the request named."""
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise RouterError(504, f"deadline passed before the {step} step")
@@ -257,14 +254,14 @@ class Router:
             raise RouterError(502, f"{step} unreachable") from None
         if 400 <= r.status_code < 500:
             # the image or tensor was refused: pass the handler's one-line reason on
-            raise RouterError(r.status_code if r.status_code != 404 else 503,
+            raise RouterError(r.status_code if r.status_code != 404 else missing_status,
                               f"{step}: {_reason(r)}")
         if r.status_code >= 500 or r.status_code != 200:
             raise RouterError(502, f"{step} answered {r.status_code}: {_reason(r)}")
         return r
 
-    def _post(self, ep, path, body, headers, deadline, step) -> dict:
-        return _json(self._raw_post(ep, path, body, headers, deadline, step), step)
+    def _post(self, ep, path, body, headers, deadline, step, missing_status: int = 503) -> dict:
+        return _json(self._raw_post(ep, path, body, headers, deadline, step, missing_status), step)
 
 
 def _json(r: requests.Response, step: str) -> dict:
@@ -405,6 +402,21 @@ class RouterServer(ThreadingHTTPServer):
     def drain(self) -> None:
         self.draining = True
         self.shutdown()          # returns once serve_forever has stopped accepting
+
+
+def wait_until_healthy(url: str, *, proc=None, timeout: float = 60.0) -> None:
+    """Poll a router's /healthz until it answers 200; fails early if `proc` (its process) exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("the router exited during start-up")
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the router at {url} did not become healthy in {timeout:.0f} s")
 
 
 def make_server(router: Router, host: str = "127.0.0.1", port: int = 8000) -> RouterServer:

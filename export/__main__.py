@@ -12,7 +12,6 @@ every segment. The conventional (pristine-trained) model is exported as expert `
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ import onnx
 import torch
 
 from core import distortions
-from core.cli import run_cli
+from core.cli import run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import Preprocessing
 from core.manifest import ExitSpec, Manifest, TensorSpec, sha256_file
@@ -143,7 +142,7 @@ def main(args: argparse.Namespace) -> dict:
             exporter=exporter)
         (out / "distortion_classifier.json").write_text(manifest.to_json())
         report["manifests"].append("distortion_classifier.json")
-    (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "export_report.json", report)
     worst = max(s["max_abs_diff"] for s in report["segments"])
     print(f"exported {len(report['segments'])} segments and {len(report['manifests'])} manifests to "
           f"{out}; parity holds on {x.shape[0]} images (max |diff| {worst:.2e})")

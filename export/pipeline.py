@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli import progress, run_cli
+from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.exits import decide
 from core.imaging import Preprocessing, decode_image
@@ -219,8 +219,7 @@ def main(args: argparse.Namespace) -> dict | list:
         for path, answer in zip(args.images, result, strict=True):
             print(json.dumps({"image": path, **answer}))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
 
 

@@ -34,8 +34,12 @@ CPU = ("CPUExecutionProvider",)
 
 
 class _Segments:
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int, verify: bool,
+    role = ""
+
+    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True,
                  providers: tuple[str, ...] = CPU):
+        if manifest.role != self.role:
+            raise ManifestError(f"{manifest.name}: a {manifest.role} manifest, not {self.role}")
         if verify:
             manifest.verify_files(folder)
         self.manifest = manifest
@@ -65,11 +69,10 @@ class EdgeResult:
 class EdgeExpert(_Segments):
     """Stages 0-2 and the three side branches of one expert."""
 
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True,
-                 providers: tuple[str, ...] = CPU):
-        if manifest.role != "edge":
-            raise ManifestError(f"{manifest.name}: not an edge manifest")
-        super().__init__(manifest, folder, threads=threads, verify=verify, providers=providers)
+    role = "edge"
+
+    def __init__(self, manifest: Manifest, folder: Path, **options):
+        super().__init__(manifest, folder, **options)
         self.preprocessing = Preprocessing.from_dict(manifest.preprocessing)
         self.temperatures = [e.temperature for e in manifest.exits]
 
@@ -104,11 +107,10 @@ class EdgeExpert(_Segments):
 class CloudExpert(_Segments):
     """Stage 3 and the final exit of one expert."""
 
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True,
-                 providers: tuple[str, ...] = CPU):
-        if manifest.role != "cloud":
-            raise ManifestError(f"{manifest.name}: not a cloud manifest")
-        super().__init__(manifest, folder, threads=threads, verify=verify, providers=providers)
+    role = "cloud"
+
+    def __init__(self, manifest: Manifest, folder: Path, **options):
+        super().__init__(manifest, folder, **options)
         self.temperature = manifest.exits[0].temperature
 
     def logits(self, split: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ the same for crops of the photos held out from the training pool (`photos`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import distortions
-from core.cli import progress, run_cli
+from core.cli import progress, run_cli, write_json
 from training.checkpoints import command_line, load_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource, load_source
@@ -136,8 +135,7 @@ def main(args: argparse.Namespace) -> dict:
         "wall_time_s": round(time.time() - started, 1),
     })
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
         print(f"wrote {args.json}", file=sys.stderr)
     return result
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import distortions
-from core.cli import progress, run_cli
+from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.exits import confidence_and_class, decide
 from core.imaging import Preprocessing
@@ -211,7 +210,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                "models": {k: {"run_id": p["run_id"], "checkpoint_command": p["command"],
                               "temperatures": p["temperatures"], "calibration": p["calibration"],
                               "val_accuracy": p["val_accuracy"]} for k, (_, p) in models.items()}}
-    (out / "accuracy_run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "accuracy_run.json", summary)
     from training.report import write_accuracy_report  # matplotlib only when reporting
     write_accuracy_report(rows, summary, out)
     engine.log(f"wrote {out}/accuracy.csv, accuracy.md and plots ({summary['wall_time_s']:.0f} s)")
