@@ -1,13 +1,26 @@
-"""The paper's latency experiment, live, over emulated WAN links.
+"""The paper's latency experiment, live, over emulated WAN links or against a running deployment.
 
-    python -m benchmarks.latency --out docs/results/latency            # all profiles
+Two modes:
+
+    python -m benchmarks.latency --out docs/results/latency            # own stack, all profiles
     python -m benchmarks.latency --profiles paris --per-cell 10 --out /tmp/lat
+    python -m benchmarks.latency --router http://127.0.0.1:8000 --per-cell 5 --max-minutes 5
 
-For each profile the harness builds the namespaces (`benchmarks.netem`: device -> edge -> cloud),
-starts the cloud TorchServe in the cloud namespace pinned to CPU 1, the edge TorchServe and the
-router in the edge namespace pinned to CPU 0 (the paper's edge container had one CPU), and runs a
-client in the device namespace that sends test images through the router. Every exit and offload
-decision is made live by the running system. Systems (router parameters):
+**Own stack** (the default): for each profile the harness builds the namespaces
+(`benchmarks.netem`: device -> edge -> cloud), starts the cloud TorchServe in the cloud namespace
+pinned to CPU 1, the edge TorchServe and the router in the edge namespace pinned to CPU 0 (the
+paper's edge container had one CPU), and runs a client in the device namespace that sends test
+images through the router; everything is stopped and the namespaces removed at the end.
+
+**Existing deployment** (`--router URL`): the same client runs here against a router that is
+already running; nothing is created, started or stopped, and the network is whatever lies between
+here and that router. Its records are the profile `existing` (`records_existing.csv`), in
+`run/existing/latency` unless `--out` says otherwise; `run.json` records
+`"mode": "existing deployment"` and the router URL. The `cloud_only` system needs the deployment's
+cloud to serve `full_conventional`; without it those requests are counted as errors. Only
+loopback URLs are accepted unless `--allow-remote` is given.
+
+Every exit and offload decision is made live by the running system. Systems (router parameters):
 
 - `expert`: the classifier routes each image to its expert (early exit, offload when unsure);
 - `conventional`: the pristine-trained model for every image (expert=conventional);
@@ -18,9 +31,10 @@ decision is made live by the running system. Systems (router parameters):
 Grid: every distortion type and level; p_tar 0.7 / 0.8 / 0.9 for the early-exit systems; offload
 compression fp32 / fp16 / int8 for `expert` at p_tar 0.8. Per request: latency, exit, offloaded
 bytes, correct or not (`records_<profile>.csv`). Per profile results are kept, so a rerun resumes
-with the missing profiles (`--force` redoes them). Bounded by `--max-minutes` per profile.
-`python -m benchmarks.latency_report` (run at the end automatically) writes the summary CSV,
-plots and Markdown.
+with the missing profiles (`--force` redoes them); `run.json` records, per profile, the command,
+date and wall time of the invocation that produced its records, and lists every invocation.
+Bounded by `--max-minutes` per profile. `python -m benchmarks.latency_report` (run at the end
+automatically) writes the summary CSV, plots and Markdown.
 """
 
 from __future__ import annotations
@@ -28,12 +42,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks import target
 from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 
@@ -46,6 +62,10 @@ EDGE_MODELS = ["distortion_classifier", "edge_pristine", "edge_gaussian_blur", "
                "edge_conventional"]
 CLOUD_MODELS = ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise", "cloud_conventional",
                 "full_conventional"]
+DEFAULT_PROFILES = ("lan", "sao_paulo", "fremont", "paris")
+DEFAULT_OUT = "docs/results/latency"
+EXISTING_OUT = "run/existing/latency"
+OWN_STACK_OPTIONS = ("profiles", "profiles_file", "model_store", "run_dir", "backend")
 
 
 def configs() -> list[dict]:
@@ -70,8 +90,8 @@ def params_for(cfg: dict) -> dict:
     return params
 
 
-# -- the client (runs inside the device namespace) ------------------------------------------------
-def client(args: argparse.Namespace) -> int:
+# -- the client (inside the device namespace, or here against an existing deployment) -------------
+def client(args: argparse.Namespace, router: str, profile: str, records: str | Path) -> int:
     import numpy as np  # noqa: F401 - imported here so the orchestrator stays light
     import requests
 
@@ -86,22 +106,23 @@ def client(args: argparse.Namespace) -> int:
         policy = DistortionPolicy(fixed=(name, level), seed=11)
         bodies[(name, level)] = [encode_image(distorted_image(source, i, args.size, policy)[0], "png")
                                  for i in range(len(source))]
-    with open(args.records, "w", newline="") as f:
+    with open(records, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
         writer.writeheader()
         # warm every path once (connections, worker caches) before anything is timed
         for cfg in configs():
-            session.post(f"{args.router}/v1/classify", data=bodies[CELLS[0]][0], params=params_for(cfg),
-                         timeout=30)
+            with contextlib.suppress(requests.RequestException):
+                session.post(f"{router}/v1/classify", data=bodies[CELLS[0]][0], params=params_for(cfg),
+                             timeout=30)
         jobs = [(cfg, cell) for cfg in configs() for cell in CELLS]
-        for cfg, (name, level) in progress(jobs, desc=args.profile, quiet=args.quiet):
+        for cfg, (name, level) in progress(jobs, desc=profile, quiet=args.quiet):
             for i, body in enumerate(bodies[(name, level)]):
                 if time.time() > stop_at:
                     print(f"time budget of {args.max_minutes:g} min spent: stopping", file=sys.stderr)
                     return 0
                 t = time.perf_counter()
                 try:
-                    r = session.post(f"{args.router}/v1/classify", data=body, params=params_for(cfg),
+                    r = session.post(f"{router}/v1/classify", data=body, params=params_for(cfg),
                                      timeout=30)
                     status = r.status_code
                     answer = r.json() if status == 200 else {}
@@ -110,7 +131,7 @@ def client(args: argparse.Namespace) -> int:
                 latency = (time.perf_counter() - t) * 1000
                 label = source.label(i)
                 writer.writerow({
-                    "profile": args.profile, "system": cfg["system"], "p_tar": cfg["p_tar"] or "",
+                    "profile": profile, "system": cfg["system"], "p_tar": cfg["p_tar"] or "",
                     "compression": cfg["compression"], "distortion": name, "level": level, "index": i,
                     "label": label, "status": status, "latency_ms": round(latency, 3),
                     "class": answer.get("class", ""), "exit": answer.get("exit", ""),
@@ -178,13 +199,15 @@ def live_system(profile, *, model_store: str, run_dir: str, backend: str = "auto
             ts("cloud", "stop", netem.ADDR["cloud"], "1", [])
 
 
-def run_profile(profile, args, out: Path) -> Path:
+def run_profile(profile, args, out: Path) -> tuple[Path, str]:
+    """One emulated profile on the own stack; returns the records and the link backend used."""
     records = out / f"records_{profile.name}.csv"
     started = time.time()
-    with live_system(profile, model_store=args.model_store, run_dir=args.run_dir, backend=args.backend,
+    with live_system(profile, model_store=args.model_store or "model_store",
+                     run_dir=args.run_dir or "run/latency", backend=args.backend or "auto",
                      max_minutes=args.max_minutes) as (link, url, _, env, _router):
         tmp_records = records.with_suffix(".partial")
-        client_cmd = [sys.executable, "-m", "benchmarks.latency", "--client", "--router", url,
+        client_cmd = [sys.executable, "-m", "benchmarks.latency", "--client", "--client-router", url,
                       "--profile", profile.name, "--per-cell", str(args.per_cell), "--records",
                       str(tmp_records), "--max-minutes", str(args.max_minutes), "--size", str(args.size)]
         if args.data_root:
@@ -196,6 +219,17 @@ def run_profile(profile, args, out: Path) -> Path:
         tmp_records.replace(records)
         backend = link.backend
     print(f"{profile.name}: done in {time.time() - started:.0f} s ({backend} backend)")
+    return records, backend
+
+
+def run_existing(router: str, args, out: Path) -> Path:
+    """The client, here, against a router that is already running; starts or stops nothing."""
+    records = out / f"records_{target.EXISTING}.csv"
+    started = time.time()
+    tmp_records = records.with_suffix(".partial")
+    client(args, router, target.EXISTING, tmp_records)
+    tmp_records.replace(records)
+    print(f"{target.EXISTING}: done in {time.time() - started:.0f} s (existing deployment at {router})")
     return records
 
 
@@ -204,56 +238,120 @@ _WAIT_HEALTHY = ("import sys; from edge_router.app import wait_until_healthy; "
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--profiles", nargs="+", default=["lan", "sao_paulo", "fremont", "paris"])
-    p.add_argument("--profiles-file", default=None)
+    p = target.parser(
+        "benchmarks.latency", __doc__,
+        own="builds the namespaces, TorchServe and the router for each\n    emulated profile, runs "
+            "the grid, then stops and removes everything.",
+        existing="runs the same grid against a router that is already running;\n    nothing is "
+                 "created, started or stopped; loopback URLs only unless --allow-remote.")
     p.add_argument("--per-cell", type=int, default=15, help="test images per distortion cell")
     p.add_argument("--size", type=int, default=64, help="image size sent (the models' input size)")
-    p.add_argument("--model-store", default="model_store",
-                   help="archives incl. full_conventional (python -m export.archive --full)")
-    p.add_argument("--run-dir", default="run/latency")
-    p.add_argument("--backend", default="auto", choices=("auto", "netem", "tun"))
-    p.add_argument("--max-minutes", type=float, default=20, help="per profile")
-    p.add_argument("--out", default="docs/results/latency")
+    p.add_argument("--max-minutes", type=float, default=20, help="time budget per profile")
+    p.add_argument("--out", default=None,
+                   help=f"results folder (default: {DEFAULT_OUT}; with --router: {EXISTING_OUT})")
     p.add_argument("--force", action="store_true", help="redo profiles that already have records")
     p.add_argument("--data-root", default=None)
     p.add_argument("--quiet", action="store_true")
-    # the client half (runs inside the device namespace)
+    own = p.add_argument_group("own stack (the default: namespaces, TorchServe and router started here)")
+    own.add_argument("--profiles", nargs="+", default=None,
+                     help=f"emulated profiles (default: {' '.join(DEFAULT_PROFILES)})")
+    own.add_argument("--profiles-file", default=None, help="extra profiles (see benchmarks.netem)")
+    own.add_argument("--model-store", default=None,
+                     help="archives incl. full_conventional (python -m export.archive --full; "
+                          "default: model_store)")
+    own.add_argument("--run-dir", default=None, help="working folders (default: run/latency)")
+    own.add_argument("--backend", default=None, choices=("auto", "netem", "tun"),
+                     help="link emulation (default: auto)")
+    target.add_existing_options(p)
+    # the client half of the own-stack mode (runs inside the device namespace)
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--router", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--client-router", default=None, help=argparse.SUPPRESS)
     p.add_argument("--profile", default=None, help=argparse.SUPPRESS)
     p.add_argument("--records", default=None, help=argparse.SUPPRESS)
     return p
 
 
+def load_run_meta(path: Path) -> dict:
+    """run.json of earlier invocations, in the current layout.
+
+    A run.json written before per-profile provenance kept one command and the wall time of its
+    last invocation only: that becomes the first invocation, and its profiles get
+    `"produced_by": null` (which invocation made them is unknown).
+    """
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    if "invocations" not in meta:
+        legacy = {k: meta.pop(k) for k in ("command", "wall_time_s", "per_cell") if k in meta}
+        meta["invocations"] = [{**legacy, "profiles_run": None,
+                                "note": "recorded before per-profile provenance: the profiles this "
+                                        "invocation ran are unknown"}] if legacy else []
+    meta.setdefault("profiles", {})
+    for entry in meta["profiles"].values():
+        entry.setdefault("produced_by", None)
+    return meta
+
+
+def save_run_meta(out: Path, meta: dict, invocation: dict, started: float) -> None:
+    """run.json, with the profiles whose records are still in `out`; the invocation's wall time so
+    far goes to it and to each profile it produced."""
+    invocation["wall_time_s"] = round(time.time() - started, 1)
+    for name in invocation["profiles_run"]:
+        meta["profiles"][name]["produced_by"]["invocation_wall_time_s"] = invocation["wall_time_s"]
+    meta["profiles"] = {n: v for n, v in meta["profiles"].items() if (out / f"records_{n}.csv").is_file()}
+    write_json(out / "run.json", meta)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.client:
-        return client(args)
+        return client(args, args.client_router, args.profile, args.records)
     from benchmarks import latency_report, netem
 
-    profiles = netem.load_profiles(args.profiles_file)
-    unknown = [n for n in args.profiles if n not in profiles]
-    if unknown:
-        raise UserInputError(f"unknown profile(s): {', '.join(unknown)}")
-    store = Path(args.model_store)
-    missing = [m for m in EDGE_MODELS + CLOUD_MODELS if not (store / f"{m}.mar").is_file()]
-    if missing:
-        raise UserInputError(f"{store} lacks {', '.join(missing)}: run python -m export.archive --full")
     if args.per_cell < 1 or args.max_minutes <= 0:
         raise UserInputError("--per-cell and --max-minutes must be positive")
-    out = Path(args.out)
+    targets = target.existing_targets(args, OWN_STACK_OPTIONS)
+    if targets:
+        names = [target.EXISTING]
+        described = {target.EXISTING: {"name": target.EXISTING, "mode": target.MODE_EXISTING,
+                                       "targets": targets}}
+    else:
+        profiles = netem.load_profiles(args.profiles_file)
+        names = args.profiles or list(DEFAULT_PROFILES)
+        unknown = [n for n in names if n not in profiles]
+        if unknown:
+            raise UserInputError(f"unknown profile(s): {', '.join(unknown)}")
+        store = Path(args.model_store or "model_store")
+        missing = [m for m in EDGE_MODELS + CLOUD_MODELS if not (store / f"{m}.mar").is_file()]
+        if missing:
+            raise UserInputError(f"{store} lacks {', '.join(missing)}: run python -m export.archive --full")
+        described = {n: {**vars(profiles[n]), "mode": target.MODE_OWN} for n in names}
+    out = Path(args.out or (EXISTING_OUT if targets else DEFAULT_OUT))
     out.mkdir(parents=True, exist_ok=True)
+    meta = load_run_meta(out / "run.json")
+    prov = target.provenance("benchmarks.latency", targets)
+    invocation = {**prov, "wall_time_s": None, "per_cell": args.per_cell, "profiles_run": [],
+                  "profiles_kept": []}
+    meta["invocations"].append(invocation)
     started = time.time()
-    for name in args.profiles:
+    for name in names:
         if (out / f"records_{name}.csv").is_file() and not args.force:
             print(f"{name}: records exist, skipped (--force to redo)")
+            invocation["profiles_kept"].append(name)
+            meta["profiles"].setdefault(name, {**described[name], "produced_by": None})
             continue
-        run_profile(profiles[name], args, out)
-    meta = {"command": " ".join(["python -m benchmarks.latency", *sys.argv[1:]]),
-            "wall_time_s": round(time.time() - started, 1), "per_cell": args.per_cell,
-            "profiles": {n: vars(profiles[n]) for n in args.profiles}}
-    write_json(out / "run.json", meta)
+        t0 = time.time()
+        if targets:
+            target.check_router_answers(targets["router"])
+            run_existing(targets["router"], args, out)
+            backend = None
+        else:
+            _, backend = run_profile(profiles[name], args, out)
+        # a profile keeps its place in run.json (the report's order); a new one comes last
+        meta["profiles"][name] = {**described[name], "produced_by": {
+            **prov, "wall_time_s": round(time.time() - t0, 1), "invocation_wall_time_s": None,
+            "per_cell": args.per_cell, "size": args.size, "max_minutes": args.max_minutes,
+            **({"backend": backend} if backend else {})}}
+        invocation["profiles_run"].append(name)
+        save_run_meta(out, meta, invocation, started)   # after every profile: an interruption keeps it
+    save_run_meta(out, meta, invocation, started)
     latency_report.write_report(out)
     return 0
 

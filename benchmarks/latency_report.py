@@ -179,12 +179,29 @@ def plots(rows, agg, profiles, folder: Path) -> None:
     plt.close(fig)
 
 
+def provenance_lines(meta: dict, profiles: list[str]) -> list[str]:
+    """Which invocation produced each profile's records (run.json), as Markdown lines."""
+    from benchmarks.target import describe
+
+    if "invocations" not in meta:   # a run.json written before per-profile provenance
+        return [f"Command of the last invocation: `{meta.get('command', '')}`; per cell "
+                f"{meta.get('per_cell')} images; its wall time {meta.get('wall_time_s')} s (profiles "
+                "resumed from earlier invocations are not told apart).", ""]
+    lines = ["Records per profile, and the invocation that produced them:", ""]
+    for p in profiles:
+        by = meta.get("profiles", {}).get(p, {}).get("produced_by")
+        extra = (f"; per cell {by.get('per_cell')} images; {by.get('wall_time_s')} s for this profile, "
+                 f"{by.get('invocation_wall_time_s')} s for the whole invocation" if by else "")
+        lines.append(f"- {p}: {describe(by)}{extra}")
+    lines += ["", f"Invocations that wrote this folder: {len(meta['invocations'])} (listed in run.json).", ""]
+    return lines
+
+
 def markdown(rows, agg, checks, profiles, folder: Path) -> None:
     meta = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
     lines = ["# Latency over emulated WAN links (live decisions)", ""]
     if meta:
-        lines += [f"Command: `{meta.get('command', '')}`; per cell {meta.get('per_cell')} images; "
-                  f"wall time of the last invocation {meta.get('wall_time_s')} s.", ""]
+        lines += provenance_lines(meta, profiles)
     lines += ["Distorted inputs (every blur and noise level pooled; p_tar 0.8 unless stated):", "",
               "| profile | system | p_tar | mean ms | p50 ms | p95 ms | accuracy % | offload % | errors |",
               "|---|---|---|---|---|---|---|---|---|"]

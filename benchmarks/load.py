@@ -1,14 +1,26 @@
-"""Concurrent clients against the live router over emulated links: throughput and tail latency.
+"""Concurrent clients against the live router: throughput and tail latency per concurrency level.
 
-    python -m benchmarks.load --profiles lan paris --out docs/results/load
+Two modes:
 
-For each profile the same live system as `benchmarks.latency` (edge TorchServe + router pinned to
-CPU 0 in the edge namespace, cloud TorchServe on CPU 1 in the cloud namespace) serves a client in
-the device namespace that runs 1, 2, 4, 8, 16 and 32 concurrent connections, each level for
-`--seconds` (bounded also by `--max-requests`), sending pristine, blurred and noisy test images
-through the expert system at p_tar 0.8. Reports throughput, p50/p95/p99, errors per level, the
-first concurrency at which p99 exceeds twice the single-client p50, and the RSS of every process
-(sampled every second during the run).
+    python -m benchmarks.load --profiles lan paris --out docs/results/load          # own stack
+    python -m benchmarks.load --router http://127.0.0.1:8000 --levels 1 4 --seconds 10  # existing
+
+**Own stack** (the default): for each emulated profile the same live system as
+`benchmarks.latency` (edge TorchServe + router pinned to CPU 0 in the edge namespace, cloud
+TorchServe on CPU 1 in the cloud namespace) serves a client in the device namespace; everything is
+stopped and the namespaces removed at the end. The RSS of every process is sampled every second.
+
+**Existing deployment** (`--router URL`): the client runs here against a router that is already
+running (started e.g. as in README "The live system"); nothing is created, started or stopped, and
+RSS is not sampled (the deployment's processes are not this run's). Results go to
+`run/existing/load` unless `--out` says otherwise, under the profile name `existing`, and
+`load.json` records `"mode": "existing deployment"` and the router URL. Only loopback URLs are
+accepted unless `--allow-remote` is given.
+
+In both modes the client runs 1, 2, 4, 8, 16 and 32 concurrent keep-alive connections (`--levels`),
+each level for `--seconds` and at most `--max-requests` requests, sending pristine, blurred and
+noisy test images through the expert system at p_tar 0.8. Reports throughput, p50/p95/p99, errors
+per level and the first concurrency at which p99 exceeds twice the single-client p50.
 """
 
 from __future__ import annotations
@@ -23,14 +35,21 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks import target
 from core.cli import run_cli, write_json
 from core.errors import UserInputError
 
 LEVELS = (1, 2, 4, 8, 16, 32)
+DEFAULT_PROFILES = ("lan", "paris")
+DEFAULT_OUT = "docs/results/load"
+EXISTING_OUT = "run/existing/load"
+OWN_STACK_OPTIONS = ("profiles", "model_store", "run_dir", "backend")
+RSS_NOT_SAMPLED = "not sampled: the existing deployment's processes are not this run's"
 
 
-def run_level(c: int, args: argparse.Namespace, bodies: list[bytes]) -> dict:
-    """`c` keep-alive clients for `args.seconds` (at most `args.max_requests` requests in all)."""
+def run_level(c: int, router: str, args: argparse.Namespace, bodies: list[bytes]) -> dict:
+    """`c` keep-alive clients against `router` for `args.seconds` (at most `args.max_requests`
+    requests in all)."""
     import numpy as np
     import requests
 
@@ -51,7 +70,7 @@ def run_level(c: int, args: argparse.Namespace, bodies: list[bytes]) -> dict:
             t = time.perf_counter()
             try:
                 r = s.post(
-                    f"{args.router}/v1/classify",
+                    f"{router}/v1/classify",
                     data=bodies[i % len(bodies)],
                     params={"threshold": 0.8},
                     timeout=30,
@@ -84,7 +103,8 @@ def run_level(c: int, args: argparse.Namespace, bodies: list[bytes]) -> dict:
     }
 
 
-def client(args: argparse.Namespace) -> int:
+def run_levels(router: str, args: argparse.Namespace) -> list[dict]:
+    """Every level of `args.levels` against `router`, one after the other."""
     from core.imaging import encode_image
     from training.datasets import DistortionPolicy, distorted_image, load_source
 
@@ -93,10 +113,15 @@ def client(args: argparse.Namespace) -> int:
     bodies = [encode_image(distorted_image(source, i, 64, policy)[0], "png") for i in range(len(source))]
     results = []
     for c in args.levels:
-        row = run_level(c, args, bodies)
+        row = run_level(c, router, args, bodies)
         results.append(row)
         print(json.dumps(row), flush=True)
-    write_json(args.results, results)
+    return results
+
+
+def client(args: argparse.Namespace) -> int:
+    """The client half of the own-stack mode (runs inside the device namespace)."""
+    write_json(args.results, run_levels(args.client_router, args))
     return 0
 
 
@@ -139,27 +164,44 @@ class RssSampler(threading.Thread):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    p = target.parser(
+        "benchmarks.load",
+        __doc__,
+        own="builds the namespaces, TorchServe and the router for each\n    emulated profile, "
+        "measures, then stops and removes everything.",
+        existing="measures a router that is already running; nothing is\n    created, started "
+        "or stopped, RSS is not sampled; loopback URLs only unless --allow-remote.",
     )
-    p.add_argument("--profiles", nargs="+", default=["lan", "paris"])
-    p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="concurrent clients")
     p.add_argument("--seconds", type=float, default=15.0, help="per concurrency level")
     p.add_argument("--max-requests", type=int, default=3000, help="per concurrency level")
-    p.add_argument("--model-store", default="model_store")
-    p.add_argument("--run-dir", default="run/load")
-    p.add_argument("--backend", default="auto", choices=("auto", "netem", "tun"))
-    p.add_argument("--out", default="docs/results/load")
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"results folder (default: {DEFAULT_OUT}; with --router: {EXISTING_OUT})",
+    )
     p.add_argument("--data-root", default=None)
     p.add_argument(
         "--report-only",
         action="store_true",
         help="rebuild load.json / summary.md from the levels_*.json and RSS already in --out",
     )
+    own = p.add_argument_group("own stack (the default: namespaces, TorchServe and router started here)")
+    own.add_argument(
+        "--profiles",
+        nargs="+",
+        default=None,
+        help=f"emulated profiles (default: {' '.join(DEFAULT_PROFILES)})",
+    )
+    own.add_argument("--model-store", default=None, help="archives (default: model_store)")
+    own.add_argument("--run-dir", default=None, help="working folders (default: run/load)")
+    own.add_argument(
+        "--backend", default=None, choices=("auto", "netem", "tun"), help="link emulation (default: auto)"
+    )
+    target.add_existing_options(p)
+    # the client half of the own-stack mode (runs inside the device namespace)
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--router", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--client-router", default=None, help=argparse.SUPPRESS)
     p.add_argument("--results", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -168,33 +210,46 @@ def main(args: argparse.Namespace) -> dict | int:
     if args.client:
         return client(args)
     from benchmarks import netem
-    from benchmarks.latency import live_system
 
     if any(c < 1 for c in args.levels) or args.seconds <= 0 or args.max_requests < 1:
         raise UserInputError("--levels, --seconds and --max-requests must be positive")
-    profiles = netem.load_profiles(None)
-    out = Path(args.out)
+    targets = target.existing_targets(args, OWN_STACK_OPTIONS)
+    out = Path(args.out or (EXISTING_OUT if targets else DEFAULT_OUT))
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         report = json.loads((out / "load.json").read_text())
         for name, r in report["profiles"].items():
             report["profiles"][name] = {
                 **knees(json.loads((out / f"levels_{name}.json").read_text())),
-                "rss": r["rss"],
+                **{k: v for k, v in r.items() if k in ("rss", "rss_note")},
             }
         write_json(out / "load.json", report)
         write_markdown(report, out)
         return report
-    report = {"command": " ".join(["python -m benchmarks.load", *sys.argv[1:]]), "profiles": {}}
-    for name in args.profiles:
-        if name not in profiles:
-            raise UserInputError(f"unknown profile {name}")
+    report = {**target.provenance("benchmarks.load", targets), "profiles": {}}
+    if targets:
+        target.check_router_answers(targets["router"])
+        levels = run_levels(targets["router"], args)
+        write_json(out / f"levels_{target.EXISTING}.json", levels)
+        report["profiles"][target.EXISTING] = {**knees(levels), "rss": {}, "rss_note": RSS_NOT_SAMPLED}
+        print_knee(target.EXISTING, report)
+        write_json(out / "load.json", report)
+        write_markdown(report, out)
+        return report
+    from benchmarks.latency import live_system
+
+    profiles = netem.load_profiles(None)
+    names = args.profiles or list(DEFAULT_PROFILES)
+    unknown = [n for n in names if n not in profiles]
+    if unknown:
+        raise UserInputError(f"unknown profile(s): {', '.join(unknown)}")
+    for name in names:
         minutes = len(args.levels) * args.seconds / 60 + 5
         with live_system(
             profiles[name],
-            model_store=args.model_store,
-            run_dir=args.run_dir,
-            backend=args.backend,
+            model_store=args.model_store or "model_store",
+            run_dir=args.run_dir or "run/load",
+            backend=args.backend or "auto",
             max_minutes=minutes,
         ) as (link, url, run_dir, env, router):
             sampler = RssSampler(router.pid, run_dir)
@@ -205,7 +260,7 @@ def main(args: argparse.Namespace) -> dict | int:
                 "-m",
                 "benchmarks.load",
                 "--client",
-                "--router",
+                "--client-router",
                 url,
                 "--results",
                 str(results.resolve()),
@@ -222,14 +277,18 @@ def main(args: argparse.Namespace) -> dict | int:
             sampler.stop.set()
             levels = json.loads(results.read_text())
         report["profiles"][name] = {**knees(levels), "rss": sampler.summary()}
-        print(
-            f"{name}: p99 > 2 x single-client p50 from concurrency "
-            f"{report['profiles'][name]['p99_exceeds_2x_single_p50_at']}; errors below it: "
-            f"{report['profiles'][name]['errors_below_knee']}"
-        )
+        print_knee(name, report)
     write_json(out / "load.json", report)
     write_markdown(report, out)
     return report
+
+
+def print_knee(name: str, report: dict) -> None:
+    r = report["profiles"][name]
+    print(
+        f"{name}: p99 > 2 x single-client p50 from concurrency "
+        f"{r['p99_exceeds_2x_single_p50_at']}; errors below it: {r['errors_below_knee']}"
+    )
 
 
 def knees(levels: list[dict]) -> dict:
@@ -278,7 +337,12 @@ def plot(report: dict, out: Path) -> None:
 
 def write_markdown(report: dict, out: Path) -> None:
     plot(report, out)
-    lines = ["# Load: concurrent clients against the live router", "", f"Command: `{report['command']}`", ""]
+    lines = [
+        "# Load: concurrent clients against the live router",
+        "",
+        f"Produced by: {target.describe(report)}",
+        "",
+    ]
     for name, r in report["profiles"].items():
         lines += [
             f"## {name}",
@@ -298,12 +362,8 @@ def write_markdown(report: dict, out: Path) -> None:
             f"{x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} |"
             for x in r["levels"]
         ]
-        lines += [
-            "",
-            "RSS (MB, first / last / max sample): "
-            + "; ".join(f"{k} {v['first_mb']}/{v['last_mb']}/{v['max_mb']}" for k, v in r["rss"].items()),
-            "",
-        ]
+        rss = "; ".join(f"{k} {v['first_mb']}/{v['last_mb']}/{v['max_mb']}" for k, v in r["rss"].items())
+        lines += ["", f"RSS (MB, first / last / max sample): {rss or r.get('rss_note', 'no samples')}", ""]
     lines.append("![throughput and latency vs concurrency](throughput_vs_concurrency.png)")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 

@@ -163,3 +163,33 @@ def check_pair(edge: Manifest, cloud: Manifest) -> None:
         raise ManifestError(f"run ids differ: edge {edge.run_id}, cloud {cloud.run_id}")
     if edge.class_names != cloud.class_names:
         raise ManifestError("edge and cloud were trained on different classes")
+
+
+def export_file_hashes(folder: str | Path) -> dict[str, str]:
+    """SHA-256 of every model file of an export folder, as its manifests record them.
+
+    Every file is checked against its manifest first, so a result that names these hashes names
+    the files it really used.
+    """
+    folder = Path(folder)
+    hashes: dict[str, str] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "export_report.json":
+            continue
+        manifest = Manifest.load(path)
+        manifest.verify_files(folder)
+        hashes.update(manifest.files)
+    if not hashes:
+        raise ManifestError(f"{folder} holds no manifest: run python -m export")
+    return dict(sorted(hashes.items()))
+
+
+def artifacts_entry(models: str | Path | None, checkpoints: list[str | Path] = ()) -> dict:
+    """The `artifacts` entry of a result file: the model files (and checkpoints) it was made with."""
+    entry: dict = {}
+    if models is not None:
+        entry["models"] = str(models)
+        entry["sha256"] = export_file_hashes(models)
+    if checkpoints:
+        entry["checkpoints"] = {str(p): sha256_file(p) for p in checkpoints}
+    return entry

@@ -26,7 +26,7 @@ from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.exits import decide
 from core.imaging import Preprocessing, decode_image
-from core.manifest import Manifest, check_pair
+from core.manifest import Manifest, artifacts_entry, check_pair
 from core.spectrum import classifier_input
 from handlers.runtime import CloudExpert, DistortionClassifierRuntime, EdgeExpert
 
@@ -46,6 +46,9 @@ class Pipeline:
         else:
             raise UserInputError(f"{folder} holds neither an export (distortion_classifier.json) nor "
                                  f"archives (distortion_classifier.mar): run python -m export")
+        # What a result made with this pipeline names as its models (the runners check each hash).
+        self.artifacts = {"models": str(folder), "sha256": dict(sorted(
+            (name, digest) for manifest, _ in found.values() for name, digest in manifest.files.items()))}
         manifest, where = found["distortion_classifier"]
         self.classifier = DistortionClassifierRuntime(manifest, where, threads=threads)
         self.edge: dict[str, EdgeExpert] = {}
@@ -124,15 +127,11 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
     from training.engine import load_early_exit
     from training.eval_classifier import load_classifier
 
-    conventional = load_early_exit(args.backbone, role="backbone")
-    experts = {}
-    for path in args.experts:
-        m, p = load_early_exit(path, role="expert")
-        experts[p["expert"]] = (m, p)
-    missing = set(distortions.DISTORTION_CLASSES) - set(experts)
-    if missing:
-        raise UserInputError(f"--experts lacks the expert for {', '.join(sorted(missing))}")
-    classifier, _ = load_classifier(args.classifier)
+    folder = Path(args.checkpoints)
+    conventional = load_early_exit(folder / "backbone.pt", role="backbone")
+    experts = {name: load_early_exit(folder / f"expert_{name}.pt", role="expert")
+               for name in distortions.DISTORTION_CLASSES}
+    classifier, _ = load_classifier(folder / "classifier.pt")
     source = load_source(args.data, "test", limit=args.limit, data_root=args.data_root,
                          seed=conventional[1].get("split_seed", 0))
     pre = Preprocessing.from_dict(conventional[1]["preprocessing"])
@@ -165,14 +164,17 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
                                                                   "class": int(d.prediction[0]),
                                                                   "expert": name},
                                           "onnx": {k: live[j][k] for k in ("exit", "class", "expert")}})
+    used = [folder / "backbone.pt", folder / "classifier.pt",
+            *(folder / f"expert_{name}.pt" for name in distortions.DISTORTION_CLASSES)]
     return {"agreement": agree / max(n, 1), "n": n, "p_tar": args.p_tar,
+            "artifacts": {**pipeline.artifacts, **artifacts_entry(None, used)},
             "disagreements": disagreements}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--exported", default="exported",
+    p.add_argument("--exported", default="models/onnx",
                    help="folder written by python -m export, or a model store of .mar archives")
     p.add_argument("--images", nargs="*", default=[], help="JPEG/PNG files to answer")
     p.add_argument("--p-tar", type=float, default=0.8)
@@ -180,11 +182,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--compare-pytorch", action="store_true",
                    help="agreement with the PyTorch evaluation on the test split")
-    p.add_argument("--backbone", default="checkpoints/backbone.pt")
-    p.add_argument("--experts", nargs="+", default=[
-        "checkpoints/expert_pristine.pt", "checkpoints/expert_gaussian_blur.pt",
-        "checkpoints/expert_gaussian_noise.pt"])
-    p.add_argument("--classifier", default="checkpoints/classifier.pt")
+    p.add_argument("--checkpoints", default="models/torch",
+                   help="folder of the PyTorch checkpoints to compare with (backbone.pt, "
+                        "classifier.pt and the frozen-BN expert_<distortion>.pt)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-root", default=None)
     p.add_argument("--limit", type=int, default=None)

@@ -1,45 +1,81 @@
 #!/usr/bin/env bash
-# The accuracy experiment of issue 3 on the embedded default (Fashion-MNIST, 64 px), end to end:
-# conventional early-exit model, three experts (plus BN-adapted blur and noise experts),
-# evaluation with the distortion classifier. A benchmark, not a test.
+# The shipped bundle, end to end, with one command: train the conventional early-exit
+# MobileNetV2, five experts (frozen-BN pristine / blur / noise, BN-adapted blur / noise) and the
+# distortion classifier; export them to the shipped ONNX tree; evaluate accuracy; check parity.
+# Every step records the command exactly as it ran (relative paths, every option) and the
+# SHA-256 of the artifacts it used. A benchmark, not a test.
 #
-# Usage: scripts/reproduce_accuracy.sh [train|eval|all]      (default: all)
-# Environment (all optional):
-#   PYTHON            interpreter (default .venv/bin/python)
-#   CHECKPOINTS       folder of the checkpoints (default checkpoints/); existing ones are reused
-#   TRAIN_ARGS        extra options for every trainer, e.g. "--device cuda --workers 12"
-#   BACKBONE_EPOCHS / EXPERT_EPOCHS / BATCH_SIZE
-#   BACKBONE_MINUTES / EXPERT_MINUTES   wall-time budgets per training run (--max-minutes)
-#   RESULTS           output folder of the evaluation (default docs/results)
+# Usage: scripts/reproduce_accuracy.sh [train|export|eval|all]      (default: all)
+#   train   writes $CHECKPOINTS/*.pt (existing checkpoints are kept: delete one to retrain it)
+#   export  checkpoints -> $MODELS (ONNX segments + manifests, parity-checked), slims the expert
+#           checkpoints to what differs from the backbone (so the shipped tree stays small)
+#   eval    accuracy tables + plots into $RESULTS, parity of the archives' pipeline vs PyTorch
+#
+# Environment (all optional; the values of the committed run are in docs/results/provenance.md):
+#   PYTHON             interpreter (default .venv/bin/python)
+#   CHECKPOINTS        PyTorch checkpoints (default models/torch, shipped)
+#   MODELS             ONNX export (default models/onnx, shipped)
+#   RESULTS            evaluation output (default docs/results)
+#   TRAIN_ARGS         extra options for every trainer, e.g. "--device cuda --workers 12"
+#   BACKBONE_EPOCHS    (default 15)   BACKBONE_MINUTES  wall-time budget (--max-minutes)
+#   EXPERT_EPOCHS      (default 5)    EXPERT_MINUTES    EXPERT_ARGS (e.g. "--train-limit 27000")
+#   CLASSIFIER_EPOCHS  (default 16)   CLASSIFIER_ARGS
+#   BATCH_SIZE         (default 128)
+#   EVAL_ARGS          extra options for training.evaluate (e.g. "--limit 2000")
+#   PARITY_ARGS        extra options for the parity check (e.g. "--limit 2000")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-CK=${CHECKPOINTS:-checkpoints}
+CK=${CHECKPOINTS:-models/torch}
+MODELS=${MODELS:-models/onnx}
+RESULTS=${RESULTS:-docs/results}
 STEP=${1:-all}
+case "$STEP" in train|export|eval|all) ;; *) echo "usage: $0 [train|export|eval|all]" >&2; exit 2;; esac
 read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
+read -r -a EXPERT_EXTRA <<< "${EXPERT_ARGS:-}"
+read -r -a CLASSIFIER_EXTRA <<< "${CLASSIFIER_ARGS:-}"
+read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
+read -r -a PARITY_EXTRA <<< "${PARITY_ARGS:-}"
 BE=${BACKBONE_EPOCHS:-15}
 EE=${EXPERT_EPOCHS:-5}
+CE=${CLASSIFIER_EPOCHS:-16}
 BS=${BATCH_SIZE:-128}
-budget() { [ -n "${1:-}" ] && echo "--max-minutes $1" || true; }
+budget() { if [ -n "${1:-}" ]; then echo "--max-minutes $1"; fi; }
+run() { echo "+ $*" >&2; "$@"; }
 mkdir -p "$CK"
+EXPERTS=(gaussian_blur gaussian_noise pristine gaussian_blur:adapt gaussian_noise:adapt)
+expert_file() { local d=${1%%:*}; if [ "$1" != "$d" ]; then echo "$CK/expert_${d}_adapt_bn.pt"; else echo "$CK/expert_$d.pt"; fi; }
 
 if [ "$STEP" = train ] || [ "$STEP" = all ]; then
   # No ImageNet weights offline: from random initialisation the prototype's backbone rate of
   # 1.5e-4 is far too slow, so both parameter groups use 1e-3.
-  [ -f "$CK/backbone.pt" ] || $PY -m training.train_backbone --out "$CK/backbone.pt" \
+  # shellcheck disable=SC2046  # budget() expands to two words or none
+  [ -f "$CK/backbone.pt" ] || run $PY -m training.train_backbone --out "$CK/backbone.pt" \
     --weights "${WEIGHTS:-none}" --epochs "$BE" --cosine-t "$BE" --batch-size "$BS" \
     --lr-backbone 1e-3 --lr-heads 1e-3 $(budget "${BACKBONE_MINUTES:-}") "${EXTRA[@]}"
-  for spec in gaussian_blur gaussian_noise pristine gaussian_blur:adapt gaussian_noise:adapt; do
-    d=${spec%%:*}; out="$CK/expert_$d.pt"; flags=()
-    if [ "$spec" != "$d" ]; then out="$CK/expert_${d}_adapt_bn.pt"; flags=(--adapt-bn); fi
-    [ -f "$out" ] || $PY -m training.train_expert --backbone "$CK/backbone.pt" --distortion "$d" \
+  for spec in "${EXPERTS[@]}"; do
+    d=${spec%%:*}; out=$(expert_file "$spec"); flags=()
+    [ "$spec" != "$d" ] && flags=(--adapt-bn)
+    # shellcheck disable=SC2046
+    [ -f "$out" ] || run $PY -m training.train_expert --backbone "$CK/backbone.pt" --distortion "$d" \
       --out "$out" --epochs "$EE" --cosine-t "$EE" --batch-size "$BS" --lr-heads 1e-3 \
-      $(budget "${EXPERT_MINUTES:-}") "${flags[@]}" "${EXTRA[@]}"
+      $(budget "${EXPERT_MINUTES:-}") "${flags[@]}" "${EXPERT_EXTRA[@]}" "${EXTRA[@]}"
   done
+  [ -f "$CK/classifier.pt" ] || run $PY -m training.train_classifier --out "$CK/classifier.pt" \
+    --input-size 192 --epochs "$CE" --patience "$CE" "${CLASSIFIER_EXTRA[@]}"
+fi
+
+if [ "$STEP" = export ] || [ "$STEP" = all ]; then
+  experts=(); for spec in "${EXPERTS[@]}"; do experts+=("$(expert_file "$spec")"); done
+  run $PY -m export --backbone "$CK/backbone.pt" --experts "${experts[@]}" \
+    --classifier "$CK/classifier.pt" --out "$MODELS"
+  run $PY -m training.slim --backbone "$CK/backbone.pt" "${experts[@]}"
 fi
 
 if [ "$STEP" = eval ] || [ "$STEP" = all ]; then
-  [ -f "$CK/classifier.pt" ] || $PY -m training.train_classifier --out "$CK/classifier.pt"
-  $PY -m training.evaluate --backbone "$CK/backbone.pt" --classifier "$CK/classifier.pt" \
-    --experts "$CK"/expert_*.pt --out "${RESULTS:-docs/results}" ${EVAL_ARGS:-}
+  experts=(); for spec in "${EXPERTS[@]}"; do experts+=("$(expert_file "$spec")"); done
+  run $PY -m training.evaluate --backbone "$CK/backbone.pt" --classifier "$CK/classifier.pt" \
+    --experts "${experts[@]}" --models "$MODELS" --out "$RESULTS" "${EVAL_EXTRA[@]}"
+  run $PY -m export.pipeline --exported "$MODELS" --checkpoints "$CK" --compare-pytorch \
+    --json "$RESULTS/parity.json" "${PARITY_EXTRA[@]}"
 fi

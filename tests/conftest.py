@@ -68,10 +68,16 @@ COMMON = ["--train-limit", "64", "--val-limit", "20", "--epochs", "1", "--batch-
 
 
 @pytest.fixture(scope="session")
-def backbone(fake_fashion_root, tmp_path_factory):
+def checkpoint_dir(tmp_path_factory):
+    """One folder for the tiny backbone, experts and classifier, laid out as models/torch is."""
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def backbone(fake_fashion_root, checkpoint_dir):
     from training import train_backbone
 
-    out = tmp_path_factory.mktemp("bb") / "backbone.pt"
+    out = checkpoint_dir / "backbone.pt"
     args = train_backbone.get_args_parser().parse_args(
         ["--data-root", str(fake_fashion_root), "--out", str(out), "--weights", "none",
          "--input-size", "32", *COMMON])
@@ -80,10 +86,10 @@ def backbone(fake_fashion_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def experts(fake_fashion_root, backbone, tmp_path_factory):
+def experts(fake_fashion_root, backbone, checkpoint_dir):
     from training import train_expert
 
-    folder = tmp_path_factory.mktemp("experts")
+    folder = checkpoint_dir
     paths = []
     for name in ("pristine", "gaussian_blur", "gaussian_noise"):
         args = train_expert.get_args_parser().parse_args(
@@ -95,10 +101,10 @@ def experts(fake_fashion_root, backbone, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_classifier(fake_fashion_root, tmp_path_factory):
+def tiny_classifier(fake_fashion_root, checkpoint_dir):
     from training import train_classifier
 
-    out = tmp_path_factory.mktemp("cls") / "classifier.pt"
+    out = checkpoint_dir / "classifier.pt"
     train_classifier.main(train_classifier.get_args_parser().parse_args(
         ["--data-root", str(fake_fashion_root), "--out", str(out), "--input-size", "32",
          "--image-size", "32", "--photo-fraction", "0", "--epochs", "2", "--samples-per-epoch",

@@ -98,12 +98,17 @@ def test_pipeline_matches_pytorch_and_answers_images(exported, backbone, experts
 
     out, _ = exported
     args = pipeline_cli.get_args_parser().parse_args(
-        ["--exported", str(out), "--compare-pytorch", "--backbone", str(backbone), "--experts", *experts,
-         "--classifier", str(tiny_classifier), "--data-root", str(fake_fashion_root), "--limit", "40",
+        ["--exported", str(out), "--compare-pytorch", "--checkpoints", str(backbone.parent),
+         "--data-root", str(fake_fashion_root), "--limit", "40",
          "--quiet", "--json", str(tmp_path / "parity.json")])
     result = pipeline_cli.main(args)
     assert result["n"] == 40 and result["agreement"] == 1.0, result["disagreements"][:3]
-    assert json.loads((tmp_path / "parity.json").read_text())["p_tar"] == 0.8
+    written = json.loads((tmp_path / "parity.json").read_text())
+    assert written["p_tar"] == 0.8
+    # the result names the exact model files it used, as the manifests record them
+    from core.manifest import export_file_hashes
+    assert written["artifacts"]["sha256"] == export_file_hashes(out)
+    assert set(written["artifacts"]["checkpoints"]) >= {str(backbone), str(tiny_classifier), *experts}
 
     pipe = pipeline_cli.Pipeline(out)
     images = [textured_image(i, 40) for i in range(5)]

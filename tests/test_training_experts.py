@@ -1,5 +1,7 @@
 """Backbone and expert training on tiny generated data: checkpoints, frozen backbone, calibration."""
 
+import json
+
 import pytest
 import torch
 
@@ -50,17 +52,48 @@ def test_adapt_bn_moves_only_bn_statistics(fake_fashion_root, backbone, tmp_path
     assert payload["adapt_bn"] and payload["backbone_hash"] != backbone_hash(before)
 
 
+def test_slim_expert_loads_as_the_full_one(fake_fashion_root, backbone, tmp_path):
+    import shutil
+
+    from core.errors import UserInputError
+    from training import slim
+    from training.checkpoints import load_checkpoint
+
+    shutil.copy(backbone, tmp_path / "backbone.pt")
+    full = tmp_path / "expert_bn.pt"
+    _expert(fake_fashion_root, backbone, full, "--adapt-bn")
+    full_model, full_payload = load_early_exit(full)
+    size_before = full.stat().st_size
+    slim.main(slim.get_args_parser().parse_args(["--backbone", str(tmp_path / "backbone.pt"), str(full)]))
+    assert full.stat().st_size < size_before / 5  # heads + BN statistics only
+    model, payload = load_early_exit(full, role="expert")
+    for (name, a), (_, b) in zip(full_model.state_dict().items(), model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert payload["backbone_hash"] == full_payload["backbone_hash"]
+    # a backbone of another run beside it is refused, not silently combined
+    train_backbone.main(train_backbone.get_args_parser().parse_args(
+        ["--data-root", str(fake_fashion_root), "--out", str(tmp_path / "backbone.pt"),
+         "--weights", "none", "--input-size", "32", *COMMON]))
+    with pytest.raises(UserInputError, match="needs backbone run"):
+        load_checkpoint(full, "early_exit")
+
+
 def test_evaluate_writes_table_csv_and_plots(fake_fashion_root, backbone, experts, tiny_classifier,
-                                             tmp_path):
+                                             exported, tmp_path):
     import csv
 
+    from core.manifest import export_file_hashes
     from training import evaluate
 
     args = evaluate.get_args_parser().parse_args(
         ["--backbone", str(backbone), "--experts", *experts, "--classifier", str(tiny_classifier),
+         "--models", str(exported[0]),
          "--data-root", str(fake_fashion_root), "--limit", "30", "--workers", "0", "--quiet",
          "--out", str(tmp_path)])
     evaluate.main(args)
+    run = json.loads((tmp_path / "accuracy_run.json").read_text())
+    assert run["artifacts"]["sha256"] == export_file_hashes(exported[0])
+    assert set(run["artifacts"]["checkpoints"]) == {str(backbone), str(tiny_classifier), *experts}
     rows = list(csv.DictReader(open(tmp_path / "accuracy.csv")))
     assert len(rows) == 11 * 5 * 3  # cells x p_tar x (conventional, oracle, routed)
     assert {r["model"] for r in rows} == {"conventional", "expert_oracle", "expert_routed"}

@@ -54,4 +54,32 @@ def load_checkpoint(path: str | Path, kind: str) -> dict:
         raise UserInputError(f"{path} is not a checkpoint of this project")
     if payload["kind"] != kind:
         raise UserInputError(f"{path} is a {payload['kind']} checkpoint, expected {kind}")
-    return payload
+    return _restore_slim(payload, path, kind)
+
+
+def slim_payload(expert: dict, backbone: dict, *, backbone_file: str) -> dict:
+    """The expert payload with only the tensors that differ from `backbone`'s state dict."""
+    if expert.get("base_checkpoint"):
+        return expert  # already slim
+    if expert["backbone_run_id"] != backbone["run_id"]:
+        raise UserInputError("the expert was fine-tuned from another backbone run")
+    base = backbone["state_dict"]
+    delta = {k: v for k, v in expert["state_dict"].items()
+             if k not in base or base[k].shape != v.shape or not torch.equal(base[k], v)}
+    return {**expert, "state_dict": delta,
+            "base_checkpoint": {"file": backbone_file, "run_id": backbone["run_id"]}}
+
+
+def _restore_slim(payload: dict, path: Path, kind: str) -> dict:
+    """A slim payload made whole again from the backbone checkpoint beside `path`."""
+    base_ref = payload.get("base_checkpoint")
+    if not base_ref:
+        return payload
+    base_path = path.parent / base_ref["file"]
+    if Path(base_ref["file"]).name != base_ref["file"]:
+        raise UserInputError(f"{path}: base checkpoint name {base_ref['file']!r} is not a plain file name")
+    base = load_checkpoint(base_path, kind)
+    if base["run_id"] != base_ref["run_id"]:
+        raise UserInputError(f"{path} needs backbone run {base_ref['run_id']}, "
+                             f"{base_path} is run {base['run_id']}")
+    return {**payload, "state_dict": {**base["state_dict"], **payload["state_dict"]}}

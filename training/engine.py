@@ -133,6 +133,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def epoch_would_overrun(fit_started: float, last_epoch_s: float, max_minutes: float | None) -> bool:
+    """True when another epoch as long as the last one would end past the wall-time budget."""
+    return max_minutes is not None and time.time() - fit_started + last_epoch_s > 60 * max_minutes
+
+
 def fit(model: EarlyExitMobileNetV2, *, train_loader: DataLoader, val_loader: DataLoader,
         optimizer: torch.optim.Optimizer, scheduler, epochs: int, patience: int,
         weights: tuple[float, ...], device: torch.device, quiet: bool,
@@ -149,8 +154,7 @@ def fit(model: EarlyExitMobileNetV2, *, train_loader: DataLoader, val_loader: Da
                              f"of {train_loader.batch_size}: lower --batch-size")
     best_loss, best_state, history, stale = float("inf"), None, [], 0
     for epoch in range(epochs):
-        if (max_minutes is not None and history
-                and time.time() - fit_started + history[-1]["seconds"] > 60 * max_minutes):
+        if history and epoch_would_overrun(fit_started, history[-1]["seconds"], max_minutes):
             log(f"stopping after {epoch} epochs: another would overrun the {max_minutes:g}-min budget")
             break
         if on_epoch_start is not None:

@@ -35,6 +35,7 @@ from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.exits import confidence_and_class, decide
 from core.imaging import Preprocessing
+from core.manifest import Manifest, artifacts_entry
 from training import engine
 from training.checkpoints import command_line
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
@@ -49,11 +50,14 @@ CSV_COLUMNS = ("model", "distortion", "level", "p_tar", "n", "exit_rate_0", "exi
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", default="checkpoints/backbone.pt", help="the conventional model")
+    p.add_argument("--backbone", default="models/torch/backbone.pt", help="the conventional model")
     p.add_argument("--experts", nargs="+", default=None,
-                   help="expert checkpoints (default: checkpoints/expert_*.pt)")
-    p.add_argument("--classifier", default="checkpoints/classifier.pt",
+                   help="expert checkpoints (default: the backbone's folder's expert_*.pt)")
+    p.add_argument("--classifier", default="models/torch/classifier.pt",
                    help="distortion classifier for the routed rows ('none' to skip them)")
+    p.add_argument("--models", default=None,
+                   help="the ONNX export made from these checkpoints (e.g. models/onnx): its file "
+                        "hashes are recorded in the results, and its run ids must match")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="test", choices=("val", "test"))
@@ -134,9 +138,9 @@ def confidences(logits: list[np.ndarray], temperatures: list[float]) -> tuple[np
 def load_models(args) -> tuple[dict[str, tuple], dict[str, dict[str, str]]]:
     """{'conventional': (model, payload), 'expert:<type>[:adapt_bn]': ...} and expert names by kind."""
     models = {"conventional": engine.load_early_exit(args.backbone, role="backbone")}
-    expert_paths = args.experts or sorted(str(p) for p in Path("checkpoints").glob("expert_*.pt"))
+    expert_paths = args.experts or default_experts(args.backbone)
     if not expert_paths:
-        raise UserInputError("no expert checkpoints given (--experts) or found in checkpoints/")
+        raise UserInputError(f"no expert checkpoints given (--experts) or found beside {args.backbone}")
     experts: dict[str, dict[str, str]] = {"": {}, "_adapt_bn": {}}
     run_id = models["conventional"][1]["run_id"]
     for path in expert_paths:
@@ -162,10 +166,26 @@ def load_models(args) -> tuple[dict[str, tuple], dict[str, dict[str, str]]]:
     return models, {s: e for s, e in experts.items() if e}
 
 
+def default_experts(backbone: str) -> list[str]:
+    """The expert checkpoints beside a backbone checkpoint (how the reproduce script lays them)."""
+    return sorted(str(p) for p in Path(backbone).parent.glob("expert_*.pt"))
+
+
+def check_export_matches(models: dict[str, tuple], export: str) -> None:
+    """Refuse to record an export's hashes for results that came from other checkpoints."""
+    exported = {Manifest.load(p).run_id for p in Path(export).glob("edge_*.json")}
+    for name, (_, payload) in models.items():
+        if payload["run_id"] not in exported:
+            raise UserInputError(f"{export} holds no export of {name} (run {payload['run_id']}): "
+                                 f"re-run python -m export on these checkpoints")
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     started = time.time()
     device = engine.device_from_arg(args.device)
     models, experts = load_models(args)
+    if args.models is not None:
+        check_export_matches(models, args.models)
     for model, _ in models.values():
         model.to(device).eval()
     conventional = models["conventional"][1]
@@ -206,6 +226,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     write_csv(out / "accuracy.csv", rows)
     summary = {"command": command_line(), "wall_time_s": round(time.time() - started, 1),
                "n_images": int(len(source)), "split": args.split,
+               "artifacts": artifacts_entry(args.models, [
+                   args.backbone, *(args.experts or default_experts(args.backbone)),
+                   *([args.classifier] if args.classifier != "none" else [])]),
                "exit_accuracy": exit_accuracy,
                "models": {k: {"run_id": p["run_id"], "checkpoint_command": p["command"],
                               "temperatures": p["temperatures"], "calibration": p["calibration"],

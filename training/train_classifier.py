@@ -29,7 +29,7 @@ from core.errors import UserInputError
 from training.checkpoints import command_line, new_run_id, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
-from training.engine import add_runtime_args, device_from_arg
+from training.engine import add_runtime_args, device_from_arg, epoch_would_overrun
 from training.eval_classifier import predict
 from training.photos import PhotoCrops
 
@@ -58,6 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=8, help="epochs without improvement before stopping")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-time budget: no epoch starts that would end past it")
     p.add_argument("--restarts", type=int, default=3,
                    help="fresh initialisations to try if the 1-channel bottleneck dies")
     add_runtime_args(p)
@@ -70,6 +72,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "samples_per_epoch", "batch_size", "input_size", "image_size", "patience"):
         if getattr(args, name) <= 0:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise UserInputError("--max-minutes must be positive")
     if args.input_size < 13:
         raise UserInputError("--input-size must be at least 13 for the classifier's convolutions")
 
@@ -165,7 +169,13 @@ def _fit(model, args, train_parts, weights, val_set, val_loader, device, on_best
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     loss_fn = nn.CrossEntropyLoss()
     best_acc, best_state, best_epoch, history, stale = -1.0, None, -1, [], 0
+    fit_started = time.time()
     for epoch in range(args.epochs):
+        if history and epoch_would_overrun(fit_started, history[-1]["seconds"], args.max_minutes):
+            print(f"stopping after {epoch} epochs: another would overrun the {args.max_minutes:g}-min "
+                  f"budget", file=sys.stderr)
+            break
+        epoch_started = time.time()
         for part in train_parts:
             part.set_epoch(epoch)
             if hasattr(part.source, "set_epoch"):
@@ -191,7 +201,8 @@ def _fit(model, args, train_parts, weights, val_set, val_loader, device, on_best
         val_acc = float((pred == target).mean())
         alive = _bottleneck_alive(model, val_set, device)
         history.append({"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
-                        "val_accuracy": val_acc, "bottleneck_alive": alive})
+                        "val_accuracy": val_acc, "bottleneck_alive": alive,
+                        "seconds": round(time.time() - epoch_started, 1)})
         print(f"epoch {epoch + 1:3d}  loss {total_loss / max(seen, 1):.4f}  val acc {val_acc:.4f}"
               f"  live bottleneck {alive:.2f}", file=sys.stderr)
         if alive == 0.0:

@@ -1,0 +1,263 @@
+"""The benchmarks' existing-deployment mode (`--router URL`) and the provenance of their results.
+
+Fast: no TorchServe, no namespaces. The load and latency clients run for real against a tiny HTTP
+server on 127.0.0.1 that answers like the router.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from benchmarks import latency, latency_report, load, reliability, target
+from core.cli import run_cli
+
+MODULES = {"latency": latency, "load": load, "reliability": reliability}
+
+
+# -- a stand-in for the router ---------------------------------------------------------------------
+ANSWER = {"class": 3, "class_name": "dress", "confidence": 0.93, "exit": 1, "exit_name": "branch1",
+          "expert": "pristine", "distortion": "pristine", "distortion_probabilities": {"pristine": 1.0},
+          "threshold": 0.8, "offloaded": False, "offloaded_bytes": 0, "compression": "fp32",
+          "degraded": False, "timings_ms": {"total_ms": 1.0}}
+
+
+class FakeRouter(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"   # keep-alive, as the router
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
+    posts = 0
+    lock = threading.Lock()
+
+    def _send(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/healthz":
+            self._send(200, {"status": "ok", "experts": ["pristine"]})
+        else:
+            self._send(404, {"error": "no such endpoint", "status": 404})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if not self.path.startswith("/v1/classify"):
+            return self._send(404, {"error": "no such endpoint", "status": 404})
+        with FakeRouter.lock:
+            FakeRouter.posts += 1
+        self._send(200, ANSWER)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_router():
+    FakeRouter.posts = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRouter)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+# -- argument parsing ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_existing_options_parse(name):
+    module = MODULES[name]
+    args = module.get_args_parser().parse_args(["--router", "http://127.0.0.1:8000/"])
+    assert target.existing_targets(args, module.OWN_STACK_OPTIONS) == {"router": "http://127.0.0.1:8000"}
+    own = module.get_args_parser().parse_args([])
+    assert own.router is None and target.existing_targets(own, module.OWN_STACK_OPTIONS) is None
+    remote = module.get_args_parser().parse_args(["--router", "http://10.1.2.3:8000", "--allow-remote"])
+    assert target.existing_targets(remote, module.OWN_STACK_OPTIONS) == {"router": "http://10.1.2.3:8000"}
+    # the internal client flag of the own-stack mode still parses (it takes namespace addresses)
+    hidden = "--link-client" if name == "reliability" else "--client"
+    internal = module.get_args_parser().parse_args([hidden, "--client-router", "http://10.213.1.1:8000"])
+    assert internal.client_router == "http://10.213.1.1:8000" and internal.router is None
+
+
+def test_reliability_cloud_options_parse(tmp_path):
+    args = reliability.get_args_parser().parse_args([
+        "--router", "http://localhost:8000", "--cloud", "http://[::1]:8090",
+        "--cloud-key-file", str(tmp_path / "key_file.json"), "--parts", "fuzz"])
+    assert target.existing_targets(args, reliability.OWN_STACK_OPTIONS) == {
+        "router": "http://localhost:8000", "cloud": "http://[::1]:8090"}
+    assert args.cloud_key_file == str(tmp_path / "key_file.json")
+
+
+def test_help_names_both_modes():
+    for name, module in MODULES.items():
+        text = module.get_args_parser().format_help()
+        assert "own stack (the default)" in text and "existing deployment (--router URL)" in text, name
+        assert "--router URL" in text and "--allow-remote" in text, name
+        assert "--client-router" not in text, name
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.9.8.7", True), ("localhost", True), ("LOCALHOST.", True), ("::1", True),
+    ("[::1]", True), ("128.0.0.1", False), ("10.213.0.2", False), ("0.0.0.0", False),
+    ("localhost.example.org", False), ("example.org", False), ("::", False), ("127.1", False),
+])
+def test_is_loopback(host, loopback):
+    assert target.is_loopback(host) is loopback
+
+
+# -- refusals: one line on stderr, exit 2, nothing started -----------------------------------------
+@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("url", ["http://10.0.0.5:8000", "http://example.org", "https://192.168.1.2:443"])
+def test_non_loopback_router_is_refused(name, url, capsys, tmp_path):
+    module = MODULES[name]
+    code = run_cli(module.main, module.get_args_parser, ["--router", url, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: --router") and "not loopback" in err and "--allow-remote" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_loopback_cloud_is_refused(capsys):
+    code = run_cli(reliability.main, reliability.get_args_parser,
+                   ["--router", "http://127.0.0.1:8000", "--cloud", "http://10.0.0.9:8090"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --cloud") and "not loopback" in err
+
+
+@pytest.mark.parametrize("name, argv, reason", [
+    ("load", ["--router", "ftp://127.0.0.1/"], "http:// or https://"),
+    ("load", ["--router", "http://127.0.0.1:8000", "--profiles", "lan"], "own-stack mode"),
+    ("latency", ["--router", "http://127.0.0.1:8000", "--backend", "tun"], "own-stack mode"),
+    ("reliability", ["--router", "http://127.0.0.1:8000", "--no-link-faults"], "own-stack mode"),
+    ("reliability", ["--cloud", "http://127.0.0.1:8090"], "add --router"),
+    ("load", ["--allow-remote"], "add --router"),
+    ("reliability", ["--router", "http://127.0.0.1:8000", "--cloud-key-file", "k.json"], "needs --cloud"),
+])
+def test_mixed_modes_are_refused(name, argv, reason, capsys):
+    module = MODULES[name]
+    code = run_cli(module.main, module.get_args_parser, argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and reason in err, err
+
+
+def test_no_router_answering_is_one_line(capsys, tmp_path):
+    import socket
+
+    with socket.socket() as s:   # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = run_cli(load.main, load.get_args_parser,
+                   ["--router", f"http://127.0.0.1:{port}", "--out", str(tmp_path), "--levels", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: no router answers at"), err
+
+
+# -- real runs against the stand-in ----------------------------------------------------------------
+def test_load_against_an_existing_deployment(fake_router, fake_fashion_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(load, "plot", lambda report, out: None)   # matplotlib is not under test
+    argv = ["--router", fake_router, "--levels", "1", "2", "--seconds", "0.5", "--max-requests", "200",
+            "--data-root", str(fake_fashion_root), "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["benchmarks/load.py", *argv])
+    assert run_cli(load.main, load.get_args_parser, argv) == 0
+    report = json.loads((tmp_path / "load.json").read_text())
+    assert report["mode"] == "existing deployment" and report["targets"] == {"router": fake_router}
+    assert report["command"] == "python -m benchmarks.load " + " ".join(argv) and report["date"]
+    levels = report["profiles"]["existing"]["levels"]
+    assert [r["concurrency"] for r in levels] == [1, 2]
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in levels)
+    assert sum(r["requests"] for r in levels) == FakeRouter.posts
+    assert all(r["requests"] <= 200 for r in levels)
+    assert report["profiles"]["existing"]["rss"] == {} and "not sampled" in \
+        report["profiles"]["existing"]["rss_note"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert fake_router in summary and "not sampled" in summary
+
+
+def test_latency_against_an_existing_deployment_records_provenance(fake_router, fake_fashion_root,
+                                                                   tmp_path, monkeypatch):
+    monkeypatch.setattr(latency_report, "plots", lambda *a: None)
+    argv = ["--router", fake_router, "--per-cell", "1", "--max-minutes", "1", "--quiet",
+            "--data-root", str(fake_fashion_root), "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["benchmarks/latency.py", *argv])
+    assert run_cli(latency.main, latency.get_args_parser, argv) == 0
+    n_requests = FakeRouter.posts
+    assert n_requests == len(latency.configs()) * (len(latency.CELLS) + 1)   # + one warm-up each
+    meta = json.loads((tmp_path / "run.json").read_text())
+    entry = meta["profiles"]["existing"]
+    assert entry["mode"] == "existing deployment" and entry["targets"] == {"router": fake_router}
+    by = entry["produced_by"]
+    assert by["command"] == "python -m benchmarks.latency " + " ".join(argv)
+    assert by["mode"] == "existing deployment" and by["per_cell"] == 1 and by["wall_time_s"] >= 0
+    assert [i["profiles_run"] for i in meta["invocations"]] == [["existing"]]
+
+    # a second invocation resumes: the records and their provenance are those of the first
+    argv2 = [*argv[:4], "--max-minutes", "2", *argv[6:]]
+    monkeypatch.setattr(sys, "argv", ["benchmarks/latency.py", *argv2])
+    assert run_cli(latency.main, latency.get_args_parser, argv2) == 0
+    assert FakeRouter.posts == n_requests
+    meta2 = json.loads((tmp_path / "run.json").read_text())
+    assert meta2["profiles"]["existing"]["produced_by"] == by
+    assert len(meta2["invocations"]) == 2 and meta2["invocations"][1]["profiles_kept"] == ["existing"]
+    assert meta2["invocations"][1]["command"].endswith(" ".join(argv2))
+    assert by["command"] in (tmp_path / "summary.md").read_text()
+
+
+def test_reliability_faults_are_skipped_against_an_existing_deployment(fake_router, tmp_path,
+                                                                       monkeypatch, capsys):
+    argv = ["--router", fake_router, "--parts", "faults", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability.py", *argv])
+    assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
+    assert FakeRouter.posts == 0   # nothing sent, nothing stopped
+    assert "faults skipped" in capsys.readouterr().out
+    result = json.loads((tmp_path / "reliability.json").read_text())
+    assert [r["scenario"] for r in result["faults"]] == [*reliability.LOOPBACK_SCENARIOS,
+                                                         *reliability.LINK_SCENARIOS]
+    for row in result["faults"]:
+        assert "existing deployment" in row["skipped"]
+        assert row["produced_by"]["mode"] == "existing deployment"
+        assert row["produced_by"]["targets"] == {"router": fake_router}
+        assert row["produced_by"]["command"] == "python -m benchmarks.reliability " + " ".join(argv)
+    assert "skipped" in (tmp_path / "reliability.md").read_text()
+
+
+# -- provenance of results written before it was per profile / per part ----------------------------
+def test_latency_legacy_run_json_keeps_its_invocation_and_unknown_profiles(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({
+        "command": "python -m benchmarks.latency --per-cell 20", "wall_time_s": 496.2, "per_cell": 20,
+        "profiles": {"lan": {"name": "lan", "rtt_ms": 1.0}}}))
+    meta = latency.load_run_meta(tmp_path / "run.json")
+    assert meta["invocations"][0]["command"] == "python -m benchmarks.latency --per-cell 20"
+    assert meta["invocations"][0]["profiles_run"] is None
+    assert meta["profiles"]["lan"]["produced_by"] is None and "command" not in meta
+    lines = "\n".join(latency_report.provenance_lines(meta, ["lan"]))
+    assert "lan: unknown" in lines
+
+
+def test_reliability_legacy_command_is_attributed_only_to_the_parts_it_ran(tmp_path):
+    row = {"sent": 1, "correct": 1, "wrong": 0, "degraded": 0, "errors": 0, "lost": 0, "error_statuses": [],
+           "longest_s": 0.1, "deadline_s": 1.0}
+    legacy = {
+        "command": "python -m benchmarks.reliability --parts fuzz faults --no-link-faults --quiet",
+        "fuzz": {"inputs": 1, "router_inputs": 1, "cloud_inputs": 0, "status_5xx": 0, "worker_deaths": 0,
+                 "hung": 0, "statuses": {"400": 1}, "still_correct_after": True, "examples_5xx": []},
+        "faults": [{**row, "scenario": "cloud_stopped"}, {**row, "scenario": "lossy_link_10pct"}],
+        "soak": {"minutes": 10, "clients": 4, "requests": 5, "errors": 0, "degraded": 0, "per_minute": [],
+                 "rss": {}, "rss_growth_max": None, "p99_first_last_ms": None},
+    }
+    (tmp_path / "reliability.json").write_text(json.dumps(legacy))
+    result = reliability.load_result(tmp_path / "reliability.json")
+    assert "command" not in result and result["invocations"][0]["command"] == legacy["command"]
+    assert result["fuzz"]["produced_by"]["command"] == legacy["command"]
+    assert result["faults"][0]["produced_by"]["command"] == legacy["command"]
+    assert result["faults"][1]["produced_by"] is None   # kept from an earlier run: unknown
+    assert result["soak"]["produced_by"] is None
+    reliability.write_markdown(result, tmp_path / "reliability.md")
+    text = (tmp_path / "reliability.md").read_text()
+    assert legacy["command"] in text and "unknown" in text
