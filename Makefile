@@ -5,11 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: deps system-deps test lint demo classifier clean help
+.PHONY: deps system-deps test lint demo demo-train reproduce clean help
 
 help:
 	@echo "make test   install everything, run ruff and the test suite"
-	@echo "make demo   install everything, run the demo on the embedded default data"
+	@echo "make demo   install everything, serve the shipped models live and compare with docs/results"
+	@echo "make demo-train  the same demo on demo-sized models trained from scratch (about 15 min)"
+	@echo "make reproduce   retrain, export, evaluate: rewrites models/ and docs/results (hours on CPU)"
 	@echo "make deps   only install (virtual environment + system packages)"
 	@echo "make clean  remove generated files (keeps .venv)"
 
@@ -29,6 +31,12 @@ test: lint
 
 demo: deps
 	PYTHON=$(PY) bash scripts/demo.sh
+
+demo-train: deps
+	PYTHON=$(PY) DEMO_TRAIN=1 bash scripts/demo.sh
+
+reproduce: deps
+	PYTHON=$(PY) bash scripts/reproduce_accuracy.sh all
 
 clean:
 	rm -rf model_store/*.mar demo_runs .pytest_cache

@@ -326,7 +326,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out or (EXISTING_OUT if targets else DEFAULT_OUT))
     out.mkdir(parents=True, exist_ok=True)
     meta = load_run_meta(out / "run.json")
-    prov = target.provenance("benchmarks.latency", targets)
+    prov = target.provenance("benchmarks.latency", targets,
+                             None if targets else (args.model_store or "model_store"))
     invocation = {**prov, "wall_time_s": None, "per_cell": args.per_cell, "profiles_run": [],
                   "profiles_kept": []}
     meta["invocations"].append(invocation)

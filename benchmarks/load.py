@@ -226,7 +226,9 @@ def main(args: argparse.Namespace) -> dict | int:
         write_json(out / "load.json", report)
         write_markdown(report, out)
         return report
-    report = {**target.provenance("benchmarks.load", targets), "profiles": {}}
+    report = {**target.provenance("benchmarks.load", targets,
+                                  None if targets else (args.model_store or "model_store")),
+              "profiles": {}}
     if targets:
         target.check_router_answers(targets["router"])
         levels = run_levels(targets["router"], args)

@@ -756,7 +756,7 @@ def main(args: argparse.Namespace) -> dict | int:
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "reliability.json"
     result = load_result(result_path)
-    prov = target.provenance("benchmarks.reliability", targets)
+    prov = target.provenance("benchmarks.reliability", targets, None if targets else store)
     result["invocations"].append({**prov, "parts": list(args.parts)})
     if targets:
         run_existing(ExistingSystem(targets, args.cloud_key_file), args, result, prov)

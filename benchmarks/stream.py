@@ -11,6 +11,8 @@ a `--max-seconds` budget after which it stops by itself.
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import sys
 import time
 from collections import Counter
@@ -41,6 +43,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--max-seconds", type=float, default=600)
+    p.add_argument("--expected", default=None, metavar="CSV",
+                   help="accuracy.csv of the served models (python -m training.evaluate): print its "
+                        "value beside each live cell and fail (exit 1) when a live accuracy is more "
+                        "than three binomial standard errors away from it")
+    p.add_argument("--expected-model", default="expert_routed",
+                   help="the CSV row the live system corresponds to (routed frozen-BN experts)")
     p.add_argument("--json", default=None)
     p.add_argument("--quiet", action="store_true")
     return p
@@ -106,15 +114,51 @@ def main(args: argparse.Namespace) -> dict:
             "p50_ms": float(np.median([r["latency_ms"] for r in ok])) if ok else None,
             "expert": Counter(r["expert"] for r in ok).most_common(1)[0][0] if ok else None,
         })
+    if args.expected:
+        compare_with_expected(rows, args.expected, model=args.expected_model,
+                              p_tar=args.threshold if args.threshold is not None else 0.8)
     print_table(rows)
     result = {"router": args.router, "params": params, "rows": rows, "requests": len(records)}
     if args.json:
         write_json(args.json, {**result, "records": records})
+    outside = [r for r in rows if r.get("within_3se") is False]
+    if outside:
+        cells = ", ".join(f"{r['distortion']} {r['level']:g}" for r in outside)
+        print(f"error: live accuracy more than 3 standard errors from {args.expected} in: {cells}",
+              file=sys.stderr)
+        return 1
     return result
 
 
+def compare_with_expected(rows: list[dict], csv_path: str, *, model: str, p_tar: float) -> None:
+    """Add the CSV's accuracy for each cell and whether the live one is within 3 binomial SE.
+
+    The standard error is that of the live cell's own sample: sqrt(p (1 - p) / n) with p the CSV
+    value (measured on many more images) and n the live cell's answered images.
+    """
+    try:
+        with open(csv_path, newline="") as f:
+            table = list(csv.DictReader(f))
+    except OSError as exc:
+        raise UserInputError(f"cannot read {csv_path}: {exc.strerror}") from None
+    for r in rows:
+        match = [t for t in table if t.get("model") == model and t.get("distortion") == r["distortion"]
+                 and float(t.get("level", "nan")) == r["level"]
+                 and abs(float(t.get("p_tar", "nan")) - p_tar) < 1e-9]
+        if not match:
+            raise UserInputError(f"{csv_path} has no row for {model}, {r['distortion']} "
+                                 f"{r['level']:g}, p_tar {p_tar:g}")
+        p = float(match[0]["overall_acc"])
+        n = r["n"] - r["errors"]
+        se = math.sqrt(p * (1 - p) / n) if n else float("nan")
+        r.update({"expected_accuracy": p, "expected_n": int(match[0]["n"]), "se": se,
+                  "within_3se": (r["accuracy"] is not None and abs(r["accuracy"] - p) <= 3 * se)})
+
+
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'distortion':16s} {'level':>5s} {'n':>4s} {'acc %':>6s} {'exits b0/b1/b2/final %':>23s} "
+    expected = any("expected_accuracy" in r for r in rows)
+    ref = f" {'csv %':>6s} {'3 SE':>5s} {'ok':>3s}" if expected else ""
+    print(f"\n{'distortion':16s} {'level':>5s} {'n':>4s} {'acc %':>6s}{ref} {'exits b0/b1/b2/final %':>23s} "
           f"{'offload %':>9s} {'degr':>4s} {'p50 ms':>7s}  expert")
     for r in rows:
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}"
@@ -122,7 +166,11 @@ def print_table(rows: list[dict]) -> None:
         off = "-" if r["offload_rate"] is None else f"{100 * r['offload_rate']:.0f}"
         p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.1f}"
         errors = f"  ({r['errors']} errors)" if r["errors"] else ""
-        print(f"{r['distortion']:16s} {r['level']:5g} {r['n']:4d} {acc:>6s} {ex:>23s} {off:>9s} "
+        ref = ""
+        if "expected_accuracy" in r:
+            ref = (f" {100 * r['expected_accuracy']:6.1f} {300 * r['se']:5.1f} "
+                   f"{'yes' if r['within_3se'] else 'NO':>3s}")
+        print(f"{r['distortion']:16s} {r['level']:5g} {r['n']:4d} {acc:>6s}{ref} {ex:>23s} {off:>9s} "
               f"{r['degraded']:4d} {p50:>7s}  {r['expert']}{errors}")
 
 

@@ -26,9 +26,11 @@ import ipaddress
 import shlex
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from core.errors import UserInputError
+from core.manifest import artifacts_entry
 
 MODE_OWN = "own stack"
 MODE_EXISTING = "existing deployment"
@@ -140,12 +142,18 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def provenance(module: str, targets: dict | None) -> dict:
-    """Command, UTC date, mode and (existing deployment) targets of this invocation."""
+def provenance(module: str, targets: dict | None, model_store: str | Path | None = None) -> dict:
+    """Command, UTC date, mode, (existing deployment) targets and (own stack) the served models.
+
+    In the own-stack mode `model_store` is the folder of the archives it serves: the SHA-256 of
+    every model file in them is recorded (`artifacts`), the same values as the shipped manifests'.
+    """
     out = {"command": command_line(module), "date": utc_now(),
            "mode": MODE_EXISTING if targets else MODE_OWN}
     if targets:
         out["targets"] = dict(targets)
+    elif model_store is not None:
+        out["artifacts"] = artifacts_entry(model_store)
     return out
 
 

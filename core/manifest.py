@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -184,12 +185,41 @@ def export_file_hashes(folder: str | Path) -> dict[str, str]:
     return dict(sorted(hashes.items()))
 
 
+def archive_file_hashes(store: str | Path) -> dict[str, str]:
+    """SHA-256 of every model file inside a model store's archives, checked against their manifests.
+
+    The same names and values as `export_file_hashes` of the export the archives were built from.
+    """
+    hashes: dict[str, str] = {}
+    for mar in sorted(Path(store).glob("*.mar")):
+        try:
+            with zipfile.ZipFile(mar) as archive:
+                members = set(archive.namelist())
+                for name in sorted(members):
+                    if "/" in name or not name.endswith("manifest.json"):
+                        continue
+                    manifest = Manifest.from_dict(json.loads(archive.read(name)))
+                    for file, digest in manifest.files.items():
+                        if file not in members or hashlib.sha256(archive.read(file)).hexdigest() != digest:
+                            raise ManifestError(f"{mar.name}: {file} does not match its manifest hash")
+                    hashes.update(manifest.files)
+        except (OSError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{mar} is not a readable archive ({exc})") from None
+    if not hashes:
+        raise ManifestError(f"{store} holds no archive: run python -m export.archive")
+    return dict(sorted(hashes.items()))
+
+
 def artifacts_entry(models: str | Path | None, checkpoints: list[str | Path] = ()) -> dict:
-    """The `artifacts` entry of a result file: the model files (and checkpoints) it was made with."""
+    """The `artifacts` entry of a result file: the model files (and checkpoints) it was made with.
+
+    `models` is an export folder (manifests beside the files) or a model store of archives.
+    """
     entry: dict = {}
     if models is not None:
         entry["models"] = str(models)
-        entry["sha256"] = export_file_hashes(models)
+        is_store = any(Path(models).glob("*.mar")) and not any(Path(models).glob("*.json"))
+        entry["sha256"] = archive_file_hashes(models) if is_store else export_file_hashes(models)
     if checkpoints:
         entry["checkpoints"] = {str(p): sha256_file(p) for p in checkpoints}
     return entry

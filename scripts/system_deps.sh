@@ -3,6 +3,7 @@
 #   dataset-fashion-mnist  the embedded default data set       (required)
 #   Java 17+               the TorchServe frontend              (required)
 #   opencv-doc             sample photos for the classifier     (recommended)
+#   curl                   the README's plain-TorchServe commands and their test
 #   iperf3, iputils-ping   the network emulator's self-check    (optional: Python probes otherwise)
 # Fast when everything is present: it only looks at files.
 set -euo pipefail
@@ -17,6 +18,7 @@ if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ]; then
   missing+=(openjdk-17-jre-headless)
 fi
 [ -f "$PHOTOS" ] || missing+=(opencv-doc)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 optional=()
 command -v iperf3 >/dev/null 2>&1 || optional+=(iperf3)
 command -v ping >/dev/null 2>&1 || optional+=(iputils-ping)

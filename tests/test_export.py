@@ -125,3 +125,11 @@ def test_pipeline_matches_pytorch_and_answers_images(exported, backbone, experts
     one = pipeline_cli.main(pipeline_cli.get_args_parser().parse_args(
         ["--exported", str(out), "--images", str(path), "--expert", "gaussian_noise"]))
     assert one[0]["expert"] == "gaussian_noise"
+
+
+def test_archives_carry_the_export_hashes(exported, model_store):
+    """A result made over the archives names the same files and hashes as one over the export."""
+    from core.manifest import archive_file_hashes, artifacts_entry, export_file_hashes
+
+    assert archive_file_hashes(model_store) == export_file_hashes(exported[0])
+    assert artifacts_entry(model_store)["sha256"] == artifacts_entry(exported[0])["sha256"]
