@@ -35,7 +35,7 @@ from training.engine import load_early_exit
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", default="checkpoints/backbone.pt",
+    p.add_argument("--backbone", default="models/torch/backbone.pt",
                    help="trained model for the 64-px row ('none': random weights there too)")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     p.add_argument("--rounds", type=int, default=200, help="timed runs per runtime and path")

@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--size", type=int, default=224, help="model input size (px)")
     p.add_argument("--backbone", default=None, help="a trained backbone of --size px (optional)")
-    p.add_argument("--classifier", default="checkpoints/classifier.pt")
+    p.add_argument("--classifier", default="models/torch/classifier.pt")
     p.add_argument("--requests", type=int, default=150, help="timed requests per path and side")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--router-port", type=int, default=18200)

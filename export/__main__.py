@@ -1,7 +1,7 @@
 """`python -m export`: every checkpoint to ONNX segments + manifests, parity-checked.
 
-    python -m export --backbone checkpoints/backbone.pt --experts checkpoints/expert_*.pt \
-        --classifier checkpoints/classifier.pt --out exported
+    python -m export --backbone models/torch/backbone.pt --experts models/torch/expert_*.pt \
+        --classifier models/torch/classifier.pt --out exported
 
 Writes `OUT/backbone/<hash>/stage{0..3}.onnx` (one set per distinct backbone), `OUT/<expert>/`
 heads, `OUT/classifier/classifier.onnx`, one manifest per future archive (`edge_<expert>.json`,
@@ -39,10 +39,10 @@ DEFAULT_THRESHOLD = 0.8
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", default="checkpoints/backbone.pt")
+    p.add_argument("--backbone", default="models/torch/backbone.pt")
     p.add_argument("--experts", nargs="+", default=None,
-                   help="expert checkpoints (default: checkpoints/expert_*.pt)")
-    p.add_argument("--classifier", default="checkpoints/classifier.pt")
+                   help="expert checkpoints (default: expert_*.pt beside --backbone)")
+    p.add_argument("--classifier", default="models/torch/classifier.pt")
     p.add_argument("--data", default="fashion-mnist", help="where the parity images come from")
     p.add_argument("--data-root", default=None)
     p.add_argument("--parity-images", type=int, default=64,
@@ -69,7 +69,7 @@ def parity_images(args, preprocessing: Preprocessing, classifier_config=None, *,
 def main(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     conventional = load_early_exit(args.backbone, role="backbone")
-    expert_paths = args.experts or sorted(str(p) for p in Path("checkpoints").glob("expert_*.pt"))
+    expert_paths = args.experts or sorted(str(p) for p in Path(args.backbone).parent.glob("expert_*.pt"))
     models = {"conventional": conventional}
     for path in expert_paths:
         model, payload = load_early_exit(path, role="expert")

@@ -5,7 +5,7 @@
 # a minute and a half on 2 cores:
 #   1. TorchServe archives built from the shipped exports,
 #   2. edge and cloud TorchServe instances and the edge router on loopback,
-#   3. a stream of pristine, blurred and noisy test images (every type and level) through the
+#   3. a stream of 100 pristine, blurred and noisy test images per type and level through the
 #      router, with a table of accuracy, exits, offload rate and latency per cell, and beside
 #      each live accuracy the value docs/results/accuracy.csv holds for the same models and
 #      p_tar; the demo fails if a cell is more than three binomial standard errors away,
@@ -20,7 +20,7 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUT:-demo_runs}
 RUN="$OUT/run"
 PORT=${DEMO_ROUTER_PORT:-8000}
-PER_CELL=${DEMO_PER_CELL:-40}
+PER_CELL=${DEMO_PER_CELL:-100}
 TRAIN=${DEMO_TRAIN:-0}
 mkdir -p "$OUT"
 started=$(date +%s)

@@ -6,12 +6,14 @@
 # SHA-256 of the artifacts it used. A benchmark, not a test.
 #
 # Usage: scripts/reproduce_accuracy.sh [train|export|eval|all]      (default: all)
-#   train   writes $CHECKPOINTS/*.pt (existing checkpoints are kept: delete one to retrain it)
-#   export  checkpoints -> $MODELS (ONNX segments + manifests, parity-checked), slims the expert
-#           checkpoints to what differs from the backbone (so the shipped tree stays small)
-#   eval    accuracy tables + plots into $RESULTS, parity of the archives' pipeline vs PyTorch
+#   train   writes $CHECKPOINTS/*.pt; existing checkpoints are kept (delete one to retrain it;
+#           without backbone.pt every expert is retrained too, since experts build on it)
+#   export  checkpoints -> a fresh $MODELS (ONNX segments + manifests, parity-checked), slims the
+#           expert checkpoints to what differs from the backbone (so the shipped tree stays small)
+#   eval    accuracy tables + plots, the classifier's evaluation, and parity of the ONNX serving
+#           pipeline vs PyTorch, into $RESULTS
 #
-# Environment (all optional; the values of the committed run are in docs/results/provenance.md):
+# Environment (all optional; the values of the shipped run: README, "Results on the embedded default"):
 #   PYTHON             interpreter (default .venv/bin/python)
 #   CHECKPOINTS        PyTorch checkpoints (default models/torch, shipped)
 #   MODELS             ONNX export (default models/onnx, shipped)
@@ -22,6 +24,7 @@
 #   CLASSIFIER_EPOCHS  (default 16)   CLASSIFIER_ARGS
 #   BATCH_SIZE         (default 128)
 #   EVAL_ARGS          extra options for training.evaluate (e.g. "--limit 2000")
+#   CLASSIFIER_EVAL_ARGS  extra options for training.eval_classifier (e.g. "--limit 5000")
 #   PARITY_ARGS        extra options for the parity check (e.g. "--limit 2000")
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,46 +39,54 @@ read -r -a EXPERT_EXTRA <<< "${EXPERT_ARGS:-}"
 read -r -a CLASSIFIER_EXTRA <<< "${CLASSIFIER_ARGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
 read -r -a PARITY_EXTRA <<< "${PARITY_ARGS:-}"
+read -r -a CLASSIFIER_EVAL_EXTRA <<< "${CLASSIFIER_EVAL_ARGS:-}"
 BE=${BACKBONE_EPOCHS:-15}
 EE=${EXPERT_EPOCHS:-5}
 CE=${CLASSIFIER_EPOCHS:-16}
 BS=${BATCH_SIZE:-128}
 budget() { if [ -n "${1:-}" ]; then echo "--max-minutes $1"; fi; }
 run() { echo "+ $*" >&2; "$@"; }
+# ${A[@]+"${A[@]}"} below: an empty array under `set -u` on bash before 4.4
 mkdir -p "$CK"
 EXPERTS=(gaussian_blur gaussian_noise pristine gaussian_blur:adapt gaussian_noise:adapt)
 expert_file() { local d=${1%%:*}; if [ "$1" != "$d" ]; then echo "$CK/expert_${d}_adapt_bn.pt"; else echo "$CK/expert_$d.pt"; fi; }
 
 if [ "$STEP" = train ] || [ "$STEP" = all ]; then
+  if [ ! -f "$CK/backbone.pt" ]; then rm -f "$CK"/expert_*.pt; fi  # experts of an old backbone
   # No ImageNet weights offline: from random initialisation the prototype's backbone rate of
   # 1.5e-4 is far too slow, so both parameter groups use 1e-3.
   # shellcheck disable=SC2046  # budget() expands to two words or none
-  [ -f "$CK/backbone.pt" ] || run $PY -m training.train_backbone --out "$CK/backbone.pt" \
+  [ -f "$CK/backbone.pt" ] || run "$PY" -m training.train_backbone --out "$CK/backbone.pt" \
     --weights "${WEIGHTS:-none}" --epochs "$BE" --cosine-t "$BE" --batch-size "$BS" \
-    --lr-backbone 1e-3 --lr-heads 1e-3 $(budget "${BACKBONE_MINUTES:-}") "${EXTRA[@]}"
+    --lr-backbone 1e-3 --lr-heads 1e-3 $(budget "${BACKBONE_MINUTES:-}") ${EXTRA[@]+"${EXTRA[@]}"}
   for spec in "${EXPERTS[@]}"; do
     d=${spec%%:*}; out=$(expert_file "$spec"); flags=()
     [ "$spec" != "$d" ] && flags=(--adapt-bn)
     # shellcheck disable=SC2046
-    [ -f "$out" ] || run $PY -m training.train_expert --backbone "$CK/backbone.pt" --distortion "$d" \
+    [ -f "$out" ] || run "$PY" -m training.train_expert --backbone "$CK/backbone.pt" --distortion "$d" \
       --out "$out" --epochs "$EE" --cosine-t "$EE" --batch-size "$BS" --lr-heads 1e-3 \
-      $(budget "${EXPERT_MINUTES:-}") "${flags[@]}" "${EXPERT_EXTRA[@]}" "${EXTRA[@]}"
+      $(budget "${EXPERT_MINUTES:-}") ${flags[@]+"${flags[@]}"} ${EXPERT_EXTRA[@]+"${EXPERT_EXTRA[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
   done
-  [ -f "$CK/classifier.pt" ] || run $PY -m training.train_classifier --out "$CK/classifier.pt" \
-    --input-size 192 --epochs "$CE" --patience "$CE" "${CLASSIFIER_EXTRA[@]}"
+  [ -f "$CK/classifier.pt" ] || run "$PY" -m training.train_classifier --out "$CK/classifier.pt" \
+    --input-size 192 --epochs "$CE" --patience "$CE" ${CLASSIFIER_EXTRA[@]+"${CLASSIFIER_EXTRA[@]}"}
 fi
 
 if [ "$STEP" = export ] || [ "$STEP" = all ]; then
   experts=(); for spec in "${EXPERTS[@]}"; do experts+=("$(expert_file "$spec")"); done
-  run $PY -m export --backbone "$CK/backbone.pt" --experts "${experts[@]}" \
+  rm -rf "$MODELS"  # a fresh export: no segment of an earlier run stays behind
+  run "$PY" -m export --backbone "$CK/backbone.pt" --experts "${experts[@]}" \
     --classifier "$CK/classifier.pt" --out "$MODELS"
-  run $PY -m training.slim --backbone "$CK/backbone.pt" "${experts[@]}"
+  run "$PY" -m training.slim --backbone "$CK/backbone.pt" "${experts[@]}"
 fi
 
 if [ "$STEP" = eval ] || [ "$STEP" = all ]; then
   experts=(); for spec in "${EXPERTS[@]}"; do experts+=("$(expert_file "$spec")"); done
-  run $PY -m training.evaluate --backbone "$CK/backbone.pt" --classifier "$CK/classifier.pt" \
-    --experts "${experts[@]}" --models "$MODELS" --out "$RESULTS" "${EVAL_EXTRA[@]}"
-  run $PY -m export.pipeline --exported "$MODELS" --checkpoints "$CK" --compare-pytorch \
-    --json "$RESULTS/parity.json" "${PARITY_EXTRA[@]}"
+  run "$PY" -m training.evaluate --backbone "$CK/backbone.pt" --classifier "$CK/classifier.pt" \
+    --experts "${experts[@]}" --models "$MODELS" --out "$RESULTS" ${EVAL_EXTRA[@]+"${EVAL_EXTRA[@]}"}
+  run "$PY" -m training.eval_classifier --checkpoint "$CK/classifier.pt" --models "$MODELS" \
+    --json "$RESULTS/classifier.json" ${CLASSIFIER_EVAL_EXTRA[@]+"${CLASSIFIER_EVAL_EXTRA[@]}"}
+  # parity of the ONNX pipeline (the serving runtime, in process) over the shipped export; the
+  # archives carry the same files (tests/test_handlers.py holds the archive pipeline to this one)
+  run "$PY" -m export.pipeline --exported "$MODELS" --checkpoints "$CK" \
+    --compare-pytorch --json "$RESULTS/parity.json" ${PARITY_EXTRA[@]+"${PARITY_EXTRA[@]}"}
 fi

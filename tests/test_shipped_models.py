@@ -22,16 +22,30 @@ MODELS = ROOT / "models" / "onnx"
 CHECKPOINTS = ROOT / "models" / "torch"
 BUDGET_MB = 60
 MANIFESTS = sorted(p for p in MODELS.glob("*.json") if p.name != "export_report.json")
-RESULTS_WITH_ARTIFACTS = [ROOT / "docs/results/accuracy_run.json", ROOT / "docs/results/parity.json"]
+RESULTS_WITH_ARTIFACTS = [ROOT / "docs/results/accuracy_run.json", ROOT / "docs/results/parity.json",
+                          ROOT / "docs/results/classifier.json"]
+EXPERTS = ("pristine", "gaussian_blur", "gaussian_noise", "gaussian_blur_adapt_bn", "gaussian_noise_adapt_bn")
+# checkpoint -> the manifest exported from it (the conventional model is the backbone checkpoint)
+CHECKPOINT_MANIFESTS = {"backbone.pt": "edge_conventional.json",
+                        "classifier.pt": "distortion_classifier.json",
+                        **{f"expert_{e}.pt": f"edge_{e}.json" for e in EXPERTS}}
 
 
 def test_the_bundle_is_there():
     assert MANIFESTS, "models/onnx holds no manifest: run scripts/reproduce_accuracy.sh"
     names = {p.stem for p in MANIFESTS}
-    for expert in ("pristine", "gaussian_blur", "gaussian_noise", "gaussian_blur_adapt_bn",
-                   "gaussian_noise_adapt_bn", "conventional"):
+    for expert in (*EXPERTS, "conventional"):
         assert {f"edge_{expert}", f"cloud_{expert}"} <= names
     assert "distortion_classifier" in names
+    assert {p.name for p in CHECKPOINTS.glob("*.pt")} == set(CHECKPOINT_MANIFESTS)
+
+
+def test_no_file_outside_the_manifests():
+    """A stale segment of an earlier export would be shipped (and counted) without being used."""
+    listed = {name for p in MANIFESTS for name in Manifest.load(p).files}
+    extra = {str(p.relative_to(MODELS)) for p in MODELS.rglob("*") if p.is_file()} - listed \
+        - {p.name for p in MANIFESTS} - {"export_report.json"}
+    assert not extra, f"files no manifest lists: {sorted(extra)}"
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
@@ -55,27 +69,33 @@ def test_backbone_segments_stored_once():
     assert not duplicates, duplicates
 
 
-@pytest.mark.parametrize("path", sorted(CHECKPOINTS.glob("*.pt")), ids=lambda p: p.stem)
-def test_checkpoints_load_and_match_the_export(path):
+@pytest.mark.parametrize("name", sorted(CHECKPOINT_MANIFESTS))
+def test_checkpoints_load_and_match_the_export(name):
     from training.checkpoints import load_checkpoint
 
-    kind = "distortion_classifier" if path.stem == "classifier" else "early_exit"
-    payload = load_checkpoint(path, kind)
-    run_ids = {Manifest.load(p).run_id for p in MANIFESTS}
-    assert payload["run_id"] in run_ids, f"{path.name} was not exported to models/onnx"
+    kind = "distortion_classifier" if name == "classifier.pt" else "early_exit"
+    payload = load_checkpoint(CHECKPOINTS / name, kind)  # slim experts are rebuilt from backbone.pt
+    manifest = Manifest.load(MODELS / CHECKPOINT_MANIFESTS[name])
+    assert payload["run_id"] == manifest.run_id, f"{name} is not the run exported to {manifest.name}"
+    if kind == "early_exit":
+        assert payload["backbone_hash"] == manifest.backbone_hash
 
 
 @pytest.mark.parametrize("path", RESULTS_WITH_ARTIFACTS, ids=lambda p: p.name)
 def test_results_name_the_shipped_artifacts(path):
     result = json.loads(path.read_text())
     artifacts = result["artifacts"]
-    assert artifacts["sha256"] == export_file_hashes(MODELS)
+    shipped = export_file_hashes(MODELS)
+    assert artifacts["sha256"]
+    assert all(shipped[name] == digest for name, digest in artifacts["sha256"].items())
     from core.manifest import sha256_file
-    for name, digest in artifacts.get("checkpoints", {}).items():
+    assert artifacts["checkpoints"]
+    for name, digest in artifacts["checkpoints"].items():
         assert sha256_file(ROOT / name) == digest, name
     # the command runs as written from the repository root: every path it names is in the repo
     words = shlex.split(result["command"])
     assert words[:2] == ["python", "-m"]
+    assert "model_store" not in words, "a fresh clone has no archives: name models/onnx instead"
     for word in words:
         if word.startswith(("models/", "docs/")):
             assert (ROOT / word).exists() or word.startswith("docs/results"), word

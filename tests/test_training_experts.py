@@ -66,6 +66,11 @@ def test_slim_expert_loads_as_the_full_one(fake_fashion_root, backbone, tmp_path
     size_before = full.stat().st_size
     slim.main(slim.get_args_parser().parse_args(["--backbone", str(tmp_path / "backbone.pt"), str(full)]))
     assert full.stat().st_size < size_before / 5  # heads + BN statistics only
+    slim_size = full.stat().st_size
+    slim.main(slim.get_args_parser().parse_args(["--backbone", str(tmp_path / "backbone.pt"), str(full)]))
+    assert full.stat().st_size == slim_size  # slimming twice keeps it slim
+    with pytest.raises(UserInputError, match="expert checkpoint and its backbone"):
+        slim.main(slim.get_args_parser().parse_args(["--backbone", str(full), str(tmp_path / "backbone.pt")]))
     model, payload = load_early_exit(full, role="expert")
     for (name, a), (_, b) in zip(full_model.state_dict().items(), model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

@@ -58,9 +58,12 @@ def load_checkpoint(path: str | Path, kind: str) -> dict:
 
 
 def slim_payload(expert: dict, backbone: dict, *, backbone_file: str) -> dict:
-    """The expert payload with only the tensors that differ from `backbone`'s state dict."""
-    if expert.get("base_checkpoint"):
-        return expert  # already slim
+    """The expert payload with only the tensors that differ from `backbone`'s state dict.
+
+    `expert` is a loaded (whole) payload, so slimming a slim checkpoint again gives the same file.
+    """
+    if expert.get("role") != "expert" or backbone.get("role") != "backbone":
+        raise UserInputError("slimming needs an expert checkpoint and its backbone checkpoint")
     if expert["backbone_run_id"] != backbone["run_id"]:
         raise UserInputError("the expert was fine-tuned from another backbone run")
     base = backbone["state_dict"]
@@ -75,11 +78,13 @@ def _restore_slim(payload: dict, path: Path, kind: str) -> dict:
     base_ref = payload.get("base_checkpoint")
     if not base_ref:
         return payload
-    base_path = path.parent / base_ref["file"]
-    if Path(base_ref["file"]).name != base_ref["file"]:
-        raise UserInputError(f"{path}: base checkpoint name {base_ref['file']!r} is not a plain file name")
+    name = base_ref.get("file", "")
+    if Path(name).name != name or name == path.name:
+        raise UserInputError(f"{path}: base checkpoint {name!r} is not another file beside it")
+    base_path = path.parent / name
     base = load_checkpoint(base_path, kind)
-    if base["run_id"] != base_ref["run_id"]:
+    if base.get("role") != "backbone" or base["run_id"] != base_ref["run_id"]:
         raise UserInputError(f"{path} needs backbone run {base_ref['run_id']}, "
-                             f"{base_path} is run {base['run_id']}")
-    return {**payload, "state_dict": {**base["state_dict"], **payload["state_dict"]}}
+                             f"{base_path} is {base.get('role')} run {base['run_id']}")
+    whole = {k: v for k, v in payload.items() if k != "base_checkpoint"}
+    return {**whole, "state_dict": {**base["state_dict"], **payload["state_dict"]}}

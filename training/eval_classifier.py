@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 
 from core import distortions
 from core.cli import progress, run_cli, write_json
+from core.errors import UserInputError
+from core.manifest import Manifest, artifacts_entry
 from training.checkpoints import command_line, load_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource, load_source
@@ -30,7 +32,10 @@ from training.photos import PhotoCrops, available_photos
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="checkpoints/classifier.pt")
+    p.add_argument("--checkpoint", default="models/torch/classifier.pt")
+    p.add_argument("--models", default=None,
+                   help="the ONNX export of this checkpoint (e.g. models/onnx): the classifier "
+                        "files' hashes are recorded in the result, and its run id must match")
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
     p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -113,6 +118,15 @@ def format_table(result: dict, title: str) -> str:
 def main(args: argparse.Namespace) -> dict:
     started = time.time()
     model, payload = load_classifier(args.checkpoint)
+    # checked before the long evaluation: the result must name the files it really used
+    artifacts = artifacts_entry(None, [args.checkpoint])
+    if args.models is not None:
+        manifest = Manifest.load(Path(args.models) / "distortion_classifier.json")
+        manifest.verify_files(args.models)
+        if manifest.run_id != payload["run_id"]:
+            raise UserInputError(f"{args.models} holds classifier run {manifest.run_id}, "
+                                 f"{args.checkpoint} is run {payload['run_id']}")
+        artifacts.update(models=str(args.models), sha256=dict(manifest.files))
     source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root,
                          seed=payload.get("split_seed", 0))
     result = evaluate_source(model, source, seed=args.seed, workers=args.workers,
@@ -127,6 +141,7 @@ def main(args: argparse.Namespace) -> dict:
         result["photos"]["files"] = [p.name for p in available_photos("heldout")]
         print(format_table(result["photos"], f"held-out photos ({len(photos.files)} files)"))
     result.update({
+        "artifacts": artifacts,
         "checkpoint": str(args.checkpoint),
         "run_id": payload["run_id"],
         "train_command": payload.get("command"),

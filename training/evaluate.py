@@ -171,28 +171,33 @@ def default_experts(backbone: str) -> list[str]:
     return sorted(str(p) for p in Path(backbone).parent.glob("expert_*.pt"))
 
 
-def check_export_matches(models: dict[str, tuple], export: str) -> None:
+def check_export_matches(models: dict[str, tuple], classifier_run: str | None, export: str) -> None:
     """Refuse to record an export's hashes for results that came from other checkpoints."""
     exported = {Manifest.load(p).run_id for p in Path(export).glob("edge_*.json")}
     for name, (_, payload) in models.items():
         if payload["run_id"] not in exported:
             raise UserInputError(f"{export} holds no export of {name} (run {payload['run_id']}): "
                                  f"re-run python -m export on these checkpoints")
+    if classifier_run is not None:
+        shipped = Manifest.load(Path(export) / "distortion_classifier.json").run_id
+        if shipped != classifier_run:
+            raise UserInputError(f"{export} holds classifier run {shipped}, not {classifier_run}")
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     started = time.time()
     device = engine.device_from_arg(args.device)
     models, experts = load_models(args)
-    if args.models is not None:
-        check_export_matches(models, args.models)
     for model, _ in models.values():
         model.to(device).eval()
     conventional = models["conventional"][1]
     preprocessing = Preprocessing.from_dict(conventional["preprocessing"])
-    classifier = None
+    classifier, classifier_run = None, None
     if args.classifier != "none":
-        classifier, _ = load_classifier(args.classifier)
+        classifier, classifier_payload = load_classifier(args.classifier)
+        classifier_run = classifier_payload["run_id"]
+    if args.models is not None:
+        check_export_matches(models, classifier_run, args.models)
     source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root,
                          seed=conventional.get("split_seed", 0))
     classes = list(distortions.DISTORTION_CLASSES)

@@ -2,9 +2,10 @@
 
 An expert fine-tunes only its exits (and, with `--adapt-bn`, the BatchNorm statistics), yet the
 trainer saves the whole network: 9 MB per expert, most of it a copy of the backbone checkpoint's
-weights. Slimming keeps the tensors that differ and records the backbone's file name, run id and
-hash; `training.checkpoints.load_checkpoint` rebuilds the full network from the backbone checkpoint
-beside it and checks the hash, so a slim checkpoint loads like a full one.
+weights. Slimming keeps the tensors that differ and records the backbone's file name and run id;
+`training.checkpoints.load_checkpoint` rebuilds the full network from the backbone checkpoint
+beside it and refuses a backbone of another run, so a slim checkpoint loads like a full one (and
+slimming it again writes the same file).
 
     python -m training.slim --backbone models/torch/backbone.pt models/torch/expert_*.pt
 """
@@ -34,6 +35,8 @@ def main(args: argparse.Namespace) -> None:
     backbone = load_checkpoint(backbone_path, CHECKPOINT_KIND)
     for name in args.experts:
         path = Path(name)
+        if path.resolve() == backbone_path.resolve():
+            continue  # `models/torch/*.pt` names the backbone too
         if path.resolve().parent != backbone_path.resolve().parent:
             raise UserInputError(f"{path} must sit beside {backbone_path}: a slim checkpoint "
                                  f"finds its backbone by file name")
