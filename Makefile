@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make test   install everything, run ruff and the test suite"
 	@echo "make demo   install everything, serve the shipped models live and compare with docs/results"
-	@echo "make demo-train  the same demo on demo-sized models trained from scratch (about 15 min)"
+	@echo "make demo-train  the same demo on demo-sized models trained from scratch (about 7 min)"
 	@echo "make reproduce   train what models/torch lacks, export, evaluate: rewrites models/onnx and docs/results"
 	@echo "make deps   only install (virtual environment + system packages)"
 	@echo "make clean  remove generated files (keeps .venv)"

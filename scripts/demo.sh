@@ -10,7 +10,7 @@
 #      each live accuracy the value docs/results/accuracy.csv holds for the same models and
 #      p_tar; the demo fails if a cell is more than three binomial standard errors away,
 #   4. everything it started is stopped again (also on Ctrl-C or failure).
-# DEMO_TRAIN=1 (`make demo-train`, about 15 minutes) first trains demo-sized models on subsets
+# DEMO_TRAIN=1 (`make demo-train`, about 7 minutes) first trains demo-sized models on subsets
 # (a contact sheet of the distortions, classifier, conventional model, three experts, ONNX export
 # with parity checks) and serves those instead; their accuracy is not compared with the CSV.
 # Outputs go to demo_runs/ (ignored by git). `make demo` runs this inside the project's venv.
