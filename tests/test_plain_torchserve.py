@@ -62,8 +62,6 @@ def _stop_instances(folder: Path, env: dict) -> None:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False)
 
 
-@pytest.mark.skipif(not (ROOT / "models" / "onnx" / "distortion_classifier.json").is_file(),
-                    reason="no shipped models yet (models/onnx)")
 @pytest.mark.skipif(shutil.which("curl") is None or not PHOTO.is_file(),
                     reason="needs curl and opencv-doc's sample photo (make deps installs both)")
 def test_readme_plain_torchserve_block_runs_as_written(tmp_path):
