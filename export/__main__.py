@@ -27,7 +27,7 @@ from core.imaging import Preprocessing
 from core.manifest import ExitSpec, Manifest, TensorSpec, sha256_file
 from core.spectrum import classifier_input
 from export.segments import OPSET, ExportParityError, check_parity, export_module
-from training.checkpoints import command_line
+from training.checkpoints import command_line, default_experts
 from training.datasets import DistortionPolicy, distorted_image, load_source
 from training.engine import load_early_exit
 from training.eval_classifier import load_classifier
@@ -69,7 +69,7 @@ def parity_images(args, preprocessing: Preprocessing, classifier_config=None, *,
 def main(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     conventional = load_early_exit(args.backbone, role="backbone")
-    expert_paths = args.experts or sorted(str(p) for p in Path(args.backbone).parent.glob("expert_*.pt"))
+    expert_paths = args.experts or default_experts(args.backbone)
     models = {"conventional": conventional}
     for path in expert_paths:
         model, payload = load_early_exit(path, role="expert")

@@ -33,6 +33,11 @@ def command_line() -> str:
     return " ".join([head, *sys.argv[1:]])
 
 
+def default_experts(backbone: str | Path) -> list[str]:
+    """The expert checkpoints beside a backbone checkpoint (how models/torch lays them out)."""
+    return sorted(str(p) for p in Path(backbone).parent.glob("expert_*.pt"))
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

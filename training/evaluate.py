@@ -37,7 +37,7 @@ from core.exits import confidence_and_class, decide
 from core.imaging import Preprocessing
 from core.manifest import Manifest, artifacts_entry
 from training import engine
-from training.checkpoints import command_line
+from training.checkpoints import command_line, default_experts
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
 from training.eval_classifier import load_classifier
 
@@ -164,11 +164,6 @@ def load_models(args) -> tuple[dict[str, tuple], dict[str, dict[str, str]]]:
             missing = set(distortions.DISTORTION_CLASSES) - set(by_type)
             raise UserInputError(f"experts{suffix or ''} missing for: {', '.join(sorted(missing))}")
     return models, {s: e for s, e in experts.items() if e}
-
-
-def default_experts(backbone: str) -> list[str]:
-    """The expert checkpoints beside a backbone checkpoint (how the reproduce script lays them)."""
-    return sorted(str(p) for p in Path(backbone).parent.glob("expert_*.pt"))
 
 
 def check_export_matches(models: dict[str, tuple], classifier_run: str | None, export: str) -> None:
