@@ -7,10 +7,11 @@ Two modes:
     python -m benchmarks.latency --router http://127.0.0.1:8000 --per-cell 5 --max-minutes 5
 
 **Own stack** (the default): for each profile the harness builds the namespaces
-(`benchmarks.netem`: device -> edge -> cloud), starts the cloud TorchServe in the cloud namespace
-pinned to CPU 1, the edge TorchServe and the router in the edge namespace pinned to CPU 0 (the
-paper's edge container had one CPU), and runs a client in the device namespace that sends test
-images through the router; everything is stopped and the namespaces removed at the end.
+(`benchmarks.netem`: device -> edge -> cloud) and starts the live system in them
+(`benchmarks.live`): the cloud TorchServe in the cloud namespace pinned to CPU 1, the edge
+TorchServe and the router (which runs the distortion classifier itself) in the edge namespace
+pinned to CPU 0 (the paper's edge container had one CPU). A client in the device namespace sends
+test images through the router; everything is stopped and the namespaces removed at the end.
 
 **Existing deployment** (`--router URL`): the same client runs here against a router that is
 already running; nothing is created, started or stopped, and the network is whatever lies between
@@ -43,7 +44,6 @@ import argparse
 import contextlib
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -58,10 +58,10 @@ CELLS = [("pristine", 0)] + [("gaussian_blur", v) for v in (1, 2, 3, 4, 5)] + \
 RECORD_FIELDS = ("profile", "system", "p_tar", "compression", "distortion", "level", "index", "label",
                  "status", "latency_ms", "class", "exit", "expert", "offloaded", "offloaded_bytes",
                  "degraded", "correct")
-EDGE_MODELS = ["distortion_classifier", "edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise",
-               "edge_conventional"]
+EDGE_MODELS = ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise", "edge_conventional"]
 CLOUD_MODELS = ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise", "cloud_conventional",
                 "full_conventional"]
+ROUTER_MODELS = ["distortion_classifier"]   # run by the router itself, from the same model store
 DEFAULT_PROFILES = ("lan", "sao_paulo", "fremont", "paris")
 DEFAULT_OUT = "docs/results/latency"
 EXISTING_OUT = "run/existing/latency"
@@ -92,53 +92,42 @@ def params_for(cfg: dict) -> dict:
 
 # -- the client (inside the device namespace, or here against an existing deployment) -------------
 def client(args: argparse.Namespace, router: str, profile: str, records: str | Path) -> int:
-    import numpy as np  # noqa: F401 - imported here so the orchestrator stays light
-    import requests
-
+    from benchmarks.loadgen import LoadClient
     from core.imaging import encode_image
     from training.datasets import DistortionPolicy, distorted_image, load_source
 
     source = load_source("fashion-mnist", "test", limit=args.per_cell, data_root=args.data_root)
-    session = requests.Session()
     stop_at = time.time() + 60 * args.max_minutes
     bodies = {}
     for name, level in CELLS:
         policy = DistortionPolicy(fixed=(name, level), seed=11)
-        bodies[(name, level)] = [encode_image(distorted_image(source, i, args.size, policy)[0], "png")
-                                 for i in range(len(source))]
+        bodies[(name, level)] = [(encode_image(distorted_image(source, i, args.size, policy)[0], "png"),
+                                  source.label(i)) for i in range(len(source))]
     with open(records, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
         writer.writeheader()
         # warm every path once (connections, worker caches) before anything is timed
         for cfg in configs():
-            with contextlib.suppress(requests.RequestException):
-                session.post(f"{router}/v1/classify", data=bodies[CELLS[0]][0], params=params_for(cfg),
-                             timeout=30)
+            LoadClient(router, bodies[CELLS[0]][:1], params=params_for(cfg)).run(seconds=30, max_requests=1)
         jobs = [(cfg, cell) for cfg in configs() for cell in CELLS]
         for cfg, (name, level) in progress(jobs, desc=profile, quiet=args.quiet):
-            for i, body in enumerate(bodies[(name, level)]):
-                if time.time() > stop_at:
-                    print(f"time budget of {args.max_minutes:g} min spent: stopping", file=sys.stderr)
-                    return 0
-                t = time.perf_counter()
-                try:
-                    r = session.post(f"{router}/v1/classify", data=body, params=params_for(cfg),
-                                     timeout=30)
-                    status = r.status_code
-                    answer = r.json() if status == 200 else {}
-                except (requests.RequestException, ValueError):
-                    status, answer = 0, {}
-                latency = (time.perf_counter() - t) * 1000
-                label = source.label(i)
+            if time.time() > stop_at:
+                print(f"time budget of {args.max_minutes:g} min spent: stopping", file=sys.stderr)
+                return 0
+            # one client, one request at a time, in order: record i is image i
+            load = LoadClient(router, bodies[(name, level)], params=params_for(cfg))
+            load.run(seconds=stop_at - time.time(), max_requests=len(bodies[(name, level)]))
+            for i, rec in enumerate(load.records):
+                answer = rec.answer or {}
                 writer.writerow({
                     "profile": profile, "system": cfg["system"], "p_tar": cfg["p_tar"] or "",
                     "compression": cfg["compression"], "distortion": name, "level": level, "index": i,
-                    "label": label, "status": status, "latency_ms": round(latency, 3),
+                    "label": rec.label, "status": rec.status, "latency_ms": round(rec.seconds * 1000, 3),
                     "class": answer.get("class", ""), "exit": answer.get("exit", ""),
                     "expert": answer.get("expert", ""), "offloaded": int(bool(answer.get("offloaded"))),
                     "offloaded_bytes": answer.get("offloaded_bytes", 0),
                     "degraded": int(bool(answer.get("degraded"))),
-                    "correct": int(answer.get("class") == label) if status == 200 else "",
+                    "correct": int(answer.get("class") == rec.label) if rec.status == 200 else "",
                 })
             f.flush()
     return 0
@@ -146,78 +135,45 @@ def client(args: argparse.Namespace, router: str, profile: str, records: str | P
 
 # -- the orchestrator -----------------------------------------------------------------------------
 @contextlib.contextmanager
-def live_system(profile, *, model_store: str, run_dir: str, backend: str = "auto",
-                max_minutes: float = 20):
-    """The live system over one emulated profile; yields (link, router URL, run dir, env, router).
+def emulated_system(profile, *, model_store: str, run_dir: str | Path, backend: str = "auto",
+                    max_minutes: float = 20):
+    """The live system (`benchmarks.live.LiveSystem`) over one emulated profile, as the paper ran it.
 
     Cloud TorchServe in the cloud namespace on CPU 1; edge TorchServe and the router in the edge
-    namespace on CPU 0; the router listens on the edge's device-side address. Everything is
-    stopped and the namespaces removed on exit, also on failure.
+    namespace on CPU 0; the router listens on the edge's device-side address, with a deadline long
+    enough for the slowest profile. Everything is stopped and the namespaces removed on exit, also
+    on failure.
     """
     from benchmarks import netem
+    from benchmarks.live import LiveSystem
 
-    run_dir = Path(run_dir).resolve() / profile.name
-    py = sys.executable
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    with netem.Link(profile, backend=backend, max_seconds=60 * (max_minutes + 10)) as link:
-
-        def ts(role: str, action: str, host: str, cpu: str, models: list[str]) -> None:
-            cmd = [py, "-m", "edge_router.torchserve", action, role, "--run-dir", str(run_dir),
-                   "--host", host]
-            if action == "start":
-                cmd += ["--model-store", str(Path(model_store).resolve()), "--wait-s", "300",
-                        "--models", *models]
-            subprocess.run(link.exec_args(role, ["taskset", "-c", cpu, *cmd]), check=action == "start",
-                           env=env, timeout=400)
-
-        router = None
-        try:
-            ts("cloud", "start", netem.ADDR["cloud"], "1", CLOUD_MODELS)
-            ts("edge", "start", "127.0.0.1", "0", EDGE_MODELS)
-            router = subprocess.Popen(link.exec_args("edge", [
-                "taskset", "-c", "0", py, "-m", "edge_router", "--host", netem.ADDR["edge_dev"],
-                "--port", "8000", "--run-dir", str(run_dir), "--log-level", "WARNING",
-                "--cloud-url", f"http://{netem.ADDR['cloud']}:8090",
-                "--cloud-management-url", f"http://{netem.ADDR['cloud']}:8091",
-                "--deadline-ms", "10000"]), env=env)
-            url = f"http://{netem.ADDR['edge_dev']}:8000"
-            # polled from the device namespace, the only place that reaches the router's address
-            wait = subprocess.run(link.exec_args("dev", [py, "-c", _WAIT_HEALTHY, url]), env=env,
-                                  timeout=120)
-            if wait.returncode != 0:
-                raise RuntimeError(f"the router in the edge namespace did not become healthy "
-                                   f"({profile.name})")
-            yield link, url, run_dir, env, router
-        finally:
-            if router is not None:
-                router.terminate()
-                try:
-                    router.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    router.kill()
-            ts("edge", "stop", "127.0.0.1", "0", [])
-            ts("cloud", "stop", netem.ADDR["cloud"], "1", [])
+    with netem.Link(profile, backend=backend, max_seconds=60 * (max_minutes + 10)) as link, \
+            LiveSystem(model_store, Path(run_dir) / profile.name, link=link,
+                       cpus={"cloud": "1", "edge": "0", "router": "0"},
+                       router_options=["--deadline-ms", "10000"],
+                       edge_models=EDGE_MODELS, cloud_models=CLOUD_MODELS) as system:
+        yield system
 
 
 def run_profile(profile, args, out: Path) -> tuple[Path, str]:
     """One emulated profile on the own stack; returns the records and the link backend used."""
     records = out / f"records_{profile.name}.csv"
     started = time.time()
-    with live_system(profile, model_store=args.model_store or "model_store",
-                     run_dir=args.run_dir or "run/latency", backend=args.backend or "auto",
-                     max_minutes=args.max_minutes) as (link, url, _, env, _router):
+    with emulated_system(profile, model_store=args.model_store or "model_store",
+                         run_dir=args.run_dir or "run/latency", backend=args.backend or "auto",
+                         max_minutes=args.max_minutes) as system:
         tmp_records = records.with_suffix(".partial")
-        client_cmd = [sys.executable, "-m", "benchmarks.latency", "--client", "--client-router", url,
+        client_cmd = [sys.executable, "-m", "benchmarks.latency", "--client", "--client-router", system.url,
                       "--profile", profile.name, "--per-cell", str(args.per_cell), "--records",
                       str(tmp_records), "--max-minutes", str(args.max_minutes), "--size", str(args.size)]
         if args.data_root:
             client_cmd += ["--data-root", args.data_root]
         if args.quiet:
             client_cmd.append("--quiet")
-        subprocess.run(link.exec_args("dev", client_cmd), check=True, env=env,
+        subprocess.run(system.link.exec_args("dev", client_cmd), check=True, env=system.env,
                        timeout=60 * (args.max_minutes + 5))
         tmp_records.replace(records)
-        backend = link.backend
+        backend = system.link.backend
     print(f"{profile.name}: done in {time.time() - started:.0f} s ({backend} backend)")
     return records, backend
 
@@ -231,10 +187,6 @@ def run_existing(router: str, args, out: Path) -> Path:
     tmp_records.replace(records)
     print(f"{target.EXISTING}: done in {time.time() - started:.0f} s (existing deployment at {router})")
     return records
-
-
-_WAIT_HEALTHY = ("import sys; from edge_router.app import wait_until_healthy; "
-                 "wait_until_healthy(sys.argv[1], timeout=100)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -319,7 +271,8 @@ def main(args: argparse.Namespace) -> int:
         if unknown:
             raise UserInputError(f"unknown profile(s): {', '.join(unknown)}")
         store = Path(args.model_store or "model_store")
-        missing = [m for m in EDGE_MODELS + CLOUD_MODELS if not (store / f"{m}.mar").is_file()]
+        missing = [m for m in ROUTER_MODELS + EDGE_MODELS + CLOUD_MODELS
+                   if not (store / f"{m}.mar").is_file()]
         if missing:
             raise UserInputError(f"{store} lacks {', '.join(missing)}: run python -m export.archive --full")
         described = {n: {**vars(profiles[n]), "mode": target.MODE_OWN} for n in names}

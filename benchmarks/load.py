@@ -6,9 +6,10 @@ Two modes:
     python -m benchmarks.load --router http://127.0.0.1:8000 --levels 1 4 --seconds 10  # existing
 
 **Own stack** (the default): for each emulated profile the same live system as
-`benchmarks.latency` (edge TorchServe + router pinned to CPU 0 in the edge namespace, cloud
-TorchServe on CPU 1 in the cloud namespace) serves a client in the device namespace; everything is
-stopped and the namespaces removed at the end. The RSS of every process is sampled every second.
+`benchmarks.latency` (`benchmarks.live`: edge TorchServe + router pinned to CPU 0 in the edge
+namespace, cloud TorchServe on CPU 1 in the cloud namespace) serves a client in the device
+namespace; everything is stopped and the namespaces removed at the end. The RSS of every process
+of the system (`LiveSystem.processes`) is sampled every second.
 
 **Existing deployment** (`--router URL`): the client runs here against a router that is already
 running (started e.g. as in README "The live system"); nothing is created, started or stopped, and
@@ -17,10 +18,11 @@ RSS is not sampled (the deployment's processes are not this run's). Results go t
 `load.json` records `"mode": "existing deployment"` and the router URL. Only loopback URLs are
 accepted unless `--allow-remote` is given.
 
-In both modes the client runs 1, 2, 4, 8, 16 and 32 concurrent keep-alive connections (`--levels`),
-each level for `--seconds` and at most `--max-requests` requests, sending pristine, blurred and
-noisy test images through the expert system at p_tar 0.8. Reports throughput, p50/p95/p99, errors
-per level and the first concurrency at which p99 exceeds twice the single-client p50.
+In both modes the client (`benchmarks.loadgen.LoadClient`) runs 1, 2, 4, 8, 16 and 32 concurrent
+keep-alive connections (`--levels`), each level for `--seconds` and at most `--max-requests`
+requests, sending pristine, blurred and noisy test images through the expert system at p_tar 0.8.
+Reports throughput, p50/p95/p99, errors per level and the first concurrency at which p99 exceeds
+twice the single-client p50.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -47,64 +48,9 @@ OWN_STACK_OPTIONS = ("profiles", "model_store", "run_dir", "backend")
 RSS_NOT_SAMPLED = "not sampled: the existing deployment's processes are not this run's"
 
 
-def run_level(c: int, router: str, args: argparse.Namespace, bodies: list[bytes]) -> dict:
-    """`c` keep-alive clients against `router` for `args.seconds` (at most `args.max_requests`
-    requests in all)."""
-    import numpy as np
-    import requests
-
-    latencies: list[float] = []
-    errors: list[float] = []
-    lock = threading.Lock()
-    stop_at = time.time() + args.seconds
-    budget = [args.max_requests]
-
-    def worker(seed: int) -> None:
-        s = requests.Session()
-        i = seed
-        while time.time() < stop_at:
-            with lock:
-                if budget[0] <= 0:
-                    return
-                budget[0] -= 1
-            t = time.perf_counter()
-            try:
-                r = s.post(
-                    f"{router}/v1/classify",
-                    data=bodies[i % len(bodies)],
-                    params={"threshold": 0.8},
-                    timeout=30,
-                )
-                ok = r.status_code == 200
-            except requests.RequestException:
-                ok = False
-            dt = (time.perf_counter() - t) * 1000
-            with lock:
-                (latencies if ok else errors).append(dt)
-            i += c
-
-    started = time.time()
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(c)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.time() - started
-    lat = np.array(latencies) if latencies else np.array([np.nan])
-    return {
-        "concurrency": c,
-        "requests": len(latencies) + len(errors),
-        "errors": len(errors),
-        "seconds": round(elapsed, 2),
-        "throughput_rps": round(len(latencies) / elapsed, 2),
-        "p50_ms": round(float(np.percentile(lat, 50)), 2),
-        "p95_ms": round(float(np.percentile(lat, 95)), 2),
-        "p99_ms": round(float(np.percentile(lat, 99)), 2),
-    }
-
-
 def run_levels(router: str, args: argparse.Namespace) -> list[dict]:
     """Every level of `args.levels` against `router`, one after the other."""
+    from benchmarks.loadgen import LoadClient
     from core.imaging import encode_image
     from training.datasets import DistortionPolicy, distorted_image, load_source
 
@@ -113,7 +59,8 @@ def run_levels(router: str, args: argparse.Namespace) -> list[dict]:
     bodies = [encode_image(distorted_image(source, i, 64, policy)[0], "png") for i in range(len(source))]
     results = []
     for c in args.levels:
-        row = run_level(c, router, args, bodies)
+        row = LoadClient(router, bodies, clients=c, params={"threshold": 0.8}).run(
+            seconds=args.seconds, max_requests=args.max_requests)
         results.append(row)
         print(json.dumps(row), flush=True)
     return results
@@ -126,38 +73,25 @@ def client(args: argparse.Namespace) -> int:
 
 
 class RssSampler(threading.Thread):
-    """Samples the RSS of the router and of both TorchServe trees every second."""
+    """Samples the RSS of every process of `system` (a `LiveSystem`) every second."""
 
-    def __init__(self, router_pid: int, run_dir: Path):
+    def __init__(self, system):
         super().__init__(daemon=True)
-        self.router_pid, self.run_dir = router_pid, run_dir
+        self.system = system
         self.samples: dict[str, list[float]] = {}
         self.stop = threading.Event()
-
-    def processes(self) -> dict[str, psutil.Process]:
-        procs = {"router": psutil.Process(self.router_pid)}
-        for role in ("edge", "cloud"):
-            try:
-                pid_file = self.run_dir / role / "tmp" / ".model_server.pid"
-                frontend = psutil.Process(int(pid_file.read_text()))
-            except (OSError, ValueError, psutil.Error):
-                continue
-            procs[f"{role}_frontend_java"] = frontend
-            for i, child in enumerate(sorted(frontend.children(recursive=True), key=lambda p: p.pid)):
-                procs[f"{role}_worker_{i}"] = child
-        return procs
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
             try:
-                for name, proc in self.processes().items():
-                    self.samples.setdefault(name, []).append(proc.memory_info().rss / 2**20)
-            except psutil.Error:
+                for name, mb in self.system.rss_mb().items():
+                    self.samples.setdefault(name, []).append(mb)
+            except psutil.Error:   # the router exited between the look-up and the sample
                 pass
 
     def summary(self) -> dict:
         return {
-            k: {"first_mb": round(v[0], 1), "last_mb": round(v[-1], 1), "max_mb": round(max(v), 1)}
+            k: {"first_mb": v[0], "last_mb": v[-1], "max_mb": max(v)}
             for k, v in self.samples.items()
             if v
         }
@@ -238,7 +172,7 @@ def main(args: argparse.Namespace) -> dict | int:
         write_json(out / "load.json", report)
         write_markdown(report, out)
         return report
-    from benchmarks.latency import live_system
+    from benchmarks.latency import emulated_system
 
     profiles = netem.load_profiles(None)
     names = args.profiles or list(DEFAULT_PROFILES)
@@ -247,14 +181,14 @@ def main(args: argparse.Namespace) -> dict | int:
         raise UserInputError(f"unknown profile(s): {', '.join(unknown)}")
     for name in names:
         minutes = len(args.levels) * args.seconds / 60 + 5
-        with live_system(
+        with emulated_system(
             profiles[name],
             model_store=args.model_store or "model_store",
             run_dir=args.run_dir or "run/load",
             backend=args.backend or "auto",
             max_minutes=minutes,
-        ) as (link, url, run_dir, env, router):
-            sampler = RssSampler(router.pid, run_dir)
+        ) as system:
+            sampler = RssSampler(system)
             sampler.start()
             results = out / f"levels_{name}.json"
             cmd = [
@@ -263,7 +197,7 @@ def main(args: argparse.Namespace) -> dict | int:
                 "benchmarks.load",
                 "--client",
                 "--client-router",
-                url,
+                system.url,
                 "--results",
                 str(results.resolve()),
                 "--seconds",
@@ -275,7 +209,8 @@ def main(args: argparse.Namespace) -> dict | int:
             ]
             if args.data_root:
                 cmd += ["--data-root", args.data_root]
-            subprocess.run(link.exec_args("dev", cmd), check=True, env=env, timeout=60 * minutes)
+            subprocess.run(system.link.exec_args("dev", cmd), check=True, env=system.env,
+                           timeout=60 * minutes)
             sampler.stop.set()
             levels = json.loads(results.read_text())
         report["profiles"][name] = {**knees(levels), "rss": sampler.summary()}
@@ -296,10 +231,15 @@ def print_knee(name: str, report: dict) -> None:
 def knees(levels: list[dict]) -> dict:
     """Where the tail gives way. The specified knee compares p99 with the single-client p50; with
     a bimodal latency (edge exits vs offloads over a WAN) that is already crossed by one client,
-    so the knee against the single-client p99 is reported beside it."""
+    so the knee against the single-client p99 is reported beside it. A level without a single
+    answer has no percentiles (None): its errors count, its latency cannot cross a knee."""
+
+    def above(ms: float | None, ref: float | None) -> bool:
+        return ms is not None and ref is not None and ms > 2 * ref
+
     p50, p99 = levels[0]["p50_ms"], levels[0]["p99_ms"]
-    knee = next((r["concurrency"] for r in levels if r["p99_ms"] > 2 * p50), None)
-    knee99 = next((r["concurrency"] for r in levels if r["p99_ms"] > 2 * p99), None)
+    knee = next((r["concurrency"] for r in levels if above(r["p99_ms"], p50)), None)
+    knee99 = next((r["concurrency"] for r in levels if above(r["p99_ms"], p99)), None)
     return {
         "levels": levels,
         "single_client_p50_ms": p50,

@@ -22,30 +22,24 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import psutil
 import requests
-import torch
 
+from benchmarks.live import LiveSystem
+from benchmarks.synthetic import build_store
 from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import decode_image, encode_image
-from edge_router.app import wait_until_healthy
 from export.pipeline import Pipeline
-from training.checkpoints import command_line, new_run_id, save_checkpoint
+from training.checkpoints import command_line
 from training.datasets import DistortionPolicy, distorted_image, load_source
-from training.early_exit import EarlyExitMobileNetV2, ExitConfig
-from training.engine import base_payload, load_early_exit
 
-PORTS = {"edge": (18280, 18281, 18282, 17270, 17271), "cloud": (18290, 18291, 18292, 17290, 17291)}
-EXPERTS = ("pristine", "gaussian_blur", "gaussian_noise")
 PATHS = {"edge_exit": 0.01, "offload": 1.0}
 
 
@@ -59,57 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--router-port", type=int, default=18200)
     p.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size of the archives")
-    p.add_argument("--max-batch-delay", type=int, default=2, help="TorchServe batching delay (ms)")
+    p.add_argument("--max-batch-delay", type=int, default=0, help="TorchServe batching delay (ms)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--max-seconds", type=float, default=900)
     p.add_argument("--json", default=None)
     p.add_argument("--quiet", action="store_true")
     return p
-
-
-def build_checkpoints(size: int, folder: Path, backbone: str | None) -> tuple[Path, list[Path]]:
-    """A backbone checkpoint of `size` px and one expert checkpoint per distortion (same weights)."""
-    if backbone:
-        model, payload = load_early_exit(backbone, role="backbone")
-        if payload["config"]["input_size"] != size:
-            raise UserInputError(f"{backbone} was trained at {payload['config']['input_size']} px, "
-                                 f"not {size}")
-    else:
-        torch.manual_seed(0)
-        model = EarlyExitMobileNetV2(ExitConfig(input_size=size)).eval()
-        from core.imaging import Preprocessing
-        args = Namespace(data="fashion-mnist", split_seed=0)
-        payload = base_payload(model, role="backbone", class_names=tuple(f"class{i}" for i in range(10)),
-                               preprocessing=Preprocessing(size=size), run_id=new_run_id(),
-                               command=command_line(), started=time.time(), args=args)
-        payload.update(distortion="pristine", expert="conventional", temperatures=[1.0] * 4,
-                       calibration={}, val_accuracy=[], history=[])
-    bb = folder / "backbone.pt"
-    save_checkpoint(bb, payload)
-    experts = []
-    for d in EXPERTS:
-        path = folder / f"expert_{d}.pt"
-        save_checkpoint(path, {**payload, "role": "expert", "distortion": d, "expert": d, "adapt_bn": False,
-                               "backbone_run_id": payload["run_id"]})
-        experts.append(path)
-    return bb, experts
-
-
-def rss_of_everything(instances, router: psutil.Process) -> dict[str, float]:
-    out = {"router": router.memory_info().rss / 2**20}
-    for inst in instances:
-        pid_file = inst.workdir / "tmp" / ".model_server.pid"
-        try:
-            frontend = psutil.Process(int(pid_file.read_text().strip()))
-        except (OSError, ValueError, psutil.Error):
-            continue
-        out[f"{inst.role}_frontend_java"] = frontend.memory_info().rss / 2**20
-        for i, child in enumerate(frontend.children(recursive=True)):
-            try:
-                out[f"{inst.role}_worker_{i}"] = child.memory_info().rss / 2**20
-            except psutil.Error:
-                pass
-    return {k: round(v, 1) for k, v in out.items()}
 
 
 def percentiles(values: list[float]) -> dict:
@@ -118,8 +67,6 @@ def percentiles(values: list[float]) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from edge_router.torchserve import Ports, instance, start, stop
-
     if args.requests < 5 or args.size < 32:
         raise UserInputError("--requests must be at least 5 and --size at least 32")
     if not Path(args.classifier).is_file():
@@ -132,29 +79,12 @@ def main(args: argparse.Namespace) -> dict:
               "machine": f"{platform.machine()}, {psutil.cpu_count()} cores", "paths": {}}
     with tempfile.TemporaryDirectory(prefix="overhead_") as tmp:
         tmp = Path(tmp)
-        bb, experts = build_checkpoints(args.size, tmp / "ck", args.backbone)
-        py = sys.executable
-        data_root = ["--data-root", args.data_root] if args.data_root else []
-        subprocess.run([py, "-m", "export", "--backbone", str(bb), "--experts", *map(str, experts),
-                        "--classifier", args.classifier, "--parity-images", "8",
-                        "--out", str(tmp / "exported"), *data_root], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([py, "-m", "export.archive", "--exported", str(tmp / "exported"), "--model-store",
-                        str(tmp / "store"), "--batch-size", str(args.batch_size),
-                        "--max-batch-delay", str(args.max_batch_delay), "--only", "distortion_classifier",
-                        *[f"{r}_{d}" for r in ("edge", "cloud") for d in EXPERTS]],
-                       check=True, stdout=subprocess.DEVNULL)
-        insts = [instance(r, run_dir=tmp / "run", ports=Ports(*PORTS[r])) for r in ("edge", "cloud")]
-        router_proc = None
-        try:
-            for inst in insts:
-                start(inst, tmp / "store", ["all"], wait_s=240)
-            router_proc = subprocess.Popen(
-                [py, "-m", "edge_router", "--run-dir", str(tmp / "run"), "--port", str(args.router_port),
-                 "--log-level", "WARNING", "--deadline-ms", "30000",
-                 *[x for inst in insts for x in (f"--{inst.role}-url", inst.inference_url,
-                                                  f"--{inst.role}-management-url", inst.management_url)]])
-            url = f"http://127.0.0.1:{args.router_port}"
-            wait_until_healthy(url, proc=router_proc)
+        store = build_store(args.size, tmp, classifier=args.classifier, backbone=args.backbone,
+                            batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
+                            data_root=args.data_root)
+        with LiveSystem(store, tmp / "run", router_port=args.router_port,
+                        router_options=["--deadline-ms", "30000"]) as system:
+            url = system.url
             pipeline = Pipeline(tmp / "store")
             source = load_source("fashion-mnist", "test", limit=args.requests + args.warmup,
                                  data_root=args.data_root)
@@ -196,15 +126,9 @@ def main(args: argparse.Namespace) -> dict:
                 print(f"{path:9s} in-process p50 {ip['p50_ms']:7.2f} ms p95 {ip['p95_ms']:7.2f} | stack p50 "
                       f"{st['p50_ms']:7.2f} ms p95 {st['p95_ms']:7.2f} | ratio p50 x{row['p50_ratio']:.2f}"
                       f"  router steps p50 {row['router_steps_p50_ms']}")
-            result["rss_mb"] = rss_of_everything(insts, psutil.Process(router_proc.pid))
+            result["rss_mb"] = system.rss_mb()
             result["rss_mb"]["benchmark_client_with_pipeline"] = round(
                 psutil.Process().memory_info().rss / 2**20, 1)
-        finally:
-            if router_proc is not None:
-                router_proc.terminate()
-                router_proc.wait(timeout=30)
-            for inst in insts:
-                stop(inst)
     key = f"_{args.size}" if args.size != 224 else ""
     result[f"edge_exit_p50_ratio{key}"] = result["paths"]["edge_exit"]["p50_ratio"]
     result[f"offload_p50_ratio{key}"] = result["paths"]["offload"]["p50_ratio"]

@@ -1,26 +1,32 @@
-"""Reliability: fuzzing the live endpoints, fault injection and a soak run, with nothing lost.
+"""Reliability: fuzzing the live endpoints, fault injection, a soak run and connection abuse.
 
 Two modes:
 
     python -m benchmarks.reliability --out docs/results                        # own stack, everything
     python -m benchmarks.reliability --parts fuzz --fuzz-inputs 2000 --out /tmp/rel
+    python -m benchmarks.reliability --parts abuse --abuse-seconds 8 --out /tmp/rel
     python -m benchmarks.reliability --router http://127.0.0.1:8000 --cloud http://127.0.0.1:8090 \\
         --cloud-key-file run/cloud/key_file.json --parts fuzz soak --fuzz-inputs 2000 --soak-minutes 2
 
-**Own stack** (the default): starts real TorchServe instances and the router on loopback test
-ports (and, for the slow and lossy cloud, an emulated link from `benchmarks.netem`), and stops
-them at the end.
+**Own stack** (the default): starts the live system (`benchmarks.live.LiveSystem`: edge and cloud
+TorchServe and the router, which runs the distortion classifier itself) on loopback test ports
+(and, for the slow and lossy cloud, over an emulated link: `benchmarks.latency.emulated_system`),
+and stops it at the end. The router gets `--deadline-ms`, `--max-in-flight` and `--max-body-bytes`
+as given here. All load is sent by the one load client, `benchmarks.loadgen.LoadClient`.
 
 **Existing deployment** (`--router URL`, optionally `--cloud URL` and `--cloud-key-file`): sends
-the same bounded fuzz and soak to a system that is already running; nothing is created, started,
-stopped or signalled. What needs more than that is skipped, and the result says so:
+the same bounded fuzz, soak and (loopback only) connection abuse to a system that is already
+running; nothing is created, started, stopped or signalled. What needs more than that is skipped,
+and the result says so:
 
 - the cloud-tensor fuzz without `--cloud`;
 - worker deaths (the deployment's TorchServe processes are not this run's) and the check against
   the in-process reference pipeline (the deployment's archives are not known): the fuzz instead
   checks that the router answers 12 images after the fuzz as it did before;
 - every fault scenario (each stops, restarts or kills a process, or needs an emulated link);
-- the soak's RSS samples.
+- the RSS and thread samples of the router and the other processes (soak, abuse);
+- the connection abuse unless the router's URL is loopback (it is a denial-of-service tool); its
+  sizes follow `--max-in-flight` and `--max-body-bytes`, which should then be the deployment's.
 
 Results go to `run/existing/reliability` unless `--out` says otherwise; each part records
 `"mode": "existing deployment"` and the target URLs. Only loopback URLs are accepted unless
@@ -35,11 +41,23 @@ Parts:
   that changed), then checks that the servers still answer correctly (against the in-process
   pipeline).
 - **faults** (own stack only): the cloud stopped; the cloud restarted mid-run; an edge worker killed
-  mid-load (TorchServe restarts it); the router restarted; the cloud slowed past the deadline and a
-  lossy link (emulated). Every request must end as a correct answer, a degraded edge answer or a
-  clear error within its deadline; `lost` counts the rest.
+  mid-load (TorchServe restarts it); the router restarted (SIGTERM: it drains); the cloud slowed
+  past the deadline and a lossy link (emulated). Every request must end as a correct answer, a
+  degraded edge answer or a clear error within its deadline; `lost` counts the rest.
 - **soak**: steady concurrent load on the router for `--soak-minutes`; errors, p99 per minute and
   RSS growth of every process after warm-up.
+- **abuse**: the connection-abuse scenarios of `benchmarks.abuse`, each held for `--abuse-seconds`:
+  slowloris (300 sockets trickling headers), 1,000 idle keep-alive connections, slow large bodies
+  from 50 sockets, an overload burst (64 clients above the in-flight limit) and 1,000 partial
+  uploads at the body-size limit. During each, one control request a second: its p50/p99/max, the
+  requests without an answer, and the router's maximum threads and RSS. A scenario passes with
+  control p99 under 1 s, 0 requests without an answer and the router's RSS under 300 MB (in the
+  burst the control mostly gets the 503 of the in-flight limit: it is judged on being answered,
+  and fast; the burst's own answers must be 200 or a 503 with `Retry-After`).
+
+On the own stack the router's RSS and threads are sampled during every part (every 0.5 s; the
+abuse part every 0.25 s); `router_rss_mb_max_all` is the largest RSS over every part sampled, and
+`checks` says, for each requirement, whether the parts in the file meet it.
 
 Writes `reliability.json` and `reliability.md` into `--out`. A rerun replaces the parts it runs
 and keeps the others; every part (every fault row) records the command, date and mode of the
@@ -63,25 +81,28 @@ import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import psutil
 import requests
 
-from benchmarks import target
+from benchmarks import abuse, target
+from benchmarks.live import LiveSystem
+from benchmarks.loadgen import LOST, LoadClient, Record
 from core import wire
 from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
-from core.imaging import encode_image
-from edge_router.app import wait_until_healthy
+from core.imaging import DEFAULT_MAX_BYTES, encode_image
+from edge_router.app import RouterConfig
 
-EDGE_MODELS = ["distortion_classifier", "edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"]
+EDGE_MODELS = ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"]
 CLOUD_MODELS = ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"]
-PORTS = {"edge": (18380, 18381, 18382, 17370, 17371), "cloud": (18390, 18391, 18392, 17390, 17391)}
-ROUTER_PORT = 18300
+ROUTER_MODELS = ["distortion_classifier"]  # run by the router itself, from the same model store
 HUNG_S = 10.0
 LOOPBACK_SCENARIOS = ("cloud_stopped", "cloud_restarted_mid_run", "edge_worker_killed", "router_restarted")
 LINK_SCENARIOS = ("cloud_slowed_past_deadline", "lossy_link_10pct")
+PARTS = ("fuzz", "faults", "soak", "abuse")
 DEFAULT_OUT = "docs/results"
 EXISTING_OUT = "run/existing/reliability"
 OWN_STACK_OPTIONS = ("model_store", "run_dir", "no_link_faults")
@@ -89,93 +110,45 @@ SKIPPED_FAULT = (
     "not run against an existing deployment: the scenario stops, restarts or kills its "
     "processes (or needs an emulated link), which this run did not start and leaves alone"
 )
+SKIPPED_ABUSE = (
+    "not run: the router's URL is not loopback, and the connection-abuse scenarios only run "
+    "against this machine"
+)
 NOT_OBSERVED_WORKERS = "not observed: the existing deployment's TorchServe processes are not this run's"
 NOT_SAMPLED_RSS = "not sampled: the existing deployment's processes are not this run's"
+# what the results must show (issue #12)
+MIN_FUZZ_INPUTS = 10_000
+CONTROL_P99_LIMIT_MS = 1000.0
+ROUTER_RSS_LIMIT_MB = 300.0
+SAMPLE_EVERY_S = 0.5
 
 
-# -- the system on loopback ------------------------------------------------------------------------
-class LoopbackSystem:
-    def __init__(self, store: Path, run_dir: Path, deadline_ms: float):
-        from edge_router.torchserve import Ports, instance
-
-        self.store, self.run_dir, self.deadline_ms = store, run_dir, deadline_ms
-        self.insts = {r: instance(r, run_dir=run_dir, ports=Ports(*PORTS[r])) for r in ("edge", "cloud")}
-        self.router: subprocess.Popen | None = None
-        self.url = f"http://127.0.0.1:{ROUTER_PORT}"
-        self.cloud_url = self.insts["cloud"].inference_url
-
-    def start_ts(self, role: str) -> None:
-        from edge_router.torchserve import start
-
-        start(self.insts[role], self.store, EDGE_MODELS if role == "edge" else CLOUD_MODELS, wait_s=240)
-
-    def stop_ts(self, role: str) -> None:
-        from edge_router.torchserve import stop
-
-        stop(self.insts[role])
-
-    def start_router(self) -> None:
-        args = [
-            sys.executable,
-            "-m",
-            "edge_router",
-            "--port",
-            str(ROUTER_PORT),
-            "--run-dir",
-            str(self.run_dir),
-            "--log-level",
-            "WARNING",
-            "--refresh-s",
-            "1",
+# -- the system: our own (benchmarks.live.LiveSystem) or an existing deployment ----------------------
+def own_system(store: Path, run_dir: Path, args) -> LiveSystem:
+    """The live system on loopback test ports, its router with this run's deadline and limits."""
+    return LiveSystem(
+        store,
+        run_dir,
+        edge_models=EDGE_MODELS,
+        cloud_models=CLOUD_MODELS,
+        router_options=[
             "--deadline-ms",
-            str(self.deadline_ms),
-        ]
-        for role, inst in self.insts.items():
-            args += [f"--{role}-url", inst.inference_url, f"--{role}-management-url", inst.management_url]
-        self.router = subprocess.Popen(args)
-        wait_until_healthy(self.url, proc=self.router)
-
-    def stop_router(self) -> None:
-        if self.router is not None:
-            self.router.terminate()
-            try:
-                self.router.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.router.kill()
-            self.router = None
-
-    def workers(self, role: str) -> set[int]:
-        pid_file = self.insts[role].workdir / "tmp" / ".model_server.pid"
-        try:
-            frontend = psutil.Process(int(pid_file.read_text()))
-            return {c.pid for c in frontend.children(recursive=True)}
-        except (OSError, ValueError, psutil.Error):
-            return set()
-
-    def processes(self) -> dict[str, psutil.Process]:
-        out = {}
-        if self.router is not None:
-            out["router"] = psutil.Process(self.router.pid)
-        for role in self.insts:
-            pid_file = self.insts[role].workdir / "tmp" / ".model_server.pid"
-            try:
-                frontend = psutil.Process(int(pid_file.read_text()))
-            except (OSError, ValueError, psutil.Error):
-                continue
-            out[f"{role}_frontend_java"] = frontend
-            for i, c in enumerate(sorted(frontend.children(recursive=True), key=lambda p: p.pid)):
-                out[f"{role}_worker_{i}"] = c
-        return out
-
-    def cloud_headers(self, n: int | str) -> dict:
-        return {
-            "Authorization": f"Bearer {self.insts['cloud'].keys()['inference']}",
-            wire.HEADER_LENGTH: str(n),
-        }
+            str(args.deadline_ms),
+            "--max-in-flight",
+            str(args.max_in_flight),
+            "--max-body-bytes",
+            str(args.max_body_bytes),
+        ],
+    )
 
 
 class ExistingSystem:
-    """A deployment that is already running: reached by URL, never started, stopped or signalled."""
+    """A deployment that is already running: reached by URL, never started, stopped or signalled.
+
+    The small part of `LiveSystem`'s interface this module uses: `url`, `workers`, `processes`,
+    `auth`, `router` (None: no process of ours) and the cloud's inference URL (`cloud_url`)."""
+
+    router = None
 
     def __init__(self, targets: dict, cloud_key_file: str | None):
         from edge_router.torchserve import read_keys
@@ -190,25 +163,74 @@ class ExistingSystem:
     def processes(self) -> dict[str, psutil.Process]:
         return {}
 
-    def cloud_headers(self, n: int | str) -> dict:
-        headers = {wire.HEADER_LENGTH: str(n)}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        return headers
+    def auth(self, role: str, kind: str = "inference") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if role == "cloud" and self._token else {}
+
+
+def cloud_url(system) -> str | None:
+    """The cloud TorchServe's inference URL (None: an existing deployment given without --cloud)."""
+    return system.cloud_url if isinstance(system, ExistingSystem) else system.insts["cloud"].inference_url
+
+
+def cloud_headers(auth: dict, n: int | str) -> dict:
+    return {**auth, wire.HEADER_LENGTH: str(n)}
+
+
+class RouterSampler(threading.Thread):
+    """The router process's RSS and thread count every 0.5 s while a part runs (own stack only).
+
+    The process is looked up at each sample, so a router restarted by a fault scenario is followed;
+    against an existing deployment (no process of ours) nothing is sampled. Bounded by `max_s`."""
+
+    def __init__(self, system, max_s: float = 4 * 3600):
+        super().__init__(daemon=True, name="router-sampler")
+        self.system, self.max_samples = system, int(max_s / SAMPLE_EVERY_S) + 1
+        self.halt = threading.Event()
+        self.rss_mb: list[float] = []
+        self.threads: list[int] = []
+        self._proc: psutil.Process | None = None
+
+    def sample(self) -> None:
+        popen = self.system.router
+        if popen is None or popen.poll() is not None:
+            return
+        try:
+            if self._proc is None or self._proc.pid != popen.pid:
+                self._proc = psutil.Process(popen.pid)
+            with self._proc.oneshot():
+                self.rss_mb.append(self._proc.memory_info().rss / 2**20)
+                self.threads.append(self._proc.num_threads())
+        except psutil.Error:
+            self._proc = None
+
+    def run(self) -> None:
+        if isinstance(self.system, ExistingSystem):
+            return
+        for _ in range(self.max_samples):
+            self.sample()
+            if self.halt.wait(SAMPLE_EVERY_S):
+                break
+        self.sample()
+
+    def summary(self) -> dict:
+        if isinstance(self.system, ExistingSystem):
+            return {}
+        return {
+            "router_rss_mb_max": round(max(self.rss_mb), 1) if self.rss_mb else None,
+            "router_threads_max": max(self.threads) if self.threads else None,
+            "router_samples": len(self.rss_mb),
+        }
 
 
 @contextmanager
-def loopback_system(store: Path, run_dir: Path, deadline_ms: float):
-    system = LoopbackSystem(store, run_dir, deadline_ms)
+def sampling_router(system):
+    sampler = RouterSampler(system)
+    sampler.start()
     try:
-        system.start_ts("cloud")
-        system.start_ts("edge")
-        system.start_router()
-        yield system
+        yield sampler
     finally:
-        system.stop_router()
-        for role in ("edge", "cloud"):
-            system.stop_ts(role)
+        sampler.halt.set()
+        sampler.join(5)
 
 
 def test_images(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -331,7 +353,9 @@ def run_fuzz(system, args, reference) -> dict:
     cloud_model = f"cloud_{expert}"
     n_cloud = args.fuzz_inputs // 4
     first = 0
-    if system.cloud_url is None:
+    cloud = cloud_url(system)
+    auth = system.auth("cloud")
+    if cloud is None:
         first = n_cloud  # the cloud share is not sent
         print(f"cloud-tensor fuzz skipped: no --cloud given ({n_cloud} inputs not sent)", flush=True)
     elif reference is None:
@@ -347,9 +371,9 @@ def run_fuzz(system, args, reference) -> dict:
             if i < n_cloud:
                 body, n = fuzz_cloud_case(rng, shape)
                 r = session.post(
-                    f"{system.cloud_url}/predictions/{cloud_model}",
+                    f"{cloud}/predictions/{cloud_model}",
                     data=body,
-                    headers=system.cloud_headers(n),
+                    headers=cloud_headers(auth, n),
                     timeout=HUNG_S,
                 )
             else:
@@ -407,16 +431,20 @@ def split_of(system) -> tuple[str, list[int]]:
 def check_cloud_answers(system, model: str, shape: list[int]) -> None:
     """A one-line error unless the cloud handler answers a valid tensor (token, model present)."""
     body, n = wire.encode(np.zeros((1, *shape), np.float32), name="stage2", compression="fp32")
+    cloud = cloud_url(system)
     try:
         r = requests.post(
-            f"{system.cloud_url}/predictions/{model}", data=body, headers=system.cloud_headers(n), timeout=30
+            f"{cloud}/predictions/{model}",
+            data=body,
+            headers=cloud_headers(system.auth("cloud"), n),
+            timeout=30,
         )
     except requests.RequestException as exc:
-        raise UserInputError(f"no cloud answers at {system.cloud_url} ({type(exc).__name__})") from None
+        raise UserInputError(f"no cloud answers at {cloud} ({type(exc).__name__})") from None
     if r.status_code != 200:
         hint = " (give --cloud-key-file)" if r.status_code in (401, 403) else ""
         raise UserInputError(
-            f"the cloud at {system.cloud_url} answered {r.status_code} to a valid tensor for {model}{hint}"
+            f"the cloud at {cloud} answered {r.status_code} to a valid tensor for {model}{hint}"
         )
 
 
@@ -440,7 +468,7 @@ def answers(system, images) -> list | None:
     return out
 
 
-def check_still_correct(system: LoopbackSystem, reference, images) -> bool:
+def check_still_correct(system: LiveSystem, reference, images) -> bool:
     expected = reference.infer(images, 0.8)
     for im, ref in zip(images, expected, strict=True):
         r = requests.post(
@@ -455,105 +483,66 @@ def check_still_correct(system: LoopbackSystem, reference, images) -> bool:
 
 
 # -- faults ----------------------------------------------------------------------------------------
-class Load:
-    """Background clients sending images; every request's fate is recorded."""
+def fault_load(
+    url: str, bodies: list[tuple[bytes, int]], deadline_ms: float, *, clients: int = 2, threshold: float = 0.8
+) -> LoadClient:
+    """Background clients sending labelled images with a deadline; every request's fate is recorded.
 
-    def __init__(
-        self,
-        url: str,
-        bodies: list[tuple[bytes, int]],
-        deadline_ms: float,
-        clients: int = 2,
-        threshold: float = 0.8,
-    ):
-        self.url, self.bodies, self.deadline_ms = url, bodies, deadline_ms
-        self.threshold = threshold
-        self.records: list[dict] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._run, args=(k, clients), daemon=True) for k in range(clients)
-        ]
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-
-    def _run(self, k: int, step: int) -> None:
-        session = requests.Session()
-        i = k
-        while not self.stop.is_set():
-            body, label = self.bodies[i % len(self.bodies)]
-            i += step
-            t = time.perf_counter()
-            rec = {"label": label}
-            try:
-                r = session.post(
-                    f"{self.url}/v1/classify",
-                    data=body,
-                    params={"threshold": self.threshold, "deadline_ms": self.deadline_ms},
-                    timeout=self.deadline_ms / 1000 + HUNG_S,
-                )
-                rec["status"] = r.status_code
-                if r.status_code == 200:
-                    a = r.json()
-                    rec.update(correct=a["class"] == label, degraded=a["degraded"])
-                else:
-                    rec["reason"] = (
-                        r.json().get("error", "")[:120]
-                        if r.headers.get("Content-Type", "").startswith("application/json")
-                        else ""
-                    )
-            except requests.Timeout:
-                rec["status"] = "lost"
-            except requests.ConnectionError as exc:
-                # refused before anything was sent is a clear error; a connection dropped after the
-                # request went out (reset, remote closed) is a lost request
-                refused = "Connection refused" in str(exc)
-                rec["status"] = "refused" if refused else "lost"
-                session = requests.Session()
-                if refused:
-                    time.sleep(0.05)  # a client backs off instead of spinning on a closed port
-            rec["seconds"] = time.perf_counter() - t
-            with self.lock:
-                self.records.append(rec)
-
-    def table(self, name: str) -> dict:
-        recs = self.records
-        ok = [r for r in recs if r["status"] == 200]
-        return {
-            "scenario": name,
-            "sent": len(recs),
-            "correct": sum(1 for r in ok if r["correct"] and not r["degraded"]),
-            "wrong": sum(1 for r in ok if not r["correct"] and not r["degraded"]),
-            "degraded": sum(1 for r in ok if r["degraded"]),
-            "errors": sum(1 for r in recs if r["status"] not in (200, "lost")),
-            "lost": sum(1 for r in recs if r["status"] == "lost"),
-            "error_statuses": sorted({str(r["status"]) for r in recs if r["status"] not in (200, "lost")}),
-            "longest_s": round(max((r["seconds"] for r in recs), default=0.0), 3),
-            "deadline_s": self.deadline_ms / 1000,
-        }
+    A request without an HTTP answer within its deadline plus 10 s is `lost`, as is one whose
+    connection dropped after it went out; a refused connection is a clear error."""
+    return LoadClient(
+        url,
+        bodies,
+        clients=clients,
+        params={"threshold": threshold, "deadline_ms": deadline_ms},
+        timeout_s=deadline_ms / 1000 + HUNG_S,
+    )
 
 
-def run_faults(system: LoopbackSystem, args) -> list[dict]:
+def fate_table(name: str, records: list[Record], deadline_ms: float) -> dict:
+    """How every request of a scenario ended: correct, wrong, degraded, clear error or lost."""
+    ok = [r for r in records if r.status == 200]
+
+    def degraded(r: Record) -> bool:
+        return bool((r.answer or {}).get("degraded"))
+
+    def correct(r: Record) -> bool:
+        return (r.answer or {}).get("class") == r.label
+
+    return {
+        "scenario": name,
+        "sent": len(records),
+        "correct": sum(1 for r in ok if correct(r) and not degraded(r)),
+        "wrong": sum(1 for r in ok if not correct(r) and not degraded(r)),
+        "degraded": sum(1 for r in ok if degraded(r)),
+        "errors": sum(1 for r in records if r.status not in (200, LOST)),
+        "lost": sum(1 for r in records if r.status == LOST),
+        "error_statuses": sorted({str(r.status) for r in records if r.status not in (200, LOST)}),
+        "longest_s": round(max((r.seconds for r in records), default=0.0), 3),
+        "deadline_s": deadline_ms / 1000,
+    }
+
+
+def labelled_bodies(n: int, seed: int) -> list[tuple[bytes, int]]:
     from training.datasets import load_source
 
-    source = load_source("fashion-mnist", "test", limit=40)
-    bodies = [(encode_image(im, "png"), source.label(i)) for i, im in enumerate(test_images(40, seed=9))]
+    source = load_source("fashion-mnist", "test", limit=n)
+    return [(encode_image(im, "png"), source.label(i)) for i, im in enumerate(test_images(n, seed=seed))]
+
+
+def run_faults(system: LiveSystem, args) -> list[dict]:
+    bodies = labelled_bodies(40, seed=9)
     out = []
 
     def scenario(name: str, action, threshold: float = 0.8, seconds: float = 12.0) -> None:
-        with Load(system.url, bodies, args.deadline_ms, threshold=threshold) as load:
+        with (
+            sampling_router(system) as sampler,
+            fault_load(system.url, bodies, args.deadline_ms, threshold=threshold) as load,
+        ):
             time.sleep(2)
             action()
             time.sleep(seconds)
-        row = load.table(name)
+        row = {**fate_table(name, load.records, args.deadline_ms), **sampler.summary()}
         out.append(row)
         print(json.dumps(row), flush=True)
 
@@ -583,24 +572,26 @@ def run_faults(system: LoopbackSystem, args) -> list[dict]:
     return out
 
 
-def run_link_faults(args) -> list[dict]:
-    """The cloud slowed past the deadline, and a lossy link: over the emulated WAN."""
+def run_link_faults(store: Path, run_dir: Path, args) -> list[dict]:
+    """The cloud slowed past the deadline, and a lossy link: over the emulated WAN
+    (`benchmarks.latency.emulated_system`), the client in the device namespace."""
     from benchmarks import netem
-    from benchmarks.latency import live_system
-    from training.datasets import load_source
+    from benchmarks.latency import emulated_system
 
-    source = load_source("fashion-mnist", "test", limit=40)
     rows = []
     for name, profile in (
         ("cloud_slowed_past_deadline", netem.Profile("slow", 60.0, 3000.0)),
         ("lossy_link_10pct", netem.Profile("lossy", 60.0, 60.0, loss=0.10)),
     ):
-        with live_system(
-            profile, model_store=args.model_store, run_dir=Path(args.run_dir) / "link", max_minutes=10
-        ) as (link, url, _, env, _router):
+        with (
+            emulated_system(
+                profile, model_store=str(store), run_dir=run_dir / "link", max_minutes=10
+            ) as system,
+            sampling_router(system) as sampler,
+        ):
             plan = {"deadline_ms": args.deadline_ms, "seconds": 20, "threshold": 0.95}
             result = subprocess.run(
-                link.exec_args(
+                system.link.exec_args(
                     "dev",
                     [
                         sys.executable,
@@ -608,75 +599,70 @@ def run_link_faults(args) -> list[dict]:
                         "benchmarks.reliability",
                         "--link-client",
                         "--client-router",
-                        url,
+                        system.url,
                         "--plan",
                         json.dumps(plan),
                     ],
                 ),
                 capture_output=True,
                 text=True,
-                env=env,
+                env=system.env,
                 timeout=300,
             )
             if result.returncode != 0:
                 raise RuntimeError(f"{name}: client failed: {result.stderr[-400:]}")
-            row = json.loads(result.stdout.strip().splitlines()[-1])
-            row["scenario"] = name
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    del source
+        row = {**json.loads(result.stdout.strip().splitlines()[-1]), **sampler.summary()}
+        row["scenario"] = name
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
 def link_client(args) -> int:
-    from training.datasets import load_source
-
     plan = json.loads(args.plan)
-    source = load_source("fashion-mnist", "test", limit=40)
-    bodies = [(encode_image(im, "png"), source.label(i)) for i, im in enumerate(test_images(40, seed=9))]
-    with Load(args.client_router, bodies, plan["deadline_ms"], threshold=plan["threshold"]) as load:
+    bodies = labelled_bodies(40, seed=9)
+    with fault_load(args.client_router, bodies, plan["deadline_ms"], threshold=plan["threshold"]) as load:
         time.sleep(plan["seconds"])
-    print(json.dumps(load.table("link")))
+    print(json.dumps(fate_table("link", load.records, plan["deadline_ms"])))
     return 0
 
 
 # -- soak ------------------------------------------------------------------------------------------
 def run_soak(system, args) -> dict:
-    from training.datasets import load_source
-
-    source = load_source("fashion-mnist", "test", limit=60)
-    bodies = [(encode_image(im, "png"), source.label(i)) for i, im in enumerate(test_images(60, seed=4))]
+    bodies = labelled_bodies(60, seed=4)
     rss: dict[str, list[float]] = {}
     minutes: list[dict] = []
     warmup_s = 60.0
-    with Load(system.url, bodies, args.deadline_ms, clients=4) as load:
+    with (
+        sampling_router(system) as sampler,
+        fault_load(system.url, bodies, args.deadline_ms, clients=4) as load,
+    ):
         started = time.time()
         end = started + 60 * args.soak_minutes
         next_minute, seen = started + 60, 0
         while time.time() < end:
-            time.sleep(5)
+            time.sleep(min(5, max(0.0, end - time.time())))
             for name, proc in system.processes().items():
                 try:
                     rss.setdefault(name, []).append((time.time() - started, proc.memory_info().rss / 2**20))
                 except psutil.Error:
                     pass
-            if time.time() >= next_minute:
-                with load.lock:
-                    recs = load.records[seen:]
-                    seen = len(load.records)
-                lat = [r["seconds"] * 1000 for r in recs if r["status"] == 200]
+            if time.time() >= next_minute or time.time() >= end:
+                recs = load.records[seen:]
+                seen += len(recs)
+                lat = [r.seconds * 1000 for r in recs if r.status == 200]
                 minutes.append(
                     {
                         "minute": len(minutes) + 1,
                         "requests": len(recs),
-                        "errors": sum(1 for r in recs if r["status"] != 200),
+                        "errors": sum(1 for r in recs if r.status != 200),
                         "p50_ms": round(float(np.median(lat)), 2) if lat else None,
                         "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat else None,
                     }
                 )
                 print(json.dumps(minutes[-1]), flush=True)
                 next_minute += 60
-    table = load.table("soak")
+    table = fate_table("soak", load.records, args.deadline_ms)
     growth = {}
     for name, samples in rss.items():
         after = [v for t, v in samples if t >= warmup_s]
@@ -687,7 +673,11 @@ def run_soak(system, args) -> dict:
                 "growth": round(after[-1] / after[0] - 1, 4),
             }
     p99s = [m["p99_ms"] for m in minutes if m["p99_ms"] is not None]
-    note = {"rss_note": NOT_SAMPLED_RSS} if isinstance(system, ExistingSystem) else {}
+    note = {}
+    if isinstance(system, ExistingSystem):
+        note["rss_note"] = NOT_SAMPLED_RSS
+    elif not growth:
+        note["rss_note"] = f"growth not measured: the soak is shorter than its {warmup_s:.0f}-s warm-up"
     return {
         **note,
         "minutes": args.soak_minutes,
@@ -699,7 +689,119 @@ def run_soak(system, args) -> dict:
         "rss": growth,
         "rss_growth_max": max((g["growth"] for g in growth.values()), default=None),
         "p99_first_last_ms": [p99s[0], p99s[-1]] if p99s else None,
+        **sampler.summary(),
     }
+
+
+# -- connection abuse ------------------------------------------------------------------------------
+def control_image() -> bytes:
+    """The control request's body: a valid PNG test image the router classifies."""
+    return encode_image(test_images(1, seed=5)[0], "png")
+
+
+def run_abuse(system, args) -> dict:
+    """`benchmarks.abuse.run_all` against the router, with the pass/fail of each scenario.
+
+    On the own stack the router's process is sampled (threads, RSS); against an existing
+    deployment only a loopback URL is abused, and nothing is sampled."""
+    parts = urlsplit(system.url)
+    existing = isinstance(system, ExistingSystem)
+    if existing and not target.is_loopback(parts.hostname or ""):
+        print(f"abuse skipped: {SKIPPED_ABUSE}", flush=True)
+        return {"skipped": SKIPPED_ABUSE}
+    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
+    pid = None if existing else system.router.pid
+    t = abuse.Target(
+        host,
+        parts.port or 80,
+        router_pid=pid,
+        control_body=control_image(),
+        max_body_bytes=args.max_body_bytes,
+        max_in_flight=args.max_in_flight,
+    )
+    scenarios = abuse.run_all(t, seconds=args.abuse_seconds, scale=args.abuse_scale, progress=print)
+    for s in scenarios:
+        s["checks"] = abuse_checks(s)
+        s["passed"] = all(v is not False for v in s["checks"].values())
+    out = {
+        "seconds": args.abuse_seconds,
+        "scale": args.abuse_scale,
+        "max_in_flight": args.max_in_flight,
+        "max_body_bytes": args.max_body_bytes,
+        "control_p99_limit_ms": CONTROL_P99_LIMIT_MS,
+        "router_rss_limit_mb": ROUTER_RSS_LIMIT_MB,
+        "scenarios": scenarios,
+        "passed": all(s["passed"] for s in scenarios),
+    }
+    if existing:
+        out["router_note"] = NOT_SAMPLED_RSS
+    return out
+
+
+def abuse_checks(s: dict) -> dict:
+    """One scenario against the requirements: True, False, or None where it was not measured."""
+    c = s["control"]
+    rss = s.get("router_rss_mb_max")
+    checks = {
+        f"control_p99_under_{CONTROL_P99_LIMIT_MS:g}ms": c["p99_ms"] is not None
+        and c["p99_ms"] < CONTROL_P99_LIMIT_MS,
+        "none_without_answer": s["without_answer"] == 0,
+        "router_measured": None
+        if s.get("router_note")
+        else (s.get("router_threads_max") is not None and rss is not None and not s.get("router_gone")),
+        f"router_rss_under_{ROUTER_RSS_LIMIT_MB:g}mb": None if rss is None else rss < ROUTER_RSS_LIMIT_MB,
+        "answers_afterwards": s["control_after"].get("status") is not None,
+    }
+    if s["scenario"] == "overload_burst":
+        # over the in-flight limit: 200, or an immediate 503 with Retry-After, nothing else
+        checks["burst_200_or_503_with_retry_after"] = (
+            s["unexpected_status"] == 0 and s["without_retry_after_503"] == 0
+        )
+    return checks
+
+
+# -- what the results must show --------------------------------------------------------------------
+def router_rss_overall(r: dict) -> dict:
+    """The router's largest RSS over every part in `r` where it was sampled, and where."""
+    sources: list[tuple[str, float | None]] = []
+    if "fuzz" in r:
+        sources.append(("fuzz", r["fuzz"].get("router_rss_mb_max")))
+    for row in r.get("faults", []):
+        if "skipped" not in row:
+            sources.append((f"faults/{row['scenario']}", row.get("router_rss_mb_max")))
+    if "soak" in r:
+        sources.append(("soak", r["soak"].get("router_rss_mb_max")))
+    for s in r.get("abuse", {}).get("scenarios", []):
+        sources.append((f"abuse/{s['scenario']}", s.get("router_rss_mb_max")))
+    sampled = [(k, v) for k, v in sources if v is not None]
+    top = max(sampled, key=lambda kv: kv[1]) if sampled else (None, None)
+    return {
+        "router_rss_mb_max_all": top[1],
+        "router_rss_mb_max_all_in": top[0],
+        "router_rss_sampled_in": [k for k, _ in sampled],
+        "router_rss_not_sampled_in": [k for k, v in sources if v is None],
+    }
+
+
+def must_show(r: dict) -> dict:
+    """Each requirement on reliability.json: True, False, or None (its part is absent or skipped)."""
+    out: dict[str, bool | None] = {}
+    f = r.get("fuzz")
+    out[f"fuzz_{MIN_FUZZ_INPUTS}_inputs_0_5xx_0_hung"] = (
+        None if f is None else (f["inputs"] >= MIN_FUZZ_INPUTS and f["status_5xx"] == 0 and f["hung"] == 0)
+    )
+    ran = [x for x in r.get("faults", []) if "skipped" not in x]
+    out["faults_0_lost"] = all(x["lost"] == 0 for x in ran) if ran else None
+    names = {x["scenario"] for x in ran}
+    out["faults_all_scenarios_ran"] = set(LOOPBACK_SCENARIOS + LINK_SCENARIOS) <= names if ran else None
+    out["soak_0_errors"] = None if "soak" not in r else r["soak"]["errors"] == 0
+    a = r.get("abuse")
+    out["abuse_every_scenario_passed"] = None if a is None or "skipped" in a else a["passed"]
+    top = r.get("router_rss_mb_max_all")
+    out[f"router_rss_under_{ROUTER_RSS_LIMIT_MB:g}mb_throughout"] = (
+        None if top is None else (top < ROUTER_RSS_LIMIT_MB and not r.get("router_rss_not_sampled_in"))
+    )
+    return out
 
 
 # -- CLI -------------------------------------------------------------------------------------------
@@ -708,17 +810,36 @@ def get_args_parser() -> argparse.ArgumentParser:
         "benchmarks.reliability",
         __doc__,
         own="starts TorchServe and the router on loopback test ports (and an\n    emulated link for "
-        "two fault scenarios), runs fuzz, faults and soak, then stops everything.",
-        existing="fuzz and soak against a system that is already running;\n    nothing is created, "
-        "started, stopped or signalled, so the fault scenarios are skipped (and\n    the cloud fuzz "
-        "without --cloud); loopback URLs only unless --allow-remote.",
+        "two fault scenarios), runs fuzz, faults, soak and connection abuse,\n    then stops everything.",
+        existing="fuzz, soak and (loopback only) connection abuse against a\n    system that is already "
+        "running; nothing is created, started, stopped or signalled, so\n    the fault scenarios are "
+        "skipped (and the cloud fuzz without --cloud); loopback URLs only\n    unless --allow-remote.",
     )
-    p.add_argument(
-        "--parts", nargs="+", default=["fuzz", "faults", "soak"], choices=("fuzz", "faults", "soak")
-    )
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--fuzz-inputs", type=int, default=10000, help="in all; a quarter go to the cloud handler")
     p.add_argument("--soak-minutes", type=float, default=10.0)
+    p.add_argument("--abuse-seconds", type=float, default=20.0, help="how long each abuse scenario is held")
+    p.add_argument(
+        "--abuse-scale",
+        type=float,
+        default=1.0,
+        help="multiplies every abuse socket and client count (1: the required counts)",
+    )
     p.add_argument("--deadline-ms", type=float, default=1000.0)
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=RouterConfig().max_in_flight,
+        help="the router's in-flight limit: given to the own stack's router; with --router, the "
+        "deployment's (sizes the overload burst)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        help="the router's body-size limit: given to the own stack's router; with --router, the "
+        "deployment's (sizes the slow and partial uploads)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out", default=None, help=f"results folder (default: {DEFAULT_OUT}; with --router: {EXISTING_OUT})"
@@ -744,14 +865,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict | int:
     if args.link_client:
         return link_client(args)
-    if args.fuzz_inputs < 1 or args.soak_minutes <= 0 or args.deadline_ms <= 0:
-        raise UserInputError("--fuzz-inputs, --soak-minutes and --deadline-ms must be positive")
+    if min(args.fuzz_inputs, args.soak_minutes, args.deadline_ms, args.abuse_seconds, args.abuse_scale) <= 0:
+        raise UserInputError(
+            "--fuzz-inputs, --soak-minutes, --deadline-ms, --abuse-seconds and --abuse-scale must be positive"
+        )
+    if args.max_in_flight < 1 or args.max_body_bytes < 2:
+        raise UserInputError("--max-in-flight must be at least 1 and --max-body-bytes at least 2")
     targets = target.existing_targets(args, OWN_STACK_OPTIONS)
     if not targets:
+        from benchmarks import latency
+
         store = Path(args.model_store or "model_store")
-        missing = [m for m in EDGE_MODELS + CLOUD_MODELS if not (store / f"{m}.mar").is_file()]
+        needed = ROUTER_MODELS + EDGE_MODELS + CLOUD_MODELS
+        if "faults" in args.parts and not args.no_link_faults:  # the emulated system serves these
+            needed += [m for m in latency.EDGE_MODELS + latency.CLOUD_MODELS if m not in needed]
+        missing = [m for m in needed if not (store / f"{m}.mar").is_file()]
         if missing:
-            raise UserInputError(f"{store} lacks {', '.join(missing)}: run python -m export.archive")
+            raise UserInputError(f"{store} lacks {', '.join(missing)}: run python -m export.archive --full")
     out = Path(args.out or (EXISTING_OUT if targets else DEFAULT_OUT))
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "reliability.json"
@@ -762,19 +892,28 @@ def main(args: argparse.Namespace) -> dict | int:
         run_existing(ExistingSystem(targets, args.cloud_key_file), args, result, prov)
     else:
         run_own_stack(store, args, result, prov)
+    result.update(router_rss_overall(result))
+    result["checks"] = must_show(result)
     write_json(result_path, result)
     write_markdown(result, out / "reliability.md")
     return result
+
+
+def run_fuzz_sampled(system, args, reference, prov: dict) -> dict:
+    with sampling_router(system) as sampler:
+        fuzz = run_fuzz(system, args, reference)
+    fuzz = {**fuzz, **sampler.summary(), "produced_by": prov}
+    print(json.dumps({k: v for k, v in fuzz.items() if k not in ("examples_5xx", "produced_by")}))
+    return fuzz
 
 
 def run_own_stack(store: Path, args, result: dict, prov: dict) -> None:
     from export.pipeline import Pipeline
 
     run_dir = Path(args.run_dir or "run/reliability").resolve()
-    with loopback_system(store, run_dir / "loopback", args.deadline_ms) as system:
+    with own_system(store, run_dir / "loopback", args) as system:
         if "fuzz" in args.parts:
-            result["fuzz"] = {**run_fuzz(system, args, Pipeline(store)), "produced_by": prov}
-            print(json.dumps({k: v for k, v in result["fuzz"].items() if k != "examples_5xx"}))
+            result["fuzz"] = run_fuzz_sampled(system, args, Pipeline(store), prov)
         if "faults" in args.parts:
             kept = [f for f in result.get("faults", []) if f["scenario"] in LINK_SCENARIOS]
             result["faults"] = [{**row, "produced_by": prov} for row in run_faults(system, args)]
@@ -782,16 +921,17 @@ def run_own_stack(store: Path, args, result: dict, prov: dict) -> None:
                 result["faults"] += kept
         if "soak" in args.parts:
             result["soak"] = {**run_soak(system, args), "produced_by": prov}
+        if "abuse" in args.parts:
+            result["abuse"] = {**run_abuse(system, args), "produced_by": prov}
     if "faults" in args.parts and not args.no_link_faults:
-        result["faults"] += [{**row, "produced_by": prov} for row in run_link_faults(args)]
+        result["faults"] += [{**row, "produced_by": prov} for row in run_link_faults(store, run_dir, args)]
 
 
 def run_existing(system: ExistingSystem, args, result: dict, prov: dict) -> None:
-    """Fuzz and soak against a running deployment; the fault scenarios are recorded as skipped."""
+    """Fuzz, soak and abuse against a running deployment; the fault scenarios are recorded as skipped."""
     target.check_router_answers(system.url)
     if "fuzz" in args.parts:
-        result["fuzz"] = {**run_fuzz(system, args, None), "produced_by": prov}
-        print(json.dumps({k: v for k, v in result["fuzz"].items() if k != "examples_5xx"}))
+        result["fuzz"] = run_fuzz_sampled(system, args, None, prov)
     if "faults" in args.parts:
         result["faults"] = [
             {"scenario": name, "skipped": SKIPPED_FAULT, "produced_by": prov}
@@ -800,6 +940,8 @@ def run_existing(system: ExistingSystem, args, result: dict, prov: dict) -> None
         print(f"faults skipped: {SKIPPED_FAULT}", flush=True)
     if "soak" in args.parts:
         result["soak"] = {**run_soak(system, args), "produced_by": prov}
+    if "abuse" in args.parts:
+        result["abuse"] = {**run_abuse(system, args), "produced_by": prov}
 
 
 def load_result(path: Path) -> dict:
@@ -856,12 +998,32 @@ def legacy_parts(command: str | None) -> set[str]:
 
 def write_markdown(r: dict, path: Path) -> None:
     lines = [
-        "# Reliability: fuzzing, faults and soak against the live system",
+        "# Reliability: fuzzing, faults, soak and connection abuse against the live system",
         "",
         f"Invocations that wrote this file: {len(r.get('invocations', []))} (listed in reliability.json); "
         "each part names the one that produced it.",
         "",
     ]
+    if "checks" in r:
+        lines += ["## Requirements", "", "| requirement | met |", "|---|---|"]
+        lines += [f"| {k} | {_yes_no(v)} |" for k, v in r["checks"].items()]
+        top = r.get("router_rss_mb_max_all")
+        lines += [
+            "",
+            (
+                f"Router RSS, largest over every part sampled: **{top} MB** "
+                f"(in {r.get('router_rss_mb_max_all_in')})"
+                if top is not None
+                else "Router RSS: not sampled"
+            )
+            + (
+                f"; not sampled in: {', '.join(r['router_rss_not_sampled_in'])}"
+                if r.get("router_rss_not_sampled_in")
+                else ""
+            )
+            + ".",
+            "",
+        ]
     if "fuzz" in r:
         f = r["fuzz"]
         deaths = (
@@ -879,7 +1041,8 @@ def write_markdown(r: dict, path: Path) -> None:
             f"**{f['status_5xx']} 5xx, {deaths}, {f['hung']} hung**; statuses {f['statuses']}; "
             f"servers still correct afterwards: **{f['still_correct_after']}**"
             + (f" (against {against})" if (against := f.get("still_correct_checked_against")) else "")
-            + ".",
+            + "."
+            + _router_line(f),
             "",
         ]
     if "faults" in r:
@@ -893,13 +1056,14 @@ def write_markdown(r: dict, path: Path) -> None:
         if ran:
             lines += [
                 "| scenario | sent | correct | wrong | degraded | clear errors | lost | "
-                "longest (s) | deadline (s) | error statuses | run |",
-                "|---|---|---|---|---|---|---|---|---|---|---|",
+                "longest (s) | deadline (s) | error statuses | router RSS max (MB) | run |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             lines += [
                 f"| {x['scenario']} | {x['sent']} | {x['correct']} | {x['wrong']} | {x['degraded']} | "
                 f"{x['errors']} | {x['lost']} | {x['longest_s']} | {x['deadline_s']} | "
-                f"{', '.join(x['error_statuses'])} | [{runs.index(x.get('produced_by')) + 1}] |"
+                f"{', '.join(x['error_statuses'])} | {_dash(x.get('router_rss_mb_max'))} | "
+                f"[{runs.index(x.get('produced_by')) + 1}] |"
                 for x in ran
             ]
             lines += [
@@ -928,7 +1092,8 @@ def write_markdown(r: dict, path: Path) -> None:
             f"Produced by: {target.describe(s.get('produced_by'))}",
             "",
             f"{s['minutes']} min, {s['clients']} clients, {s['requests']} requests: "
-            f"**{s['errors']} errors**, {rss}, p99 first/last minute {s['p99_first_last_ms']} ms.",
+            f"**{s['errors']} errors**, {rss}, p99 first/last minute {s['p99_first_last_ms']} ms."
+            + _router_line(s),
             "",
         ]
         lines += [
@@ -936,7 +1101,68 @@ def write_markdown(r: dict, path: Path) -> None:
             for k, v in s["rss"].items()
         ]
         lines.append("")
+    if "abuse" in r:
+        lines += abuse_markdown(r["abuse"])
     path.write_text("\n".join(lines))
+
+
+def abuse_markdown(a: dict) -> list[str]:
+    lines = ["## Connection abuse", "", f"Produced by: {target.describe(a.get('produced_by'))}", ""]
+    if "skipped" in a:
+        return [*lines, f"Skipped: {a['skipped']}", ""]
+    scale = "" if a["scale"] == 1 else f" at scale {a['scale']:g} (not the required counts)"
+    lines += [
+        f"Each scenario held for {a['seconds']:g} s{scale}; router limits {a['max_in_flight']} requests in "
+        f"flight, {a['max_body_bytes']} body bytes. One control request a second (a fresh connection, "
+        f"10 s timeout). Passes with control p99 under {a['control_p99_limit_ms']:g} ms, 0 requests without "
+        f"an answer, the router's threads and RSS measured and its RSS under {a['router_rss_limit_mb']:g} MB "
+        "(the burst: every answer 200 or a 503 with Retry-After). "
+        + (f"Router threads and RSS {a['router_note']}. " if a.get("router_note") else "")
+        + f"All passed: {_yes_no(a['passed'])}.",
+        "",
+        "| scenario | abusers | control answered | control statuses | control p50 / p99 / max (ms) | "
+        "without answer | router threads max | router RSS max (MB) | dropped by server | passed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in a["scenarios"]:
+        c = s["control"]
+        failed = [k for k, v in s["checks"].items() if v is False]
+        lines.append(
+            f"| {s['scenario']} | {s['sockets']} | {c['answered']}/{c['sent']} | "
+            f"{', '.join(f'{k}: {v}' for k, v in c['status_counts'].items()) or '-'} | "
+            f"{_dash(c['p50_ms'])} / {_dash(c['p99_ms'])} / {_dash(c['max_ms'])} | {s['without_answer']} | "
+            f"{_dash(s.get('router_threads_max'))} | {_dash(s.get('router_rss_mb_max'))} | "
+            f"{_dash(s.get('dropped_by_server'))} | {_yes_no(s['passed'])}"
+            + (f" (failed: {', '.join(failed)})" if failed else "")
+            + " |"
+        )
+    burst = next((s for s in a["scenarios"] if s["scenario"] == "overload_burst"), None)
+    if burst:
+        lines += [
+            "",
+            f"Overload burst: {burst['clients']} clients, {burst['requests_sent']} requests, answers "
+            f"{burst['status_counts']} ({burst['with_retry_after']} 503 with Retry-After), "
+            f"{burst['burst_without_answer']} without an answer.",
+        ]
+    lines.append("")
+    return lines
+
+
+def _dash(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def _yes_no(v) -> str:
+    return {True: "yes", False: "**no**", None: "not measured"}[v]
+
+
+def _router_line(part: dict) -> str:
+    if part.get("router_rss_mb_max") is None:
+        return ""
+    return (
+        f" Router: RSS max {part['router_rss_mb_max']} MB, threads max {part['router_threads_max']} "
+        f"({part.get('router_samples')} samples)."
+    )
 
 
 if __name__ == "__main__":

@@ -3,38 +3,60 @@
     python -m edge_router --port 8000            # instances started by edge_router.torchserve
 
 The TorchServe addresses and key files default to those `python -m edge_router.torchserve start`
-uses (`run/edge`, `run/cloud`); the tokens are read from the key files and never logged.
+uses (`run/edge`, `run/cloud`); the tokens are read from the key files and never logged. The
+distortion classifier runs inside the router, loaded from `--classifier` (default: the model
+store's `distortion_classifier.mar`, the archive TorchServe would run). SIGTERM drains: no new
+connections, the requests in progress are answered, then the process exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from core.cli import run_cli
 from core.errors import UserInputError
-from edge_router.app import Router, RouterConfig, make_server
-from edge_router.discovery import Discovery, Endpoint
+from core.imaging import DEFAULT_MAX_BYTES
+from edge_router.app import LocalClassifier, Router, RouterConfig, make_server
+from edge_router.discovery import CLASSIFIER, Discovery, Endpoint
 from edge_router.torchserve import instance, read_keys
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    d = RouterConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address devices connect to")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--run-dir", default="run", help="working folders of the TorchServe instances")
+    p.add_argument("--model-store", default="model_store",
+                   help=f"where {CLASSIFIER}.mar is (the classifier the router runs in process)")
+    p.add_argument("--classifier", default=None,
+                   help=f"the classifier: a {CLASSIFIER}.mar or an export folder (overrides --model-store)")
     for role in ("edge", "cloud"):
         p.add_argument(f"--{role}-url", default=None, help=f"{role} inference API (default: local instance)")
         p.add_argument(f"--{role}-management-url", default=None, help=f"{role} management API")
         p.add_argument(f"--{role}-key-file", default=None, help=f"{role} key_file.json")
-    p.add_argument("--threshold", type=float, default=0.8, help="default p_tar")
-    p.add_argument("--deadline-ms", type=float, default=2000.0, help="default per-request deadline")
+    p.add_argument("--threshold", type=float, default=d.default_threshold, help="default p_tar")
+    p.add_argument("--deadline-ms", type=float, default=d.default_deadline_ms,
+                   help="default per-request deadline")
     p.add_argument("--refresh-s", type=float, default=5.0, help="expert discovery period")
+    p.add_argument("--max-in-flight", type=int, default=d.max_in_flight,
+                   help="requests answered at once; beyond it an immediate 503 with Retry-After")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help="largest image accepted (413 beyond)")
+    p.add_argument("--max-buffered-mb", type=float, default=d.max_buffered_bytes / 2**20,
+                   help="request bodies held at once (503 beyond)")
+    p.add_argument("--header-timeout-s", type=float, default=d.header_timeout_s,
+                   help="a request's headers must arrive within this (slow or idle clients are closed)")
+    p.add_argument("--body-timeout-s", type=float, default=d.body_timeout_s,
+                   help="a request's body must arrive within this after its headers (408 beyond)")
+    p.add_argument("--keepalive-s", type=float, default=d.keepalive_s,
+                   help="idle keep-alive connections are closed after this")
+    p.add_argument("--drain-s", type=float, default=d.drain_s,
+                   help="on SIGTERM, how long the requests in progress may still take")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -48,34 +70,51 @@ def endpoint(role: str, args: argparse.Namespace) -> Endpoint:
                     inference_token=keys["inference"], management_token=keys["management"])
 
 
-def main(args: argparse.Namespace) -> int:
+def config_from(args: argparse.Namespace) -> RouterConfig:
     if not 0 < args.threshold <= 1:
         raise UserInputError("--threshold must be in (0, 1]")
-    if args.deadline_ms <= 0 or args.refresh_s <= 0:
-        raise UserInputError("--deadline-ms and --refresh-s must be positive")
+    for name in ("deadline_ms", "refresh_s", "max_in_flight", "max_body_bytes", "max_buffered_mb",
+                 "header_timeout_s", "body_timeout_s", "keepalive_s", "drain_s"):
+        if getattr(args, name) <= 0:
+            raise UserInputError(f"--{name.replace('_', '-')} must be positive")
+    return RouterConfig(default_threshold=args.threshold, default_deadline_ms=args.deadline_ms,
+                        max_body_bytes=args.max_body_bytes, max_in_flight=args.max_in_flight,
+                        max_buffered_bytes=int(args.max_buffered_mb * 2**20),
+                        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                        keepalive_s=args.keepalive_s, drain_s=args.drain_s)
+
+
+def raise_open_file_limit() -> None:
+    """Each connection is a file descriptor; the usual soft limit of 1,024 would refuse connections
+    long before memory or the event loop run short (the hard limit is the administrator's cap)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def main(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    raise_open_file_limit()
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    discovery = Discovery(endpoint("edge", args), endpoint("cloud", args), refresh_s=args.refresh_s)
+    classifier = LocalClassifier(args.classifier or Path(args.model_store) / f"{CLASSIFIER}.mar")
+    discovery = Discovery(endpoint("edge", args), endpoint("cloud", args),
+                          classifier=classifier.manifest, refresh_s=args.refresh_s)
     discovery.start()
-    router = Router(discovery, RouterConfig(default_threshold=args.threshold,
-                                            default_deadline_ms=args.deadline_ms))
-    try:
-        server = make_server(router, args.host, args.port)
-    except OSError as exc:
-        raise UserInputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
-    # SIGTERM drains: no new connections, requests in progress are answered, then exit.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.drain, daemon=True).start())
+    router = Router(discovery, classifier, config)
+    server = make_server(router, args.host, args.port, log_level=args.log_level)
     cat = discovery.catalogue
     logging.getLogger("edge_router").info(
         "listening on http://%s:%d; experts: %s; refused: %s", args.host, args.port,
         ", ".join(sorted(cat.experts)) or "none", ", ".join(sorted(cat.refused)) or "none")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.run()     # SIGTERM/SIGINT: uvicorn's graceful shutdown (drain)
     finally:
         discovery.stop()
-        server.server_close()
+    if not server.started:
+        raise UserInputError(f"cannot listen on {args.host}:{args.port} (in use?)")
     return 0
 
 

@@ -83,8 +83,10 @@ class Catalogue:
 class Discovery:
     """Keeps a `Catalogue` fresh in a background thread."""
 
-    def __init__(self, edge: Endpoint, cloud: Endpoint, *, refresh_s: float = 5.0, timeout_s: float = 5.0):
+    def __init__(self, edge: Endpoint, cloud: Endpoint, *, classifier: Manifest | None = None,
+                 refresh_s: float = 5.0, timeout_s: float = 5.0):
         self.edge, self.cloud = edge, cloud
+        self.classifier = classifier   # the router's own (in process), fixed for its lifetime
         self.refresh_s, self.timeout_s = refresh_s, timeout_s
         self.catalogue = Catalogue()
         self._manifests: dict[tuple[str, str, str], Manifest] = {}   # (instance, model, version)
@@ -137,7 +139,7 @@ class Discovery:
 
     def refresh(self) -> Catalogue:
         with self._lock:
-            cat = Catalogue(refreshed_at=time.time())
+            cat = Catalogue(classifier=self.classifier, refreshed_at=time.time())
             found: dict[str, dict[str, Manifest]] = {"edge": {}, "cloud": {}}
             for role, ep in (("edge", self.edge), ("cloud", self.cloud)):
                 try:
@@ -153,19 +155,14 @@ class Discovery:
                 self._manifests = {k: v for k, v in self._manifests.items()
                                    if k[0] != ep.name or k[1] in models}
                 for model, url in models.items():
-                    wanted = model == CLASSIFIER if role == "edge" else False
-                    wanted |= model.startswith(f"{role}_")
-                    if not wanted:
+                    if not model.startswith(f"{role}_"):
                         continue
                     try:
                         manifest = self._manifest(ep, model, url)
                     except (requests.RequestException, ValueError, ManifestError) as exc:
                         cat.refused[model] = f"no manifest: {type(exc).__name__}"
                         continue
-                    if model == CLASSIFIER:
-                        cat.classifier = manifest
-                    else:
-                        found[role][model[len(role) + 1:]] = manifest
+                    found[role][model[len(role) + 1:]] = manifest
             for name, edge_m in found["edge"].items():
                 cloud_m = found["cloud"].get(name)
                 if cloud_m is None:

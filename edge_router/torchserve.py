@@ -31,6 +31,7 @@ from core.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "config.properties"
+LOG_CONFIG = ROOT / "log4j2.xml"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,9 @@ DEFAULT_PORTS = {
     "edge": Ports(8080, 8081, 8082, 7070, 7071),
     "cloud": Ports(8090, 8091, 8092, 7090, 7091),
 }
-ROLE_PREFIXES = {"edge": ("distortion_classifier", "edge_"), "cloud": ("cloud_", "full_")}
+# The distortion classifier runs inside the router (one TorchServe hop on the edge), so `all` on the
+# edge means the experts' edge segments; its archive can still be registered by name.
+ROLE_PREFIXES = {"edge": ("edge_",), "cloud": ("cloud_", "full_")}
 
 
 @dataclass
@@ -112,8 +115,10 @@ def render_config(inst: Instance, model_store: Path) -> str:
         "grpc_inference_port": str(inst.ports.grpc_inference),
         "grpc_management_port": str(inst.ports.grpc_management),
         "model_store": str(model_store),
-        # Java's own temp folder (model extraction) per instance, beside TMPDIR's pid file.
-        "vmargs": f"-Xmx1g -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={inst.workdir / 'tmp'}",
+        # Java's own temp folder (model extraction) per instance, beside TMPDIR's pid file; the
+        # repository's log4j2.xml (no per-request DEBUG/INFO lines, each written twice, on the hop).
+        "vmargs": f"-Xmx1g -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={inst.workdir / 'tmp'} "
+                  f"-Dlog4j.configurationFile={LOG_CONFIG.as_uri()}",
     }
     lines, seen = [], set()
     for line in TEMPLATE.read_text().splitlines():
@@ -223,6 +228,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (keep loopback unless inside an isolated namespace)")
     p.add_argument("--wait-s", type=float, default=120, help="how long start waits for Healthy")
+    p.add_argument("--ports", type=int, nargs=5, default=None,
+                   metavar=("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INF", "GRPC_MGMT"),
+                   help="the instance's ports (default: edge 8080-8082/7070-7071, cloud 8090-8092/7090-7091)")
     return p
 
 
@@ -231,7 +239,8 @@ def main(args: argparse.Namespace) -> int:
     if args.action != "status" and not args.role:
         raise UserInputError(f"{args.action} needs a role: edge or cloud")
     for role in roles:
-        inst = instance(role, run_dir=args.run_dir, host=args.host)
+        inst = instance(role, run_dir=args.run_dir, host=args.host,
+                        ports=Ports(*args.ports) if args.ports else None)
         if args.action == "start":
             start(inst, args.model_store, args.models, wait_s=args.wait_s)
             print(f"{role}: healthy at {inst.inference_url} (management {inst.management_url}, "

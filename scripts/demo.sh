@@ -26,11 +26,8 @@ mkdir -p "$OUT"
 started=$(date +%s)
 step() { printf '\n=== %s\n' "$*"; }
 
-router_pid=""
-cleanup() {
-  [ -n "$router_pid" ] && kill "$router_pid" 2>/dev/null && wait "$router_pid" 2>/dev/null || true
-  $PY -m edge_router.torchserve stop edge --run-dir "$RUN" >/dev/null 2>&1 || true
-  $PY -m edge_router.torchserve stop cloud --run-dir "$RUN" >/dev/null 2>&1 || true
+cleanup() {  # the router (drained by SIGTERM) and both TorchServe instances
+  $PY -m benchmarks.live down --run-dir "$RUN" --port "$PORT" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -63,22 +60,13 @@ fi
 step "1/4 TorchServe archives from $MODELS"
 $PY -m export.archive --exported "$MODELS" --model-store "$OUT/model_store"
 
-step "2/4 edge and cloud TorchServe (token auth, loopback), then the edge router on :$PORT"
-$PY -m edge_router.torchserve start edge --run-dir "$RUN" --model-store "$OUT/model_store" \
-  --models distortion_classifier edge_pristine edge_gaussian_blur edge_gaussian_noise
-$PY -m edge_router.torchserve start cloud --run-dir "$RUN" --model-store "$OUT/model_store" \
-  --models cloud_pristine cloud_gaussian_blur cloud_gaussian_noise
-$PY -m edge_router --run-dir "$RUN" --port "$PORT" --log-level WARNING &
-router_pid=$!
+step "2/4 edge and cloud TorchServe (token auth, loopback), then the edge router on :$PORT (classifier inside)"
+$PY -m benchmarks.live up --run-dir "$RUN" --model-store "$OUT/model_store" --port "$PORT" \
+  --edge-models edge_pristine edge_gaussian_blur edge_gaussian_noise \
+  --cloud-models cloud_pristine cloud_gaussian_blur cloud_gaussian_noise
 get() {  # GET a router URL with Python (no curl needed); prints the body, fails on non-2xx
   $PY -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"
 }
-for _ in $(seq 1 60); do
-  get "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-  sleep 0.5
-done
-get "http://127.0.0.1:$PORT/healthz" || { echo "error: the router did not become healthy" >&2; exit 1; }
-echo
 
 step "3/4 $PER_CELL test images per cell through the router (live exits and offloads, p_tar 0.8)"
 [ ${#EXPECTED[@]} -gt 0 ] && echo "csv %: docs/results/accuracy.csv (expert_routed, p_tar 0.8, same models); 3 SE: three binomial standard errors of a cell of this size; ok: live within that band"
@@ -91,7 +79,6 @@ get "http://127.0.0.1:$PORT/metrics" | grep -E '^edge_router_(requests|offloads|
 
 step "4/4 stopping the router and both TorchServe instances"
 cleanup
-router_pid=""
 echo "artifacts: $MODELS/, $OUT/model_store/, $OUT/stream.json; logs: $RUN/edge/logs, $RUN/cloud/logs"
 echo "demo wall time: $(( $(date +%s) - started )) s"
 exit "$status"

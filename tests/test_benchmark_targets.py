@@ -261,3 +261,97 @@ def test_reliability_legacy_command_is_attributed_only_to_the_parts_it_ran(tmp_p
     reliability.write_markdown(result, tmp_path / "reliability.md")
     text = (tmp_path / "reliability.md").read_text()
     assert legacy["command"] in text and "unknown" in text
+
+
+# -- reliability: connection abuse and what the results must show --------------------------------------
+def test_reliability_abuse_against_an_existing_loopback_deployment(fake_router, tmp_path, monkeypatch):
+    from benchmarks import abuse
+    from core.imaging import encode_image
+    from tests.conftest import textured_image
+
+    monkeypatch.setattr(reliability, "control_image", lambda: encode_image(textured_image(0, 16)))
+    monkeypatch.setattr(abuse, "SETTLE_S", 0.2)
+    argv = ["--router", fake_router, "--parts", "abuse", "--abuse-seconds", "1", "--abuse-scale", "0.01",
+            "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability.py", *argv])
+    assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
+    result = json.loads((tmp_path / "reliability.json").read_text())
+    a = result["abuse"]
+    assert [s["scenario"] for s in a["scenarios"]] == list(abuse.SCENARIOS)
+    assert a["scale"] == 0.01 and a["seconds"] == 1 and "not sampled" in a["router_note"]
+    assert a["produced_by"]["mode"] == "existing deployment"
+    for s in a["scenarios"]:
+        assert s["control"]["sent"] == 1 and s["without_answer"] == 0
+        assert s["router_threads_max"] is None and s["router_rss_mb_max"] is None   # no pid of ours
+        assert s["checks"]["router_measured"] is None and s["passed"], s["checks"]
+    assert a["passed"] and result["checks"]["abuse_every_scenario_passed"] is True
+    assert result["router_rss_mb_max_all"] is None
+    assert result["checks"]["fuzz_10000_inputs_0_5xx_0_hung"] is None
+    text = (tmp_path / "reliability.md").read_text()
+    assert "## Connection abuse" in text and "at scale 0.01 (not the required counts)" in text
+    assert "| partial_uploads | 10 | 1/1 |" in text
+
+
+def test_reliability_abuse_is_skipped_for_a_remote_deployment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(target, "check_router_answers", lambda url: None)
+    argv = ["--router", "http://192.0.2.1:8000", "--allow-remote", "--parts", "abuse", "--out", str(tmp_path)]
+    assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
+    assert "abuse skipped" in capsys.readouterr().out
+    result = json.loads((tmp_path / "reliability.json").read_text())
+    assert "not loopback" in result["abuse"]["skipped"]
+    assert result["checks"]["abuse_every_scenario_passed"] is None
+    assert "Skipped: not run" in (tmp_path / "reliability.md").read_text()
+
+
+def _scenario(name, *, p99=20.0, without=0, rss=150.0, threads=4, statuses=None, **extra):
+    return {"scenario": name, "sockets": 300, "without_answer": without,
+            "control": {"sent": 8, "answered": 8 - without, "status_counts": statuses or {"200": 8 - without},
+                        "p50_ms": 10.0, "p99_ms": p99, "max_ms": p99},
+            "router_threads_max": threads, "router_rss_mb_max": rss, "dropped_by_server": 0,
+            "control_after": {"status": 200, "ms": 5.0}, **extra}
+
+
+def test_reliability_abuse_checks_and_the_must_show():
+    ok = _scenario("slowloris")
+    assert all(reliability.abuse_checks(ok).values())
+    # the burst's control mostly meets the in-flight limit: answered and fast is what counts
+    burst = _scenario("overload_burst", statuses={"503": 8}, unexpected_status=0, without_retry_after_503=0)
+    assert all(reliability.abuse_checks(burst).values())
+    assert reliability.abuse_checks({**burst, "without_retry_after_503": 3})[
+        "burst_200_or_503_with_retry_after"] is False
+    slow = reliability.abuse_checks(_scenario("idle_keepalive", p99=1200.0))
+    assert slow["control_p99_under_1000ms"] is False
+    assert reliability.abuse_checks(_scenario("x", without=1))["none_without_answer"] is False
+    fat = reliability.abuse_checks(_scenario("partial_uploads", rss=320.0))
+    assert fat["router_rss_under_300mb"] is False and fat["router_measured"] is True
+
+    scenarios = [ok, _scenario("partial_uploads", rss=320.0)]
+    for s in scenarios:
+        s["checks"] = reliability.abuse_checks(s)
+        s["passed"] = all(v is not False for v in s["checks"].values())
+    r = {"abuse": {"scenarios": scenarios, "passed": False, "seconds": 20, "scale": 1.0, "max_in_flight": 32,
+                   "max_body_bytes": 8 << 20, "control_p99_limit_ms": 1000.0, "router_rss_limit_mb": 300.0},
+         "soak": {"errors": 0, "router_rss_mb_max": 200.0},
+         "faults": [{"scenario": n, "lost": 0, "router_rss_mb_max": 180.0}
+                    for n in reliability.LOOPBACK_SCENARIOS],
+         "fuzz": {"inputs": 10000, "status_5xx": 0, "hung": 0, "router_rss_mb_max": None}}
+    r.update(reliability.router_rss_overall(r))
+    assert r["router_rss_mb_max_all"] == 320.0 and r["router_rss_mb_max_all_in"] == "abuse/partial_uploads"
+    assert r["router_rss_not_sampled_in"] == ["fuzz"]
+    checks = reliability.must_show(r)
+    assert checks["fuzz_10000_inputs_0_5xx_0_hung"] is True and checks["faults_0_lost"] is True
+    assert checks["faults_all_scenarios_ran"] is False   # the emulated-link rows are missing
+    assert checks["soak_0_errors"] is True and checks["abuse_every_scenario_passed"] is False
+    assert checks["router_rss_under_300mb_throughout"] is False
+
+
+def test_reliability_fate_table_counts_every_request():
+    from benchmarks.loadgen import LOST, REFUSED, Record
+
+    records = [Record(200, 0.1, 0, 3, {"class": 3, "degraded": False}),
+               Record(200, 0.2, 0, 3, {"class": 4, "degraded": False}),
+               Record(200, 0.3, 0, 3, {"class": 3, "degraded": True}),
+               Record(503, 0.01, 0, 3), Record(LOST, 11.0, 0, 3), Record(REFUSED, 0.0, 0, 3)]
+    row = reliability.fate_table("x", records, 1000.0)
+    assert row == {"scenario": "x", "sent": 6, "correct": 1, "wrong": 1, "degraded": 1, "errors": 2,
+                   "lost": 1, "error_statuses": ["503", "refused"], "longest_s": 11.0, "deadline_s": 1.0}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from core.errors import UserInputError
 from core.imaging import Preprocessing, decode_image, encode_image
 from core.manifest import Manifest, ManifestError
-from edge_router.app import RouterConfig, RouterError, check_image, parse_options
+from edge_router.decisions import Defaults, RouterError, check_image, parse_query
 from tests.conftest import textured_image
 
 PNG = encode_image(textured_image(1, 24), "png")
@@ -61,7 +61,7 @@ def test_router_query_parsing_fails_with_a_400(pairs, raw_tail):
 
     for query in (urlencode(pairs), raw_tail):
         try:
-            options = parse_options(query, RouterConfig())
+            options = parse_query(query, Defaults())
         except RouterError as exc:
             assert exc.status == 400 and "\n" not in str(exc)
             continue

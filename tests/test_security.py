@@ -14,6 +14,7 @@ REQUEST_PATH = [
     *(ROOT / "handlers").glob("*.py"),
     *(ROOT / "core").glob("*.py"),
     ROOT / "edge_router" / "app.py",
+    ROOT / "edge_router" / "decisions.py",
     ROOT / "edge_router" / "discovery.py",
     ROOT / "edge_router" / "metrics.py",
 ]

@@ -1,13 +1,12 @@
 """The live system: real edge and cloud TorchServe on loopback, the router, real HTTP.
 
-Starts both instances on test ports with the tiny archives, the router in this process, and holds
+Starts both instances on test ports with the tiny archives and the router (`benchmarks.live`), and holds
 the router's answers against the in-process reference pipeline; then bad input, registration,
 token auth and a cloud outage.
 """
 
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -15,49 +14,28 @@ import numpy as np
 import pytest
 import requests
 
+from benchmarks.live import LiveSystem
 from core.distortions import apply
-from core.imaging import encode_image
+from core.imaging import DEFAULT_MAX_BYTES, encode_image
 from edge_router import register
-from edge_router.app import Router, RouterConfig, make_server
-from edge_router.discovery import Discovery, Endpoint
-from edge_router.torchserve import Ports, instance, start, stop
 from export.pipeline import Pipeline
 from tests.conftest import textured_image
 
 pytestmark = pytest.mark.integration
 
-MODELS = {"edge": ["distortion_classifier", "edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"],
+MODELS = {"edge": ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"],
           "cloud": ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"]}
-PORTS = {"edge": Ports(18180, 18181, 18182, 17170, 17171),
-         "cloud": Ports(18190, 18191, 18192, 17190, 17191)}
-
-
-def endpoint(inst):
-    keys = inst.keys()
-    return Endpoint(inst.role, inst.inference_url, inst.management_url, keys["inference"],
-                    keys["management"])
 
 
 @pytest.fixture(scope="module")
 def system(model_store, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    insts = {role: instance(role, run_dir=run_dir, ports=PORTS[role]) for role in ("edge", "cloud")}
-    try:
-        for role, inst in insts.items():
-            start(inst, model_store, MODELS[role], wait_s=240)
-        discovery = Discovery(endpoint(insts["edge"]), endpoint(insts["cloud"]), refresh_s=0.5)
-        discovery.start()
-        router = Router(discovery, RouterConfig(default_threshold=0.8, default_deadline_ms=10_000))
-        server = make_server(router, "127.0.0.1", 0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        yield {"url": url, "insts": insts, "router": router, "run_dir": run_dir, "store": model_store}
-        discovery.stop()
-        server.shutdown()
-        server.server_close()
-    finally:
-        for inst in insts.values():
-            stop(inst)
+    live = LiveSystem(model_store, run_dir, edge_models=MODELS["edge"], cloud_models=MODELS["cloud"],
+                      router_options=["--deadline-ms", "10000", "--refresh-s", "0.5",
+                                      "--max-in-flight", "4", "--header-timeout-s", "1"])
+    with live:
+        yield {"url": live.url, "insts": live.insts, "live": live, "run_dir": run_dir,
+               "store": model_store}
 
 
 def images(n=10):
@@ -164,7 +142,7 @@ def test_cloud_refuses_wrong_tensors_and_keeps_serving(system, shape, compressio
 
 def test_oversize_and_unframed_bodies_are_refused_without_reading_them(system):
     host, port = system["url"].removeprefix("http://").split(":")
-    too_big = system["router"].config.max_body_bytes + 1
+    too_big = DEFAULT_MAX_BYTES + 1
     for head in (f"Content-Length: {too_big}", "Transfer-Encoding: chunked"):
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n".encode())
@@ -229,10 +207,80 @@ def test_tokens_never_appear_in_logs_or_answers(system):
         assert not any(t in text for t in tokens)
 
 
+def burst(system, clients: int, per_client: int, **params) -> list:
+    """`clients` threads each sending `per_client` requests at once; every answer's status and
+    Retry-After, or the exception that stood for one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = encode_image(images(1)[0], "png")
+
+    def one(_):
+        out, s = [], requests.Session()
+        for _ in range(per_client):
+            try:
+                r = s.post(f"{system['url']}/v1/classify", data=body, params=params, timeout=30)
+                out.append((r.status_code, r.headers.get("Retry-After")))
+            except requests.RequestException as exc:
+                out.append((type(exc).__name__, None))
+        return out
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [x for chunk in pool.map(one, range(clients)) for x in chunk]
+
+
+def test_overload_is_shed_with_503_and_retry_after(system):
+    answers = burst(system, 16, 4, threshold=1.0)     # 16 clients, 4 allowed in flight
+    statuses = [a[0] for a in answers]
+    assert len(answers) == 64 and set(statuses) <= {200, 503}, set(statuses)
+    assert statuses.count(503) > 0 and statuses.count(200) > 0
+    assert all(retry == "1" for status, retry in answers if status == 503)
+    text = requests.get(f"{system['url']}/metrics", timeout=10).text
+    assert 'edge_router_shed_total{limit="in_flight"}' in text
+
+
+def test_slow_and_idle_connections_are_closed_by_the_server(system):
+    host, port = system["url"].removeprefix("http://").split(":")
+    started = time.time()
+    with socket.create_connection((host, int(port)), timeout=10) as idle, \
+            socket.create_connection((host, int(port)), timeout=10) as slow:
+        slow.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(6):                     # a header byte every 0.4 s never completes
+            time.sleep(0.4)
+            try:
+                slow.sendall(b"X")
+            except OSError:
+                break
+        assert idle.recv(10) == b"" and slow.recv(10) == b""    # closed by the server
+    assert time.time() - started < 5   # the 1-s header deadline, not the 10-s socket timeout
+    assert classify(system, encode_image(images(1)[0], "png")).status_code == 200
+
+
+def test_sigterm_drains_requests_in_progress(system):
+    """SIGTERM while 8 clients are sending: every request gets an answer, none is lost; the
+    router then exits (uvicorn re-raises the SIGTERM once drained) and a new one takes over."""
+    import threading
+
+    live = system["live"]
+    results: list = []
+    worker = threading.Thread(target=lambda: results.extend(burst(system, 4, 6, threshold=1.0)))
+    worker.start()
+    time.sleep(0.5)
+    code = live.stop_router()
+    worker.join(timeout=60)
+    assert code in (0, -15)
+    answered = [s for s, _ in results if isinstance(s, int)]
+    # a request either got its answer, or was refused before it was sent (the port closed)
+    assert all(s in (200, 503) for s in answered)
+    assert all(s == "ConnectionError" for s, _ in results if not isinstance(s, int)), results
+    assert answered, results
+    live.start_router()
+    assert classify(system, encode_image(images(1)[0], "png")).status_code == 200
+
+
 def test_cloud_outage_gives_degraded_edge_answers(system):
     """Last: stops the cloud instance."""
     body = encode_image(images(1)[0], "png")
-    stop(system["insts"]["cloud"])
+    system["live"].stop_ts("cloud")
     r = classify(system, body, threshold=1.0, expert="pristine")
     assert r.status_code == 200, r.text
     got = r.json()

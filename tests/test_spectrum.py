@@ -32,10 +32,12 @@ def test_gray_is_rec601_luma():
 
 
 def test_log_magnitude_formula():
+    """The float32 OpenCV DFT in serving matches the float64 definition (what training saw
+    before the switch) within 1e-4."""
     image = textured_image(2)
     g = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     m = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(g))))
-    np.testing.assert_allclose(spectrum(image), (m - m.min()) / (m.max() - m.min()), atol=1e-6)
+    np.testing.assert_allclose(spectrum(image), (m - m.min()) / (m.max() - m.min()), atol=1e-4)
 
 
 def _high_frequency_energy(image):

@@ -1,0 +1,300 @@
+"""The live system, started and stopped in one place: edge and cloud TorchServe and the router.
+
+    with LiveSystem(model_store, run_dir) as system:          # loopback, test ports
+        requests.post(f"{system.url}/v1/classify", data=png)
+        system.pids(), system.rss_mb(), system.keys("cloud")
+
+    python -m benchmarks.live up --model-store model_store --run-dir run --port 8000   # the demo
+    python -m benchmarks.live down --run-dir run
+
+The serving tests, the demo and every benchmark use this module (and `benchmarks.loadgen` for
+load), so the system they measure is started the same way everywhere: TorchServe through
+`edge_router.torchserve` (token auth on, the repository's `config.properties`), the router as its
+own process (`python -m edge_router`). Options:
+
+- `cpus`: pin each part with `taskset` ({"edge": "0", "cloud": "1", "router": "0"});
+- `link`: a `benchmarks.netem.Link`: the cloud runs in the cloud namespace, the edge TorchServe and
+  the router in the edge namespace (the router on the device-side address), and the router's health
+  is polled from the device namespace, the only place that reaches it;
+- `router_options`: extra `python -m edge_router` flags (deadline, limits, ...).
+
+Everything started is stopped on exit, also on failure; `down` stops what `up` left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from core.cli import run_cli
+from core.errors import UserInputError
+from edge_router.torchserve import DEFAULT_PORTS, Ports, instance
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = ("edge", "cloud")
+# Test ports, away from the defaults a user's own instances (8080/8090, router 8000) listen on.
+TEST_PORTS = {"edge": Ports(18380, 18381, 18382, 17370, 17371),
+              "cloud": Ports(18390, 18391, 18392, 17390, 17391)}
+TEST_ROUTER_PORT = 18300
+
+
+def wait_until_healthy(url: str, *, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    """Poll a router's /healthz until it answers 200; fails early if `proc` (its process) exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("the router exited during start-up")
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the router at {url} did not become healthy in {timeout:.0f} s")
+
+
+def torchserve_frontend(inst) -> psutil.Process | None:
+    """The Java frontend of a TorchServe instance (from the pid file in its TMPDIR)."""
+    try:
+        return psutil.Process(int((inst.workdir / "tmp" / ".model_server.pid").read_text()))
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+def torchserve_processes(inst, name: str) -> dict[str, psutil.Process]:
+    """<name>_frontend_java and <name>_worker_<i> of one TorchServe instance."""
+    front = torchserve_frontend(inst)
+    if front is None:
+        return {}
+    out = {f"{name}_frontend_java": front}
+    try:
+        children = sorted(front.children(recursive=True), key=lambda p: p.pid)
+    except psutil.Error:
+        children = []
+    out.update({f"{name}_worker_{i}": c for i, c in enumerate(children)})
+    return out
+
+
+def rss_mb(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, p in processes.items():
+        try:
+            out[name] = round(p.memory_info().rss / 2**20, 1)
+        except psutil.Error:
+            continue
+    return out
+
+
+class LiveSystem:
+    def __init__(self, model_store: str | Path, run_dir: str | Path, *,
+                 edge_models: list[str] | None = None, cloud_models: list[str] | None = None,
+                 ports: dict[str, Ports] | None = None, router_port: int = TEST_ROUTER_PORT,
+                 router_options: list[str] | None = None, cpus: dict[str, str] | None = None,
+                 link=None, log_level: str = "WARNING", env: dict[str, str] | None = None,
+                 wait_s: float = 240):
+        from benchmarks import netem
+
+        self.store = Path(model_store).resolve()
+        self.run_dir = Path(run_dir).resolve()
+        self.models = {"edge": edge_models or ["all"], "cloud": cloud_models or ["all"]}
+        self.link, self.cpus = link, dict(cpus or {})
+        self.router_options, self.log_level, self.wait_s = list(router_options or []), log_level, wait_s
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        ports = ports or (TEST_PORTS if link is None else DEFAULT_PORTS)
+        # where each part listens: loopback, or the namespaces' addresses
+        self.hosts = {"edge": "127.0.0.1", "cloud": netem.ADDR["cloud"] if link else "127.0.0.1",
+                      "router": netem.ADDR["edge_dev"] if link else "127.0.0.1"}
+        self.insts = {r: instance(r, run_dir=self.run_dir, ports=ports[r], host=self.hosts[r])
+                      for r in ROLES}
+        self.router_port = router_port
+        self.url = f"http://{self.hosts['router']}:{router_port}"
+        self.router: subprocess.Popen | None = None
+
+    # -- parts ----------------------------------------------------------------------------------
+    def _argv(self, part: str, argv: list[str]) -> list[str]:
+        """`argv` pinned to the part's CPUs and run in its namespace, as configured."""
+        if part in self.cpus:
+            argv = ["taskset", "-c", self.cpus[part], *argv]
+        if self.link is not None:
+            argv = self.link.exec_args("cloud" if part == "cloud" else "edge", argv)
+        return argv
+
+    def start_ts(self, role: str) -> None:
+        inst = self.insts[role]
+        ports = inst.ports
+        cmd = [sys.executable, "-m", "edge_router.torchserve", "start", role, "--run-dir",
+               str(self.run_dir), "--host", inst.host, "--model-store", str(self.store),
+               "--wait-s", str(self.wait_s), "--ports", *map(str, (ports.inference, ports.management,
+                                                                  ports.metrics, ports.grpc_inference,
+                                                                  ports.grpc_management)),
+               "--models", *self.models[role]]
+        r = subprocess.run(self._argv(role, cmd), env=self.env, timeout=self.wait_s + 120,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"TorchServe {role} did not start: {(r.stderr or r.stdout).strip()[-500:]}")
+
+    def stop_ts(self, role: str) -> None:
+        inst = self.insts[role]
+        cmd = [sys.executable, "-m", "edge_router.torchserve", "stop", role, "--run-dir",
+               str(self.run_dir), "--host", inst.host, "--ports",
+               *map(str, (inst.ports.inference, inst.ports.management, inst.ports.metrics,
+                          inst.ports.grpc_inference, inst.ports.grpc_management))]
+        subprocess.run(self._argv(role, cmd), env=self.env, timeout=120, capture_output=True, check=False)
+
+    def router_argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "edge_router", "--host", self.hosts["router"],
+                "--port", str(self.router_port), "--run-dir", str(self.run_dir),
+                "--model-store", str(self.store), "--log-level", self.log_level, "--refresh-s", "1"]
+        for role, inst in self.insts.items():
+            argv += [f"--{role}-url", inst.inference_url, f"--{role}-management-url", inst.management_url]
+        return [*argv, *self.router_options]
+
+    def start_router(self, *, wait_s: float = 60) -> None:
+        log = open(self.run_dir / "router.log", "ab")   # noqa: SIM115 - the child owns it
+        self.router = subprocess.Popen(self._argv("router", self.router_argv()), env=self.env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if self.link is None:
+            wait_until_healthy(self.url, proc=self.router, timeout=wait_s)
+            return
+        # the router's address is reached from the device namespace only
+        probe = ("import sys; from benchmarks.live import wait_until_healthy; "
+                 "wait_until_healthy(sys.argv[1], timeout=float(sys.argv[2]))")
+        r = subprocess.run(self.link.exec_args("dev", [sys.executable, "-c", probe, self.url, str(wait_s)]),
+                           env=self.env, timeout=wait_s + 30, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"the router in the edge namespace did not become healthy ({self.url})")
+
+    def stop_router(self, *, timeout: float = 40) -> int | None:
+        """SIGTERM (the router drains), then SIGKILL past `timeout`; returns the exit code."""
+        proc, self.router = self.router, None
+        if proc is None:
+            return None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=10)
+
+    # -- the whole ------------------------------------------------------------------------------
+    def start(self) -> LiveSystem:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_ts("cloud")
+            self.start_ts("edge")
+            self.start_router()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.stop_router()
+        for role in ROLES:
+            self.stop_ts(role)
+
+    def __enter__(self) -> LiveSystem:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- what a benchmark or test needs to know ------------------------------------------------------
+    def keys(self, role: str) -> dict[str, str]:
+        """The instance's tokens ('inference', 'management')."""
+        return self.insts[role].keys()
+
+    def auth(self, role: str, kind: str = "inference") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys(role)[kind]}"}
+
+    def frontend(self, role: str) -> psutil.Process | None:
+        return torchserve_frontend(self.insts[role])
+
+    def workers(self, role: str) -> set[int]:
+        front = self.frontend(role)
+        try:
+            return {c.pid for c in front.children(recursive=True)} if front else set()
+        except psutil.Error:
+            return set()
+
+    def processes(self) -> dict[str, psutil.Process]:
+        """Every process of the system by role: router, <role>_frontend_java, <role>_worker_<i>."""
+        out = {}
+        if self.router is not None and self.router.poll() is None:
+            out["router"] = psutil.Process(self.router.pid)
+        for role in ROLES:
+            out.update(torchserve_processes(self.insts[role], role))
+        return out
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.processes().items()}
+
+    def rss_mb(self) -> dict[str, float]:
+        return rss_mb(self.processes())
+
+    def describe(self) -> dict:
+        """Endpoints and PIDs (never tokens), as `up` prints them."""
+        return {"router": self.url, "router_pid": self.router.pid if self.router else None,
+                **{f"{r}_inference": i.inference_url for r, i in self.insts.items()},
+                **{f"{r}_management": i.management_url for r, i in self.insts.items()},
+                "key_files": {r: str(i.key_file) for r, i in self.insts.items()},
+                "pids": self.pids(), "rss_mb": self.rss_mb()}
+
+
+# -- `up` / `down` for the demo and for people ---------------------------------------------------------
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Start (up) or stop (down) edge + cloud TorchServe and the "
+                                "router on loopback; `up` returns once the router is healthy.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("action", choices=("up", "down"))
+    p.add_argument("--model-store", default="model_store")
+    p.add_argument("--run-dir", default="run")
+    p.add_argument("--port", type=int, default=8000, help="the router's port")
+    p.add_argument("--edge-models", nargs="+", default=["all"],
+                   help="archives registered on the edge (all: every edge_*)")
+    p.add_argument("--cloud-models", nargs="+", default=["all"],
+                   help="archives registered on the cloud (all: every cloud_* and full_*)")
+    p.add_argument("--router-option", action="append", default=[],
+                   help="extra `python -m edge_router` flag, e.g. --router-option=--max-in-flight=16")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    system = LiveSystem(args.model_store, args.run_dir, ports=DEFAULT_PORTS, router_port=args.port,
+                        router_options=args.router_option, edge_models=args.edge_models,
+                        cloud_models=args.cloud_models)
+    state = Path(args.run_dir).resolve() / "router.pid"
+    if args.action == "up":
+        if not (Path(args.model_store) / "distortion_classifier.mar").is_file():
+            raise UserInputError(f"{args.model_store} has no archives: run python -m export.archive")
+        system.start()
+        state.write_text(str(system.router.pid))
+        print(json.dumps(system.describe(), indent=1))
+        system.router = None   # left running: `down` stops it
+        return 0
+    if state.is_file():
+        try:
+            pid = int(state.read_text())
+            os.kill(pid, signal.SIGTERM)
+            psutil.Process(pid).wait(timeout=40)
+        except (ValueError, ProcessLookupError, psutil.Error):
+            pass
+        state.unlink(missing_ok=True)
+    for role in ROLES:
+        system.stop_ts(role)
+    print("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))

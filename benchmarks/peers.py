@@ -1,0 +1,488 @@
+"""This stack beside the peers a user would pick instead, in one run, same images, same machine.
+
+    python -m benchmarks.peers --out docs/results/peers
+
+At 64 and 224 px (random-weight early-exit MobileNetV2 and the trained classifier, built by
+`benchmarks.synthetic`; latency does not depend on the weights), with every server process pinned
+to CPU 0 and this client to CPU 1:
+
+- (a) `in_process`: `export.pipeline.Pipeline` called directly (decode, classifier, edge stages,
+  cloud segment when offloading), no HTTP;
+- (b) `minimal`: the same onnxruntime pipeline in one uvicorn process (`benchmarks.peers_minimal`),
+  what a user would write instead of this bundle;
+- (c) `torchserve_eager` (224 px only: its stock transforms crop to 224): the whole MobileNetV2 in
+  one archive behind TorchServe's stock `image_classifier` handler, PyTorch eager, 1 thread;
+- (d) `this_stack`: the router (classifier inside) with the edge and cloud TorchServe on loopback
+  (`benchmarks.live`).
+
+Two paths, forced by the threshold: `edge_exit` (0.01: the first side branch answers) and
+`offload` (1.0: the split goes to the cloud segment). For each: single-client p50/p99 over
+`--requests` sequential requests, then throughput and p99 with 1, 4, 16 and 32 keep-alive clients
+(`benchmarks.loadgen`, `--seconds` a level), and the RSS of every server process. The answers of (b)
+and (d) are checked against (a) (expert, exit, class) on the same images. Writes peers.json (with
+the `ratios` the project tracks), peers.csv, peers.md and peers.png under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import requests
+
+from benchmarks.live import LiveSystem, rss_mb, torchserve_processes, wait_until_healthy
+from benchmarks.loadgen import LoadClient, percentiles
+from benchmarks.synthetic import build_store
+from core.cli import progress, run_cli, write_json
+from core.errors import UserInputError
+from core.imaging import decode_image, encode_image
+from training.checkpoints import command_line
+
+PATHS = {"edge_exit": 0.01, "offload": 1.0}
+LEVELS = (1, 4, 16, 32)
+SERVER_CPU, CLIENT_CPU = 0, 1
+MINIMAL_PORT, EAGER_PORTS = 18500, (18580, 18581, 18582, 17580, 17581)
+EAGER = "eager_mobilenet_v2"
+EAGER_MODEL_FILE = """from torchvision.models.mobilenetv2 import MobileNetV2
+
+
+class EagerMobileNetV2(MobileNetV2):
+    def __init__(self):
+        super().__init__(num_classes=10)
+"""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
+    p.add_argument("--classifier", default="models/torch/classifier.pt")
+    p.add_argument("--requests", type=int, default=200, help="sequential requests per single-client run")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--seconds", type=float, default=6.0, help="length of each concurrency level")
+    p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    p.add_argument("--max-requests", type=int, default=20000, help="cap per concurrency level")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default="docs/results/peers")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and psutil.cpu_count() > 1:
+        os.sched_setaffinity(0, {cpu})
+
+
+def image_bodies(size: int, n: int, data_root: str | None) -> list[bytes]:
+    from training.datasets import DistortionPolicy, distorted_image, load_source
+
+    source = load_source("fashion-mnist", "test", limit=n, data_root=data_root)
+    policy = DistortionPolicy(fixed=("pristine", 0), seed=0)
+    return [encode_image(distorted_image(source, i, size, policy)[0], "png") for i in range(len(source))]
+
+
+def single_client(url: str, bodies: list[bytes], params: dict, args, headers: dict | None = None) -> dict:
+    """Sequential requests on one keep-alive connection: p50/p99 after `--warmup`."""
+    s = requests.Session()
+    s.headers.update(headers or {})
+    ms = []
+    for i in range(args.warmup + args.requests):
+        t = time.perf_counter()
+        r = s.post(url, data=bodies[i % len(bodies)], params=params, timeout=60)
+        dt = (time.perf_counter() - t) * 1000
+        if r.status_code != 200:
+            raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:200]}")
+        if i >= args.warmup:
+            ms.append(dt)
+    return {**percentiles(ms), "n": len(ms)}
+
+
+def levels(
+    base: str, path: str, bodies: list[bytes], params: dict, args, headers: dict | None = None
+) -> list[dict]:
+    rows = []
+    for c in args.levels:
+        load = LoadClient(
+            base,
+            bodies,
+            clients=c,
+            params=params,
+            path=path,
+            headers=headers,
+            keep_answers=False,
+            timeout_s=30,
+        )
+        rows.append(load.run(seconds=args.seconds, max_requests=args.max_requests))
+    return rows
+
+
+def measure(
+    name: str, base: str, path: str, bodies: list[bytes], args, *, paths=PATHS, headers: dict | None = None
+) -> dict:
+    out = {}
+    for p, threshold in paths.items():
+        params = {"threshold": threshold} if threshold is not None else {}
+        single = single_client(base + path, bodies, params, args, headers)
+        rows = levels(base, path, bodies, params, args, headers)
+        out[p] = {"single": single, "levels": rows}
+        peak = max(r["throughput_rps"] for r in rows)
+        print(
+            f"  {name:17s} {p:9s} p50 {single['p50_ms']:7.2f} ms p99 {single['p99_ms']:7.2f} ms | "
+            f"peak {peak:6.1f} req/s | "
+            + " ".join(f"c{r['concurrency']}:{r['throughput_rps']:.0f}" for r in rows),
+            flush=True,
+        )
+    return out
+
+
+def agreement(url: str, bodies: list[bytes], reference: dict, headers=None) -> dict:
+    """Share of (expert, exit, class) equal to the in-process answers, per path."""
+    s = requests.Session()
+    out = {}
+    for p, threshold in PATHS.items():
+        same = 0
+        for body, ref in zip(bodies, reference[p], strict=True):
+            got = s.post(url, data=body, params={"threshold": threshold}, timeout=60).json()
+            same += (got["expert"], got["exit"], got["class"]) == (ref["expert"], ref["exit"], ref["class"])
+        out[p] = {"same": same, "of": len(bodies)}
+    return out
+
+
+def in_process(pipeline, bodies: list[bytes], args) -> dict:
+    """(a): decode + Pipeline.infer on CPU 0, one request at a time."""
+    pin(SERVER_CPU)
+    try:
+        out = {}
+        for p, threshold in PATHS.items():
+            ms = []
+            for i in range(args.warmup + args.requests):
+                t = time.perf_counter()
+                pipeline.infer([decode_image(bodies[i % len(bodies)])], threshold)
+                if i >= args.warmup:
+                    ms.append((time.perf_counter() - t) * 1000)
+            single = {**percentiles(ms), "n": len(ms)}
+            # one thread is all it has: its throughput is the inverse of its mean time
+            out[p] = {
+                "single": single,
+                "levels": [
+                    {
+                        "concurrency": 1,
+                        "throughput_rps": round(1000 / float(np.mean(ms)), 2),
+                        **percentiles(ms),
+                    }
+                ],
+            }
+            print(
+                f"  {'in_process':17s} {p:9s} p50 {single['p50_ms']:7.2f} ms p99 {single['p99_ms']:7.2f} ms",
+                flush=True,
+            )
+        return out
+    finally:
+        pin(CLIENT_CPU)
+
+
+def run_minimal(store: Path, bodies, reference, args) -> dict:
+    proc = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(SERVER_CPU),
+            sys.executable,
+            "-m",
+            "benchmarks.peers_minimal",
+            "--models",
+            str(store),
+            "--port",
+            str(MINIMAL_PORT),
+        ]
+    )
+    try:
+        base = f"http://127.0.0.1:{MINIMAL_PORT}"
+        wait_until_healthy(base, proc=proc, timeout=120)
+        result = measure("minimal", base, "/v1/classify", bodies, args)
+        result["agreement"] = agreement(base + "/v1/classify", bodies[:16], reference)
+        result["rss_mb"] = rss_mb({"minimal": psutil.Process(proc.pid)})
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def run_stack(store: Path, run_dir: Path, bodies, reference, args) -> dict:
+    cpu = str(SERVER_CPU)
+    with LiveSystem(
+        store,
+        run_dir,
+        cpus={"edge": cpu, "cloud": cpu, "router": cpu},
+        router_options=["--deadline-ms", "30000"],
+    ) as system:
+        result = measure("this_stack", system.url, "/v1/classify", bodies, args)
+        result["agreement"] = agreement(system.url + "/v1/classify", bodies[:16], reference)
+        result["rss_mb"] = system.rss_mb()
+        return result
+
+
+def build_eager_archive(folder: Path) -> Path:
+    """The whole torchvision MobileNetV2 (10 classes) for TorchServe's stock image_classifier."""
+    import torch
+    from torchvision.models import mobilenet_v2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(EAGER_MODEL_FILE)
+    torch.manual_seed(0)
+    torch.save(mobilenet_v2(num_classes=10).state_dict(), folder / "weights.pth")
+    store = folder / "store"
+    store.mkdir(exist_ok=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "torch-model-archiver"),
+            "--model-name",
+            EAGER,
+            "--version",
+            "1.0",
+            "--model-file",
+            str(folder / "model.py"),
+            "--serialized-file",
+            str(folder / "weights.pth"),
+            "--handler",
+            "image_classifier",
+            "--export-path",
+            str(store),
+            "--force",
+        ],
+        check=True,
+    )
+    return store
+
+
+def run_eager(folder: Path, bodies, args) -> dict:
+    from edge_router.torchserve import Ports, instance
+
+    store = build_eager_archive(folder)
+    inst = instance("edge", run_dir=folder / "run", ports=Ports(*EAGER_PORTS))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    ts = [sys.executable, "-m", "edge_router.torchserve"]
+    where = ["--run-dir", str(folder / "run"), "--ports", *map(str, EAGER_PORTS)]
+    subprocess.run(
+        [
+            "taskset",
+            "-c",
+            str(SERVER_CPU),
+            *ts,
+            "start",
+            "edge",
+            *where,
+            "--model-store",
+            str(store),
+            "--models",
+            EAGER,
+            "--wait-s",
+            "240",
+        ],
+        check=True,
+        env=env,
+    )
+    try:
+        headers = {"Authorization": f"Bearer {inst.keys()['inference']}"}
+        result = measure(
+            "torchserve_eager",
+            inst.inference_url,
+            f"/predictions/{EAGER}",
+            bodies,
+            args,
+            paths={"whole_network": None},
+            headers=headers,
+        )
+        result["rss_mb"] = rss_mb(torchserve_processes(inst, "torchserve"))
+        return result
+    finally:
+        subprocess.run([*ts, "stop", "edge", *where], env=env, check=False)
+
+
+def p50(r: dict, contender: str, path: str) -> float:
+    return r[contender][path]["single"]["p50_ms"]
+
+
+def peak(r: dict, contender: str, path: str) -> float:
+    return max(x["throughput_rps"] for x in r[contender][path]["levels"])
+
+
+def ratios(sizes: dict) -> dict:
+    out = {}
+    for size, r in sizes.items():
+        out[f"edge_exit_p50_vs_minimal_{size}"] = round(
+            p50(r, "this_stack", "edge_exit") / p50(r, "minimal", "edge_exit"), 2
+        )
+        out[f"offload_p50_vs_minimal_{size}"] = round(
+            p50(r, "this_stack", "offload") / p50(r, "minimal", "offload"), 2
+        )
+        out[f"throughput_vs_minimal_{size}"] = round(
+            peak(r, "this_stack", "edge_exit") / peak(r, "minimal", "edge_exit"), 2
+        )
+        if "torchserve_eager" in r:
+            out[f"throughput_vs_torchserve_eager_{size}"] = round(
+                peak(r, "this_stack", "edge_exit") / peak(r, "torchserve_eager", "whole_network"), 2
+            )
+            out[f"edge_exit_p50_vs_torchserve_eager_{size}"] = round(
+                p50(r, "this_stack", "edge_exit") / p50(r, "torchserve_eager", "whole_network"), 2
+            )
+    return out
+
+
+def main(args: argparse.Namespace) -> dict:
+    from export.pipeline import Pipeline
+
+    if psutil.cpu_count() < 2:
+        raise UserInputError("peers pins the servers and the client to different CPUs: needs 2 cores")
+    if not Path(args.classifier).is_file():
+        raise UserInputError(f"{args.classifier} not found: train the distortion classifier first")
+    pin(CLIENT_CPU)
+    started = time.time()
+    result = {
+        "command": command_line(),
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
+        "pinning": {"servers": SERVER_CPU, "client": CLIENT_CPU},
+        "paths": {k: f"threshold {v}" for k, v in PATHS.items()},
+        "weights": "random early-exit MobileNetV2 + trained classifier (latency does not depend "
+        "on the weights)",
+        "sizes": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="peers_") as tmp:
+        tmp = Path(tmp)
+        for size in progress(args.sizes, desc="sizes", quiet=True):
+            print(f"{size} px:", flush=True)
+            store = build_store(size, tmp / str(size), classifier=args.classifier, data_root=args.data_root)
+            bodies = image_bodies(size, 64, args.data_root)
+            pipeline = Pipeline(store)
+            reference = {
+                p: pipeline.infer([decode_image(b) for b in bodies[:16]], t) for p, t in PATHS.items()
+            }
+            r = {"in_process": in_process(pipeline, bodies, args)}
+            del pipeline
+            r["minimal"] = run_minimal(store, bodies, reference, args)
+            r["this_stack"] = run_stack(store, tmp / str(size) / "run", bodies, reference, args)
+            if size == 224:
+                r["torchserve_eager"] = run_eager(tmp / "eager", bodies, args)
+            result["sizes"][str(size)] = r
+    result["ratios"] = ratios(result["sizes"])
+    result["agreement_ok"] = all(
+        a["same"] == a["of"]
+        for r in result["sizes"].values()
+        for c in ("minimal", "this_stack")
+        for a in r[c]["agreement"].values()
+    )
+    result["seconds"] = round(time.time() - started)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "peers.json", result)
+    write_csv(result, out / "peers.csv")
+    write_markdown(result, out / "peers.md")
+    plot(result, out / "peers.png")
+    print("ratios:", result["ratios"], "| answers agree:", result["agreement_ok"])
+    return result
+
+
+def rows(result: dict):
+    for size, r in result["sizes"].items():
+        for contender, paths in r.items():
+            for path, m in paths.items():
+                if path in ("agreement", "rss_mb"):
+                    continue
+                for lv in m["levels"]:
+                    yield {
+                        "size": size,
+                        "contender": contender,
+                        "path": path,
+                        "single_p50_ms": m["single"]["p50_ms"],
+                        "single_p99_ms": m["single"]["p99_ms"],
+                        "clients": lv["concurrency"],
+                        "throughput_rps": lv["throughput_rps"],
+                        "p99_ms": lv["p99_ms"],
+                        "errors": lv.get("errors", 0),
+                    }
+
+
+def write_csv(result: dict, path: Path) -> None:
+    data = list(rows(result))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(data[0]))
+        w.writeheader()
+        w.writerows(data)
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    lines = [
+        "# This stack beside its peers",
+        "",
+        f"`{result['command']}` ({result['machine']}; servers on "
+        f"CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}; {result['weights']}; {result['seconds']} s).",
+        "",
+        "| size | contender | path | single p50 ms | single p99 ms | peak req/s | p99 ms at peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size, r in result["sizes"].items():
+        for contender, paths in r.items():
+            for p, m in paths.items():
+                if p in ("agreement", "rss_mb"):
+                    continue
+                best = max(m["levels"], key=lambda x: x["throughput_rps"])
+                lines.append(
+                    f"| {size} | {contender} | {p} | {m['single']['p50_ms']} | {m['single']['p99_ms']} | "
+                    f"{best['throughput_rps']} (c={best['concurrency']}) | {best['p99_ms']} |"
+                )
+    lines += ["", "RSS (MB) of every server process:", ""]
+    for size, r in result["sizes"].items():
+        for contender, paths in r.items():
+            if "rss_mb" in paths:
+                total = round(sum(paths["rss_mb"].values()), 1)
+                lines.append(f"- {size} px {contender}: {total} MB in all ({paths['rss_mb']})")
+    lines += ["", "Ratios (this stack / peer):", ""]
+    lines += [f"- `{k}`: {v}" for k, v in result["ratios"].items()]
+    lines += [
+        "",
+        f"Answers of `minimal` and `this_stack` equal to `in_process` (expert, exit, class) on the "
+        f"checked images: {result['agreement_ok']}.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(result["sizes"])
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for contender, paths in result["sizes"][size].items():
+            for p, m in paths.items():
+                if p in ("agreement", "rss_mb") or len(m["levels"]) < 2:
+                    continue
+                xs = [lv["concurrency"] for lv in m["levels"]]
+                ax.plot(
+                    xs, [lv["throughput_rps"] for lv in m["levels"]], marker="o", label=f"{contender} {p}"
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("answers / s")
+        ax.set_title(f"{size} px, servers on one core")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser))

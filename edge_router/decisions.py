@@ -1,0 +1,343 @@
+"""What the router decides for one request, with no HTTP in it.
+
+The front door (`edge_router.app`) parses HTTP and hands this module a body and `Options`; the
+TorchServe instances are reached through an `Upstream` (the app's pooled async HTTP client, or a
+fake one in the unit tests). The decisions, in order:
+
+1. **Expert**: the one the request names (`expert=`), else the expert of the distortion the
+   classifier (run in process, `classify_distortion`) finds most likely.
+2. **Edge**: the expert's edge segments on the edge TorchServe, with the request's exit threshold.
+   A side branch confident enough answers there.
+3. **Offload**: otherwise the split tensor goes unchanged to the cloud expert, and the final-exit
+   rule (`core.exits.decide`) picks the answer from every branch and the final exit. `edge_only`
+   never offloads: the most confident side branch answers.
+4. **Degraded answers**: a cloud that is unreachable, answers 5xx or would miss the deadline does not
+   fail the request: the most confident edge branch answers, marked `degraded` with the reason.
+5. **Deadlines**: every upstream call gets what is left of the request's deadline; a step that would
+   start after it is refused with 504 (on the edge) or degrades (on the cloud).
+6. **cloud_only**: the image goes to the cloud's `full_<expert>` archive (the no-edge baseline);
+   a missing archive is the request's fault (404), not the system's.
+
+Every refusal is a `RouterError` with the HTTP status the front door answers and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from core import wire
+from core.exits import decide
+from core.imaging import DEFAULT_MAX_BYTES, header_dimensions, image_format
+from edge_router.discovery import Catalogue, ExpertPair
+
+MIN_DEADLINE_MS = 50.0
+EXIT_NAMES = ("branch0", "branch1", "branch2", "final")
+MODES = ("auto", "edge_only", "cloud_only")
+
+
+class RouterError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Options:
+    threshold: float
+    compression: str
+    deadline_s: float
+    expert: str | None
+    mode: str
+
+
+@dataclass
+class Defaults:
+    threshold: float = 0.8
+    deadline_ms: float = 2000.0
+    max_body_bytes: int = DEFAULT_MAX_BYTES
+
+
+def parse_options(params: Mapping[str, list[str]], defaults: Defaults) -> Options:
+    """Query parameters (name -> every value given) to Options; RouterError(400) on anything odd."""
+    known = {"threshold", "compression", "deadline_ms", "expert", "mode"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise RouterError(400, f"unknown query parameter(s): {', '.join(repr(u[:30]) for u in unknown)}")
+
+    def one(name: str, default: str | None = None) -> str | None:
+        values = params.get(name)
+        if not values:
+            return default
+        if len(values) > 1:
+            raise RouterError(400, f"{name} given more than once")
+        return values[0]
+
+    def number(name: str, default: float, lo: float, hi: float) -> float:
+        raw = one(name)
+        if raw is None:
+            return default
+        try:
+            v = float(raw)
+        except ValueError:
+            raise RouterError(400, f"{name} is not a number") from None
+        if not lo < v <= hi:
+            raise RouterError(400, f"{name} must be in ({lo:g}, {hi:g}]")
+        return v
+
+    threshold = number("threshold", defaults.threshold, 0.0, 1.0)
+    deadline_ms = number("deadline_ms", defaults.deadline_ms, 0.0, 600_000.0)
+    if deadline_ms < MIN_DEADLINE_MS:   # no edge can answer sooner: refuse rather than time out
+        raise RouterError(400, f"deadline_ms must be at least {MIN_DEADLINE_MS:g}")
+    compression = (one("compression", "fp32") or "").lower()
+    if compression not in wire.COMPRESSIONS:
+        raise RouterError(400, "compression must be fp32, fp16 or int8")
+    mode = (one("mode", "auto") or "").lower()
+    if mode not in MODES:
+        raise RouterError(400, "mode must be auto, edge_only or cloud_only")
+    expert = one("expert")
+    if expert is not None and (not expert or len(expert) > 64
+                               or not all(c.isalnum() or c in "_-" for c in expert)):
+        raise RouterError(400, "expert must be a registered expert's name")
+    return Options(threshold, compression, deadline_ms / 1000.0, expert, mode)
+
+
+def parse_query(query: str, defaults: Defaults) -> Options:
+    """A URL query string to Options (at most 20 fields); RouterError(400) on anything odd."""
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=False, max_num_fields=20)
+    except ValueError:
+        raise RouterError(400, "too many query parameters") from None
+    return parse_options(params, defaults)
+
+
+def check_image(body: bytes, max_bytes: int) -> None:
+    """Cheap checks before any server is bothered: size, JPEG/PNG signature, sane header."""
+    if not body:
+        raise RouterError(400, "empty body: POST a JPEG or PNG image")
+    if len(body) > max_bytes:
+        raise RouterError(413, f"image of {len(body)} bytes exceeds the limit of {max_bytes}")
+    if image_format(body) is None:
+        raise RouterError(415, "not a JPEG or PNG image")
+    try:
+        header_dimensions(body)
+    except Exception as exc:  # noqa: BLE001 - any header problem is the client's
+        raise RouterError(400, " ".join(str(exc).split())[:200]) from None
+
+
+# -- the upstream TorchServe instances, as this module sees them -----------------------------------
+@dataclass
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    def json(self, step: str) -> dict:
+        try:
+            data = json.loads(self.content)
+        except ValueError:
+            raise RouterError(502, f"{step} returned no JSON") from None
+        if not isinstance(data, dict):
+            raise RouterError(502, f"{step} returned unexpected JSON")
+        return data
+
+    def reason(self) -> str:
+        try:
+            data = json.loads(self.content)
+            msg = data.get("error") or data.get("message") or f"status {self.status}"
+        except (ValueError, AttributeError):
+            msg = f"status {self.status}"
+        return " ".join(str(msg).split())[:200]
+
+
+class UpstreamTimeout(Exception):
+    """No answer within the time given."""
+
+
+class UpstreamUnreachable(Exception):
+    """No connection could be made, or it broke before an answer."""
+
+
+class Upstream(Protocol):
+    async def post(self, role: str, model: str, body: bytes, headers: dict[str, str],
+                   timeout_s: float) -> Reply:
+        """POST `body` to `predictions/<model>` of the `role` ('edge' or 'cloud') instance."""
+        ...
+
+
+# The distortion classifier as the decisions see it: image bytes -> (distortion, probabilities).
+ClassifyDistortion = Callable[[bytes], Awaitable[tuple[str, dict[str, float]]]]
+
+
+@dataclass
+class Decider:
+    """Answers one request: `await decider.answer(body, options)` -> the JSON answer (a dict)."""
+
+    catalogue: Callable[[], Catalogue]
+    classify_distortion: ClassifyDistortion | None
+    upstream: Upstream
+    defaults: Defaults = field(default_factory=Defaults)
+
+    async def answer(self, body: bytes, options: Options) -> dict:
+        started = time.perf_counter()
+        deadline = started + options.deadline_s
+        check_image(body, self.defaults.max_body_bytes)
+        if options.mode == "cloud_only":
+            return await self._cloud_only(body, options, started, deadline)
+        timings: dict[str, float] = {}
+        pair, distortion, probabilities = await self._expert(body, options, timings)
+
+        t = time.perf_counter()
+        reply = await self._call("edge", f"edge_{pair.name}", body,
+                                 {"X-Exit-Threshold": repr(options.threshold),
+                                  "X-Offload-Compression": options.compression}, deadline, "edge")
+        timings["edge_ms"] = _ms(t)
+        out = {"expert": pair.name, "distortion": distortion, "distortion_probabilities": probabilities,
+               "threshold": options.threshold, "offloaded": False, "offloaded_bytes": 0,
+               "degraded": False}
+        names = pair.edge.class_names
+        head_len = reply.headers.get(wire.HEADER_LENGTH)
+        if head_len is None:      # a side branch answered on the edge
+            edge = reply.json("edge")
+            try:
+                out.update(exit=edge["exit"], exit_name=edge["exit_name"], **{"class": edge["class"]},
+                           class_name=edge["class_name"], confidence=edge["confidence"])
+            except KeyError as exc:
+                raise RouterError(502, f"edge answer lacks {exc}") from None
+        else:
+            try:
+                message = wire.decode(reply.content, head_len)
+            except wire.WireError as exc:
+                raise RouterError(502, f"edge returned a malformed tensor: {exc}") from None
+            conf, pred = _branches(message.parameters.get("branches"), len(pair.edge.exits), len(names))
+            if options.mode == "edge_only":
+                _best_branch(out, conf, pred, names)
+                out["exit_note"] = "edge_only: the most confident side branch"
+            else:
+                await self._offload(out, reply, head_len, conf, pred, names, pair, options, deadline,
+                                    timings)
+        timings["total_ms"] = _ms(started)
+        out["timings_ms"] = {k: round(v, 3) for k, v in timings.items()}
+        return out
+
+    async def _expert(self, body: bytes, options: Options, timings: dict
+                      ) -> tuple[ExpertPair, str | None, dict | None]:
+        cat = self.catalogue()
+        if options.expert is not None:
+            pair = cat.experts.get(options.expert)
+            if pair is None:
+                raise RouterError(404, f"expert {options.expert!r} is not registered on both edge and "
+                                       f"cloud (known: {', '.join(sorted(cat.experts)) or 'none'})")
+            return pair, None, None
+        if self.classify_distortion is None:
+            raise RouterError(503, "no distortion classifier loaded on the router")
+        t = time.perf_counter()
+        distortion, probabilities = await self.classify_distortion(body)
+        timings["classifier_ms"] = _ms(t)
+        pair = cat.expert_for(distortion)
+        if pair is None:
+            raise RouterError(503, f"no expert registered for {distortion}")
+        return pair, distortion, probabilities
+
+    async def _offload(self, out: dict, reply: Reply, head_len: str, conf: list, pred: list,
+                       names: list[str], pair: ExpertPair, options: Options, deadline: float,
+                       timings: dict) -> None:
+        out["offloaded"] = True
+        out["offloaded_bytes"] = len(reply.content) - int(head_len)
+        out["compression"] = options.compression
+        t = time.perf_counter()
+        try:
+            cloud = (await self._call("cloud", f"cloud_{pair.name}", reply.content,
+                                      {wire.HEADER_LENGTH: head_len, "Content-Type": wire.CONTENT_TYPE},
+                                      deadline, "cloud")).json("cloud")
+            try:
+                final = cloud["predictions"][0]
+                final_conf, final_class = float(final["confidence"]), int(final["class"])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise RouterError(502, "cloud answer lacks predictions[0]") from None
+            if not 0 <= final_class < len(names):
+                raise RouterError(502, f"cloud answered class {final_class} of {len(names)}")
+        except RouterError as exc:
+            timings["cloud_ms"] = _ms(t)
+            _best_branch(out, conf, pred, names)
+            out.update(degraded=True, degraded_reason=str(exc), degraded_kind=degraded_kind(exc))
+            return
+        timings["cloud_ms"] = _ms(t)
+        d = decide(np.array([[*conf, final_conf]]), np.array([[*pred, final_class]]), options.threshold)
+        k = int(d.exit_index[0])
+        out.update(exit=k, exit_name=EXIT_NAMES[k], **{"class": int(d.prediction[0])},
+                   class_name=names[int(d.prediction[0])], confidence=float(d.confidence[0]))
+
+    async def _cloud_only(self, body: bytes, options: Options, started: float, deadline: float) -> dict:
+        """The baseline without the edge: the image goes to the cloud's full_<expert> archive."""
+        expert = options.expert or "conventional"
+        answer = (await self._call("cloud", f"full_{expert}", body, {}, deadline,
+                                   f"cloud: full_{expert} (python -m export.archive --full)",
+                                   missing_status=404)).json("cloud")
+        try:
+            fields = {k: answer[k] for k in ("exit", "exit_name", "class", "class_name", "confidence")}
+        except KeyError as exc:
+            raise RouterError(502, f"cloud answer lacks {exc}") from None
+        total = round(_ms(started), 3)
+        return {"expert": expert, "distortion": None, "distortion_probabilities": None,
+                "threshold": None, "offloaded": True, "offloaded_bytes": len(body),
+                "compression": "image", "degraded": False, **fields,
+                "timings_ms": {"cloud_ms": total, "total_ms": total}}
+
+    async def _call(self, role: str, model: str, body: bytes, headers: dict, deadline: float,
+                    step: str, missing_status: int = 503) -> Reply:
+        """One upstream call within what is left of the deadline. A 404 (no such model) becomes
+        `missing_status`: 503 for a model discovery listed (it went away), 404 for one the request
+        named."""
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise RouterError(504, f"deadline passed before the {step} step")
+        try:
+            reply = await self.upstream.post(role, model, body, headers, remaining)
+        except UpstreamTimeout:
+            raise RouterError(504, f"{step} did not answer within the deadline") from None
+        except UpstreamUnreachable:
+            raise RouterError(502, f"{step} unreachable") from None
+        if reply.status == 404:
+            raise RouterError(missing_status, f"{step}: {reply.reason()}")
+        if 400 <= reply.status < 500:
+            # the image or tensor was refused: pass the handler's one-line reason on
+            raise RouterError(reply.status, f"{step}: {reply.reason()}")
+        if reply.status != 200:
+            raise RouterError(502, f"{step} answered {reply.status}: {reply.reason()}")
+        return reply
+
+
+def _branches(branches: object, count: int, classes: int) -> tuple[list[float], list[int]]:
+    """The side branches' (confidence, class) from an offloading edge answer: one per side branch
+    of the expert, in order (the final-exit rule and the exit names count on their positions)."""
+    try:
+        conf = [float(b["confidence"]) for b in branches]
+        pred = [int(b["class"]) for b in branches]
+    except (KeyError, TypeError, ValueError):
+        raise RouterError(502, "edge offloaded with malformed branch answers") from None
+    if len(conf) != count or not all(0 <= c < classes for c in pred):
+        raise RouterError(502, f"edge offloaded with {len(conf)} branch answers, not {count}")
+    return conf, pred
+
+
+def _best_branch(out: dict, conf: list, pred: list, names: list[str]) -> None:
+    k = int(np.argmax(conf))
+    out.update(exit=k, exit_name=EXIT_NAMES[k], **{"class": int(pred[k])},
+               class_name=names[int(pred[k])], confidence=float(conf[k]))
+
+
+def degraded_kind(exc: RouterError) -> str:
+    """Why the cloud step failed, as a metric label: deadline, cloud_error (unreachable, 5xx, or its
+    model went away: 503) or cloud_refused (the cloud refused the tensor: 4xx)."""
+    return {504: "deadline", 502: "cloud_error", 503: "cloud_error"}.get(exc.status, "cloud_refused")
+
+
+def _ms(t: float) -> float:
+    return (time.perf_counter() - t) * 1000.0
