@@ -11,7 +11,7 @@ All on 127.0.0.1, free ports: a stub upstream (aiohttp.web, a ~200-byte JSON ans
 stands in for TorchServe. For each server {starlette+uvicorn, aiohttp.web} x client {httpx,
 aiohttp} a front-door process serves POST /v1/classify: read a ~2 KB PNG-like body, make one
 upstream call, answer JSON. The front door is pinned to one CPU, the upstream and the load client
-(keep-alive `http.client` threads) to another, so the front door's own cost is what is compared.
+(`benchmarks.loadgen`'s keep-alive clients) to another, so the front door's own cost is what is compared.
 1 client gives p50/p99, 16 clients throughput and p99; the front door's RSS is read after the run.
 Rounds interleave the combinations (order reversed every other round) so machine noise hits all
 alike, and each row gives the median over rounds. Bounded by --requests per measurement and
@@ -33,13 +33,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
 
+from benchmarks.loadgen import LoadClient
 from core.cli import run_cli, write_json
 from core.errors import UserInputError
 
@@ -53,7 +53,6 @@ ANSWER = json.dumps({  # ~200 bytes, like a TorchServe answer
 HEADERS = {"Content-Type": "application/octet-stream"}
 POOL = 64  # upstream connections: more than the 16 clients, so the pool never queues
 NAN = float("nan")
-STOP = threading.Event()  # set on the way out, so load threads stop with the servers
 
 
 # -- the processes under test (run with --serve) -----------------------------------------------------
@@ -164,36 +163,15 @@ def start(procs: list[subprocess.Popen], cpu: int | None, args: list[str]) -> tu
 
 
 def load(port: int, clients: int, n: int, deadline: float) -> dict:
-    """`clients` keep-alive connections POSTing PAYLOAD until `n` requests went out or `deadline`."""
-    tickets, lat, errors = itertools.count(), [[] for _ in range(clients)], [0] * clients
-
-    def worker(i: int) -> None:
-        conn = http.client.HTTPConnection(HOST, port, timeout=10)
-        while next(tickets) < n and time.monotonic() < deadline and not STOP.is_set():  # GIL: atomic
-            t0 = time.perf_counter()
-            try:
-                conn.request("POST", PATH, PAYLOAD, HEADERS)
-                r = conn.getresponse()
-                r.read()
-                ok = r.status == 200
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()  # http.client reconnects on the next request
-            if ok:
-                lat[i].append(time.perf_counter() - t0)
-            else:
-                errors[i] += 1
-        conn.close()
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall, ms = time.perf_counter() - t0, sorted(x * 1000 for x in sum(lat, []))
-    pct = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))] if ms else NAN  # noqa: E731
-    return {"ok": len(ms), "errors": sum(errors), "wall": wall, "p50": pct(0.5), "p99": pct(0.99),
-            "rps": len(ms) / wall}
+    """`clients` keep-alive connections POSTing PAYLOAD (`benchmarks.loadgen`, the project's one
+    load client) until `n` requests went out or `deadline`."""
+    client = LoadClient(f"http://{HOST}:{port}", [PAYLOAD], clients=clients, path=PATH, headers=HEADERS,
+                        keep_answers=False, timeout_s=10)
+    r = client.run(seconds=max(0.0, deadline - time.monotonic()), max_requests=n)
+    ms = [rec.seconds * 1000 for rec in client.records if rec.status == 200]
+    return {"ok": r["ok"], "errors": r["requests"] - r["ok"], "wall": r["seconds"],
+            "p50": r["p50_ms"] if ms else NAN, "p99": r["p99_ms"] if ms else NAN,
+            "rps": r["throughput_rps"]}
 
 
 def summarize(server: str, client: str, clients: int, runs: list[dict]) -> dict:
@@ -242,7 +220,6 @@ def measure(args: argparse.Namespace, deadline: float) -> tuple[list[dict], bool
         complete = time.monotonic() < deadline
         return [summarize(*k, v) for k, v in sorted(runs.items(), key=lambda kv: kv[0][2])], pinned, complete
     finally:
-        STOP.set()
         os.sched_setaffinity(0, own)
         for p in reversed(procs):  # front door first: the upstream then has no clients left
             p.terminate()

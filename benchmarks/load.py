@@ -296,12 +296,12 @@ def write_markdown(report: dict, out: Path) -> None:
             f"errors below it: **{r['errors_below_p99_knee']}**; errors at any level: "
             f"**{r['errors_total']}**.",
             "",
-            "| clients | requests | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms |",
-            "|---|---|---|---|---|---|---|",
+            "| clients | requests | errors | shed (503) | throughput (req/s) | p50 ms | p95 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {x['concurrency']} | {x['requests']} | {x['errors']} | {x['throughput_rps']} | "
-            f"{x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} |"
+            f"| {x['concurrency']} | {x['requests']} | {x['errors']} | {x.get('shed', 0)} | "
+            f"{x['throughput_rps']} | {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} |"
             for x in r["levels"]
         ]
         rss = "; ".join(f"{k} {v['first_mb']}/{v['last_mb']}/{v['max_mb']}" for k, v in r["rss"].items())

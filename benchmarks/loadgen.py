@@ -6,7 +6,8 @@
 
 Every request's fate is recorded (`Record`: status, seconds, the answer's JSON when 200, the
 body's label when given), so each benchmark derives what it reports from the same records:
-throughput and percentiles (`summary`), correctness, degraded answers, lost requests. Bounded:
+throughput and percentiles of the answers (`summary`), requests shed by the router (503 with
+`Retry-After`, counted apart from errors), correctness, degraded answers, lost requests. Bounded:
 `run` stops at `seconds` or `max_requests`, whichever comes first; a background `LoadClient`
 stops when its `with` block ends. Traffic goes only where `url` points; the benchmarks check that
 it is loopback or inside their own namespaces (`benchmarks.target`).
@@ -135,8 +136,9 @@ class LoadClient:
         statuses: dict[str, int] = {}
         for r in recs:
             statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+        shed = statuses.get("503", 0)   # the router's load shedding (Retry-After), not a failure
         return {"concurrency": self.clients, "requests": len(recs), "ok": int(ok.size),
-                "errors": len(recs) - int(ok.size), "lost": statuses.get(LOST, 0),
+                "errors": len(recs) - int(ok.size) - shed, "shed": shed, "lost": statuses.get(LOST, 0),
                 "statuses": statuses, "seconds": round(elapsed, 2),
                 "throughput_rps": round(ok.size / elapsed, 2) if elapsed > 0 else 0.0,
                 **percentiles(ok)}

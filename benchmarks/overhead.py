@@ -52,8 +52,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=150, help="timed requests per path and side")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--router-port", type=int, default=18200)
-    p.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size of the archives")
-    p.add_argument("--max-batch-delay", type=int, default=0, help="TorchServe batching delay (ms)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="TorchServe batch size of the archives (default: export.archive's)")
+    p.add_argument("--max-batch-delay", type=int, default=None,
+                   help="TorchServe batching delay in ms (default: export.archive's)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--max-seconds", type=float, default=900)
     p.add_argument("--json", default=None)
@@ -73,8 +75,9 @@ def main(args: argparse.Namespace) -> dict:
         raise UserInputError(f"{args.classifier} not found: train the distortion classifier first")
     stop_at = time.time() + args.max_seconds
     result = {"command": command_line(), "size": args.size,
-              "torchserve_batching": {"batch_size": args.batch_size,
-                                      "max_batch_delay_ms": args.max_batch_delay},
+              "torchserve_batching": {"batch_size": args.batch_size or "export.archive default",
+                                      "max_batch_delay_ms": args.max_batch_delay
+                                      if args.max_batch_delay is not None else "export.archive default"},
               "weights": "trained" if args.backbone else "random (latency does not depend on weights)",
               "machine": f"{platform.machine()}, {psutil.cpu_count()} cores", "paths": {}}
     with tempfile.TemporaryDirectory(prefix="overhead_") as tmp:

@@ -72,6 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=6.0, help="length of each concurrency level")
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     p.add_argument("--max-requests", type=int, default=20000, help="cap per concurrency level")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="TorchServe batch size of this stack's archives (default: export.archive's)")
+    p.add_argument("--max-batch-delay", type=int, default=None, help="TorchServe batching delay (ms)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="docs/results/peers")
     p.add_argument("--quiet", action="store_true")
@@ -361,7 +364,8 @@ def main(args: argparse.Namespace) -> dict:
         tmp = Path(tmp)
         for size in progress(args.sizes, desc="sizes", quiet=True):
             print(f"{size} px:", flush=True)
-            store = build_store(size, tmp / str(size), classifier=args.classifier, data_root=args.data_root)
+            store = build_store(size, tmp / str(size), classifier=args.classifier, data_root=args.data_root,
+                                batch_size=args.batch_size, max_batch_delay=args.max_batch_delay)
             bodies = image_bodies(size, 64, args.data_root)
             pipeline = Pipeline(store)
             reference = {

@@ -54,10 +54,10 @@ def build_checkpoints(size: int, folder: Path, backbone: str | None) -> tuple[Pa
 
 
 def build_store(size: int, folder: Path, *, classifier: str | Path, backbone: str | None = None,
-                batch_size: int = 8, max_batch_delay: int = 0, data_root: str | None = None,
-                full: bool = False) -> Path:
-    """Export and archive a `size`-px model set under `folder`; returns the model store.
-    `full` adds the whole-network archives (`full_<expert>`, eager-free: ONNX)."""
+                batch_size: int | None = None, max_batch_delay: int | None = None,
+                data_root: str | None = None) -> Path:
+    """Export and archive a `size`-px model set under `folder`; returns the model store. TorchServe
+    batching as given, else `export.archive`'s defaults."""
     if not Path(classifier).is_file():
         raise UserInputError(f"{classifier} not found: train the distortion classifier first")
     bb, experts = build_checkpoints(size, folder / "ck", backbone)
@@ -68,8 +68,8 @@ def build_store(size: int, folder: Path, *, classifier: str | Path, backbone: st
                     "--out", str(folder / "exported"),
                     *roots], check=True, stdout=subprocess.DEVNULL)
     only = ["distortion_classifier", *[f"{r}_{d}" for r in ("edge", "cloud") for d in EXPERTS]]
+    batching = [*(["--batch-size", str(batch_size)] if batch_size is not None else []),
+                *(["--max-batch-delay", str(max_batch_delay)] if max_batch_delay is not None else [])]
     subprocess.run([py, "-m", "export.archive", "--exported", str(folder / "exported"), "--model-store",
-                    str(folder / "store"), "--batch-size", str(batch_size), "--max-batch-delay",
-                    str(max_batch_delay), "--only", *only, *(["--full"] if full else [])],
-                   check=True, stdout=subprocess.DEVNULL)
+                    str(folder / "store"), *batching, "--only", *only], check=True, stdout=subprocess.DEVNULL)
     return folder / "store"

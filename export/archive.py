@@ -142,6 +142,11 @@ def main(args: argparse.Namespace) -> list[str]:
     for key in ("threads", "batch_size", "workers"):
         if getattr(args, key) < 1:
             raise UserInputError(f"--{key.replace('_', '-')} must be at least 1")
+    if args.max_batch_delay < 1 and args.batch_size > 1:
+        # measured: TorchServe 0.12 reads a maxBatchDelay of 0 as unset and waits its default
+        # 100 ms for every batch (a 110-ms edge hop instead of 7)
+        raise UserInputError("--max-batch-delay must be at least 1 ms when --batch-size > 1 "
+                             "(TorchServe reads 0 as its default, 100 ms)")
     if args.max_batch_delay < 0:
         raise UserInputError("--max-batch-delay must not be negative")
     found = manifests(Path(args.exported))
