@@ -81,6 +81,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def pin_client() -> dict:
+    """Pin this process (the client) to CLIENT_CPU, the servers get SERVER_CPU; what the result
+    records of it."""
+    if psutil.cpu_count() < 2:
+        raise UserInputError("the servers and the client are pinned to different CPUs: needs 2 cores")
+    pin(CLIENT_CPU)
+    return {"command": command_line(), "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
+            "pinning": {"servers": SERVER_CPU, "client": CLIENT_CPU}}
+
+
 def pin(cpu: int) -> None:
     if hasattr(os, "sched_setaffinity") and psutil.cpu_count() > 1:
         os.sched_setaffinity(0, {cpu})
@@ -345,16 +355,11 @@ def ratios(sizes: dict) -> dict:
 def main(args: argparse.Namespace) -> dict:
     from export.pipeline import Pipeline
 
-    if psutil.cpu_count() < 2:
-        raise UserInputError("peers pins the servers and the client to different CPUs: needs 2 cores")
     if not Path(args.classifier).is_file():
         raise UserInputError(f"{args.classifier} not found: train the distortion classifier first")
-    pin(CLIENT_CPU)
     started = time.time()
     result = {
-        "command": command_line(),
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
-        "pinning": {"servers": SERVER_CPU, "client": CLIENT_CPU},
+        **pin_client(),
         "paths": {k: f"threshold {v}" for k, v in PATHS.items()},
         "weights": "random early-exit MobileNetV2 + trained classifier (latency does not depend "
         "on the weights)",

@@ -89,8 +89,13 @@ class RouterConfig:
 
 # -- the classifier, in process ----------------------------------------------------------------------
 class LocalClassifier:
-    """The distortion classifier from its archive (`*.mar`) or an export folder, run in a small
-    thread pool so that a large image's decoding never blocks the event loop."""
+    """The distortion classifier from its archive (`*.mar`) or an export folder.
+
+    An image up to `inline_bytes` is classified on the event loop itself (about 2 ms at 224 px;
+    a hand-off to a thread and back cost 0.5 ms more, a quarter of the work); a larger one, whose
+    decoding could hold the loop for tens of milliseconds, in a small thread pool."""
+
+    inline_bytes = 256 * 1024
 
     def __init__(self, source: str | Path, *, threads: int = 1):
         source = Path(source)
@@ -122,6 +127,8 @@ class LocalClassifier:
 
     async def __call__(self, body: bytes) -> tuple[str, dict[str, float]]:
         try:
+            if len(body) <= self.inline_bytes:
+                return self.distortion(body)
             return await asyncio.get_running_loop().run_in_executor(self._pool, self.distortion, body)
         except ValueError as exc:   # an image whose header looked fine but does not decode
             raise RouterError(400, " ".join(str(exc).split())[:200]) from None

@@ -42,8 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="archive names to build (e.g. edge_gaussian_blur); default all")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
     p.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size")
-    p.add_argument("--max-batch-delay", type=int, default=2,
-                   help="ms TorchServe waits to fill a batch")
+    p.add_argument("--max-batch-delay", type=int, default=1,
+                   help="ms TorchServe waits to fill a batch (every lone request waits it: 1 ms keeps "
+                        "most of batching's throughput, docs/results/edge_hop.md)")
     p.add_argument("--workers", type=int, default=1, help="workers per model")
     p.add_argument("--full", action="store_true",
                    help="also build full_<expert>.mar (every stage in one archive: the cloud-only baseline)")

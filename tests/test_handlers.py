@@ -89,9 +89,11 @@ def test_extract_refuses_paths_that_leave_the_folder(tmp_path):
     assert not (tmp_path / "outside.txt").exists()
 
 
-def test_handlers_import_no_torch():
+def test_serving_side_imports_no_torch():
+    """The handlers and the router (with its classifier's archive loader) stay torch-free."""
     code = ("import sys; import handlers.edge_handler, handlers.cloud_handler, "
-            "handlers.classifier_handler, core.wire; assert 'torch' not in sys.modules, 'torch imported'")
+            "handlers.classifier_handler, core.wire, edge_router.__main__, export.archive; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
