@@ -117,13 +117,10 @@ class LocalClassifier:
             self.runtime = DistortionClassifierRuntime(self.manifest, folder, threads=threads)
         except (OSError, ManifestError) as exc:
             raise UserInputError(f"{source}: not a usable distortion classifier: {exc}") from None
-        self.names = list(self.manifest.class_names)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classifier")
 
     def distortion(self, body: bytes) -> tuple[str, dict[str, float]]:
-        probs = self.runtime.probabilities([decode_image(body)])[0]
-        k = int(probs.argmax())
-        return self.names[k], {n: float(p) for n, p in zip(self.names, probs, strict=True)}
+        return self.runtime.distortions([decode_image(body)])[0]
 
     async def __call__(self, body: bytes) -> tuple[str, dict[str, float]]:
         try:

@@ -26,14 +26,10 @@ class DistortionClassifierHandler(Service):
 
     def run(self, items, context):
         order = list(items)
-        probs = self.classifier.probabilities([items[i] for i in order])
-        names = self.manifest.class_names
         answers = {}
-        for j, i in enumerate(order):
-            k = int(probs[j].argmax())
-            self.metric(context, "DistortionRoutes", 1, dimensions={"Distortion": names[k]})
-            answers[i] = json.dumps({"distortion": names[k],
-                                     "probabilities": {n: float(p) for n, p in zip(names, probs[j],
-                                                                                   strict=True)}})
+        for i, (distortion, probabilities) in zip(
+                order, self.classifier.distortions([items[i] for i in order]), strict=True):
+            self.metric(context, "DistortionRoutes", 1, dimensions={"Distortion": distortion})
+            answers[i] = json.dumps({"distortion": distortion, "probabilities": probabilities})
             context.set_response_content_type(i, "application/json")
         return answers

@@ -144,3 +144,10 @@ class DistortionClassifierRuntime:
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
+
+    def distortions(self, images: list[np.ndarray]) -> list[tuple[str, dict[str, float]]]:
+        """(most likely distortion, class name -> probability) for each image: the classifier's
+        answer as its TorchServe handler and the router both give it."""
+        names = self.manifest.class_names
+        return [(names[int(p.argmax())], {n: float(v) for n, v in zip(names, p, strict=True)})
+                for p in self.probabilities(images)]
