@@ -5,7 +5,8 @@
 Builds an early-exit model at `--size` px (random weights unless `--backbone` gives a trained one
 of that size: latency does not depend on the weights) with three expert head-sets and the trained
 distortion classifier, exports and archives them, starts an edge and a cloud TorchServe and the
-router (its own process) on loopback test ports, and then, image by image and alternating so noise
+router (its own process) on loopback test ports, warms the stack with `--warmup-seconds` of
+4-client load per path (discarded), and then, image by image and alternating so noise
 hits both alike, times:
 
 - in-process: decode + `export.pipeline.Pipeline.infer` (classifier, edge stages, cloud segment);
@@ -32,6 +33,7 @@ import psutil
 import requests
 
 from benchmarks.live import LiveSystem
+from benchmarks.loadgen import LoadClient
 from benchmarks.synthetic import build_store
 from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
@@ -51,6 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", default="models/torch/classifier.pt")
     p.add_argument("--requests", type=int, default=150, help="timed requests per path and side")
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--warmup-seconds", type=float, default=5.0,
+                   help="4-client load on the stack before each path, discarded: the stack is "
+                        "measured warm (TorchServe's JVM compiles its hot paths under load)")
     p.add_argument("--router-port", type=int, default=18200)
     p.add_argument("--batch-size", type=int, default=None,
                    help="TorchServe batch size of the archives (default: export.archive's)")
@@ -97,6 +102,9 @@ def main(args: argparse.Namespace) -> dict:
             session = requests.Session()
             for path, threshold in PATHS.items():
                 inproc, stack, steps = [], [], {}
+                if args.warmup_seconds > 0:
+                    LoadClient(url, bodies, clients=4, params={"threshold": threshold},
+                               keep_answers=False).run(seconds=args.warmup_seconds, max_requests=20000)
                 for i, body in enumerate(progress(bodies, desc=path, quiet=args.quiet)):
                     if time.time() > stop_at:
                         break

@@ -16,11 +16,13 @@ to CPU 0 and this client to CPU 1:
   (`benchmarks.live`).
 
 Two paths, forced by the threshold: `edge_exit` (0.01: the first side branch answers) and
-`offload` (1.0: the split goes to the cloud segment). For each: single-client p50/p99 over
-`--requests` sequential requests, then throughput and p99 with 1, 4, 16 and 32 keep-alive clients
-(`benchmarks.loadgen`, `--seconds` a level), and the RSS of every server process. The answers of (b)
-and (d) are checked against (a) (expert, exit, class) on the same images. Writes peers.json (with
-the `ratios` the project tracks), peers.csv, peers.md and peers.png under `--out`.
+`offload` (1.0: the split goes to the cloud segment). For each, after `--warmup-seconds` of
+discarded 4-client load (the same for every server: a deployed server is warm, and a JVM's is not
+after 20 requests): single-client p50/p99 over `--requests` sequential requests, then throughput
+and p99 with 1, 4, 16 and 32 keep-alive clients (`benchmarks.loadgen`, `--seconds` a level), and
+the RSS of every server process. The answers of (b) and (d) are checked against (a) (expert, exit,
+class) on the same images. Writes peers.json (with the `ratios` the project tracks), peers.csv,
+peers.md and peers.png under `--out`.
 """
 
 from __future__ import annotations
@@ -68,7 +70,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     p.add_argument("--classifier", default="models/torch/classifier.pt")
     p.add_argument("--requests", type=int, default=200, help="sequential requests per single-client run")
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=20,
+                   help="sequential requests discarded before each single-client run")
+    p.add_argument("--warmup-seconds", type=float, default=5.0,
+                   help="4-client load before each path's measurements, discarded: every server "
+                        "is measured warm (TorchServe's JVM compiles its hot paths under load)")
     p.add_argument("--seconds", type=float, default=6.0, help="length of each concurrency level")
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     p.add_argument("--max-requests", type=int, default=20000, help="cap per concurrency level")
@@ -145,6 +151,10 @@ def measure(
     out = {}
     for p, threshold in paths.items():
         params = {"threshold": threshold} if threshold is not None else {}
+        if args.warmup_seconds > 0:
+            LoadClient(base, bodies, clients=4, params=params, path=path, headers=headers,
+                       keep_answers=False, timeout_s=30).run(seconds=args.warmup_seconds,
+                                                              max_requests=args.max_requests)
         single = single_client(base + path, bodies, params, args, headers)
         rows = levels(base, path, bodies, params, args, headers)
         out[p] = {"single": single, "levels": rows}

@@ -29,7 +29,8 @@ from handlers.service import MANIFEST_NAME
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = {"edge": "edge_handler.py", "cloud": "cloud_handler.py", "classifier": "classifier_handler.py",
             "full": "full_handler.py"}
-SUPPORT_MODULES = ("handlers/__init__.py", "handlers/runtime.py", "handlers/service.py")
+SUPPORT_MODULES = ("handlers/__init__.py", "handlers/metrics.py", "handlers/runtime.py",
+                   "handlers/service.py")
 MAX_EXTRACTED_BYTES = 512 * 1024 * 1024
 
 

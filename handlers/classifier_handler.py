@@ -29,7 +29,7 @@ class DistortionClassifierHandler(Service):
         answers = {}
         for i, (distortion, probabilities) in zip(
                 order, self.classifier.distortions([items[i] for i in order]), strict=True):
-            self.metric(context, "DistortionRoutes", 1, dimensions={"Distortion": distortion})
+            self.metric("DistortionRoutes", 1, dimensions={"Distortion": distortion})
             answers[i] = json.dumps({"distortion": distortion, "probabilities": probabilities})
             context.set_response_content_type(i, "application/json")
         return answers

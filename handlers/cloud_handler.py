@@ -51,5 +51,5 @@ class CloudExpertHandler(Service):
                 "expert": self.manifest.name, "run_id": self.manifest.run_id})
             context.set_response_content_type(i, "application/json")
             start += n
-        self.metric(context, "CloudSamples", sum(sizes))
+        self.metric("CloudSamples", sum(sizes))
         return answers

@@ -59,13 +59,13 @@ class EdgeExpertHandler(Service):
                                 "run_id": self.manifest.run_id, "threshold": items[i][1]})
                 context.set_response_header(i, wire.HEADER_LENGTH, str(head_len))
                 context.set_response_content_type(i, wire.CONTENT_TYPE)
-                self.metric(context, "Offloads", 1)
-                self.metric(context, "OffloadBytes", len(body) - head_len)
+                self.metric("Offloads", 1)
+                self.metric("OffloadBytes", len(body) - head_len)
                 answers[i] = body
             else:
                 k = int(result.exit_index[j])
                 c = int(result.prediction[j])
-                self.metric(context, "ExitsByBranch", 1, dimensions={"Branch": str(k)})
+                self.metric("ExitsByBranch", 1, dimensions={"Branch": str(k)})
                 answers[i] = json.dumps({
                     "exited": True, "exit": k, "exit_name": self.manifest.exits[k].name,
                     "class": c, "class_name": names[c], "confidence": float(result.confidence[j]),

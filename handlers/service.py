@@ -20,16 +20,12 @@ from pathlib import Path
 
 from core.errors import UserInputError
 from core.manifest import Manifest
+from handlers.metrics import MetricBuffer, quiet_worker_logging
 
 MANIFEST_NAME = "model_manifest.json"
 DESCRIBE_HEADER = "X-Describe"   # "manifest": answer with the archive's manifest (discovery)
 log = logging.getLogger(__name__)
 
-try:  # present inside a TorchServe worker; plain objects with .name/.value elsewhere
-    from ts.metrics.dimension import Dimension
-except ImportError:  # pragma: no cover - the unit tests run with TorchServe installed
-    from collections import namedtuple
-    Dimension = namedtuple("Dimension", "name value")
 
 
 class RequestError(UserInputError):
@@ -83,6 +79,7 @@ class Service:
     def __init__(self):
         self.initialized = False
         self.manifest: Manifest | None = None
+        self.metrics = MetricBuffer()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def initialize(self, context) -> None:
@@ -99,6 +96,8 @@ class Service:
         self.load(model_dir, threads=threads, providers=providers)
         log.info("%s %s ready: %d onnxruntime thread(s), %s", self.role, self.manifest.name, threads,
                  ",".join(providers))
+        quiet_worker_logging()
+        self.metrics.start_timer()
         self.initialized = True
 
     def load(self, model_dir: Path, *, threads: int, providers: tuple[str, ...]) -> None:
@@ -141,26 +140,17 @@ class Service:
                 if answer is not None:
                     responses[i] = answer
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self.metric(context, "HandlerTime", elapsed_ms, kind="time")
+        self.metric("HandlerTime", elapsed_ms, kind="time")
+        self.metrics.flush(getattr(context, "metrics", None))
         return responses
 
     def error(self, context, idx: int, status: int, message: str) -> str:
         # The reason phrase must stay one short line: a multi-line phrase kills the worker.
         context.set_response_status(status, REASONS.get(status, "Error"), idx)
-        self.metric(context, "RequestErrors", 1, dimensions={"Status": str(status)})
+        self.metric("RequestErrors", 1, dimensions={"Status": str(status)})
         return json.dumps({"error": one_line(message), "status": status})
 
-    def metric(self, context, name: str, value: float, *, kind: str = "counter",
+    def metric(self, name: str, value: float, *, kind: str = "counter",
                dimensions: dict | None = None) -> None:
-        """Best effort: metrics must never fail a request."""
-        metrics = getattr(context, "metrics", None)
-        if metrics is None:
-            return
-        dims = [Dimension(k, v) for k, v in (dimensions or {}).items()]
-        try:
-            if kind == "time":
-                metrics.add_time(name, value, None, "ms", dims)
-            else:
-                metrics.add_counter(name, value, None, dims)
-        except Exception:  # noqa: BLE001
-            log.debug("metric %s not recorded", name, exc_info=True)
+        """Record a handler metric; `handle` hands the sums to TorchServe about once a second."""
+        self.metrics.add(name, value, kind=kind, dimensions=dimensions)

@@ -24,6 +24,23 @@ from tests.conftest import textured_image
 EXPERTS = ("conventional", "pristine", "gaussian_blur", "gaussian_noise")
 
 
+class RecordingMetrics:
+    """TorchServe's metrics store as the handlers use it: records every emitted line."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str, float, dict]] = []
+
+    def add_counter(self, name, value, idx=None, dimensions=()):
+        self.lines.append(("counter", name, value, {d.name: d.value for d in dimensions}))
+
+    def add_time(self, name, value, idx=None, unit="ms", dimensions=()):
+        self.lines.append(("time", name, value, {d.name: d.value for d in dimensions}))
+
+    def total(self, name, **dims) -> float:
+        return sum(v for kind, n, v, d in self.lines
+                   if kind == "counter" and n == name and all(d.get(k) == x for k, x in dims.items()))
+
+
 class FakeContext:
     """The parts of TorchServe's Context the handlers use."""
 
@@ -32,7 +49,7 @@ class FakeContext:
         self.model_yaml_config = {"onnxruntime": {"intra_op_threads": 1}}
         self.headers = headers or {}
         self.status, self.response_headers, self.content_types = {}, {}, {}
-        self.metrics = None
+        self.metrics = RecordingMetrics()
 
     def get_all_request_header(self, idx):
         return self.headers.get(idx, {})
@@ -75,7 +92,7 @@ def test_archives_carry_what_their_handler_needs(model_store, expert):
             model_store / f"{role}_{expert}.mar").read(MANIFEST_NAME)))
         assert {handler, MANIFEST_NAME, "model-config.yaml", "MAR-INF/MANIFEST.json",
                 "core/imaging.py", "core/wire.py", "core/exits.py", "handlers/runtime.py",
-                "handlers/service.py"} <= names
+                "handlers/service.py", "handlers/metrics.py"} <= names
         assert {f"{expert}/{h}.onnx" for h in heads} <= names
         assert set(manifest.files) <= names and all(s in names for s in manifest.stages)
 
@@ -102,7 +119,7 @@ def test_edge_batch_one_response_per_request_bad_ones_isolated(unpacked):
     images = [png(i, level=(i % 3) * 2) for i in range(6)]
     data = [{"body": images[0]}, {"body": b"not an image"}, {"body": images[1]}, {"body": b""},
             {"body": images[2]}, {"body": {"json": 1}}, {"body": images[3]}]
-    headers = {0: {"X-Exit-Threshold": "0.5"}, 2: {"x-exit-threshold": "1.0"},
+    headers = {0: {"X-Exit-Threshold": "0.001"}, 2: {"x-exit-threshold": "1.0"},
                4: {"X-Offload-Compression": "int8", "X-Exit-Threshold": "1"},
                6: {"X-Exit-Threshold": "7"}}
     ctx = FakeContext(unpacked["edge_gaussian_blur"], headers)
@@ -112,11 +129,22 @@ def test_edge_batch_one_response_per_request_bad_ones_isolated(unpacked):
     for i in (1, 3, 5, 6):
         assert "\n" not in out[i] and json.loads(out[i])["error"]
     # threshold 1.0 can never be met by a branch: the split tensor comes back in the wire format
+    offloaded_bytes = 0
     for i, dtype in ((2, "FP32"), (4, "INT8")):
         assert ctx.content_types[i] == wire.CONTENT_TYPE
         msg = wire.decode(out[i], ctx.response_headers[i][wire.HEADER_LENGTH])
         assert msg.datatype == dtype and msg.name == "stage2" and msg.parameters["exited"] is False
         assert len(msg.parameters["branches"]) == 3
+        offloaded_bytes += len(out[i]) - int(ctx.response_headers[i][wire.HEADER_LENGTH])
+    # both paths happened in this one batch (0: every branch is confident at 0.001; 2 and 4
+    # offloaded), and the metrics say so once the buffer is flushed
+    assert json.loads(out[0])["exit"] == 0
+    h.metrics.flush(ctx.metrics, force=True)
+    m = ctx.metrics
+    assert m.total("Offloads") == 2 and m.total("OffloadBytes") == offloaded_bytes
+    assert m.total("ExitsByBranch") == 1
+    assert {s: m.total("RequestErrors", Status=s) for s in ("400", "415")} == {"400": 3, "415": 1}
+    assert any(kind == "time" and n == "HandlerTime" and v > 0 for kind, n, v, _ in m.lines)
 
 
 def test_edge_handler_matches_runtime_per_sample(unpacked):
