@@ -1,15 +1,18 @@
 """Handler metrics, summed in the worker and handed to TorchServe about once a second.
 
 TorchServe carries a Python worker's metrics as log lines on the worker's stdout, which its Java
-frontend reads and parses. Measured on the edge hop (`docs/results/edge_hop.md`, one core for the
-serving side): every such line costs the request about 0.4 ms, and the edge exit used to write
-four per request (TorchServe's own "Backend received inference" line and `PredictionTime`, then
-`HandlerTime` and `ExitsByBranch`), half of the hop's cost. So the handlers record into a
+frontend reads and parses, and the edge exit used to write four per request (TorchServe's own
+"Backend received inference" line and `PredictionTime`, then `HandlerTime` and `ExitsByBranch`).
+Measured with `benchmarks.edge_hop` (warm, one core for the serving side): emitting them once a
+second is worth 17 % of the edge's 16-client throughput at 224 px, and more on a JVM fresh from
+start-up, whose log path is not compiled yet. So the handlers record into a
 `MetricBuffer` and the buffer emits one line per metric and dimension set per interval:
 counters as the sum over the interval (Prometheus counters end up the same), times as the mean.
 A timer thread flushes a quiet worker's last interval, so a scrape is at most about one interval
 behind. `quiet_worker_logging` drops the two per-request lines TorchServe writes itself:
-`PredictionTime` (the same figure as `HandlerTime`) and the "Backend received" notice.
+`PredictionTime` (the same figure as `HandlerTime`) and the "Backend received" notice. The
+interval is `EE_METRICS_INTERVAL_S` of the TorchServe instance (default 1; 0 emits on every
+request and keeps TorchServe's own lines, its stock behaviour).
 """
 
 from __future__ import annotations

@@ -79,7 +79,9 @@ class Service:
     def __init__(self):
         self.initialized = False
         self.manifest: Manifest | None = None
-        self.metrics = MetricBuffer()
+        # EE_METRICS_INTERVAL_S=0: every metric emitted on its request, with TorchServe's own
+        # per-request lines kept (TorchServe's stock behaviour; benchmarks.edge_hop compares)
+        self.metrics = MetricBuffer(interval_s=float(os.environ.get("EE_METRICS_INTERVAL_S", "1")))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def initialize(self, context) -> None:
@@ -96,8 +98,9 @@ class Service:
         self.load(model_dir, threads=threads, providers=providers)
         log.info("%s %s ready: %d onnxruntime thread(s), %s", self.role, self.manifest.name, threads,
                  ",".join(providers))
-        quiet_worker_logging()
-        self.metrics.start_timer()
+        if self.metrics.interval_s > 0:
+            quiet_worker_logging()
+            self.metrics.start_timer()
         self.initialized = True
 
     def load(self, model_dir: Path, *, threads: int, providers: tuple[str, ...]) -> None:
