@@ -4,8 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+KVENV ?= .venv-kserve
+KSTAMP := $(KVENV)/.installed
 
-.PHONY: deps system-deps test lint demo demo-train reproduce clean help
+.PHONY: deps system-deps test lint demo demo-train reproduce kserve clean help
 
 help:
 	@echo "make test   install everything, run ruff and the test suite"
@@ -13,6 +16,7 @@ help:
 	@echo "make demo-train  the same demo on demo-sized models trained from scratch (about 7 min)"
 	@echo "make reproduce   train what models/torch lacks, export, evaluate: rewrites models/onnx and docs/results"
 	@echo "make deps   only install (virtual environment + system packages)"
+	@echo "make kserve the KServe predictor's own environment (.venv-kserve; make test makes it too)"
 	@echo "make clean  remove generated files (keeps .venv)"
 
 system-deps:
@@ -23,10 +27,20 @@ $(STAMP): requirements.txt scripts/bootstrap.sh
 
 deps: system-deps $(STAMP)
 
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt 2>&1 \
+	  | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+	$(PY) -c "import tritonclient.http" && touch $(TEST_STAMP)
+
+$(KSTAMP): requirements-kserve.txt scripts/bootstrap_kserve.sh
+	bash scripts/bootstrap_kserve.sh $(KVENV)
+
+kserve: $(KSTAMP)
+
 lint: deps
 	$(VENV)/bin/ruff check .
 
-test: lint
+test: lint $(TEST_STAMP) $(KSTAMP)
 	$(PY) -m pytest
 
 demo: deps

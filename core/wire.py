@@ -125,14 +125,23 @@ def decode(body: bytes, header_length: int | str | None, *, max_elements: int = 
     if len(body) - n != size:
         raise WireError(f"body carries {len(body) - n} tensor bytes, header says {size}")
     raw = np.frombuffer(bytes(body[n:]), dtype=_NUMPY[datatype]).reshape(shape)
+    return TensorMessage(name=name, array=to_float32(raw, datatype, params), datatype=datatype,
+                         parameters=request_params)
+
+
+def to_float32(raw: np.ndarray, datatype: str, params: dict) -> np.ndarray:
+    """A received tensor as float32: FP16 widened, INT8 de-quantised with the input's `scale` and
+    `zero_point`; WireError for a bad quantisation or a non-finite value. Shared by `decode` and
+    the servers that parse the framing themselves (the KServe predictor)."""
+    if datatype not in _NUMPY:
+        raise WireError(f"datatype {str(datatype)[:20]!r} not supported (FP32, FP16, INT8)")
     if datatype == "INT8":
         scale, zero_point = params.get("scale"), params.get("zero_point")
         if (not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale)
                 or scale <= 0 or type(zero_point) is not int or not -128 <= zero_point <= 127):
             raise WireError("INT8 needs a positive finite 'scale' and an int8 'zero_point'")
-        array = (raw.astype(np.float32) - zero_point) * np.float32(scale)
-    else:
-        array = raw.astype(np.float32)
-        if not np.isfinite(array).all():
-            raise WireError("tensor holds NaN or infinity")
-    return TensorMessage(name=name, array=array, datatype=datatype, parameters=request_params)
+        return (raw.astype(np.float32) - zero_point) * np.float32(scale)
+    array = raw.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise WireError("tensor holds NaN or infinity")
+    return array
