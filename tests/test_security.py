@@ -17,6 +17,7 @@ REQUEST_PATH = [
     ROOT / "edge_router" / "decisions.py",
     ROOT / "edge_router" / "discovery.py",
     ROOT / "edge_router" / "metrics.py",
+    ROOT / "cloud_kserve" / "predictor.py",
 ]
 
 
@@ -89,7 +90,7 @@ def test_no_pickle_eval_or_shell_on_the_request_path(path):
 
 def test_every_subprocess_and_torch_load_in_the_repo_is_safe():
     for path in ROOT.rglob("*.py"):
-        if ".venv" in path.parts or "tests" in path.parts:
+        if any(part.startswith(".venv") for part in path.parts) or "tests" in path.parts:
             continue
         tree = ast.parse(path.read_text())
         for call in calls(tree):
