@@ -16,7 +16,10 @@ own process (`python -m edge_router`). Options:
 - `link`: a `benchmarks.netem.Link`: the cloud runs in the cloud namespace, the edge TorchServe and
   the router in the edge namespace (the router on the device-side address), and the router's health
   is polled from the device namespace, the only place that reaches it;
-- `router_options`: extra `python -m edge_router` flags (deadline, limits, ...).
+- `router_options`: extra `python -m edge_router` flags (deadline, limits, ...);
+- `cloud_engine` ("torchserve" or "kserve": `python -m cloud_kserve` from `.venv-kserve`) and
+  `cloud_replicas`: that many cloud processes, all given to the router with `--cloud`, which
+  spreads offloads over them (`edge_router.cloud`); `kill_cloud_replica(i)` for fault tests.
 
 Everything started is stopped on exit, also on failure; `down` stops what `up` left running.
 """
@@ -24,6 +27,7 @@ Everything started is stopped on exit, also on failure; `down` stops what `up` l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -45,6 +49,14 @@ ROLES = ("edge", "cloud")
 TEST_PORTS = {"edge": Ports(18380, 18381, 18382, 17370, 17371),
               "cloud": Ports(18390, 18391, 18392, 17390, 17391)}
 TEST_ROUTER_PORT = 18300
+KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
+
+
+def replica_ports(base: Ports, i: int) -> Ports:
+    """Ports of the i-th extra cloud TorchServe replica (i >= 1), clear of the base instances'."""
+    step = 10 * i + 10
+    return Ports(*(p + step for p in (base.inference, base.management, base.metrics)),
+                 base.grpc_inference + step, base.grpc_management + step)
 
 
 def wait_until_healthy(url: str, *, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
@@ -100,7 +112,7 @@ class LiveSystem:
                  ports: dict[str, Ports] | None = None, router_port: int = TEST_ROUTER_PORT,
                  router_options: list[str] | None = None, cpus: dict[str, str] | None = None,
                  link=None, log_level: str = "WARNING", env: dict[str, str] | None = None,
-                 wait_s: float = 240):
+                 wait_s: float = 240, cloud_engine: str = "torchserve", cloud_replicas: int = 1):
         from benchmarks import netem
 
         self.store = Path(model_store).resolve()
@@ -118,6 +130,19 @@ class LiveSystem:
         self.router_port = router_port
         self.url = f"http://{self.hosts['router']}:{router_port}"
         self.router: subprocess.Popen | None = None
+        if cloud_engine not in ("torchserve", "kserve") or cloud_replicas < 1:
+            raise ValueError("cloud_engine is torchserve or kserve, with at least one replica")
+        if cloud_engine == "kserve" and not KSERVE_PYTHON.is_file():
+            raise UserInputError(f"{KSERVE_PYTHON} missing: make kserve")
+        self.cloud_engine, self.cloud_replicas = cloud_engine, cloud_replicas
+        # extra TorchServe cloud replicas live in run_dir/replica<i>/cloud on ports of their own
+        self.ts_replicas = ([instance("cloud", run_dir=self.run_dir / f"replica{i}",
+                                      ports=replica_ports(ports["cloud"], i), host=self.hosts["cloud"])
+                             for i in range(1, cloud_replicas)] if cloud_engine == "torchserve" else [])
+        kserve_base = ports["cloud"].inference + 5
+        self.kserve_urls = ([f"http://{self.hosts['cloud']}:{kserve_base + i}" for i in range(cloud_replicas)]
+                            if cloud_engine == "kserve" else [])
+        self.kserve: list[subprocess.Popen | None] = []
 
     # -- parts ----------------------------------------------------------------------------------
     def _argv(self, part: str, argv: list[str]) -> list[str]:
@@ -128,11 +153,11 @@ class LiveSystem:
             argv = self.link.exec_args("cloud" if part == "cloud" else "edge", argv)
         return argv
 
-    def start_ts(self, role: str) -> None:
-        inst = self.insts[role]
+    def start_ts(self, role: str, inst=None) -> None:
+        inst = inst or self.insts[role]
         ports = inst.ports
         cmd = [sys.executable, "-m", "edge_router.torchserve", "start", role, "--run-dir",
-               str(self.run_dir), "--host", inst.host, "--model-store", str(self.store),
+               str(inst.workdir.parent), "--host", inst.host, "--model-store", str(self.store),
                "--wait-s", str(self.wait_s), "--ports", *map(str, (ports.inference, ports.management,
                                                                   ports.metrics, ports.grpc_inference,
                                                                   ports.grpc_management)),
@@ -142,13 +167,67 @@ class LiveSystem:
         if r.returncode != 0:
             raise RuntimeError(f"TorchServe {role} did not start: {(r.stderr or r.stdout).strip()[-500:]}")
 
-    def stop_ts(self, role: str) -> None:
-        inst = self.insts[role]
+    def stop_ts(self, role: str, inst=None) -> None:
+        inst = inst or self.insts[role]
         cmd = [sys.executable, "-m", "edge_router.torchserve", "stop", role, "--run-dir",
-               str(self.run_dir), "--host", inst.host, "--ports",
+               str(inst.workdir.parent), "--host", inst.host, "--ports",
                *map(str, (inst.ports.inference, inst.ports.management, inst.ports.metrics,
                           inst.ports.grpc_inference, inst.ports.grpc_management))]
         subprocess.run(self._argv(role, cmd), env=self.env, timeout=120, capture_output=True, check=False)
+
+    def start_kserve(self, i: int) -> None:
+        """Cloud replica i on KServe's model server; returns once it says ready."""
+        url = self.kserve_urls[i]
+        port = url.rsplit(":", 1)[1]
+        log = open(self.run_dir / f"kserve{i}.log", "ab")   # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(self._argv("cloud", [str(KSERVE_PYTHON), "-m", "cloud_kserve",
+                                                     "--model-store", str(self.store), "--host",
+                                                     self.hosts["cloud"], "--port", port]),
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        while len(self.kserve) <= i:
+            self.kserve.append(None)
+        self.kserve[i] = proc
+        probe = ("import sys, time, urllib.request\n"
+                 "end = time.time() + float(sys.argv[2])\n"
+                 "while time.time() < end:\n"
+                 "    try:\n"
+                 "        urllib.request.urlopen(sys.argv[1] + '/v2/health/ready', timeout=2); sys.exit(0)\n"
+                 "    except OSError:\n"
+                 "        time.sleep(0.3)\n"
+                 "sys.exit(1)\n")
+        argv = [sys.executable, "-c", probe, url, str(self.wait_s)]
+        if self.link is not None:
+            argv = self.link.exec_args("cloud", argv)
+        ready = subprocess.run(argv, timeout=self.wait_s + 30, check=False).returncode == 0
+        if not ready or proc.poll() is not None:
+            raise RuntimeError(f"cloud_kserve replica {i} did not become ready "
+                               f"(see {self.run_dir}/kserve{i}.log)")
+
+    def kill_cloud_replica(self, i: int) -> None:
+        """SIGKILL cloud replica i (a KServe process, or TorchServe replica i's Java frontend)."""
+        if self.cloud_engine == "kserve":
+            proc = self.kserve[i]
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            return
+        inst = self.insts["cloud"] if i == 0 else self.ts_replicas[i - 1]
+        front = torchserve_frontend(inst)
+        if front is not None:
+            for p in [*front.children(recursive=True), front]:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+
+    def cloud_flags(self) -> list[str]:
+        """`--cloud` flags for the router, or none for the one default cloud TorchServe."""
+        if self.cloud_engine == "kserve":
+            return [f for url in self.kserve_urls for f in ("--cloud", f"oip={url}")]
+        if not self.ts_replicas:
+            return []
+        specs = [f"torchserve={i.inference_url},{i.management_url},{i.key_file}"
+                 for i in (self.insts["cloud"], *self.ts_replicas)]
+        return [f for spec in specs for f in ("--cloud", spec)]
 
     def router_argv(self) -> list[str]:
         argv = [sys.executable, "-m", "edge_router", "--host", self.hosts["router"],
@@ -156,7 +235,7 @@ class LiveSystem:
                 "--model-store", str(self.store), "--log-level", self.log_level, "--refresh-s", "1"]
         for role, inst in self.insts.items():
             argv += [f"--{role}-url", inst.inference_url, f"--{role}-management-url", inst.management_url]
-        return [*argv, *self.router_options]
+        return [*argv, *self.cloud_flags(), *self.router_options]
 
     def start_router(self, *, wait_s: float = 60) -> None:
         log = open(self.run_dir / "router.log", "ab")   # noqa: SIM115 - the child owns it
@@ -190,7 +269,13 @@ class LiveSystem:
     def start(self) -> LiveSystem:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.start_ts("cloud")
+            if self.cloud_engine == "kserve":
+                for i in range(self.cloud_replicas):
+                    self.start_kserve(i)
+            else:
+                self.start_ts("cloud")
+                for inst in self.ts_replicas:
+                    self.start_ts("cloud", inst)
             self.start_ts("edge")
             self.start_router()
         except BaseException:
@@ -200,8 +285,17 @@ class LiveSystem:
 
     def stop(self) -> None:
         self.stop_router()
-        for role in ROLES:
-            self.stop_ts(role)
+        self.stop_ts("edge")
+        if self.cloud_engine == "torchserve":
+            for inst in (self.insts["cloud"], *self.ts_replicas):
+                self.stop_ts("cloud", inst)
+        for proc in self.kserve:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
     def __enter__(self) -> LiveSystem:
         return self.start()
@@ -234,6 +328,11 @@ class LiveSystem:
             out["router"] = psutil.Process(self.router.pid)
         for role in ROLES:
             out.update(torchserve_processes(self.insts[role], role))
+        for i, inst in enumerate(self.ts_replicas, start=1):
+            out.update(torchserve_processes(inst, f"cloud{i}"))
+        for i, proc in enumerate(self.kserve):
+            if proc is not None and proc.poll() is None:
+                out[f"cloud_kserve_{i}"] = psutil.Process(proc.pid)
         return out
 
     def pids(self) -> dict[str, int]:

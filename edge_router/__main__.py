@@ -7,6 +7,11 @@ uses (`run/edge`, `run/cloud`); the tokens are read from the key files and never
 distortion classifier runs inside the router, loaded from `--classifier` (default: the model
 store's `distortion_classifier.mar`, the archive TorchServe would run). SIGTERM drains: no new
 connections, the requests in progress are answered, then the process exits.
+
+The cloud tier is one TorchServe instance unless `--cloud` lists endpoints, any number of them:
+
+    --cloud oip=http://10.0.0.5:8080                       # KServe's model server or Triton
+    --cloud torchserve=http://h:8090,http://h:8091,run/cloud/key_file.json
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{role}-url", default=None, help=f"{role} inference API (default: local instance)")
         p.add_argument(f"--{role}-management-url", default=None, help=f"{role} management API")
         p.add_argument(f"--{role}-key-file", default=None, help=f"{role} key_file.json")
+    p.add_argument("--cloud", action="append", default=[], metavar="KIND=URL",
+                   help="a cloud endpoint (repeat for several): oip=URL, or torchserve=INFERENCE_URL,"
+                        "MANAGEMENT_URL,KEY_FILE; default: the local cloud TorchServe")
     p.add_argument("--threshold", type=float, default=d.default_threshold, help="default p_tar")
     p.add_argument("--deadline-ms", type=float, default=d.default_deadline_ms,
                    help="default per-request deadline")
@@ -68,6 +76,26 @@ def endpoint(role: str, args: argparse.Namespace) -> Endpoint:
     return Endpoint(name=role, inference_url=getattr(args, f"{role}_url") or inst.inference_url,
                     management_url=getattr(args, f"{role}_management_url") or inst.management_url,
                     inference_token=keys["inference"], management_token=keys["management"])
+
+
+def cloud_endpoints(args: argparse.Namespace) -> list[Endpoint]:
+    if not args.cloud:
+        return [endpoint("cloud", args)]
+    out = []
+    for i, spec in enumerate(args.cloud):
+        kind, _, rest = spec.partition("=")
+        parts = rest.split(",")
+        if kind == "oip" and len(parts) == 1 and parts[0].startswith(("http://", "https://")):
+            out.append(Endpoint(name=f"cloud{i}", inference_url=parts[0].rstrip("/"), kind="oip"))
+        elif kind == "torchserve" and len(parts) == 3 and all(parts):
+            keys = read_keys(Path(parts[2]))
+            out.append(Endpoint(name=f"cloud{i}", inference_url=parts[0].rstrip("/"),
+                                management_url=parts[1].rstrip("/"), inference_token=keys["inference"],
+                                management_token=keys["management"]))
+        else:
+            raise UserInputError(f"--cloud {spec!r}: expected oip=URL or "
+                                 f"torchserve=INFERENCE_URL,MANAGEMENT_URL,KEY_FILE")
+    return out
 
 
 def config_from(args: argparse.Namespace) -> RouterConfig:
@@ -100,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     classifier = LocalClassifier(args.classifier or Path(args.model_store) / f"{CLASSIFIER}.mar")
-    discovery = Discovery(endpoint("edge", args), endpoint("cloud", args),
+    discovery = Discovery(endpoint("edge", args), cloud_endpoints(args),
                           classifier=classifier.manifest, refresh_s=args.refresh_s)
     discovery.start()
     router = Router(discovery, classifier, config)

@@ -23,8 +23,10 @@ lives in `edge_router.decisions`; this module is the HTTP around it:
   `header_timeout_s` of its first byte (or of connecting), whatever it trickles: slowloris and idle
   sockets are closed by the server (`ReceiptDeadlineProtocol`); idle keep-alive connections close
   after `keepalive_s`.
-- **Pooled async upstream.** One aiohttp client session with keep-alive connections to both
-  TorchServe instances; every call gets what is left of the request's deadline.
+- **Pooled async upstream.** One aiohttp client session with keep-alive connections to the edge
+  TorchServe and every cloud endpoint (TorchServe, KServe or Triton: `edge_router.cloud` spreads
+  offloads over the healthy ones and retries a failed one on the next); every call gets what is
+  left of the request's deadline.
 - **Graceful drain.** SIGTERM is uvicorn's own: it stops accepting, answers the requests in
   progress (up to `drain_s`), then exits.
 """
@@ -52,6 +54,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from core.errors import UserInputError
 from core.imaging import DEFAULT_MAX_BYTES, decode_image
 from core.manifest import Manifest, ManifestError
+from edge_router.cloud import CloudPool, CloudUpstream
 from edge_router.decisions import (
     Decider,
     Defaults,
@@ -133,10 +136,11 @@ class LocalClassifier:
 
 # -- the upstream TorchServe instances, over pooled keep-alive HTTP ------------------------------------
 class HttpUpstream:
-    """`decisions.Upstream` over one aiohttp session (created inside the running loop)."""
+    """`decisions.Upstream` over one aiohttp session (created inside the running loop): the edge
+    TorchServe, and the cloud endpoints through `edge_router.cloud` (pool, retries, OIP)."""
 
-    def __init__(self, endpoints: dict[str, Endpoint], config: RouterConfig):
-        self.endpoints, self.config = endpoints, config
+    def __init__(self, edge: Endpoint, cloud: CloudUpstream, config: RouterConfig):
+        self.edge, self.cloud, self.config = edge, cloud, config
         self.session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -150,12 +154,13 @@ class HttpUpstream:
 
     async def post(self, role: str, model: str, body: bytes, headers: dict[str, str],
                    timeout_s: float) -> Reply:
-        ep = self.endpoints[role]
+        if role == "cloud":
+            return await self.cloud.post(self.session, model, body, headers, timeout_s)
         timeout = aiohttp.ClientTimeout(total=timeout_s,
                                         sock_connect=min(self.config.connect_timeout_s, timeout_s))
         try:
-            async with self.session.post(f"{ep.inference_url}/predictions/{model}", data=body,
-                                         headers={**ep.auth("inference"), **headers},
+            async with self.session.post(f"{self.edge.inference_url}/predictions/{model}", data=body,
+                                         headers={**self.edge.auth("inference"), **headers},
                                          timeout=timeout) as r:
                 return Reply(r.status, r.headers, await r.read())
         except TimeoutError:
@@ -173,7 +178,10 @@ class Router:
         self.discovery, self.classifier = discovery, classifier
         self.config = config or RouterConfig()
         self.metrics = Metrics()
-        self.upstream = HttpUpstream({"edge": discovery.edge, "cloud": discovery.cloud}, self.config)
+        self.pool = CloudPool(discovery.clouds)
+        cloud = CloudUpstream(self.pool, self._catalogue, self.config.connect_timeout_s,
+                              on_retry=lambda name: self.metrics.cloud_retries.labels(name).inc())
+        self.upstream = HttpUpstream(discovery.edge, cloud, self.config)
         self.defaults = Defaults(self.config.default_threshold, self.config.default_deadline_ms,
                                  self.config.max_body_bytes)
         self.decider = Decider(self._catalogue, classifier, self.upstream, self.defaults)
@@ -259,7 +267,7 @@ class Router:
                              "in_flight": self.in_flight}, status_code=200 if ok else 503)
 
     async def experts(self, request: Request) -> Response:
-        return JSONResponse(self._catalogue().describe())
+        return JSONResponse({**self._catalogue().describe(), "clouds": self.pool.describe()})
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,9 +1,15 @@
 """Which experts can the router use right now: discovered through the TorchServe APIs.
 
-Every `refresh_s` the router lists the models registered on the edge and the cloud instance
-(management API), asks each new or re-registered archive for its manifest (an inference request
-with `X-Describe: manifest`, answered by our handlers), and pairs `edge_<x>` with `cloud_<x>` when
-their split contract and training run agree (`core.manifest.check_pair`). Experts appear without
+Every `refresh_s` the router lists the models registered on the edge and on every cloud endpoint,
+and pairs `edge_<x>` with the endpoints that serve `cloud_<x>`. A TorchServe endpoint is listed
+through its management API and each new or re-registered archive asked for its manifest (an
+inference request with `X-Describe: manifest`, answered by our handlers); the pair must agree on
+split contract, training run and classes (`core.manifest.check_pair`). An Open Inference Protocol
+endpoint (KServe's model server, Triton: kind `oip`) is listed with `GET /v2/models` (KServe) or
+`POST /v2/repository/index` (Triton), and each model's metadata must name the split tensor with
+the edge's per-sample shape and have the outputs `class` and `confidence`; its run id is checked on
+every answer that reports one (`edge_router.cloud`). A listing that succeeds is also the health
+check that brings an endpoint taken out after failures back. Experts appear without
 a router restart when they are registered and disappear when they are unregistered. Pairs that
 do not match are listed with the reason and never used. An instance whose management API stops
 answering keeps its last known experts (reported under `errors`), so a cloud outage leaves the
@@ -32,9 +38,10 @@ class Endpoint:
 
     name: str
     inference_url: str
-    management_url: str
+    management_url: str = ""
     inference_token: str = field(default="", repr=False)
     management_token: str = field(default="", repr=False)
+    kind: str = "torchserve"        # or "oip": an Open Inference Protocol server (KServe, Triton)
 
     def auth(self, kind: str) -> dict[str, str]:
         token = self.inference_token if kind == "inference" else self.management_token
@@ -46,7 +53,7 @@ class ExpertPair:
     name: str
     distortion: str | None
     edge: Manifest
-    cloud: Manifest
+    clouds: tuple[str, ...]          # the cloud endpoints that serve cloud_<name>, by name
 
 
 @dataclass
@@ -57,6 +64,7 @@ class Catalogue:
     experts: dict[str, ExpertPair] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)    # expert -> reason
     errors: dict[str, str] = field(default_factory=dict)     # instance -> last discovery error
+    listed_at: dict[str, float] = field(default_factory=dict)  # endpoint -> last good listing
     refreshed_at: float = 0.0
 
     def expert_for(self, distortion: str) -> ExpertPair | None:
@@ -71,7 +79,7 @@ class Catalogue:
     def describe(self) -> dict:
         return {
             "classifier": self.classifier.run_id if self.classifier else None,
-            "experts": {n: {"distortion": p.distortion, "run_id": p.edge.run_id,
+            "experts": {n: {"distortion": p.distortion, "run_id": p.edge.run_id, "clouds": list(p.clouds),
                             "split": {"name": p.edge.output.name, "shape": list(p.edge.output.shape)}}
                         for n, p in sorted(self.experts.items())},
             "refused": dict(sorted(self.refused.items())),
@@ -83,9 +91,13 @@ class Catalogue:
 class Discovery:
     """Keeps a `Catalogue` fresh in a background thread."""
 
-    def __init__(self, edge: Endpoint, cloud: Endpoint, *, classifier: Manifest | None = None,
-                 refresh_s: float = 5.0, timeout_s: float = 5.0):
-        self.edge, self.cloud = edge, cloud
+    def __init__(self, edge: Endpoint, clouds: Endpoint | list[Endpoint], *,
+                 classifier: Manifest | None = None, refresh_s: float = 5.0, timeout_s: float = 5.0):
+        self.edge = edge
+        self.clouds = [clouds] if isinstance(clouds, Endpoint) else list(clouds)
+        names = [c.name for c in self.clouds] + [edge.name]
+        if not self.clouds or len(set(names)) != len(names):
+            raise ValueError("at least one cloud endpoint, and distinct endpoint names")
         self.classifier = classifier   # the router's own (in process), fixed for its lifetime
         self.refresh_s, self.timeout_s = refresh_s, timeout_s
         self.catalogue = Catalogue()
@@ -94,7 +106,7 @@ class Discovery:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._last: dict[str, dict[str, str]] = {}   # role -> models seen at the last good listing
+        self._last: dict[str, dict[str, str]] = {}   # endpoint -> models seen at the last good listing
 
     def start(self) -> None:
         self.refresh()
@@ -112,7 +124,9 @@ class Discovery:
                 log.exception("discovery refresh failed")
 
     def _models(self, ep: Endpoint) -> dict[str, str]:
-        """Registered model -> default version, through the management API (paginated)."""
+        """Registered model -> what identifies its current version (TorchServe: the archive URL)."""
+        if ep.kind == "oip":
+            return self._oip_models(ep)
         out, token = {}, None
         for _ in range(100):
             params = {"limit": 100, **({"next_page_token": token} if token else {})}
@@ -127,6 +141,33 @@ class Discovery:
                 break
         return out
 
+    def _oip_models(self, ep: Endpoint) -> dict[str, str]:
+        headers = ep.auth("inference")
+        r = self._session.get(f"{ep.inference_url}/v2/models", headers=headers, timeout=self.timeout_s)
+        if r.status_code in (404, 405):      # Triton: the model repository extension instead
+            r = self._session.post(f"{ep.inference_url}/v2/repository/index", json={"ready": True},
+                                   headers=headers, timeout=self.timeout_s)
+            r.raise_for_status()
+            return {m["name"]: str(m.get("version", "")) for m in r.json() if isinstance(m, dict)}
+        r.raise_for_status()
+        return {str(m): "" for m in r.json().get("models", [])}
+
+    def _oip_contract(self, ep: Endpoint, model: str, edge: Manifest) -> str | None:
+        """Why an OIP model cannot finish `edge`'s split tensor, or None when it can."""
+        r = self._session.get(f"{ep.inference_url}/v2/models/{model}", headers=ep.auth("inference"),
+                              timeout=self.timeout_s)
+        r.raise_for_status()
+        meta = r.json()
+        inputs = {i.get("name"): i for i in meta.get("inputs", []) if isinstance(i, dict)}
+        split = inputs.get(edge.output.name)
+        if split is None or list(split.get("shape", []))[1:] != list(edge.output.shape[1:]):
+            return (f"{ep.name}: {model} takes {list(inputs)} , not {edge.output.name} "
+                    f"[N, {', '.join(map(str, edge.output.shape[1:]))}]")
+        outputs = {o.get("name") for o in meta.get("outputs", []) if isinstance(o, dict)}
+        if not {"class", "confidence"} <= outputs:
+            return f"{ep.name}: {model} lacks the outputs class and confidence"
+        return None
+
     def _manifest(self, ep: Endpoint, model: str, url: str) -> Manifest:
         key = (ep.name, model, url)
         if key not in self._manifests:
@@ -137,46 +178,63 @@ class Discovery:
             self._manifests[key] = Manifest.from_dict(r.json())
         return self._manifests[key]
 
+    def _list(self, ep: Endpoint, cat: Catalogue) -> dict[str, str]:
+        try:
+            models = self._models(ep)
+            self._last[ep.name] = models
+            cat.listed_at[ep.name] = time.time()
+        except (requests.RequestException, ValueError, TypeError, AttributeError) as exc:
+            # An instance that does not answer keeps its last known experts: the edge must go on
+            # answering (degraded) through a cloud outage, not lose every expert.
+            cat.errors[ep.name] = f"listing: {type(exc).__name__}"
+            models = {m: u for m, u in self._last.get(ep.name, {}).items()
+                      if ep.kind == "oip" or (ep.name, m, u) in self._manifests}
+        # forget manifests of unregistered models: a re-registered archive is asked again
+        self._manifests = {k: v for k, v in self._manifests.items() if k[0] != ep.name or k[1] in models}
+        return models
+
     def refresh(self) -> Catalogue:
         with self._lock:
             cat = Catalogue(classifier=self.classifier, refreshed_at=time.time())
-            found: dict[str, dict[str, Manifest]] = {"edge": {}, "cloud": {}}
-            for role, ep in (("edge", self.edge), ("cloud", self.cloud)):
+            edge: dict[str, Manifest] = {}
+            for model, url in self._list(self.edge, cat).items():
+                if not model.startswith("edge_"):
+                    continue
                 try:
-                    models = self._models(ep)
-                    self._last[role] = models
-                except (requests.RequestException, ValueError) as exc:
-                    # An instance that does not answer keeps its last known experts: the edge must
-                    # go on answering (degraded) through a cloud outage, not lose every expert.
-                    cat.errors[ep.name] = f"management API: {type(exc).__name__}"
-                    models = {m: u for m, u in self._last.get(role, {}).items()
-                              if (ep.name, m, u) in self._manifests}
-                # forget manifests of unregistered models: a re-registered archive is asked again
-                self._manifests = {k: v for k, v in self._manifests.items()
-                                   if k[0] != ep.name or k[1] in models}
-                for model, url in models.items():
-                    if not model.startswith(f"{role}_"):
+                    edge[model[len("edge_"):]] = self._manifest(self.edge, model, url)
+                except (requests.RequestException, ValueError, ManifestError) as exc:
+                    cat.refused[model] = f"no manifest: {type(exc).__name__}"
+            served: dict[str, list[str]] = {}      # expert -> cloud endpoints that can finish it
+            for ep in self.clouds:
+                for model, url in self._list(ep, cat).items():
+                    if not model.startswith("cloud_"):
+                        continue
+                    name = model[len("cloud_"):]
+                    if name not in edge:
+                        cat.refused.setdefault(name, "no edge_<expert> registered on the edge")
                         continue
                     try:
-                        manifest = self._manifest(ep, model, url)
-                    except (requests.RequestException, ValueError, ManifestError) as exc:
-                        cat.refused[model] = f"no manifest: {type(exc).__name__}"
+                        if ep.kind == "oip":
+                            if (ep.name, model, url) not in self._manifests:
+                                reason = self._oip_contract(ep, model, edge[name])
+                                if reason:
+                                    cat.refused[name] = reason
+                                    continue
+                                self._manifests[(ep.name, model, url)] = edge[name]
+                        else:
+                            check_pair(edge[name], self._manifest(ep, model, url))
+                    except (requests.RequestException, ValueError, TypeError, AttributeError,
+                            ManifestError) as exc:
+                        why = exc if isinstance(exc, ManifestError) else type(exc).__name__
+                        cat.refused[name] = f"{ep.name}: {why}"
                         continue
-                    found[role][model[len(role) + 1:]] = manifest
-            for name, edge_m in found["edge"].items():
-                cloud_m = found["cloud"].get(name)
-                if cloud_m is None:
-                    cat.refused[name] = "no cloud_<expert> registered on the cloud"
-                    continue
-                try:
-                    check_pair(edge_m, cloud_m)
-                except ManifestError as exc:
-                    cat.refused[name] = str(exc)
-                    continue
-                cat.experts[name] = ExpertPair(name, edge_m.distortion, edge_m, cloud_m)
-            for name in found["cloud"]:
-                if name not in found["edge"]:
-                    cat.refused.setdefault(name, "no edge_<expert> registered on the edge")
+                    served.setdefault(name, []).append(ep.name)
+            for name, edge_m in edge.items():
+                if name in served:
+                    cat.refused.pop(name, None)
+                    cat.experts[name] = ExpertPair(name, edge_m.distortion, edge_m, tuple(served[name]))
+                else:
+                    cat.refused.setdefault(name, "no cloud_<expert> registered on the cloud")
             previous = set(self.catalogue.experts)
             if set(cat.experts) != previous:
                 log.info("experts now: %s", ", ".join(sorted(cat.experts)) or "none")

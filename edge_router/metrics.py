@@ -35,6 +35,8 @@ class Metrics:
                             ["limit"], registry=r)
         self.seconds = Histogram(f"{p}_request_seconds", "router latency of answered requests",
                                  ["offloaded"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.cloud_retries = Counter(f"{p}_cloud_retries", "offloads retried on another cloud endpoint",
+                                     ["endpoint"], registry=r)
         self.in_flight = Gauge(f"{p}_in_flight", "requests being answered now", registry=r)
         self.buffered_bytes = Gauge(f"{p}_buffered_body_bytes", "request body bytes held now",
                                     registry=r)

@@ -1,0 +1,166 @@
+"""The cloud tier as the router sees it: any number of endpoints, TorchServe or Open Inference Protocol.
+
+`CloudPool` decides, without HTTP, which endpoint gets the next offload: among the healthy
+endpoints that serve the expert (discovery says which), the one with the fewest offloads in
+flight, round robin among equals (least outstanding requests: a slow replica gets less, a dead one
+none). An endpoint that refuses connections or answers 5xx is taken out at once; it comes back when
+discovery lists it again (a successful listing is the health check), or after `down_s` on trial.
+`CloudUpstream` sends the offload (TorchServe: `POST /predictions/<model>`; OIP, KServe or
+Triton: `POST /v2/models/<model>/infer`, the same binary-framed tensor either way) and, when an
+endpoint fails and the deadline leaves time, retries on the next one before the router answers
+degraded. An OIP answer (`outputs` `class` and `confidence`) is turned into the TorchServe
+handler's `predictions` so `edge_router.decisions` sees one shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from edge_router.decisions import Reply, UpstreamTimeout, UpstreamUnreachable
+from edge_router.discovery import Catalogue, Endpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _State:
+    outstanding: int = 0
+    down_since: float | None = None     # wall-clock time it was taken out, None while in
+
+
+class CloudPool:
+    def __init__(self, endpoints: list[Endpoint], *, down_s: float = 10.0,
+                 clock: Callable[[], float] = time.time):
+        self.endpoints = {e.name: e for e in endpoints}
+        self.state = {e.name: _State() for e in endpoints}
+        self.down_s, self.clock = down_s, clock
+        self._turn = itertools.count()
+
+    def healthy(self, name: str, listed_at: float | None = None) -> bool:
+        st = self.state[name]
+        if st.down_since is None:
+            return True
+        listed_since = listed_at is not None and listed_at > st.down_since
+        if listed_since or self.clock() - st.down_since > self.down_s:
+            st.down_since = None          # listed again since it failed (or on trial): back in
+            log.info("cloud endpoint %s back in", name)
+            return True
+        return False
+
+    def order(self, names: tuple[str, ...] | list[str], listed_at: dict[str, float] | None = None
+              ) -> list[Endpoint]:
+        """The endpoints to try, best first: healthy ones by fewest in flight, ties in turn."""
+        listed_at = listed_at or {}
+        known = [n for n in names if n in self.endpoints]
+        if not known:
+            return []
+        turn = next(self._turn) % len(known)
+        rotated = known[turn:] + known[:turn]
+        up = [n for n in rotated if self.healthy(n, listed_at.get(n))]
+        up.sort(key=lambda n: self.state[n].outstanding)      # stable: the rotation breaks ties
+        return [self.endpoints[n] for n in up]
+
+    def begin(self, name: str) -> None:
+        self.state[name].outstanding += 1
+
+    def end(self, name: str, *, failed: bool) -> None:
+        st = self.state[name]
+        st.outstanding -= 1
+        if failed and st.down_since is None:
+            st.down_since = self.clock()
+            log.warning("cloud endpoint %s taken out", name)
+
+    def describe(self) -> dict:
+        return {n: {"kind": self.endpoints[n].kind, "url": self.endpoints[n].inference_url,
+                    "outstanding": s.outstanding, "up": s.down_since is None}
+                for n, s in self.state.items()}
+
+
+def oip_predictions(content: bytes) -> bytes:
+    """An OIP inference answer as the TorchServe cloud handler's JSON (`predictions`, `run_id`)."""
+    answer = json.loads(content)
+    outputs = {o["name"]: o.get("data") for o in answer["outputs"]}
+    classes, confidences = outputs["class"], outputs["confidence"]
+    if len(classes) != len(confidences):
+        raise ValueError("class and confidence differ in length")
+    params = answer.get("parameters") or {}
+    return json.dumps({"predictions": [{"class": int(c), "confidence": float(p)}
+                                       for c, p in zip(classes, confidences, strict=True)],
+                       "run_id": params.get("run_id")}).encode()
+
+
+class CloudUpstream:
+    """Offloads over the pool, with one retry per remaining endpoint while the deadline allows."""
+
+    def __init__(self, pool: CloudPool, catalogue: Callable[[], Catalogue], connect_timeout_s: float,
+                 on_retry: Callable[[str], None] | None = None):
+        self.pool, self.catalogue, self.connect_timeout_s = pool, catalogue, connect_timeout_s
+        self.on_retry = on_retry or (lambda name: None)
+
+    def candidates(self, model: str) -> list[Endpoint]:
+        cat = self.catalogue()
+        if model.startswith("cloud_"):
+            pair = cat.experts.get(model[len("cloud_"):])
+            names = pair.clouds if pair else ()
+        else:       # full_<expert> (cloud_only): the TorchServe endpoints hold those archives
+            names = [n for n, e in self.pool.endpoints.items() if e.kind == "torchserve"]
+        return self.pool.order(names, cat.listed_at)
+
+    async def post(self, session: aiohttp.ClientSession, model: str, body: bytes,
+                   headers: dict[str, str], timeout_s: float) -> Reply:
+        deadline = time.perf_counter() + timeout_s
+        endpoints = self.candidates(model)
+        if not endpoints:
+            raise UpstreamUnreachable(f"no healthy cloud endpoint serves {model}")
+        last: Exception | Reply = UpstreamUnreachable("no attempt")
+        for i, ep in enumerate(endpoints):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise UpstreamTimeout()
+            if i:
+                self.on_retry(ep.name)
+            self.pool.begin(ep.name)
+            failed = True
+            try:
+                reply = await self._send(session, ep, model, body, headers, remaining)
+                failed = reply.status >= 500
+                if not failed:
+                    return reply
+                last = reply
+            except UpstreamUnreachable as exc:
+                last = exc
+            except UpstreamTimeout:
+                failed = False          # slow, not dead: the deadline is spent either way
+                raise
+            finally:
+                self.pool.end(ep.name, failed=failed)
+        if isinstance(last, Reply):
+            return last
+        raise last
+
+    async def _send(self, session: aiohttp.ClientSession, ep: Endpoint, model: str, body: bytes,
+                    headers: dict[str, str], timeout_s: float) -> Reply:
+        url = (f"{ep.inference_url}/v2/models/{model}/infer" if ep.kind == "oip"
+               else f"{ep.inference_url}/predictions/{model}")
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(self.connect_timeout_s, timeout_s))
+        try:
+            async with session.post(url, data=body, headers={**ep.auth("inference"), **headers},
+                                    timeout=timeout) as r:
+                reply = Reply(r.status, r.headers, await r.read())
+        except TimeoutError:
+            raise UpstreamTimeout() from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(str(exc)) from None
+        if ep.kind == "oip" and reply.status == 200:
+            try:
+                return Reply(200, {"Content-Type": "application/json"}, oip_predictions(reply.content))
+            except (ValueError, KeyError, TypeError):
+                return Reply(502, {}, json.dumps({"error": f"{ep.name}: malformed OIP answer"}).encode())
+        return reply
