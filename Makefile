@@ -32,8 +32,8 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	  | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
 	$(PY) -c "import tritonclient.http" && touch $(TEST_STAMP)
 
-$(KSTAMP): requirements-kserve.txt scripts/bootstrap_kserve.sh
-	bash scripts/bootstrap_kserve.sh $(KVENV)
+$(KSTAMP): requirements-kserve.txt scripts/bootstrap.sh
+	bash scripts/bootstrap.sh $(KVENV) requirements-kserve.txt "kserve, onnxruntime, cv2"
 
 kserve: $(KSTAMP)
 

@@ -136,13 +136,13 @@ def client(args: argparse.Namespace, router: str, profile: str, records: str | P
 # -- the orchestrator -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def emulated_system(profile, *, model_store: str, run_dir: str | Path, backend: str = "auto",
-                    max_minutes: float = 20):
+                    max_minutes: float = 20, cloud_engine: str = "torchserve", cloud_replicas: int = 1):
     """The live system (`benchmarks.live.LiveSystem`) over one emulated profile, as the paper ran it.
 
-    Cloud TorchServe in the cloud namespace on CPU 1; edge TorchServe and the router in the edge
-    namespace on CPU 0; the router listens on the edge's device-side address, with a deadline long
-    enough for the slowest profile. Everything is stopped and the namespaces removed on exit, also
-    on failure.
+    Cloud TorchServe (or `cloud_replicas` of `cloud_engine`) in the cloud namespace on CPU 1; edge
+    TorchServe and the router in the edge namespace on CPU 0; the router listens on the edge's
+    device-side address, with a deadline long enough for the slowest profile. Everything is
+    stopped and the namespaces removed on exit, also on failure.
     """
     from benchmarks import netem
     from benchmarks.live import LiveSystem
@@ -151,7 +151,8 @@ def emulated_system(profile, *, model_store: str, run_dir: str | Path, backend: 
             LiveSystem(model_store, Path(run_dir) / profile.name, link=link,
                        cpus={"cloud": "1", "edge": "0", "router": "0"},
                        router_options=["--deadline-ms", "10000"],
-                       edge_models=EDGE_MODELS, cloud_models=CLOUD_MODELS) as system:
+                       edge_models=EDGE_MODELS, cloud_models=CLOUD_MODELS, cloud_engine=cloud_engine,
+                       cloud_replicas=cloud_replicas) as system:
         yield system
 
 

@@ -59,7 +59,7 @@ def run_levels(router: str, args: argparse.Namespace) -> list[dict]:
     bodies = [encode_image(distorted_image(source, i, 64, policy)[0], "png") for i in range(len(source))]
     results = []
     for c in args.levels:
-        row = LoadClient(router, bodies, clients=c, params={"threshold": 0.8}).run(
+        row = LoadClient(router, bodies, clients=c, params={"threshold": args.threshold}).run(
             seconds=args.seconds, max_requests=args.max_requests)
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -137,6 +137,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client-router", default=None, help=argparse.SUPPRESS)
     p.add_argument("--results", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threshold", type=float, default=0.8,
+                   help="p_tar of every request (1.0: all offloaded, as benchmarks.scaleout runs)")
     return p
 
 

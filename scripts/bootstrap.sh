@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Create the project's virtual environment and install the pinned Python dependencies.
-# Usage: scripts/bootstrap.sh VENV_DIR   (the Makefile re-runs it only when requirements.txt changes)
+# Create a virtual environment of the project and install its pinned Python dependencies.
+# Usage: scripts/bootstrap.sh VENV_DIR [REQUIREMENTS] [MODULES]   (the Makefile re-runs it only when
+# the requirements file changes). Defaults: the edge's .venv from requirements.txt; the KServe
+# predictor's is `scripts/bootstrap.sh .venv-kserve requirements-kserve.txt "kserve, onnxruntime, cv2"`.
 set -euo pipefail
 VENV=${1:-.venv}
+REQUIREMENTS=${2:-requirements.txt}
+MODULES=${3:-torch, torchvision, onnxruntime, cv2, ts, skimage}
 
 # torch 2.14.1 wheels exist for CPython 3.10-3.13; prefer 3.11, which this machine serves from disk.
 PYTHON=${PYTHON:-}
@@ -20,9 +24,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "creating virtual environment $VENV with $("$PYTHON" --version)" >&2
   "$PYTHON" -m venv "$VENV"
 fi
-echo "installing pinned dependencies into $VENV (torch is large: the first run takes minutes)" >&2
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
+echo "installing $REQUIREMENTS into $VENV (the first run takes minutes)" >&2
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQUIREMENTS" 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
-"$VENV/bin/python" -c "import torch, torchvision, onnxruntime, cv2, ts, skimage" \
+"$VENV/bin/python" -c "import $MODULES" \
   || { echo "error: the virtual environment is incomplete; see the pip output above" >&2; exit 1; }
 touch "$VENV/.installed"
