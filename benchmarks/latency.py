@@ -136,7 +136,8 @@ def client(args: argparse.Namespace, router: str, profile: str, records: str | P
 # -- the orchestrator -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def emulated_system(profile, *, model_store: str, run_dir: str | Path, backend: str = "auto",
-                    max_minutes: float = 20, cloud_engine: str = "torchserve", cloud_replicas: int = 1):
+                    max_minutes: float = 20, cloud_engine: str = "torchserve", cloud_replicas: int = 1,
+                    router_options: list[str] | None = None):
     """The live system (`benchmarks.live.LiveSystem`) over one emulated profile, as the paper ran it.
 
     Cloud TorchServe (or `cloud_replicas` of `cloud_engine`) in the cloud namespace on CPU 1; edge
@@ -150,7 +151,7 @@ def emulated_system(profile, *, model_store: str, run_dir: str | Path, backend: 
     with netem.Link(profile, backend=backend, max_seconds=60 * (max_minutes + 10)) as link, \
             LiveSystem(model_store, Path(run_dir) / profile.name, link=link,
                        cpus={"cloud": "1", "edge": "0", "router": "0"},
-                       router_options=["--deadline-ms", "10000"],
+                       router_options=["--deadline-ms", "10000", *(router_options or [])],
                        edge_models=EDGE_MODELS, cloud_models=CLOUD_MODELS, cloud_engine=cloud_engine,
                        cloud_replicas=cloud_replicas) as system:
         yield system

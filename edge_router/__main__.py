@@ -25,6 +25,7 @@ from core.cli import run_cli
 from core.errors import UserInputError
 from core.imaging import DEFAULT_MAX_BYTES
 from edge_router.app import LocalClassifier, Router, RouterConfig, make_server
+from edge_router.cloud import POLICIES
 from edge_router.discovery import CLASSIFIER, Discovery, Endpoint
 from edge_router.torchserve import instance, read_keys
 
@@ -47,6 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cloud", action="append", default=[], metavar="KIND=URL",
                    help="a cloud endpoint (repeat for several): oip=URL, or torchserve=INFERENCE_URL,"
                         "MANAGEMENT_URL,KEY_FILE; default: the local cloud TorchServe")
+    p.add_argument("--cloud-policy", default=d.cloud_policy, choices=POLICIES,
+                   help="how offloads are spread over the cloud endpoints")
     p.add_argument("--threshold", type=float, default=d.default_threshold, help="default p_tar")
     p.add_argument("--deadline-ms", type=float, default=d.default_deadline_ms,
                    help="default per-request deadline")
@@ -109,7 +112,7 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
                         max_body_bytes=args.max_body_bytes, max_in_flight=args.max_in_flight,
                         max_buffered_bytes=int(args.max_buffered_mb * 2**20),
                         header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
-                        keepalive_s=args.keepalive_s, drain_s=args.drain_s)
+                        keepalive_s=args.keepalive_s, drain_s=args.drain_s, cloud_policy=args.cloud_policy)
 
 
 def raise_open_file_limit() -> None:

@@ -88,6 +88,7 @@ class RouterConfig:
     connect_timeout_s: float = 1.0
     upstream_connections: int = 64     # pooled keep-alive connections to each TorchServe
     retry_after_s: int = 1
+    cloud_policy: str = "least_outstanding"   # or round_robin (edge_router.cloud)
 
 
 # -- the classifier, in process ----------------------------------------------------------------------
@@ -178,7 +179,7 @@ class Router:
         self.discovery, self.classifier = discovery, classifier
         self.config = config or RouterConfig()
         self.metrics = Metrics()
-        self.pool = CloudPool(discovery.clouds)
+        self.pool = CloudPool(discovery.clouds, policy=self.config.cloud_policy)
         cloud = CloudUpstream(self.pool, self._catalogue, self.config.connect_timeout_s,
                               on_retry=lambda name: self.metrics.cloud_retries.labels(name).inc())
         self.upstream = HttpUpstream(discovery.edge, cloud, self.config)

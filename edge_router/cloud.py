@@ -3,7 +3,8 @@
 `CloudPool` decides, without HTTP, which endpoint gets the next offload: among the healthy
 endpoints that serve the expert (discovery says which), the one with the fewest offloads in
 flight, round robin among equals (least outstanding requests: a slow replica gets less, a dead one
-none). An endpoint that refuses connections or answers 5xx is taken out at once; it comes back when
+none); `--cloud-policy round_robin` takes them strictly in turn (`benchmarks.scaleout` compares).
+An endpoint that refuses connections or answers 5xx is taken out at once; it comes back when
 discovery lists it again (a successful listing is the health check), or after `down_s` on trial.
 `CloudUpstream` sends the offload (TorchServe: `POST /predictions/<model>`; OIP, KServe or
 Triton: `POST /v2/models/<model>/infer`, the same binary-framed tensor either way) and, when an
@@ -35,9 +36,15 @@ class _State:
     down_since: float | None = None     # wall-clock time it was taken out, None while in
 
 
+POLICIES = ("least_outstanding", "round_robin")
+
+
 class CloudPool:
-    def __init__(self, endpoints: list[Endpoint], *, down_s: float = 10.0,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, endpoints: list[Endpoint], *, policy: str = "least_outstanding",
+                 down_s: float = 10.0, clock: Callable[[], float] = time.time):
+        if policy not in POLICIES:
+            raise ValueError(f"cloud policy {policy!r}: one of {', '.join(POLICIES)}")
+        self.policy = policy
         self.endpoints = {e.name: e for e in endpoints}
         self.state = {e.name: _State() for e in endpoints}
         self.down_s, self.clock = down_s, clock
@@ -56,7 +63,8 @@ class CloudPool:
 
     def order(self, names: tuple[str, ...] | list[str], listed_at: dict[str, float] | None = None
               ) -> list[Endpoint]:
-        """The endpoints to try, best first: healthy ones by fewest in flight, ties in turn."""
+        """The endpoints to try, best first: the healthy ones in turn, by fewest in flight first
+        unless the policy is plain round robin."""
         listed_at = listed_at or {}
         known = [n for n in names if n in self.endpoints]
         if not known:
@@ -64,7 +72,8 @@ class CloudPool:
         turn = next(self._turn) % len(known)
         rotated = known[turn:] + known[:turn]
         up = [n for n in rotated if self.healthy(n, listed_at.get(n))]
-        up.sort(key=lambda n: self.state[n].outstanding)      # stable: the rotation breaks ties
+        if self.policy == "least_outstanding":
+            up.sort(key=lambda n: self.state[n].outstanding)  # stable: the rotation breaks ties
         return [self.endpoints[n] for n in up]
 
     def begin(self, name: str) -> None:

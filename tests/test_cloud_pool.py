@@ -103,3 +103,12 @@ def test_a_timeout_is_not_retried_and_does_not_take_the_endpoint_out():
     empty = FakeUpstream(p, {})
     with pytest.raises(UpstreamUnreachable, match="no healthy cloud endpoint"):
         run(empty.post(None, "cloud_missing", b"", {}, 5.0))
+
+
+def test_round_robin_ignores_what_is_in_flight_and_bad_policies_are_refused():
+    p = pool(2, policy="round_robin")
+    p.begin("c0")
+    p.begin("c0")
+    assert [p.order(["c0", "c1"])[0].name for _ in range(4)] == ["c0", "c1", "c0", "c1"]
+    with pytest.raises(ValueError, match="cloud policy"):
+        pool(policy="random")
