@@ -39,6 +39,7 @@ kserve: $(KSTAMP)
 
 lint: deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: lint $(TEST_STAMP) $(KSTAMP)
 	$(PY) -m pytest

@@ -63,16 +63,16 @@ from core.errors import UserInputError
 from core.imaging import image_format
 from edge_router.app import RouterConfig
 
-CONTROL_TIMEOUT_S = 10.0      # a control request without an answer by then counts as without_answer
-CONNECT_TIMEOUT_S = 5.0       # an abuse socket not connected by then is given up (connect_timeout)
-SETUP_WAIT_S = 5.0            # the control starts once the abuse is in place, or after this at most
+CONTROL_TIMEOUT_S = 10.0  # a control request without an answer by then counts as without_answer
+CONNECT_TIMEOUT_S = 5.0  # an abuse socket not connected by then is given up (connect_timeout)
+SETUP_WAIT_S = 5.0  # the control starts once the abuse is in place, or after this at most
 SAMPLE_EVERY_S = 0.25
-FD_MARGIN = 64                # descriptors beyond the abuse sockets: control, burst reconnects, files
+FD_MARGIN = 64  # descriptors beyond the abuse sockets: control, burst reconnects, files
 PARTIAL_BODY_BYTES = 64 * 1024
 TRICKLE_BYTES, TRICKLE_EVERY_S = 1024, 0.5
-MAX_BURST_REQUESTS_PER_CLIENT = 1_000_000   # a count bound beside the time bound
-MAX_LOOP_ITERATIONS = 50_000_000            # of any polling loop, beside its time bound
-SETTLE_S = 1.0                # between scenarios: the router closes the previous one's sockets
+MAX_BURST_REQUESTS_PER_CLIENT = 1_000_000  # a count bound beside the time bound
+MAX_LOOP_ITERATIONS = 50_000_000  # of any polling loop, beside its time bound
+SETTLE_S = 1.0  # between scenarios: the router closes the previous one's sockets
 
 
 # -- the target ------------------------------------------------------------------------------------
@@ -83,6 +83,7 @@ def _is_loopback_address(host: str) -> bool:
     except ValueError:
         return False
 
+
 ROUTER_DEFAULTS = RouterConfig()
 
 
@@ -92,18 +93,20 @@ class Target:
 
     host: str
     port: int
-    router_pid: int | None      # process whose threads and RSS are sampled; None: not sampled
-    control_body: bytes         # a small valid PNG, POSTed as the control request
+    router_pid: int | None  # process whose threads and RSS are sampled; None: not sampled
+    control_body: bytes  # a small valid PNG, POSTed as the control request
     control_path: str = "/v1/classify"
-    max_body_bytes: int = ROUTER_DEFAULTS.max_body_bytes   # the router's body-size limit
-    max_in_flight: int = ROUTER_DEFAULTS.max_in_flight   # the router's in-flight limit
+    max_body_bytes: int = ROUTER_DEFAULTS.max_body_bytes  # the router's body-size limit
+    max_in_flight: int = ROUTER_DEFAULTS.max_in_flight  # the router's in-flight limit
 
     def __post_init__(self) -> None:
         self.host = self.host.strip("[]")
         if not _is_loopback_address(self.host):
             # UserInputError is a ValueError: the CLI prints it on one line
-            raise UserInputError(f"host {self.host!r} is not a loopback address (127.0.0.0/8 or ::1): "
-                                 "the abuse scenarios only run against this machine")
+            raise UserInputError(
+                f"host {self.host!r} is not a loopback address (127.0.0.0/8 or ::1): "
+                "the abuse scenarios only run against this machine"
+            )
         if not 0 < self.port < 65536:
             raise UserInputError(f"port {self.port} is not a TCP port")
         if not self.control_body:
@@ -137,11 +140,13 @@ def raise_fd_limit(needed: int) -> int:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError):
-            pass   # keep the soft limit; the check below says whether it is enough
+            pass  # keep the soft limit; the check below says whether it is enough
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY and soft < needed:
-        raise UserInputError(f"this scenario needs about {needed} open files but RLIMIT_NOFILE is {soft} "
-                             f"(hard {hard}): raise it (ulimit -n {needed}) or lower --scale")
+        raise UserInputError(
+            f"this scenario needs about {needed} open files but RLIMIT_NOFILE is {soft} "
+            f"(hard {hard}): raise it (ulimit -n {needed}) or lower --scale"
+        )
     return soft
 
 
@@ -161,8 +166,7 @@ def post_once(t: Target, conn: http.client.HTTPConnection | None = None) -> tupl
         conn = http.client.HTTPConnection(t.host, t.port, timeout=CONTROL_TIMEOUT_S)
     started = time.perf_counter()
     try:
-        conn.request("POST", t.control_path, body=t.control_body,
-                     headers={"Content-Type": t.content_type})
+        conn.request("POST", t.control_path, body=t.control_body, headers={"Content-Type": t.content_type})
         r = conn.getresponse()
         r.read()
         ms = (time.perf_counter() - started) * 1000
@@ -222,12 +226,18 @@ class Control(threading.Thread):
         sent = len(self.requests)
         answered = sum(status.values())
         unfinished = sent - answered - sum(errors.values())
-        if unfinished:   # still waiting when the scenario ended: no answer in time either
+        if unfinished:  # still waiting when the scenario ended: no answer in time either
             errors["unfinished"] += unfinished
-        return {"sent": sent, "answered": answered, "without_answer": sent - answered,
-                "status_counts": dict(sorted(status.items())), "errors": dict(errors),
-                "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
-                "max_ms": round(max(latencies), 1) if latencies else None}
+        return {
+            "sent": sent,
+            "answered": answered,
+            "without_answer": sent - answered,
+            "status_counts": dict(sorted(status.items())),
+            "errors": dict(errors),
+            "p50_ms": _percentile(latencies, 50),
+            "p99_ms": _percentile(latencies, 99),
+            "max_ms": round(max(latencies), 1) if latencies else None,
+        }
 
 
 class Sampler(threading.Thread):
@@ -244,7 +254,7 @@ class Sampler(threading.Thread):
         if pid is not None:
             try:
                 self.proc = psutil.Process(pid)
-                self.sample()   # the first sample is taken before any abuse starts
+                self.sample()  # the first sample is taken before any abuse starts
             except psutil.Error:
                 self.gone = True
 
@@ -261,22 +271,28 @@ class Sampler(threading.Thread):
                 return
             try:
                 self.sample()
-            except psutil.Error:   # the router exited (or crashed) under the abuse
+            except psutil.Error:  # the router exited (or crashed) under the abuse
                 self.gone = True
                 return
 
     def summary(self) -> dict:
         if self.pid is None:
-            return {"router_threads_max": None, "router_rss_mb_max": None, "router_rss_mb_start": None,
-                    "router_note": "not sampled (no router pid)"}
-        out = {"router_threads_start": self.threads[0] if self.threads else None,
-               "router_threads_max": max(self.threads) if self.threads else None,
-               "router_rss_mb_start": round(self.rss_mb[0], 1) if self.rss_mb else None,
-               "router_rss_mb_max": round(max(self.rss_mb), 1) if self.rss_mb else None,
-               "router_rss_mb_end": round(self.rss_mb[-1], 1) if self.rss_mb else None,
-               "router_samples": len(self.rss_mb)}
+            return {
+                "router_threads_max": None,
+                "router_rss_mb_max": None,
+                "router_rss_mb_start": None,
+                "router_note": "not sampled (no router pid)",
+            }
+        out = {
+            "router_threads_start": self.threads[0] if self.threads else None,
+            "router_threads_max": max(self.threads) if self.threads else None,
+            "router_rss_mb_start": round(self.rss_mb[0], 1) if self.rss_mb else None,
+            "router_rss_mb_max": round(max(self.rss_mb), 1) if self.rss_mb else None,
+            "router_rss_mb_end": round(self.rss_mb[-1], 1) if self.rss_mb else None,
+            "router_samples": len(self.rss_mb),
+        }
         if self.gone:
-            out["router_gone"] = True   # the process disappeared during the scenario
+            out["router_gone"] = True  # the process disappeared during the scenario
         return out
 
 
@@ -285,12 +301,12 @@ class Sampler(threading.Thread):
 class _Conn:
     sock: socket.socket
     index: int
-    state: str = "connecting"          # connecting | open | closed
-    out: memoryview | None = None      # bytes still to write
-    trickled: int = 0                  # bytes written by the trickle so far
+    state: str = "connecting"  # connecting | open | closed
+    out: memoryview | None = None  # bytes still to write
+    trickled: int = 0  # bytes written by the trickle so far
     opened_at: float = 0.0
-    status: str | None = None          # the status of the first answer the server sent, if any
-    head: bytes = b""                  # the first bytes the server sent (to read that status)
+    status: str | None = None  # the status of the first answer the server sent, if any
+    head: bytes = b""  # the first bytes the server sent (to read that status)
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -318,7 +334,7 @@ class SocketFlood(threading.Thread):
         self.target, self.count, self.plan = t, count, plan
         self.hard_deadline = time.monotonic() + hard_seconds
         self.stop = threading.Event()
-        self.ready = threading.Event()   # every connect resolved (or timed out)
+        self.ready = threading.Event()  # every connect resolved (or timed out)
         self.conns: list[_Conn] = []
         self.connected = 0
         self.refused = 0
@@ -333,7 +349,7 @@ class SocketFlood(threading.Thread):
     def _open(self, sel: selectors.BaseSelector, index: int) -> None:
         sock = socket.socket(self.target.family, socket.SOCK_STREAM)
         sock.setblocking(False)
-        conn = _Conn(sock, index, rng=random.Random(index))
+        conn = _Conn(sock, index, rng=random.Random(index))  # noqa: S311 - timing jitter, not secrets
         self.conns.append(conn)
         err = sock.connect_ex((self.target.host, self.target.port))
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
@@ -342,8 +358,15 @@ class SocketFlood(threading.Thread):
         conn.opened_at = time.monotonic()
         sel.register(sock, selectors.EVENT_WRITE, conn)
 
-    def _close(self, sel: selectors.BaseSelector, conn: _Conn, *, by_server: bool = False,
-               refused: bool = False, timed_out: bool = False) -> None:
+    def _close(
+        self,
+        sel: selectors.BaseSelector,
+        conn: _Conn,
+        *,
+        by_server: bool = False,
+        refused: bool = False,
+        timed_out: bool = False,
+    ) -> None:
         if conn.state == "closed":
             return
         if by_server:
@@ -376,7 +399,7 @@ class SocketFlood(threading.Thread):
             n = conn.sock.send(conn.out) if conn.out else 0
         except (BlockingIOError, InterruptedError):
             n = 0
-        except OSError:   # reset or broken pipe: the server closed it
+        except OSError:  # reset or broken pipe: the server closed it
             self._close(sel, conn, by_server=True)
             return
         self.bytes_sent += n
@@ -407,7 +430,7 @@ class SocketFlood(threading.Thread):
         if conn.state != "open" or conn.trickled >= plan.trickle_limit:
             return
         n = min(plan.chunk, plan.trickle_limit - conn.trickled)
-        piece = plan.trickle_source[conn.trickled:conn.trickled + n]
+        piece = plan.trickle_source[conn.trickled : conn.trickled + n]
         conn.trickled += n
         pending = bytes(conn.out) if conn.out else b""
         conn.out = memoryview(pending + piece)
@@ -451,21 +474,36 @@ class SocketFlood(threading.Thread):
             now = time.monotonic()
             while heap and heap[0][0] <= now:
                 self._trickle(sel, self.conns[heapq.heappop(heap)[1]], heap, now)
-            for conn in self.conns:   # a connect the server never completes is given up
+            for conn in self.conns:  # a connect the server never completes is given up
                 if conn.state == "connecting" and now - conn.opened_at > CONNECT_TIMEOUT_S:
                     self._close(sel, conn, timed_out=True)
-            if not self.ready.is_set() and len(self.conns) == self.count and all(
-                    c.state != "connecting" for c in self.conns):
+            if (
+                not self.ready.is_set()
+                and len(self.conns) == self.count
+                and all(c.state != "connecting" for c in self.conns)
+            ):
                 self.ready.set()
 
     def summary(self) -> dict:
         drops = self.dropped_after_s
-        out = {"connected": self.connected, "connect_refused": self.refused,
-               "connect_timeout": self.connect_timeouts, "dropped_by_server": len(drops),
-               "dropped_after_s": ({"min": round(min(drops), 2), "p50": round(float(np.median(drops)), 2),
-                                    "max": round(max(drops), 2)} if drops else None),
-               "open_at_end": self.open_at_end, "server_answers": dict(sorted(self.answers.items())),
-               "bytes_sent": self.bytes_sent}
+        out = {
+            "connected": self.connected,
+            "connect_refused": self.refused,
+            "connect_timeout": self.connect_timeouts,
+            "dropped_by_server": len(drops),
+            "dropped_after_s": (
+                {
+                    "min": round(min(drops), 2),
+                    "p50": round(float(np.median(drops)), 2),
+                    "max": round(max(drops), 2),
+                }
+                if drops
+                else None
+            ),
+            "open_at_end": self.open_at_end,
+            "server_answers": dict(sorted(self.answers.items())),
+            "bytes_sent": self.bytes_sent,
+        }
         if self.client_errors:
             out["client_errors"] = dict(self.client_errors)
         return out
@@ -485,8 +523,9 @@ class Burst:
         self.retry_after = 0
         self.errors: Counter = Counter()
         self.latencies_ms: list[float] = []
-        self.threads = [threading.Thread(target=self.client, daemon=True, name=f"abuse-burst-{i}")
-                        for i in range(clients)]
+        self.threads = [
+            threading.Thread(target=self.client, daemon=True, name=f"abuse-burst-{i}") for i in range(clients)
+        ]
 
     def start(self) -> None:
         for th in self.threads:
@@ -505,7 +544,7 @@ class Burst:
                     code, ms, has_retry_after = post_once(self.target, conn)
                 except (OSError, http.client.HTTPException) as exc:
                     errors[type(exc).__name__] += 1
-                    self.stop.wait(0.05)   # a refused connect must not spin this thread
+                    self.stop.wait(0.05)  # a refused connect must not spin this thread
                     continue
                 status[str(code)] += 1
                 latencies.append(ms)
@@ -526,16 +565,20 @@ class Burst:
 
     def summary(self, seconds: float) -> dict:
         answered = sum(self.status.values())
-        return {"clients": self.clients, "requests_sent": self.sent, "answered": answered,
-                "burst_without_answer": self.sent - answered,
-                "status_counts": dict(sorted(self.status.items())),
-                "unexpected_status": sum(v for k, v in self.status.items() if k not in ("200", "503")),
-                "with_retry_after": self.retry_after,
-                "without_retry_after_503": self.status.get("503", 0) - self.retry_after,
-                "errors": dict(self.errors),
-                "answered_per_s": round(answered / seconds, 1) if seconds > 0 else None,
-                "burst_p50_ms": _percentile(self.latencies_ms, 50),
-                "burst_p99_ms": _percentile(self.latencies_ms, 99)}
+        return {
+            "clients": self.clients,
+            "requests_sent": self.sent,
+            "answered": answered,
+            "burst_without_answer": self.sent - answered,
+            "status_counts": dict(sorted(self.status.items())),
+            "unexpected_status": sum(v for k, v in self.status.items() if k not in ("200", "503")),
+            "with_retry_after": self.retry_after,
+            "without_retry_after_503": self.status.get("503", 0) - self.retry_after,
+            "errors": dict(self.errors),
+            "answered_per_s": round(answered / seconds, 1) if seconds > 0 else None,
+            "burst_p50_ms": _percentile(self.latencies_ms, 50),
+            "burst_p99_ms": _percentile(self.latencies_ms, 99),
+        }
 
 
 # -- scenarios -------------------------------------------------------------------------------------
@@ -548,13 +591,13 @@ def _measure(name: str, t: Target, seconds: float, abuse, sockets: int) -> dict:
     sampler.start()
     setup_started = time.monotonic()
     abuse.start()
-    abuse.ready.wait(SETUP_WAIT_S)   # the control measures the abuse in place, not its ramp-up
+    abuse.ready.wait(SETUP_WAIT_S)  # the control measures the abuse in place, not its ramp-up
     setup_s = time.monotonic() - setup_started
     control = Control(t, seconds)
     started = time.monotonic()
     control.start()
     try:
-        time.sleep(seconds)                       # the abuse is held for the whole duration ...
+        time.sleep(seconds)  # the abuse is held for the whole duration ...
         # ... and until the last control request has its answer (a connect and a read: 2 timeouts)
         control.wait(2 * CONTROL_TIMEOUT_S + 2)
     finally:
@@ -564,20 +607,27 @@ def _measure(name: str, t: Target, seconds: float, abuse, sockets: int) -> dict:
         abuse.join(CONTROL_TIMEOUT_S + 5)
         sampler.stop.set()
         sampler.join(2)
-    try:   # does the router answer once the abuse is gone?
+    try:  # does the router answer once the abuse is gone?
         status, ms, _ = post_once(t)
         after = {"status": status, "ms": round(ms, 1)}
     except (OSError, http.client.HTTPException) as exc:
         after = {"status": None, "error": type(exc).__name__}
     c = control.summary()
-    out = {"scenario": name, "sockets": sockets, "seconds": seconds, "setup_s": round(setup_s, 2),
-           "held_s": round(held_s, 2), "control": c, "without_answer": c["without_answer"],
-           **sampler.summary()}
+    out = {
+        "scenario": name,
+        "sockets": sockets,
+        "seconds": seconds,
+        "setup_s": round(setup_s, 2),
+        "held_s": round(held_s, 2),
+        "control": c,
+        "without_answer": c["without_answer"],
+        **sampler.summary(),
+    }
     if isinstance(abuse, Burst):
         burst = abuse.summary(held_s)
         out.update(burst)
         out["without_answer"] += burst["burst_without_answer"]
-        out["dropped_by_server"] = None   # not measured: burst clients reconnect and count errors
+        out["dropped_by_server"] = None  # not measured: burst clients reconnect and count errors
     else:
         out.update(abuse.summary())
     out["control_after"] = after
@@ -591,8 +641,10 @@ def _body(t: Target, n: int) -> bytes:
 
 
 def _request_head(t: Target, content_length: int) -> bytes:
-    return (f"POST {t.control_path} HTTP/1.1\r\nHost: {t.host_header}\r\nContent-Type: {t.content_type}\r\n"
-            f"Content-Length: {content_length}\r\n\r\n").encode()
+    return (
+        f"POST {t.control_path} HTTP/1.1\r\nHost: {t.host_header}\r\nContent-Type: {t.content_type}\r\n"
+        f"Content-Length: {content_length}\r\n\r\n"
+    ).encode()
 
 
 def slowloris(t: Target, seconds: float, scale: float) -> dict:
@@ -600,8 +652,13 @@ def slowloris(t: Target, seconds: float, scale: float) -> dict:
     count = scaled(300, scale)
     # header lines are never empty, so the bytes never contain the blank line that ends the headers
     headers = b"".join(b"X-Slow-%d: %d\r\n" % (i, i) for i in range(int(seconds / 2) + 2))
-    plan = SocketPlan(initial=b"GET /healthz HTTP/1.1\r\n", trickle_source=headers, chunk=1,
-                      interval=lambda rng: rng.uniform(2.0, 4.0), trickle_limit=len(headers))
+    plan = SocketPlan(
+        initial=b"GET /healthz HTTP/1.1\r\n",
+        trickle_source=headers,
+        chunk=1,
+        interval=lambda rng: rng.uniform(2.0, 4.0),
+        trickle_limit=len(headers),
+    )
     return _measure("slowloris", t, seconds, _flood(t, count, plan, seconds), count)
 
 
@@ -620,8 +677,13 @@ def slow_large_bodies(t: Target, seconds: float, scale: float) -> dict:
     length = t.max_body_bytes - 1
     # never the last byte: the body stays incomplete however long the scenario runs
     limit = min(length - 1, int((seconds + SETUP_WAIT_S) / TRICKLE_EVERY_S + 2) * TRICKLE_BYTES)
-    plan = SocketPlan(initial=_request_head(t, length), trickle_source=_body(t, limit), chunk=TRICKLE_BYTES,
-                      interval=lambda rng: TRICKLE_EVERY_S, trickle_limit=limit)
+    plan = SocketPlan(
+        initial=_request_head(t, length),
+        trickle_source=_body(t, limit),
+        chunk=TRICKLE_BYTES,
+        interval=lambda rng: TRICKLE_EVERY_S,
+        trickle_limit=limit,
+    )
     out = _measure("slow_large_bodies", t, seconds, _flood(t, count, plan, seconds), count)
     out["content_length"] = length
     return out
@@ -668,8 +730,9 @@ def run_scenario(name: str, target: Target, *, seconds: float = 20.0, scale: flo
     return SCENARIOS[name](target, seconds, scale)
 
 
-def run_all(target: Target, *, seconds: float = 20.0, scale: float = 1.0, names=None,
-            progress=print) -> list[dict]:
+def run_all(
+    target: Target, *, seconds: float = 20.0, scale: float = 1.0, names=None, progress=print
+) -> list[dict]:
     """Every scenario in `names` (default: all, in SCENARIOS order); `progress` gets one line each."""
     names = list(names) if names else list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -688,46 +751,78 @@ def run_all(target: Target, *, seconds: float = 20.0, scale: float = 1.0, names=
 
 def summary_line(r: dict) -> str:
     c = r["control"]
-    line = (f"{r['scenario']}: {r['sockets']} sockets, control {c['answered']}/{c['sent']} answered "
-            f"p50/p99/max {c['p50_ms']}/{c['p99_ms']}/{c['max_ms']} ms, "
-            f"without_answer {r['without_answer']}, "
-            f"router threads max {r['router_threads_max']}, RSS max {r['router_rss_mb_max']} MB")
+    line = (
+        f"{r['scenario']}: {r['sockets']} sockets, control {c['answered']}/{c['sent']} answered "
+        f"p50/p99/max {c['p50_ms']}/{c['p99_ms']}/{c['max_ms']} ms, "
+        f"without_answer {r['without_answer']}, "
+        f"router threads max {r['router_threads_max']}, RSS max {r['router_rss_mb_max']} MB"
+    )
     if r["scenario"] == "overload_burst":
         return line + f", burst {r['status_counts']} ({r['with_retry_after']} with Retry-After)"
     refused = r["connect_refused"] + r["connect_timeout"]
-    return line + f", dropped_by_server {r['dropped_by_server']}" + (
-        f", connects refused or timed out {refused}" if refused else "")
+    return (
+        line
+        + f", dropped_by_server {r['dropped_by_server']}"
+        + (f", connects refused or timed out {refused}" if refused else "")
+    )
 
 
 # -- command line ----------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
     first, _, rest = __doc__.partition("\n\n")
-    p = argparse.ArgumentParser(prog="python -m benchmarks.abuse", description=first, epilog=rest,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", required=True, help="base URL of the running router (loopback only), "
-                                                "e.g. http://127.0.0.1:8000")
-    p.add_argument("--router-pid", type=int, default=None,
-                   help="the router's process id: its threads and RSS are sampled (default: not sampled)")
-    p.add_argument("--image", required=True, help="a small PNG (or JPEG) the router classifies: the "
-                                                  "control request's body")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.abuse",
+        description=first,
+        epilog=rest,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--url",
+        required=True,
+        help="base URL of the running router (loopback only), e.g. http://127.0.0.1:8000",
+    )
+    p.add_argument(
+        "--router-pid",
+        type=int,
+        default=None,
+        help="the router's process id: its threads and RSS are sampled (default: not sampled)",
+    )
+    p.add_argument(
+        "--image",
+        required=True,
+        help="a small PNG (or JPEG) the router classifies: the control request's body",
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="how long each scenario holds its abuse")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every socket and client count")
-    p.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=None, metavar="SCENARIO",
-                   help=f"run only these ({', '.join(SCENARIOS)}); default: all")
-    p.add_argument("--max-body-bytes", type=int, default=ROUTER_DEFAULTS.max_body_bytes,
-                   help="the router's body limit")
-    p.add_argument("--max-in-flight", type=int, default=ROUTER_DEFAULTS.max_in_flight,
-                   help="the router's in-flight limit")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(SCENARIOS),
+        default=None,
+        metavar="SCENARIO",
+        help=f"run only these ({', '.join(SCENARIOS)}); default: all",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=ROUTER_DEFAULTS.max_body_bytes, help="the router's body limit"
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=ROUTER_DEFAULTS.max_in_flight,
+        help="the router's in-flight limit",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="write the results here")
     return p
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    url = target_urls.check_url(args.url, "--url", allow_remote=True)   # the loopback check is below
+    url = target_urls.check_url(args.url, "--url", allow_remote=True)  # the loopback check is below
     parts = urlsplit(url)
     if not target_urls.is_loopback(parts.hostname):
-        raise UserInputError(f"--url {url}: host {parts.hostname} is not loopback; the abuse scenarios "
-                             "only run against this machine (127.0.0.0/8, localhost, ::1)")
+        raise UserInputError(
+            f"--url {url}: host {parts.hostname} is not loopback; the abuse scenarios "
+            "only run against this machine (127.0.0.0/8, localhost, ::1)"
+        )
     if parts.scheme != "http":
         raise UserInputError("--url: the abuse scenarios speak plain HTTP; give an http:// URL")
     host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
@@ -738,13 +833,26 @@ def main(args: argparse.Namespace) -> list[dict]:
         raise UserInputError(f"--image {args.image}: not a PNG or JPEG")
     if args.router_pid is not None and not psutil.pid_exists(args.router_pid):
         raise UserInputError(f"--router-pid {args.router_pid}: no such process")
-    t = Target(host, parts.port or 80, args.router_pid, body, max_body_bytes=args.max_body_bytes,
-               max_in_flight=args.max_in_flight)
-    target_urls.check_router_answers(url)   # one clear line, rather than five scenarios of refusals
+    t = Target(
+        host,
+        parts.port or 80,
+        args.router_pid,
+        body,
+        max_body_bytes=args.max_body_bytes,
+        max_in_flight=args.max_in_flight,
+    )
+    target_urls.check_router_answers(url)  # one clear line, rather than five scenarios of refusals
     results = run_all(t, seconds=args.seconds, scale=args.scale, names=args.only)
     if args.json:
-        write_json(args.json, {**target_urls.provenance("benchmarks.abuse", {"router": url}),
-                               "seconds": args.seconds, "scale": args.scale, "scenarios": results})
+        write_json(
+            args.json,
+            {
+                **target_urls.provenance("benchmarks.abuse", {"router": url}),
+                "seconds": args.seconds,
+                "scale": args.scale,
+                "scenarios": results,
+            },
+        )
     return results
 
 

@@ -79,8 +79,9 @@ class Connection:
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         self.headers = dict(headers or {})
 
-    def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> bytes:
+    def call(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> bytes:
         self.conn.request(method, path, body=body, headers={**self.headers, **(headers or {})})
         r = self.conn.getresponse()
         data = r.read()
@@ -170,10 +171,22 @@ def main(args: argparse.Namespace) -> dict:
             for bs, delay, interval in batching:
                 store = folder / f"store_{bs}_{delay}"
                 if not store.exists():
-                    archive = ["export.archive", "--exported", str(folder / "exported"), "--model-store",
-                               str(store), "--batch-size", str(bs), "--max-batch-delay", str(delay)]
-                    subprocess.run([sys.executable, "-m", *archive, "--only", "distortion_classifier",
-                                    *EDGE, *CLOUD], check=True, stdout=subprocess.DEVNULL)
+                    archive = [
+                        "export.archive",
+                        "--exported",
+                        str(folder / "exported"),
+                        "--model-store",
+                        str(store),
+                        "--batch-size",
+                        str(bs),
+                        "--max-batch-delay",
+                        str(delay),
+                    ]
+                    subprocess.run(
+                        [sys.executable, "-m", *archive, "--only", "distortion_classifier", *EDGE, *CLOUD],
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                    )
                 row = {
                     "size": size,
                     "batch_size": bs,

@@ -46,10 +46,17 @@ from core.errors import UserInputError
 HOST, PATH, UPSTREAM_PATH = "127.0.0.1", "/v1/classify", "/predictions/x"
 SERVERS, CLIENTS = ("starlette+uvicorn", "aiohttp.web"), ("httpx", "aiohttp")
 CHOSEN = ("starlette+uvicorn", "aiohttp")  # what edge_router ships
-PAYLOAD = b"\x89PNG\r\n\x1a\n" + random.Random(0).randbytes(2040)  # same bytes every run
-ANSWER = json.dumps({  # ~200 bytes, like a TorchServe answer
-    "prediction": 3, "confidence": 0.91, "exit": 1, "model": "expert_pristine", "version": "1.0",
-    "probabilities": [0.01, 0.02, 0.01, 0.91, 0.01, 0.01, 0.01, 0.01, 0.0, 0.01]}).encode()
+PAYLOAD = b"\x89PNG\r\n\x1a\n" + random.Random(0).randbytes(2040)  # noqa: S311 - same bytes every run
+ANSWER = json.dumps(
+    {  # ~200 bytes, like a TorchServe answer
+        "prediction": 3,
+        "confidence": 0.91,
+        "exit": 1,
+        "model": "expert_pristine",
+        "version": "1.0",
+        "probabilities": [0.01, 0.02, 0.01, 0.91, 0.01, 0.01, 0.01, 0.01, 0.0, 0.01],
+    }
+).encode()
 HEADERS = {"Content-Type": "application/octet-stream"}
 POOL = 64  # upstream connections: more than the 16 clients, so the pool never queues
 NAN = float("nan")
@@ -57,34 +64,40 @@ NAN = float("nan")
 
 # -- the processes under test (run with --serve) -----------------------------------------------------
 
+
 def make_caller(kind: str, url: str) -> tuple[Callable[[bytes], Awaitable[dict]], Callable]:
     """One pooled keep-alive client and its close; called inside the running loop (aiohttp needs it)."""
     if kind == "httpx":
         import httpx
 
-        hc = httpx.AsyncClient(limits=httpx.Limits(max_connections=POOL, max_keepalive_connections=POOL),
-                               timeout=10)
+        hc = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=POOL, max_keepalive_connections=POOL), timeout=10
+        )
 
         async def call_httpx(body: bytes) -> dict:
             r = await hc.post(url, content=body, headers=HEADERS)
             r.raise_for_status()
             return json.loads(r.content)
+
         return call_httpx, hc.aclose
     import aiohttp
 
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=POOL),
-                                    timeout=aiohttp.ClientTimeout(total=10))
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=POOL), timeout=aiohttp.ClientTimeout(total=10)
+    )
 
     async def call_aiohttp(body: bytes) -> dict:
         async with session.post(url, data=body, headers=HEADERS) as r:
             r.raise_for_status()
             return json.loads(await r.read())
+
     return call_aiohttp, session.close
 
 
 def answer(body: bytes, up: dict) -> bytes:
-    return json.dumps({"prediction": up["prediction"], "confidence": up["confidence"],
-                       "exit": "edge", "bytes": len(body)}).encode()
+    return json.dumps(
+        {"prediction": up["prediction"], "confidence": up["confidence"], "exit": "edge", "bytes": len(body)}
+    ).encode()
 
 
 def serve(kind: str, port: int, client: str, upstream: str) -> None:
@@ -108,9 +121,18 @@ def serve(kind: str, port: int, client: str, upstream: str) -> None:
         async def classify(request) -> Response:
             body = await request.body()
             return Response(answer(body, await state["call"](body)), media_type="application/json")
+
         app = Starlette(routes=[Route(PATH, classify, methods=["POST"])], lifespan=lifespan)
-        uvicorn.run(app, host=HOST, port=port, loop="uvloop", http="httptools", log_level="warning",
-                    access_log=False, timeout_graceful_shutdown=2)  # idle keep-alives must not hold it
+        uvicorn.run(
+            app,
+            host=HOST,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )  # idle keep-alives must not hold it
         return
     from aiohttp import web
 
@@ -126,17 +148,26 @@ def serve(kind: str, port: int, client: str, upstream: str) -> None:
         state["call"], close = make_caller(client, upstream)
         yield
         await close()
+
     app = web.Application()
     if kind == "upstream":
         app.router.add_post(UPSTREAM_PATH, predict)
     else:
         app.cleanup_ctx.append(pooled)
         app.router.add_post(PATH, forward)
-    web.run_app(app, host=HOST, port=port, access_log=None, print=None, loop=uvloop.new_event_loop(),
-                shutdown_timeout=2)  # not 60 s: idle keep-alives must not hold SIGTERM
+    web.run_app(
+        app,
+        host=HOST,
+        port=port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        shutdown_timeout=2,
+    )  # not 60 s: idle keep-alives must not hold SIGTERM
 
 
 # -- the measurement ---------------------------------------------------------------------------------
+
 
 def start(procs: list[subprocess.Popen], cpu: int | None, args: list[str]) -> tuple[subprocess.Popen, int]:
     """A `--serve` process on a free port, pinned to `cpu`, answering before `start` returns."""
@@ -144,8 +175,11 @@ def start(procs: list[subprocess.Popen], cpu: int | None, args: list[str]) -> tu
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "benchmarks.frontdoor", "--port", str(port), *args]
-    p = subprocess.Popen(["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd,
-                         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+    )
     procs.append(p)  # taskset execs python: p.pid is the server itself
     path, end = UPSTREAM_PATH if args[1] == "upstream" else PATH, time.monotonic() + 30
     while time.monotonic() < end and p.poll() is None:
@@ -165,27 +199,48 @@ def start(procs: list[subprocess.Popen], cpu: int | None, args: list[str]) -> tu
 def load(port: int, clients: int, n: int, deadline: float) -> dict:
     """`clients` keep-alive connections POSTing PAYLOAD (`benchmarks.loadgen`, the project's one
     load client) until `n` requests went out or `deadline`."""
-    client = LoadClient(f"http://{HOST}:{port}", [PAYLOAD], clients=clients, path=PATH, headers=HEADERS,
-                        keep_answers=False, timeout_s=10)
+    client = LoadClient(
+        f"http://{HOST}:{port}",
+        [PAYLOAD],
+        clients=clients,
+        path=PATH,
+        headers=HEADERS,
+        keep_answers=False,
+        timeout_s=10,
+    )
     r = client.run(seconds=max(0.0, deadline - time.monotonic()), max_requests=n)
     ms = [rec.seconds * 1000 for rec in client.records if rec.status == 200]
-    return {"ok": r["ok"], "errors": r["requests"] - r["ok"], "wall": r["seconds"],
-            "p50": r["p50_ms"] if ms else NAN, "p99": r["p99_ms"] if ms else NAN,
-            "rps": r["throughput_rps"]}
+    return {
+        "ok": r["ok"],
+        "errors": r["requests"] - r["ok"],
+        "wall": r["seconds"],
+        "p50": r["p50_ms"] if ms else NAN,
+        "p99": r["p99_ms"] if ms else NAN,
+        "rps": r["throughput_rps"],
+    }
 
 
 def summarize(server: str, client: str, clients: int, runs: list[dict]) -> dict:
     """The median over rounds: the machine is shared, and one disturbed round must not decide."""
+
     def med(k: str, nd: int | None) -> float | None:
         v = [r[k] for r in runs if r[k] == r[k]]  # a round without one answer has no percentiles (NaN)
         return round(statistics.median(v), nd) if v else None
-    return {"server": server, "client": client, "clients": clients,
-            "requests": sum(r["ok"] + r["errors"] for r in runs), "p50_ms": med("p50", 3),
-            "p99_ms": med("p99", 3), "throughput_rps": med("rps", 1),
-            "throughput_rounds": [round(r["rps"], 1) for r in runs],
-            "rss_mb": max(r["rss_mb"] for r in runs), "frontdoor_cpu_pct": med("cpu_pct", None),
-            "cpu_us_per_req": med("cpu_us", None),
-            "errors": sum(r["errors"] for r in runs)}
+
+    return {
+        "server": server,
+        "client": client,
+        "clients": clients,
+        "requests": sum(r["ok"] + r["errors"] for r in runs),
+        "p50_ms": med("p50", 3),
+        "p99_ms": med("p99", 3),
+        "throughput_rps": med("rps", 1),
+        "throughput_rounds": [round(r["rps"], 1) for r in runs],
+        "rss_mb": max(r["rss_mb"] for r in runs),
+        "frontdoor_cpu_pct": med("cpu_pct", None),
+        "cpu_us_per_req": med("cpu_us", None),
+        "errors": sum(r["errors"] for r in runs),
+    }
 
 
 def measure(args: argparse.Namespace, deadline: float) -> tuple[list[dict], bool, bool]:
@@ -203,8 +258,18 @@ def measure(args: argparse.Namespace, deadline: float) -> tuple[list[dict], bool
             for server, client in combos if rnd % 2 == 0 else combos[::-1]:
                 if time.monotonic() >= deadline:
                     break
-                fd, port = start(procs, fd_cpu, ["--serve", server, "--via", client,
-                                                 "--upstream", f"http://{HOST}:{up_port}{UPSTREAM_PATH}"])
+                fd, port = start(
+                    procs,
+                    fd_cpu,
+                    [
+                        "--serve",
+                        server,
+                        "--via",
+                        client,
+                        "--upstream",
+                        f"http://{HOST}:{up_port}{UPSTREAM_PATH}",
+                    ],
+                )
                 load(port, max(args.clients), min(200, args.requests), deadline)  # warm pools and caches
                 ps = psutil.Process(fd.pid)
                 for c in args.clients:
@@ -237,11 +302,16 @@ def pick(rows: list[dict], clients: int, key: str, best: Callable) -> dict | Non
 
 
 def table(rows: list[dict]) -> list[str]:
-    return ["| server | client | clients | requests | p50 ms | p99 ms | req/s (per round) | RSS MB "
-            "| front-door CPU % | CPU µs/req | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"] + [
+    return [
+        "| server | client | clients | requests | p50 ms | p99 ms | req/s (per round) | RSS MB "
+        "| front-door CPU % | CPU µs/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ] + [
         f"| {r['server']} | {r['client']} | {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} "
         f"| {r['throughput_rps']} ({', '.join(map(str, r['throughput_rounds']))}) | {r['rss_mb']} "
-        f"| {r['frontdoor_cpu_pct']} | {r['cpu_us_per_req']} | {r['errors']} |" for r in rows]
+        f"| {r['frontdoor_cpu_pct']} | {r['cpu_us_per_req']} | {r['errors']} |"
+        for r in rows
+    ]
 
 
 def summary_text(rows: list[dict], choice: dict, top: int) -> str:
@@ -249,28 +319,41 @@ def summary_text(rows: list[dict], choice: dict, top: int) -> str:
     name = lambda w: f"{w['server']} + {w['client']}" if w else "none"  # noqa: E731
     mine = {r["clients"]: r for r in rows if (r["server"], r["client"]) == CHOSEN}
     p50, tp = choice["by_single_client_p50"], choice["by_throughput"]
-    parts = [f"Fastest by single-client p50: **{name(p50)}**; by {top}-client throughput: **{name(tp)}**; "
-             f"cheapest in front-door CPU per request: **{name(choice['by_cpu_per_request'])}**."]
+    parts = [
+        f"Fastest by single-client p50: **{name(p50)}**; by {top}-client throughput: **{name(tp)}**; "
+        f"cheapest in front-door CPU per request: **{name(choice['by_cpu_per_request'])}**."
+    ]
     if p50 and tp and 1 in mine and top in mine:
-        parts.append(f"The shipped {CHOSEN[0]} + {CHOSEN[1]} has p50 {mine[1]['p50_ms']} ms (best "
-                     f"{p50['p50_ms']}) and {mine[top]['throughput_rps']} req/s "
-                     f"(best {tp['throughput_rps']}).")
-    ranked = sorted((r for r in rows if r["clients"] == top and r["p50_ms"] is not None),
-                    key=lambda r: -r["throughput_rps"])
+        parts.append(
+            f"The shipped {CHOSEN[0]} + {CHOSEN[1]} has p50 {mine[1]['p50_ms']} ms (best "
+            f"{p50['p50_ms']}) and {mine[top]['throughput_rps']} req/s "
+            f"(best {tp['throughput_rps']})."
+        )
+    ranked = sorted(
+        (r for r in rows if r["clients"] == top and r["p50_ms"] is not None),
+        key=lambda r: -r["throughput_rps"],
+    )
     if len(ranked) > 1:  # is the throughput winner ahead in every round, or only in the median?
         w, r2 = ranked[:2]
         clear = min(w["throughput_rounds"]) > max(r2["throughput_rounds"])
-        parts.append(f"The runner-up by throughput, {name(r2)} ({r2['throughput_rps']} req/s), is "
-                     + ("below it in every round." if clear else "within the rounds' spread of it."))
+        parts.append(
+            f"The runner-up by throughput, {name(r2)} ({r2['throughput_rps']} req/s), is "
+            + ("below it in every round." if clear else "within the rounds' spread of it.")
+        )
     for axis, values in (("client", CLIENTS), ("server", SERVERS)):  # which choice matters more
         cost = {v: [r["cpu_us_per_req"] for r in ranked if r[axis] == v] for v in values}
-        parts.append(f"Front-door CPU per request at {top} clients, mean by {axis}: " + ", ".join(
-            f"{v} {sum(x) / len(x):.0f} µs" for v, x in cost.items() if x) + ".")
+        parts.append(
+            f"Front-door CPU per request at {top} clients, mean by {axis}: "
+            + ", ".join(f"{v} {sum(x) / len(x):.0f} µs" for v, x in cost.items() if x)
+            + "."
+        )
     starved = [name(r) for r in ranked if r["frontdoor_cpu_pct"] < 80]
     if starved:  # the front door should be the bottleneck; if it idled, something else was
-        parts.append(f"At {top} clients the front door used under 80% of its CPU in {', '.join(starved)}: "
-                     "there the machine's other work, not the stack, limited throughput; CPU per request "
-                     "is the steadier comparison.")
+        parts.append(
+            f"At {top} clients the front door used under 80% of its CPU in {', '.join(starved)}: "
+            "there the machine's other work, not the stack, limited throughput; CPU per request "
+            "is the steadier comparison."
+        )
     parts.append("Two shared cores: absolute numbers are noisy; the per-round throughputs show by how much.")
     return " ".join(parts)
 
@@ -284,31 +367,56 @@ def main(args: argparse.Namespace) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
     rows, pinned, complete = measure(args, time.monotonic() + args.max_seconds)
     top = max(args.clients)
-    choice = {"by_single_client_p50": pick(rows, 1, "p50_ms", min),
-              "by_throughput": pick(rows, top, "throughput_rps", max),
-              "by_cpu_per_request": pick(rows, top, "cpu_us_per_req", min),  # steadier under contention
-              "shipped": {"server": CHOSEN[0], "client": CHOSEN[1]},
-              "command": shlex.join(["python", "-m", "benchmarks.frontdoor", *sys.argv[1:]])}
-    where = ("front door pinned to one CPU, upstream and load client to another" if pinned
-             else "not pinned (needs taskset and 2 CPUs)")
-    report = {"setup": f"loopback; {where}; {args.rounds} interleaved rounds of {args.requests} requests "
-              f"per measurement; ~2 KB body, ~200 B upstream answer; rows give the median over rounds"
-              + ("" if complete else "; STOPPED EARLY by --max-seconds"),
-              "rows": rows, "choice": choice, "summary": summary_text(rows, choice, top)}
+    choice = {
+        "by_single_client_p50": pick(rows, 1, "p50_ms", min),
+        "by_throughput": pick(rows, top, "throughput_rps", max),
+        "by_cpu_per_request": pick(rows, top, "cpu_us_per_req", min),  # steadier under contention
+        "shipped": {"server": CHOSEN[0], "client": CHOSEN[1]},
+        "command": shlex.join(["python", "-m", "benchmarks.frontdoor", *sys.argv[1:]]),
+    }
+    where = (
+        "front door pinned to one CPU, upstream and load client to another"
+        if pinned
+        else "not pinned (needs taskset and 2 CPUs)"
+    )
+    report = {
+        "setup": f"loopback; {where}; {args.rounds} interleaved rounds of {args.requests} requests "
+        f"per measurement; ~2 KB body, ~200 B upstream answer; rows give the median over rounds"
+        + ("" if complete else "; STOPPED EARLY by --max-seconds"),
+        "rows": rows,
+        "choice": choice,
+        "summary": summary_text(rows, choice, top),
+    }
     print("\n".join(table(rows)), "", report["summary"], sep="\n")
     if args.json:
         write_json(args.json, report)
     if args.markdown:  # the same table, with the command, the setup and what it shows
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text("\n".join(
-            ["# Front door: server stack x upstream client", "", f"Command: `{choice['command']}`", "",
-             f"Setup: {report['setup']}.", "", *table(rows), "", report["summary"], ""]))
+        Path(args.markdown).write_text(
+            "\n".join(
+                [
+                    "# Front door: server stack x upstream client",
+                    "",
+                    f"Command: `{choice['command']}`",
+                    "",
+                    f"Setup: {report['setup']}.",
+                    "",
+                    *table(rows),
+                    "",
+                    report["summary"],
+                    "",
+                ]
+            )
+        )
     return report
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.frontdoor", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.frontdoor",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--requests", type=int, default=2000, help="requests per measurement and round")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 16], help="concurrency levels")
     p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every combination")

@@ -47,21 +47,50 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks import target
 from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 
-CELLS = [("pristine", 0)] + [("gaussian_blur", v) for v in (1, 2, 3, 4, 5)] + \
-    [("gaussian_noise", v) for v in (5, 10, 20, 30, 40)]
-RECORD_FIELDS = ("profile", "system", "p_tar", "compression", "distortion", "level", "index", "label",
-                 "status", "latency_ms", "class", "exit", "expert", "offloaded", "offloaded_bytes",
-                 "degraded", "correct")
+if TYPE_CHECKING:
+    from benchmarks.live import LiveSystem
+
+CELLS = (
+    [("pristine", 0)]
+    + [("gaussian_blur", v) for v in (1, 2, 3, 4, 5)]
+    + [("gaussian_noise", v) for v in (5, 10, 20, 30, 40)]
+)
+RECORD_FIELDS = (
+    "profile",
+    "system",
+    "p_tar",
+    "compression",
+    "distortion",
+    "level",
+    "index",
+    "label",
+    "status",
+    "latency_ms",
+    "class",
+    "exit",
+    "expert",
+    "offloaded",
+    "offloaded_bytes",
+    "degraded",
+    "correct",
+)
 EDGE_MODELS = ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise", "edge_conventional"]
-CLOUD_MODELS = ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise", "cloud_conventional",
-                "full_conventional"]
-ROUTER_MODELS = ["distortion_classifier"]   # run by the router itself, from the same model store
+CLOUD_MODELS = [
+    "cloud_pristine",
+    "cloud_gaussian_blur",
+    "cloud_gaussian_noise",
+    "cloud_conventional",
+    "full_conventional",
+]
+ROUTER_MODELS = ["distortion_classifier"]  # run by the router itself, from the same model store
 DEFAULT_PROFILES = ("lan", "sao_paulo", "fremont", "paris")
 DEFAULT_OUT = "docs/results/latency"
 EXISTING_OUT = "run/existing/latency"
@@ -101,8 +130,10 @@ def client(args: argparse.Namespace, router: str, profile: str, records: str | P
     bodies = {}
     for name, level in CELLS:
         policy = DistortionPolicy(fixed=(name, level), seed=11)
-        bodies[(name, level)] = [(encode_image(distorted_image(source, i, args.size, policy)[0], "png"),
-                                  source.label(i)) for i in range(len(source))]
+        bodies[(name, level)] = [
+            (encode_image(distorted_image(source, i, args.size, policy)[0], "png"), source.label(i))
+            for i in range(len(source))
+        ]
     with open(records, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
         writer.writeheader()
@@ -119,25 +150,44 @@ def client(args: argparse.Namespace, router: str, profile: str, records: str | P
             load.run(seconds=stop_at - time.time(), max_requests=len(bodies[(name, level)]))
             for i, rec in enumerate(load.records):
                 answer = rec.answer or {}
-                writer.writerow({
-                    "profile": profile, "system": cfg["system"], "p_tar": cfg["p_tar"] or "",
-                    "compression": cfg["compression"], "distortion": name, "level": level, "index": i,
-                    "label": rec.label, "status": rec.status, "latency_ms": round(rec.seconds * 1000, 3),
-                    "class": answer.get("class", ""), "exit": answer.get("exit", ""),
-                    "expert": answer.get("expert", ""), "offloaded": int(bool(answer.get("offloaded"))),
-                    "offloaded_bytes": answer.get("offloaded_bytes", 0),
-                    "degraded": int(bool(answer.get("degraded"))),
-                    "correct": int(answer.get("class") == rec.label) if rec.status == 200 else "",
-                })
+                writer.writerow(
+                    {
+                        "profile": profile,
+                        "system": cfg["system"],
+                        "p_tar": cfg["p_tar"] or "",
+                        "compression": cfg["compression"],
+                        "distortion": name,
+                        "level": level,
+                        "index": i,
+                        "label": rec.label,
+                        "status": rec.status,
+                        "latency_ms": round(rec.seconds * 1000, 3),
+                        "class": answer.get("class", ""),
+                        "exit": answer.get("exit", ""),
+                        "expert": answer.get("expert", ""),
+                        "offloaded": int(bool(answer.get("offloaded"))),
+                        "offloaded_bytes": answer.get("offloaded_bytes", 0),
+                        "degraded": int(bool(answer.get("degraded"))),
+                        "correct": int(answer.get("class") == rec.label) if rec.status == 200 else "",
+                    }
+                )
             f.flush()
     return 0
 
 
 # -- the orchestrator -----------------------------------------------------------------------------
 @contextlib.contextmanager
-def emulated_system(profile, *, model_store: str, run_dir: str | Path, backend: str = "auto",
-                    max_minutes: float = 20, cloud_engine: str = "torchserve", cloud_replicas: int = 1,
-                    router_options: list[str] | None = None):
+def emulated_system(
+    profile,
+    *,
+    model_store: str,
+    run_dir: str | Path,
+    backend: str = "auto",
+    max_minutes: float = 20,
+    cloud_engine: str = "torchserve",
+    cloud_replicas: int = 1,
+    router_options: list[str] | None = None,
+) -> Iterator[LiveSystem]:
     """The live system (`benchmarks.live.LiveSystem`) over one emulated profile, as the paper ran it.
 
     Cloud TorchServe (or `cloud_replicas` of `cloud_engine`) in the cloud namespace on CPU 1; edge
@@ -148,12 +198,20 @@ def emulated_system(profile, *, model_store: str, run_dir: str | Path, backend: 
     from benchmarks import netem
     from benchmarks.live import LiveSystem
 
-    with netem.Link(profile, backend=backend, max_seconds=60 * (max_minutes + 10)) as link, \
-            LiveSystem(model_store, Path(run_dir) / profile.name, link=link,
-                       cpus={"cloud": "1", "edge": "0", "router": "0"},
-                       router_options=["--deadline-ms", "10000", *(router_options or [])],
-                       edge_models=EDGE_MODELS, cloud_models=CLOUD_MODELS, cloud_engine=cloud_engine,
-                       cloud_replicas=cloud_replicas) as system:
+    with (
+        netem.Link(profile, backend=backend, max_seconds=60 * (max_minutes + 10)) as link,
+        LiveSystem(
+            model_store,
+            Path(run_dir) / profile.name,
+            link=link,
+            cpus={"cloud": "1", "edge": "0", "router": "0"},
+            router_options=["--deadline-ms", "10000", *(router_options or [])],
+            edge_models=EDGE_MODELS,
+            cloud_models=CLOUD_MODELS,
+            cloud_engine=cloud_engine,
+            cloud_replicas=cloud_replicas,
+        ) as system,
+    ):
         yield system
 
 
@@ -161,19 +219,42 @@ def run_profile(profile, args, out: Path) -> tuple[Path, str]:
     """One emulated profile on the own stack; returns the records and the link backend used."""
     records = out / f"records_{profile.name}.csv"
     started = time.time()
-    with emulated_system(profile, model_store=args.model_store or "model_store",
-                         run_dir=args.run_dir or "run/latency", backend=args.backend or "auto",
-                         max_minutes=args.max_minutes) as system:
+    with emulated_system(
+        profile,
+        model_store=args.model_store or "model_store",
+        run_dir=args.run_dir or "run/latency",
+        backend=args.backend or "auto",
+        max_minutes=args.max_minutes,
+    ) as system:
         tmp_records = records.with_suffix(".partial")
-        client_cmd = [sys.executable, "-m", "benchmarks.latency", "--client", "--client-router", system.url,
-                      "--profile", profile.name, "--per-cell", str(args.per_cell), "--records",
-                      str(tmp_records), "--max-minutes", str(args.max_minutes), "--size", str(args.size)]
+        client_cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.latency",
+            "--client",
+            "--client-router",
+            system.url,
+            "--profile",
+            profile.name,
+            "--per-cell",
+            str(args.per_cell),
+            "--records",
+            str(tmp_records),
+            "--max-minutes",
+            str(args.max_minutes),
+            "--size",
+            str(args.size),
+        ]
         if args.data_root:
             client_cmd += ["--data-root", args.data_root]
         if args.quiet:
             client_cmd.append("--quiet")
-        subprocess.run(system.link.exec_args("dev", client_cmd), check=True, env=system.env,
-                       timeout=60 * (args.max_minutes + 5))
+        subprocess.run(
+            system.link.exec_args("dev", client_cmd),
+            check=True,
+            env=system.env,
+            timeout=60 * (args.max_minutes + 5),
+        )
         tmp_records.replace(records)
         backend = system.link.backend
     print(f"{profile.name}: done in {time.time() - started:.0f} s ({backend} backend)")
@@ -193,29 +274,39 @@ def run_existing(router: str, args, out: Path) -> Path:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = target.parser(
-        "benchmarks.latency", __doc__,
+        "benchmarks.latency",
+        __doc__,
         own="builds the namespaces, TorchServe and the router for each\n    emulated profile, runs "
-            "the grid, then stops and removes everything.",
+        "the grid, then stops and removes everything.",
         existing="runs the same grid against a router that is already running;\n    nothing is "
-                 "created, started or stopped; loopback URLs only unless --allow-remote.")
+        "created, started or stopped; loopback URLs only unless --allow-remote.",
+    )
     p.add_argument("--per-cell", type=int, default=15, help="test images per distortion cell")
     p.add_argument("--size", type=int, default=64, help="image size sent (the models' input size)")
     p.add_argument("--max-minutes", type=float, default=20, help="time budget per profile")
-    p.add_argument("--out", default=None,
-                   help=f"results folder (default: {DEFAULT_OUT}; with --router: {EXISTING_OUT})")
+    p.add_argument(
+        "--out", default=None, help=f"results folder (default: {DEFAULT_OUT}; with --router: {EXISTING_OUT})"
+    )
     p.add_argument("--force", action="store_true", help="redo profiles that already have records")
     p.add_argument("--data-root", default=None)
     p.add_argument("--quiet", action="store_true")
     own = p.add_argument_group("own stack (the default: namespaces, TorchServe and router started here)")
-    own.add_argument("--profiles", nargs="+", default=None,
-                     help=f"emulated profiles (default: {' '.join(DEFAULT_PROFILES)})")
+    own.add_argument(
+        "--profiles",
+        nargs="+",
+        default=None,
+        help=f"emulated profiles (default: {' '.join(DEFAULT_PROFILES)})",
+    )
     own.add_argument("--profiles-file", default=None, help="extra profiles (see benchmarks.netem)")
-    own.add_argument("--model-store", default=None,
-                     help="archives incl. full_conventional (python -m export.archive --full; "
-                          "default: model_store)")
+    own.add_argument(
+        "--model-store",
+        default=None,
+        help="archives incl. full_conventional (python -m export.archive --full; default: model_store)",
+    )
     own.add_argument("--run-dir", default=None, help="working folders (default: run/latency)")
-    own.add_argument("--backend", default=None, choices=("auto", "netem", "tun"),
-                     help="link emulation (default: auto)")
+    own.add_argument(
+        "--backend", default=None, choices=("auto", "netem", "tun"), help="link emulation (default: auto)"
+    )
     target.add_existing_options(p)
     # the client half of the own-stack mode (runs inside the device namespace)
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -235,9 +326,18 @@ def load_run_meta(path: Path) -> dict:
     meta = json.loads(path.read_text()) if path.is_file() else {}
     if "invocations" not in meta:
         legacy = {k: meta.pop(k) for k in ("command", "wall_time_s", "per_cell") if k in meta}
-        meta["invocations"] = [{**legacy, "profiles_run": None,
-                                "note": "recorded before per-profile provenance: the profiles this "
-                                        "invocation ran are unknown"}] if legacy else []
+        meta["invocations"] = (
+            [
+                {
+                    **legacy,
+                    "profiles_run": None,
+                    "note": "recorded before per-profile provenance: the profiles this "
+                    "invocation ran are unknown",
+                }
+            ]
+            if legacy
+            else []
+        )
     meta.setdefault("profiles", {})
     for entry in meta["profiles"].values():
         entry.setdefault("produced_by", None)
@@ -264,8 +364,9 @@ def main(args: argparse.Namespace) -> int:
     targets = target.existing_targets(args, OWN_STACK_OPTIONS)
     if targets:
         names = [target.EXISTING]
-        described = {target.EXISTING: {"name": target.EXISTING, "mode": target.MODE_EXISTING,
-                                       "targets": targets}}
+        described = {
+            target.EXISTING: {"name": target.EXISTING, "mode": target.MODE_EXISTING, "targets": targets}
+        }
     else:
         profiles = netem.load_profiles(args.profiles_file)
         names = args.profiles or list(DEFAULT_PROFILES)
@@ -273,18 +374,25 @@ def main(args: argparse.Namespace) -> int:
         if unknown:
             raise UserInputError(f"unknown profile(s): {', '.join(unknown)}")
         store = Path(args.model_store or "model_store")
-        missing = [m for m in ROUTER_MODELS + EDGE_MODELS + CLOUD_MODELS
-                   if not (store / f"{m}.mar").is_file()]
+        missing = [
+            m for m in ROUTER_MODELS + EDGE_MODELS + CLOUD_MODELS if not (store / f"{m}.mar").is_file()
+        ]
         if missing:
             raise UserInputError(f"{store} lacks {', '.join(missing)}: run python -m export.archive --full")
         described = {n: {**vars(profiles[n]), "mode": target.MODE_OWN} for n in names}
     out = Path(args.out or (EXISTING_OUT if targets else DEFAULT_OUT))
     out.mkdir(parents=True, exist_ok=True)
     meta = load_run_meta(out / "run.json")
-    prov = target.provenance("benchmarks.latency", targets,
-                             None if targets else (args.model_store or "model_store"))
-    invocation = {**prov, "wall_time_s": None, "per_cell": args.per_cell, "profiles_run": [],
-                  "profiles_kept": []}
+    prov = target.provenance(
+        "benchmarks.latency", targets, None if targets else (args.model_store or "model_store")
+    )
+    invocation = {
+        **prov,
+        "wall_time_s": None,
+        "per_cell": args.per_cell,
+        "profiles_run": [],
+        "profiles_kept": [],
+    }
     meta["invocations"].append(invocation)
     started = time.time()
     for name in names:
@@ -301,12 +409,20 @@ def main(args: argparse.Namespace) -> int:
         else:
             _, backend = run_profile(profiles[name], args, out)
         # a profile keeps its place in run.json (the report's order); a new one comes last
-        meta["profiles"][name] = {**described[name], "produced_by": {
-            **prov, "wall_time_s": round(time.time() - t0, 1), "invocation_wall_time_s": None,
-            "per_cell": args.per_cell, "size": args.size, "max_minutes": args.max_minutes,
-            **({"backend": backend} if backend else {})}}
+        meta["profiles"][name] = {
+            **described[name],
+            "produced_by": {
+                **prov,
+                "wall_time_s": round(time.time() - t0, 1),
+                "invocation_wall_time_s": None,
+                "per_cell": args.per_cell,
+                "size": args.size,
+                "max_minutes": args.max_minutes,
+                **({"backend": backend} if backend else {}),
+            },
+        }
         invocation["profiles_run"].append(name)
-        save_run_meta(out, meta, invocation, started)   # after every profile: an interruption keeps it
+        save_run_meta(out, meta, invocation, started)  # after every profile: an interruption keeps it
     save_run_meta(out, meta, invocation, started)
     latency_report.write_report(out)
     return 0

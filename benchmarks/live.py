@@ -46,8 +46,10 @@ from edge_router.torchserve import DEFAULT_PORTS, Ports, instance
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ("edge", "cloud")
 # Test ports, away from the defaults a user's own instances (8080/8090, router 8000) listen on.
-TEST_PORTS = {"edge": Ports(18380, 18381, 18382, 17370, 17371),
-              "cloud": Ports(18390, 18391, 18392, 17390, 17391)}
+TEST_PORTS = {
+    "edge": Ports(18380, 18381, 18382, 17370, 17371),
+    "cloud": Ports(18390, 18391, 18392, 17390, 17391),
+}
 TEST_ROUTER_PORT = 18300
 KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
 
@@ -55,8 +57,11 @@ KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
 def replica_ports(base: Ports, i: int) -> Ports:
     """Ports of the i-th extra cloud TorchServe replica (i >= 1), clear of the base instances'."""
     step = 10 * i + 10
-    return Ports(*(p + step for p in (base.inference, base.management, base.metrics)),
-                 base.grpc_inference + step, base.grpc_management + step)
+    return Ports(
+        *(p + step for p in (base.inference, base.management, base.metrics)),
+        base.grpc_inference + step,
+        base.grpc_management + step,
+    )
 
 
 def wait_until_healthy(url: str, *, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
@@ -107,12 +112,24 @@ def rss_mb(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 class LiveSystem:
-    def __init__(self, model_store: str | Path, run_dir: str | Path, *,
-                 edge_models: list[str] | None = None, cloud_models: list[str] | None = None,
-                 ports: dict[str, Ports] | None = None, router_port: int = TEST_ROUTER_PORT,
-                 router_options: list[str] | None = None, cpus: dict[str, str] | None = None,
-                 link=None, log_level: str = "WARNING", env: dict[str, str] | None = None,
-                 wait_s: float = 240, cloud_engine: str = "torchserve", cloud_replicas: int = 1):
+    def __init__(
+        self,
+        model_store: str | Path,
+        run_dir: str | Path,
+        *,
+        edge_models: list[str] | None = None,
+        cloud_models: list[str] | None = None,
+        ports: dict[str, Ports] | None = None,
+        router_port: int = TEST_ROUTER_PORT,
+        router_options: list[str] | None = None,
+        cpus: dict[str, str] | None = None,
+        link=None,
+        log_level: str = "WARNING",
+        env: dict[str, str] | None = None,
+        wait_s: float = 240,
+        cloud_engine: str = "torchserve",
+        cloud_replicas: int = 1,
+    ):
         from benchmarks import netem
 
         self.store = Path(model_store).resolve()
@@ -123,10 +140,12 @@ class LiveSystem:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         ports = ports or (TEST_PORTS if link is None else DEFAULT_PORTS)
         # where each part listens: loopback, or the namespaces' addresses
-        self.hosts = {"edge": "127.0.0.1", "cloud": netem.ADDR["cloud"] if link else "127.0.0.1",
-                      "router": netem.ADDR["edge_dev"] if link else "127.0.0.1"}
-        self.insts = {r: instance(r, run_dir=self.run_dir, ports=ports[r], host=self.hosts[r])
-                      for r in ROLES}
+        self.hosts = {
+            "edge": "127.0.0.1",
+            "cloud": netem.ADDR["cloud"] if link else "127.0.0.1",
+            "router": netem.ADDR["edge_dev"] if link else "127.0.0.1",
+        }
+        self.insts = {r: instance(r, run_dir=self.run_dir, ports=ports[r], host=self.hosts[r]) for r in ROLES}
         self.router_port = router_port
         self.url = f"http://{self.hosts['router']}:{router_port}"
         self.router: subprocess.Popen | None = None
@@ -136,12 +155,25 @@ class LiveSystem:
             raise UserInputError(f"{KSERVE_PYTHON} missing: make kserve")
         self.cloud_engine, self.cloud_replicas = cloud_engine, cloud_replicas
         # extra TorchServe cloud replicas live in run_dir/replica<i>/cloud on ports of their own
-        self.ts_replicas = ([instance("cloud", run_dir=self.run_dir / f"replica{i}",
-                                      ports=replica_ports(ports["cloud"], i), host=self.hosts["cloud"])
-                             for i in range(1, cloud_replicas)] if cloud_engine == "torchserve" else [])
+        self.ts_replicas = (
+            [
+                instance(
+                    "cloud",
+                    run_dir=self.run_dir / f"replica{i}",
+                    ports=replica_ports(ports["cloud"], i),
+                    host=self.hosts["cloud"],
+                )
+                for i in range(1, cloud_replicas)
+            ]
+            if cloud_engine == "torchserve"
+            else []
+        )
         kserve_base = ports["cloud"].inference + 5
-        self.kserve_urls = ([f"http://{self.hosts['cloud']}:{kserve_base + i}" for i in range(cloud_replicas)]
-                            if cloud_engine == "kserve" else [])
+        self.kserve_urls = (
+            [f"http://{self.hosts['cloud']}:{kserve_base + i}" for i in range(cloud_replicas)]
+            if cloud_engine == "kserve"
+            else []
+        )
         self.kserve: list[subprocess.Popen | None] = []
 
     # -- parts ----------------------------------------------------------------------------------
@@ -156,53 +188,113 @@ class LiveSystem:
     def start_ts(self, role: str, inst=None) -> None:
         inst = inst or self.insts[role]
         ports = inst.ports
-        cmd = [sys.executable, "-m", "edge_router.torchserve", "start", role, "--run-dir",
-               str(inst.workdir.parent), "--host", inst.host, "--model-store", str(self.store),
-               "--wait-s", str(self.wait_s), "--ports", *map(str, (ports.inference, ports.management,
-                                                                  ports.metrics, ports.grpc_inference,
-                                                                  ports.grpc_management)),
-               "--models", *self.models[role]]
-        r = subprocess.run(self._argv(role, cmd), env=self.env, timeout=self.wait_s + 120,
-                           capture_output=True, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_router.torchserve",
+            "start",
+            role,
+            "--run-dir",
+            str(inst.workdir.parent),
+            "--host",
+            inst.host,
+            "--model-store",
+            str(self.store),
+            "--wait-s",
+            str(self.wait_s),
+            "--ports",
+            *map(
+                str,
+                (
+                    ports.inference,
+                    ports.management,
+                    ports.metrics,
+                    ports.grpc_inference,
+                    ports.grpc_management,
+                ),
+            ),
+            "--models",
+            *self.models[role],
+        ]
+        r = subprocess.run(
+            self._argv(role, cmd), env=self.env, timeout=self.wait_s + 120, capture_output=True, text=True
+        )
         if r.returncode != 0:
             raise RuntimeError(f"TorchServe {role} did not start: {(r.stderr or r.stdout).strip()[-500:]}")
 
     def stop_ts(self, role: str, inst=None) -> None:
         inst = inst or self.insts[role]
-        cmd = [sys.executable, "-m", "edge_router.torchserve", "stop", role, "--run-dir",
-               str(inst.workdir.parent), "--host", inst.host, "--ports",
-               *map(str, (inst.ports.inference, inst.ports.management, inst.ports.metrics,
-                          inst.ports.grpc_inference, inst.ports.grpc_management))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_router.torchserve",
+            "stop",
+            role,
+            "--run-dir",
+            str(inst.workdir.parent),
+            "--host",
+            inst.host,
+            "--ports",
+            *map(
+                str,
+                (
+                    inst.ports.inference,
+                    inst.ports.management,
+                    inst.ports.metrics,
+                    inst.ports.grpc_inference,
+                    inst.ports.grpc_management,
+                ),
+            ),
+        ]
         subprocess.run(self._argv(role, cmd), env=self.env, timeout=120, capture_output=True, check=False)
 
     def start_kserve(self, i: int) -> None:
         """Cloud replica i on KServe's model server; returns once it says ready."""
         url = self.kserve_urls[i]
         port = url.rsplit(":", 1)[1]
-        log = open(self.run_dir / f"kserve{i}.log", "ab")   # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen(self._argv("cloud", [str(KSERVE_PYTHON), "-m", "cloud_kserve",
-                                                     "--model-store", str(self.store), "--host",
-                                                     self.hosts["cloud"], "--port", port]),
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log = open(self.run_dir / f"kserve{i}.log", "ab")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
+            self._argv(
+                "cloud",
+                [
+                    str(KSERVE_PYTHON),
+                    "-m",
+                    "cloud_kserve",
+                    "--model-store",
+                    str(self.store),
+                    "--host",
+                    self.hosts["cloud"],
+                    "--port",
+                    port,
+                ],
+            ),
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         log.close()
         while len(self.kserve) <= i:
             self.kserve.append(None)
         self.kserve[i] = proc
-        probe = ("import sys, time, urllib.request\n"
-                 "end = time.time() + float(sys.argv[2])\n"
-                 "while time.time() < end:\n"
-                 "    try:\n"
-                 "        urllib.request.urlopen(sys.argv[1] + '/v2/health/ready', timeout=2); sys.exit(0)\n"
-                 "    except OSError:\n"
-                 "        time.sleep(0.3)\n"
-                 "sys.exit(1)\n")
+        probe = (
+            "import sys, time, urllib.request\n"
+            "end = time.time() + float(sys.argv[2])\n"
+            "while time.time() < end:\n"
+            "    try:\n"
+            "        urllib.request.urlopen(sys.argv[1] + '/v2/health/ready', timeout=2); sys.exit(0)\n"
+            "    except OSError:\n"
+            "        time.sleep(0.3)\n"
+            "sys.exit(1)\n"
+        )
         argv = [sys.executable, "-c", probe, url, str(self.wait_s)]
         if self.link is not None:
             argv = self.link.exec_args("cloud", argv)
         ready = subprocess.run(argv, timeout=self.wait_s + 30, check=False).returncode == 0
         if not ready or proc.poll() is not None:
-            raise RuntimeError(f"cloud_kserve replica {i} did not become ready "
-                               f"(see {self.run_dir}/kserve{i}.log)")
+            raise RuntimeError(
+                f"cloud_kserve replica {i} did not become ready (see {self.run_dir}/kserve{i}.log)"
+            )
 
     def kill_cloud_replica(self, i: int) -> None:
         """SIGKILL cloud replica i (a KServe process, or TorchServe replica i's Java frontend)."""
@@ -225,31 +317,54 @@ class LiveSystem:
             return [f for url in self.kserve_urls for f in ("--cloud", f"oip={url}")]
         if not self.ts_replicas:
             return []
-        specs = [f"torchserve={i.inference_url},{i.management_url},{i.key_file}"
-                 for i in (self.insts["cloud"], *self.ts_replicas)]
+        specs = [
+            f"torchserve={i.inference_url},{i.management_url},{i.key_file}"
+            for i in (self.insts["cloud"], *self.ts_replicas)
+        ]
         return [f for spec in specs for f in ("--cloud", spec)]
 
     def router_argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "edge_router", "--host", self.hosts["router"],
-                "--port", str(self.router_port), "--run-dir", str(self.run_dir),
-                "--model-store", str(self.store), "--log-level", self.log_level, "--refresh-s", "1"]
+        argv = [
+            sys.executable,
+            "-m",
+            "edge_router",
+            "--host",
+            self.hosts["router"],
+            "--port",
+            str(self.router_port),
+            "--run-dir",
+            str(self.run_dir),
+            "--model-store",
+            str(self.store),
+            "--log-level",
+            self.log_level,
+            "--refresh-s",
+            "1",
+        ]
         for role, inst in self.insts.items():
             argv += [f"--{role}-url", inst.inference_url, f"--{role}-management-url", inst.management_url]
         return [*argv, *self.cloud_flags(), *self.router_options]
 
     def start_router(self, *, wait_s: float = 60) -> None:
-        log = open(self.run_dir / "router.log", "ab")   # noqa: SIM115 - the child owns it
-        self.router = subprocess.Popen(self._argv("router", self.router_argv()), env=self.env,
-                                       stdout=log, stderr=subprocess.STDOUT)
+        log = open(self.run_dir / "router.log", "ab")  # noqa: SIM115 - the child owns it
+        self.router = subprocess.Popen(
+            self._argv("router", self.router_argv()), env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         if self.link is None:
             wait_until_healthy(self.url, proc=self.router, timeout=wait_s)
             return
         # the router's address is reached from the device namespace only
-        probe = ("import sys; from benchmarks.live import wait_until_healthy; "
-                 "wait_until_healthy(sys.argv[1], timeout=float(sys.argv[2]))")
-        r = subprocess.run(self.link.exec_args("dev", [sys.executable, "-c", probe, self.url, str(wait_s)]),
-                           env=self.env, timeout=wait_s + 30, check=False)
+        probe = (
+            "import sys; from benchmarks.live import wait_until_healthy; "
+            "wait_until_healthy(sys.argv[1], timeout=float(sys.argv[2]))"
+        )
+        r = subprocess.run(
+            self.link.exec_args("dev", [sys.executable, "-c", probe, self.url, str(wait_s)]),
+            env=self.env,
+            timeout=wait_s + 30,
+            check=False,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"the router in the edge namespace did not become healthy ({self.url})")
 
@@ -343,35 +458,59 @@ class LiveSystem:
 
     def describe(self) -> dict:
         """Endpoints and PIDs (never tokens), as `up` prints them."""
-        return {"router": self.url, "router_pid": self.router.pid if self.router else None,
-                **{f"{r}_inference": i.inference_url for r, i in self.insts.items()},
-                **{f"{r}_management": i.management_url for r, i in self.insts.items()},
-                "key_files": {r: str(i.key_file) for r, i in self.insts.items()},
-                "pids": self.pids(), "rss_mb": self.rss_mb()}
+        return {
+            "router": self.url,
+            "router_pid": self.router.pid if self.router else None,
+            **{f"{r}_inference": i.inference_url for r, i in self.insts.items()},
+            **{f"{r}_management": i.management_url for r, i in self.insts.items()},
+            "key_files": {r: str(i.key_file) for r, i in self.insts.items()},
+            "pids": self.pids(),
+            "rss_mb": self.rss_mb(),
+        }
 
 
 # -- `up` / `down` for the demo and for people ---------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Start (up) or stop (down) edge + cloud TorchServe and the "
-                                "router on loopback; `up` returns once the router is healthy.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="Start (up) or stop (down) edge + cloud TorchServe and the "
+        "router on loopback; `up` returns once the router is healthy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("action", choices=("up", "down"))
     p.add_argument("--model-store", default="model_store")
     p.add_argument("--run-dir", default="run")
     p.add_argument("--port", type=int, default=8000, help="the router's port")
-    p.add_argument("--edge-models", nargs="+", default=["all"],
-                   help="archives registered on the edge (all: every edge_*)")
-    p.add_argument("--cloud-models", nargs="+", default=["all"],
-                   help="archives registered on the cloud (all: every cloud_* and full_*)")
-    p.add_argument("--router-option", action="append", default=[],
-                   help="extra `python -m edge_router` flag, e.g. --router-option=--max-in-flight=16")
+    p.add_argument(
+        "--edge-models",
+        nargs="+",
+        default=["all"],
+        help="archives registered on the edge (all: every edge_*)",
+    )
+    p.add_argument(
+        "--cloud-models",
+        nargs="+",
+        default=["all"],
+        help="archives registered on the cloud (all: every cloud_* and full_*)",
+    )
+    p.add_argument(
+        "--router-option",
+        action="append",
+        default=[],
+        help="extra `python -m edge_router` flag, e.g. --router-option=--max-in-flight=16",
+    )
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    system = LiveSystem(args.model_store, args.run_dir, ports=DEFAULT_PORTS, router_port=args.port,
-                        router_options=args.router_option, edge_models=args.edge_models,
-                        cloud_models=args.cloud_models)
+    system = LiveSystem(
+        args.model_store,
+        args.run_dir,
+        ports=DEFAULT_PORTS,
+        router_port=args.port,
+        router_options=args.router_option,
+        edge_models=args.edge_models,
+        cloud_models=args.cloud_models,
+    )
     state = Path(args.run_dir).resolve() / "router.pid"
     if args.action == "up":
         if not (Path(args.model_store) / "distortion_classifier.mar").is_file():
@@ -379,7 +518,7 @@ def main(args: argparse.Namespace) -> int:
         system.start()
         state.write_text(str(system.router.pid))
         print(json.dumps(system.describe(), indent=1))
-        system.router = None   # left running: `down` stops it
+        system.router = None  # left running: `down` stops it
         return 0
     if state.is_file():
         try:

@@ -60,7 +60,8 @@ def run_levels(router: str, args: argparse.Namespace) -> list[dict]:
     results = []
     for c in args.levels:
         row = LoadClient(router, bodies, clients=c, params={"threshold": args.threshold}).run(
-            seconds=args.seconds, max_requests=args.max_requests)
+            seconds=args.seconds, max_requests=args.max_requests
+        )
         results.append(row)
         print(json.dumps(row), flush=True)
     return results
@@ -86,14 +87,12 @@ class RssSampler(threading.Thread):
             try:
                 for name, mb in self.system.rss_mb().items():
                     self.samples.setdefault(name, []).append(mb)
-            except psutil.Error:   # the router exited between the look-up and the sample
+            except psutil.Error:  # the router exited between the look-up and the sample
                 pass
 
     def summary(self) -> dict:
         return {
-            k: {"first_mb": v[0], "last_mb": v[-1], "max_mb": max(v)}
-            for k, v in self.samples.items()
-            if v
+            k: {"first_mb": v[0], "last_mb": v[-1], "max_mb": max(v)} for k, v in self.samples.items() if v
         }
 
 
@@ -137,8 +136,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client-router", default=None, help=argparse.SUPPRESS)
     p.add_argument("--results", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--threshold", type=float, default=0.8,
-                   help="p_tar of every request (1.0: all offloaded, as benchmarks.scaleout runs)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.8,
+        help="p_tar of every request (1.0: all offloaded, as benchmarks.scaleout runs)",
+    )
     return p
 
 
@@ -162,9 +165,12 @@ def main(args: argparse.Namespace) -> dict | int:
         write_json(out / "load.json", report)
         write_markdown(report, out)
         return report
-    report = {**target.provenance("benchmarks.load", targets,
-                                  None if targets else (args.model_store or "model_store")),
-              "profiles": {}}
+    report = {
+        **target.provenance(
+            "benchmarks.load", targets, None if targets else (args.model_store or "model_store")
+        ),
+        "profiles": {},
+    }
     if targets:
         target.check_router_answers(targets["router"])
         levels = run_levels(targets["router"], args)
@@ -211,8 +217,9 @@ def main(args: argparse.Namespace) -> dict | int:
             ]
             if args.data_root:
                 cmd += ["--data-root", args.data_root]
-            subprocess.run(system.link.exec_args("dev", cmd), check=True, env=system.env,
-                           timeout=60 * minutes)
+            subprocess.run(
+                system.link.exec_args("dev", cmd), check=True, env=system.env, timeout=60 * minutes
+            )
             sampler.stop.set()
             levels = json.loads(results.read_text())
         report["profiles"][name] = {**knees(levels), "rss": sampler.summary()}

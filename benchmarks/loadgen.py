@@ -31,9 +31,9 @@ REFUSED = "refused"
 
 @dataclass
 class Record:
-    status: int | str          # HTTP status, or LOST / REFUSED
+    status: int | str  # HTTP status, or LOST / REFUSED
     seconds: float
-    started: float             # time.time() when sent
+    started: float  # time.time() when sent
     label: int | None = None
     answer: dict | None = field(default=None, repr=False)
     reason: str = ""
@@ -42,10 +42,19 @@ class Record:
 class LoadClient:
     """`clients` threads, each with its own keep-alive session, sending `bodies` round-robin."""
 
-    def __init__(self, url: str, bodies: list[bytes] | list[tuple[bytes, int]], *, clients: int = 1,
-                 params: dict | None = None, timeout_s: float = 30.0, path: str = "/v1/classify",
-                 max_requests: int | None = None, keep_answers: bool = True,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        url: str,
+        bodies: list[bytes] | list[tuple[bytes, int]],
+        *,
+        clients: int = 1,
+        params: dict | None = None,
+        timeout_s: float = 30.0,
+        path: str = "/v1/classify",
+        max_requests: int | None = None,
+        keep_answers: bool = True,
+        headers: dict[str, str] | None = None,
+    ):
         if clients < 1 or not bodies:
             raise ValueError("need at least one client and one body")
         self.url = url.rstrip("/") + path
@@ -62,8 +71,9 @@ class LoadClient:
     # -- running ---------------------------------------------------------------------------------
     def start(self) -> LoadClient:
         self._started = time.perf_counter()
-        self._threads = [threading.Thread(target=self._worker, args=(k,), daemon=True)
-                         for k in range(self.clients)]
+        self._threads = [
+            threading.Thread(target=self._worker, args=(k,), daemon=True) for k in range(self.clients)
+        ]
         for t in self._threads:
             t.start()
         return self
@@ -121,8 +131,8 @@ class LoadClient:
                 session = requests.Session()
                 session.headers.update(self.headers)
                 if status == REFUSED:
-                    time.sleep(0.05)   # a client backs off instead of spinning on a closed port
-            except ValueError:         # a 200 without JSON
+                    time.sleep(0.05)  # a client backs off instead of spinning on a closed port
+            except ValueError:  # a 200 without JSON
                 status, reason = "bad_json", "200 without JSON"
             rec = Record(status, time.perf_counter() - t, started, label, answer, reason)
             with self._lock:
@@ -136,12 +146,19 @@ class LoadClient:
         statuses: dict[str, int] = {}
         for r in recs:
             statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
-        shed = statuses.get("503", 0)   # the router's load shedding (Retry-After), not a failure
-        return {"concurrency": self.clients, "requests": len(recs), "ok": int(ok.size),
-                "errors": len(recs) - int(ok.size) - shed, "shed": shed, "lost": statuses.get(LOST, 0),
-                "statuses": statuses, "seconds": round(elapsed, 2),
-                "throughput_rps": round(ok.size / elapsed, 2) if elapsed > 0 else 0.0,
-                **percentiles(ok)}
+        shed = statuses.get("503", 0)  # the router's load shedding (Retry-After), not a failure
+        return {
+            "concurrency": self.clients,
+            "requests": len(recs),
+            "ok": int(ok.size),
+            "errors": len(recs) - int(ok.size) - shed,
+            "shed": shed,
+            "lost": statuses.get(LOST, 0),
+            "statuses": statuses,
+            "seconds": round(elapsed, 2),
+            "throughput_rps": round(ok.size / elapsed, 2) if elapsed > 0 else 0.0,
+            **percentiles(ok),
+        }
 
 
 def percentiles(ms: np.ndarray | list[float]) -> dict:

@@ -144,7 +144,7 @@ class DelayLine:
         self.delay = profile.rtt_ms / 2000.0
         self.jitter = profile.jitter_ms / 1000.0
         self.loss = profile.loss
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311 - reproducible link jitter, not secrets
         self.stop = threading.Event()
         self.queues = (deque(), deque())
         self.cv = (threading.Condition(), threading.Condition())

@@ -33,10 +33,14 @@ from training.engine import load_early_exit
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", default="models/torch/backbone.pt",
-                   help="trained model for the 64-px row ('none': random weights there too)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--backbone",
+        default="models/torch/backbone.pt",
+        help="trained model for the 64-px row ('none': random weights there too)",
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     p.add_argument("--rounds", type=int, default=200, help="timed runs per runtime and path")
     p.add_argument("--warmup", type=int, default=20)
@@ -64,7 +68,7 @@ class EdgePath(torch.nn.Module):
         super().__init__()
         self.stages, self.heads = model.stages[:3], model.heads[:3]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = []
         for stage, head in zip(self.stages, self.heads, strict=True):
             x = stage(x)
@@ -77,12 +81,13 @@ class CloudPath(torch.nn.Module):
         super().__init__()
         self.stage, self.head = model.stages[3], model.heads[3]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stage(x))
 
 
-def time_pair(module, session: ort.InferenceSession, x: torch.Tensor, rounds: int, warmup: int,
-              desc: str, quiet: bool) -> dict:
+def time_pair(
+    module, session: ort.InferenceSession, x: torch.Tensor, rounds: int, warmup: int, desc: str, quiet: bool
+) -> dict:
     feed = {session.get_inputs()[0].name: x.numpy()}
     eager, onnx = [], []
     with torch.inference_mode():
@@ -97,20 +102,29 @@ def time_pair(module, session: ort.InferenceSession, x: torch.Tensor, rounds: in
             session.run(None, feed)
             onnx.append(time.perf_counter() - t)
     e, o = np.median(eager) * 1e3, np.median(onnx) * 1e3
-    return {"eager_ms": round(float(e), 3), "onnxruntime_ms": round(float(o), 3),
-            "eager_p90_ms": round(float(np.percentile(eager, 90) * 1e3), 3),
-            "onnxruntime_p90_ms": round(float(np.percentile(onnx, 90) * 1e3), 3),
-            "speedup": round(float(e / o), 2)}
+    return {
+        "eager_ms": round(float(e), 3),
+        "onnxruntime_ms": round(float(o), 3),
+        "eager_p90_ms": round(float(np.percentile(eager, 90) * 1e3), 3),
+        "onnxruntime_p90_ms": round(float(np.percentile(onnx, 90) * 1e3), 3),
+        "speedup": round(float(e / o), 2),
+    }
 
 
 def main(args: argparse.Namespace) -> dict:
     if args.rounds < 5 or args.warmup < 0:
         raise UserInputError("--rounds must be at least 5 and --warmup non-negative")
     torch.set_num_threads(1)
-    result = {"command": command_line(), "batch": 1, "threads": 1, "opset": OPSET,
-              "torch": torch.__version__, "onnxruntime": ort.__version__,
-              "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-              "sizes": {}}
+    result = {
+        "command": command_line(),
+        "batch": 1,
+        "threads": 1,
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "sizes": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
         for size in args.sizes:
             model = model_for(size, args)
@@ -118,22 +132,33 @@ def main(args: argparse.Namespace) -> dict:
             x = torch.randn(1, 3, size, size)
             with torch.no_grad():
                 split = edge(x)[0]
-            row = {"weights": "trained" if size == 64 and args.backbone != "none" else "random",
-                   "split_shape": list(split.shape[1:])}
+            row = {
+                "weights": "trained" if size == 64 and args.backbone != "none" else "random",
+                "split_shape": list(split.shape[1:]),
+            }
             for name, module, example in (("edge", edge, x), ("cloud", cloud, split)):
                 path = Path(tmp) / f"{name}_{size}.onnx"
                 export_module(module, example, path, input_name="input", output_name="out0")
-                row[name] = time_pair(module, ort_session(path), example, args.rounds, args.warmup,
-                                      f"{name} {size}px", args.quiet)
+                row[name] = time_pair(
+                    module,
+                    ort_session(path),
+                    example,
+                    args.rounds,
+                    args.warmup,
+                    f"{name} {size}px",
+                    args.quiet,
+                )
                 row[name]["onnx_bytes"] = path.stat().st_size
             result["sizes"][str(size)] = row
             result[f"edge_speedup_{size}"] = row["edge"]["speedup"]
             result[f"cloud_speedup_{size}"] = row["cloud"]["speedup"]
-            print(f"{size:4d} px  edge  eager {row['edge']['eager_ms']:7.2f} ms  onnxruntime "
-                  f"{row['edge']['onnxruntime_ms']:7.2f} ms  x{row['edge']['speedup']:.2f}   "
-                  f"cloud eager {row['cloud']['eager_ms']:7.2f} ms  onnxruntime "
-                  f"{row['cloud']['onnxruntime_ms']:7.2f} ms  x{row['cloud']['speedup']:.2f}   "
-                  f"files {row['edge']['onnx_bytes'] / 1e6:.1f} + {row['cloud']['onnx_bytes'] / 1e6:.1f} MB")
+            print(
+                f"{size:4d} px  edge  eager {row['edge']['eager_ms']:7.2f} ms  onnxruntime "
+                f"{row['edge']['onnxruntime_ms']:7.2f} ms  x{row['edge']['speedup']:.2f}   "
+                f"cloud eager {row['cloud']['eager_ms']:7.2f} ms  onnxruntime "
+                f"{row['cloud']['onnxruntime_ms']:7.2f} ms  x{row['cloud']['speedup']:.2f}   "
+                f"files {row['edge']['onnx_bytes'] / 1e6:.1f} + {row['cloud']['onnx_bytes'] / 1e6:.1f} MB"
+            )
     if args.json:
         write_json(args.json, result)
     return result

@@ -46,21 +46,34 @@ PATHS = {"edge_exit": 0.01, "offload": 1.0}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--size", type=int, default=224, help="model input size (px)")
     p.add_argument("--backbone", default=None, help="a trained backbone of --size px (optional)")
     p.add_argument("--classifier", default="models/torch/classifier.pt")
     p.add_argument("--requests", type=int, default=150, help="timed requests per path and side")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--warmup-seconds", type=float, default=5.0,
-                   help="4-client load on the stack before each path, discarded: the stack is "
-                        "measured warm (TorchServe's JVM compiles its hot paths under load)")
+    p.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=5.0,
+        help="4-client load on the stack before each path, discarded: the stack is "
+        "measured warm (TorchServe's JVM compiles its hot paths under load)",
+    )
     p.add_argument("--router-port", type=int, default=18200)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="TorchServe batch size of the archives (default: export.archive's)")
-    p.add_argument("--max-batch-delay", type=int, default=None,
-                   help="TorchServe batching delay in ms (default: export.archive's)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="TorchServe batch size of the archives (default: export.archive's)",
+    )
+    p.add_argument(
+        "--max-batch-delay",
+        type=int,
+        default=None,
+        help="TorchServe batching delay in ms (default: export.archive's)",
+    )
     p.add_argument("--data-root", default=None)
     p.add_argument("--max-seconds", type=float, default=900)
     p.add_argument("--json", default=None)
@@ -69,8 +82,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def percentiles(values: list[float]) -> dict:
-    return {"p50_ms": round(float(np.median(values)), 3),
-            "p95_ms": round(float(np.percentile(values, 95)), 3), "n": len(values)}
+    return {
+        "p50_ms": round(float(np.median(values)), 3),
+        "p95_ms": round(float(np.percentile(values, 95)), 3),
+        "n": len(values),
+    }
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -79,32 +95,50 @@ def main(args: argparse.Namespace) -> dict:
     if not Path(args.classifier).is_file():
         raise UserInputError(f"{args.classifier} not found: train the distortion classifier first")
     stop_at = time.time() + args.max_seconds
-    result = {"command": command_line(), "size": args.size,
-              "torchserve_batching": {"batch_size": args.batch_size or "export.archive default",
-                                      "max_batch_delay_ms": args.max_batch_delay
-                                      if args.max_batch_delay is not None else "export.archive default"},
-              "weights": "trained" if args.backbone else "random (latency does not depend on weights)",
-              "machine": f"{platform.machine()}, {psutil.cpu_count()} cores", "paths": {}}
+    result = {
+        "command": command_line(),
+        "size": args.size,
+        "torchserve_batching": {
+            "batch_size": args.batch_size or "export.archive default",
+            "max_batch_delay_ms": args.max_batch_delay
+            if args.max_batch_delay is not None
+            else "export.archive default",
+        },
+        "weights": "trained" if args.backbone else "random (latency does not depend on weights)",
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
+        "paths": {},
+    }
     with tempfile.TemporaryDirectory(prefix="overhead_") as tmp:
         tmp = Path(tmp)
-        store = build_store(args.size, tmp, classifier=args.classifier, backbone=args.backbone,
-                            batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
-                            data_root=args.data_root)
-        with LiveSystem(store, tmp / "run", router_port=args.router_port,
-                        router_options=["--deadline-ms", "30000"]) as system:
+        store = build_store(
+            args.size,
+            tmp,
+            classifier=args.classifier,
+            backbone=args.backbone,
+            batch_size=args.batch_size,
+            max_batch_delay=args.max_batch_delay,
+            data_root=args.data_root,
+        )
+        with LiveSystem(
+            store, tmp / "run", router_port=args.router_port, router_options=["--deadline-ms", "30000"]
+        ) as system:
             url = system.url
             pipeline = Pipeline(tmp / "store")
-            source = load_source("fashion-mnist", "test", limit=args.requests + args.warmup,
-                                 data_root=args.data_root)
+            source = load_source(
+                "fashion-mnist", "test", limit=args.requests + args.warmup, data_root=args.data_root
+            )
             policy = DistortionPolicy(fixed=("pristine", 0), seed=0)
-            bodies = [encode_image(distorted_image(source, i, args.size, policy)[0], "png")
-                      for i in range(len(source))]
+            bodies = [
+                encode_image(distorted_image(source, i, args.size, policy)[0], "png")
+                for i in range(len(source))
+            ]
             session = requests.Session()
             for path, threshold in PATHS.items():
                 inproc, stack, steps = [], [], {}
                 if args.warmup_seconds > 0:
-                    LoadClient(url, bodies, clients=4, params={"threshold": threshold},
-                               keep_answers=False).run(seconds=args.warmup_seconds, max_requests=20000)
+                    LoadClient(
+                        url, bodies, clients=4, params={"threshold": threshold}, keep_answers=False
+                    ).run(seconds=args.warmup_seconds, max_requests=20000)
                 for i, body in enumerate(progress(bodies, desc=path, quiet=args.quiet)):
                     if time.time() > stop_at:
                         break
@@ -112,8 +146,9 @@ def main(args: argparse.Namespace) -> dict:
                     ref = pipeline.infer([decode_image(body)], threshold)[0]
                     t_in = time.perf_counter() - t
                     t = time.perf_counter()
-                    r = session.post(f"{url}/v1/classify", data=body, params={"threshold": threshold},
-                                     timeout=60)
+                    r = session.post(
+                        f"{url}/v1/classify", data=body, params={"threshold": threshold}, timeout=60
+                    )
                     t_stack = time.perf_counter() - t
                     if r.status_code != 200:
                         raise RuntimeError(f"router answered {r.status_code}: {r.text[:200]}")
@@ -128,18 +163,25 @@ def main(args: argparse.Namespace) -> dict:
                         steps.setdefault(k, []).append(v)
                 ip, st = percentiles(inproc), percentiles(stack)
                 result["paths"][path] = {
-                    "threshold": threshold, "in_process": ip, "stack": st,
+                    "threshold": threshold,
+                    "in_process": ip,
+                    "stack": st,
                     "p50_ratio": round(st["p50_ms"] / ip["p50_ms"], 2),
                     "p95_ratio": round(st["p95_ms"] / ip["p95_ms"], 2),
                     "router_steps_p50_ms": {k: round(float(np.median(v)), 3) for k, v in steps.items()},
-                    "exit": got["exit"], "offloaded": got["offloaded"]}
+                    "exit": got["exit"],
+                    "offloaded": got["offloaded"],
+                }
                 row = result["paths"][path]
-                print(f"{path:9s} in-process p50 {ip['p50_ms']:7.2f} ms p95 {ip['p95_ms']:7.2f} | stack p50 "
-                      f"{st['p50_ms']:7.2f} ms p95 {st['p95_ms']:7.2f} | ratio p50 x{row['p50_ratio']:.2f}"
-                      f"  router steps p50 {row['router_steps_p50_ms']}")
+                print(
+                    f"{path:9s} in-process p50 {ip['p50_ms']:7.2f} ms p95 {ip['p95_ms']:7.2f} | stack p50 "
+                    f"{st['p50_ms']:7.2f} ms p95 {st['p95_ms']:7.2f} | ratio p50 x{row['p50_ratio']:.2f}"
+                    f"  router steps p50 {row['router_steps_p50_ms']}"
+                )
             result["rss_mb"] = system.rss_mb()
             result["rss_mb"]["benchmark_client_with_pipeline"] = round(
-                psutil.Process().memory_info().rss / 2**20, 1)
+                psutil.Process().memory_info().rss / 2**20, 1
+            )
     key = f"_{args.size}" if args.size != 224 else ""
     result[f"edge_exit_p50_ratio{key}"] = result["paths"]["edge_exit"]["p50_ratio"]
     result[f"offload_p50_ratio{key}"] = result["paths"]["offload"]["p50_ratio"]

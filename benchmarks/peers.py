@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,16 +71,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     p.add_argument("--classifier", default="models/torch/classifier.pt")
     p.add_argument("--requests", type=int, default=200, help="sequential requests per single-client run")
-    p.add_argument("--warmup", type=int, default=20,
-                   help="sequential requests discarded before each single-client run")
-    p.add_argument("--warmup-seconds", type=float, default=5.0,
-                   help="4-client load before each path's measurements, discarded: every server "
-                        "is measured warm (TorchServe's JVM compiles its hot paths under load)")
+    p.add_argument(
+        "--warmup", type=int, default=20, help="sequential requests discarded before each single-client run"
+    )
+    p.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=5.0,
+        help="4-client load before each path's measurements, discarded: every server "
+        "is measured warm (TorchServe's JVM compiles its hot paths under load)",
+    )
     p.add_argument("--seconds", type=float, default=6.0, help="length of each concurrency level")
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     p.add_argument("--max-requests", type=int, default=20000, help="cap per concurrency level")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="TorchServe batch size of this stack's archives (default: export.archive's)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="TorchServe batch size of this stack's archives (default: export.archive's)",
+    )
     p.add_argument("--max-batch-delay", type=int, default=None, help="TorchServe batching delay (ms)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="docs/results/peers")
@@ -93,8 +103,11 @@ def pin_client() -> dict:
     if psutil.cpu_count() < 2:
         raise UserInputError("the servers and the client are pinned to different CPUs: needs 2 cores")
     pin(CLIENT_CPU)
-    return {"command": command_line(), "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
-            "pinning": {"servers": SERVER_CPU, "client": CLIENT_CPU}}
+    return {
+        "command": command_line(),
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
+        "pinning": {"servers": SERVER_CPU, "client": CLIENT_CPU},
+    }
 
 
 def pin(cpu: int) -> None:
@@ -152,9 +165,16 @@ def measure(
     for p, threshold in paths.items():
         params = {"threshold": threshold} if threshold is not None else {}
         if args.warmup_seconds > 0:
-            LoadClient(base, bodies, clients=4, params=params, path=path, headers=headers,
-                       keep_answers=False, timeout_s=30).run(seconds=args.warmup_seconds,
-                                                              max_requests=args.max_requests)
+            LoadClient(
+                base,
+                bodies,
+                clients=4,
+                params=params,
+                path=path,
+                headers=headers,
+                keep_answers=False,
+                timeout_s=30,
+            ).run(seconds=args.warmup_seconds, max_requests=args.max_requests)
         single = single_client(base + path, bodies, params, args, headers)
         rows = levels(base, path, bodies, params, args, headers)
         out[p] = {"single": single, "levels": rows}
@@ -379,8 +399,14 @@ def main(args: argparse.Namespace) -> dict:
         tmp = Path(tmp)
         for size in progress(args.sizes, desc="sizes", quiet=True):
             print(f"{size} px:", flush=True)
-            store = build_store(size, tmp / str(size), classifier=args.classifier, data_root=args.data_root,
-                                batch_size=args.batch_size, max_batch_delay=args.max_batch_delay)
+            store = build_store(
+                size,
+                tmp / str(size),
+                classifier=args.classifier,
+                data_root=args.data_root,
+                batch_size=args.batch_size,
+                max_batch_delay=args.max_batch_delay,
+            )
             bodies = image_bodies(size, 64, args.data_root)
             pipeline = Pipeline(store)
             reference = {
@@ -411,7 +437,7 @@ def main(args: argparse.Namespace) -> dict:
     return result
 
 
-def rows(result: dict):
+def rows(result: dict) -> Iterator[dict]:
     for size, r in result["sizes"].items():
         for contender, paths in r.items():
             for path, m in paths.items():

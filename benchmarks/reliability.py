@@ -79,6 +79,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -223,7 +224,7 @@ class RouterSampler(threading.Thread):
 
 
 @contextmanager
-def sampling_router(system):
+def sampling_router(system: LiveSystem) -> Iterator[RouterSampler]:
     sampler = RouterSampler(system)
     sampler.start()
     try:
@@ -346,7 +347,7 @@ def fuzz_cloud_case(rng: random.Random, shape: tuple[int, ...]) -> tuple[bytes, 
 def run_fuzz(system, args, reference) -> dict:
     """The fuzz; `reference` is the in-process pipeline, or None to compare the router's answers
     after the fuzz with its answers before it (an existing deployment, whose archives are unknown)."""
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed)  # noqa: S311 - reproducible fuzz inputs, not secrets
     images = test_images(24, seed=3)
     seeds = [encode_image(im, rng.choice(["png", "jpeg"])) for im in images]
     expert, shape = split_of(system)

@@ -36,17 +36,26 @@ ENGINES = ("torchserve", "kserve")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--profiles", nargs="+", default=["lan", "paris"])
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--policies", nargs="+", default=["least_outstanding", "round_robin"],
-                   choices=("least_outstanding", "round_robin"),
-                   help="the router's --cloud-policy; each is run where there is more than one replica")
-    p.add_argument("--max-in-flight", type=int, default=64,
-                   help="the router's admission limit: above its default (16, sized for edge exits), "
-                        "so that a 216-ms offload round trip does not cap the cloud at 16 / 0.25 s")
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        default=["least_outstanding", "round_robin"],
+        choices=("least_outstanding", "round_robin"),
+        help="the router's --cloud-policy; each is run where there is more than one replica",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=64,
+        help="the router's admission limit: above its default (16, sized for edge exits), "
+        "so that a 216-ms offload round trip does not cap the cloud at 16 / 0.25 s",
+    )
     p.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 32], help="concurrent clients")
     p.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
     p.add_argument("--max-requests", type=int, default=3000, help="per concurrency level")
@@ -65,30 +74,62 @@ def run_one(profile, engine: str, replicas: int, policy: str, args: argparse.Nam
     started = time.time()
     run_dir = Path(args.run_dir) / engine / str(replicas)
     options = ["--cloud-policy", policy, "--max-in-flight", str(args.max_in_flight)]
-    with emulated_system(profile, model_store=args.model_store, run_dir=run_dir, backend=args.backend,
-                         max_minutes=minutes, cloud_engine=engine, cloud_replicas=replicas,
-                         router_options=options) as system:
+    with emulated_system(
+        profile,
+        model_store=args.model_store,
+        run_dir=run_dir,
+        backend=args.backend,
+        max_minutes=minutes,
+        cloud_engine=engine,
+        cloud_replicas=replicas,
+        router_options=options,
+    ) as system:
         results = (out / f"levels_{profile.name}_{engine}_{replicas}_{policy}.json").resolve()
-        cmd = [sys.executable, "-m", "benchmarks.load", "--client", "--client-router", system.url,
-               "--results", str(results), "--threshold", "1.0", "--seconds", str(args.seconds),
-               "--max-requests", str(args.max_requests), "--levels", *map(str, args.levels)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--client",
+            "--client-router",
+            system.url,
+            "--results",
+            str(results),
+            "--threshold",
+            "1.0",
+            "--seconds",
+            str(args.seconds),
+            "--max-requests",
+            str(args.max_requests),
+            "--levels",
+            *map(str, args.levels),
+        ]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
-        subprocess.run(system.link.exec_args("dev", cmd), check=True, env=system.env,
-                       timeout=60 * minutes)
+        subprocess.run(system.link.exec_args("dev", cmd), check=True, env=system.env, timeout=60 * minutes)
         levels = json.loads(results.read_text())
         rss = system.rss_mb()
         backend = system.link.backend
-    row = {"profile": profile.name, "engine": engine, "replicas": replicas, "policy": policy,
-           "link_backend": backend,
-           "levels": levels, "errors": sum(lv["errors"] for lv in levels),
-           "lost": sum(lv["lost"] for lv in levels), "shed": sum(lv["shed"] for lv in levels),
-           "peak_rps": max(lv["throughput_rps"] for lv in levels),
-           "rss_mb": rss, "cloud_rss_mb": round(sum(v for k, v in rss.items() if k.startswith("cloud")), 1),
-           "seconds": round(time.time() - started)}
-    print(f"{profile.name:9s} {engine:10s} x{replicas} {policy:17s}: peak {row['peak_rps']:6.1f} req/s, "
-          + " ".join(f"c{lv['concurrency']}:{lv['throughput_rps']:.0f}/p99 {lv['p99_ms']}" for lv in levels)
-          + f" | errors {row['errors']} lost {row['lost']} | cloud RSS {row['cloud_rss_mb']} MB", flush=True)
+    row = {
+        "profile": profile.name,
+        "engine": engine,
+        "replicas": replicas,
+        "policy": policy,
+        "link_backend": backend,
+        "levels": levels,
+        "errors": sum(lv["errors"] for lv in levels),
+        "lost": sum(lv["lost"] for lv in levels),
+        "shed": sum(lv["shed"] for lv in levels),
+        "peak_rps": max(lv["throughput_rps"] for lv in levels),
+        "rss_mb": rss,
+        "cloud_rss_mb": round(sum(v for k, v in rss.items() if k.startswith("cloud")), 1),
+        "seconds": round(time.time() - started),
+    }
+    print(
+        f"{profile.name:9s} {engine:10s} x{replicas} {policy:17s}: peak {row['peak_rps']:6.1f} req/s, "
+        + " ".join(f"c{lv['concurrency']}:{lv['throughput_rps']:.0f}/p99 {lv['p99_ms']}" for lv in levels)
+        + f" | errors {row['errors']} lost {row['lost']} | cloud RSS {row['cloud_rss_mb']} MB",
+        flush=True,
+    )
     return row
 
 
@@ -104,14 +145,23 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    rows = [run_one(profiles[name], engine, n, policy, args, out)
-            for name in args.profiles for engine in args.engines for n in args.replicas
-            for policy in (args.policies if n > 1 else args.policies[:1])]
-    report = {"command": command_line(), "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
-              "threshold": 1.0, "router_max_in_flight": args.max_in_flight,
-              "pinning": {"edge_and_router": 0, "cloud_replicas": 1},
-              "rows": rows, "errors_total": sum(r["errors"] + r["lost"] for r in rows),
-              "seconds": round(time.time() - started)}
+    rows = [
+        run_one(profiles[name], engine, n, policy, args, out)
+        for name in args.profiles
+        for engine in args.engines
+        for n in args.replicas
+        for policy in (args.policies if n > 1 else args.policies[:1])
+    ]
+    report = {
+        "command": command_line(),
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
+        "threshold": 1.0,
+        "router_max_in_flight": args.max_in_flight,
+        "pinning": {"edge_and_router": 0, "cloud_replicas": 1},
+        "rows": rows,
+        "errors_total": sum(r["errors"] + r["lost"] for r in rows),
+        "seconds": round(time.time() - started),
+    }
     write_json(out / "scaleout.json", report)
     write_markdown(report, out / "scaleout.md")
     plot(report, out / "scaleout.png")
@@ -121,18 +171,25 @@ def main(args: argparse.Namespace) -> dict:
 def write_markdown(report: dict, path: Path) -> None:
     levels = report["rows"][0]["levels"]
     head = " | ".join(f"c{lv['concurrency']} req/s (p50/p99 ms)" for lv in levels)
-    lines = ["# The cloud tier scaled out: every request offloaded", "",
-             f"`{report['command']}` ({report['machine']}; edge and router on CPU 0, every cloud replica "
-             f"on CPU 1; router --max-in-flight {report['router_max_in_flight']}; {report['seconds']} s). "
-             f"Errors and lost requests in all: "
-             f"{report['errors_total']}.", "",
-             f"| link | cloud | replicas | policy | {head} | errors | shed (503) | cloud RSS MB |",
-             "|---" * (len(levels) + 7) + "|"]
+    lines = [
+        "# The cloud tier scaled out: every request offloaded",
+        "",
+        f"`{report['command']}` ({report['machine']}; edge and router on CPU 0, every cloud replica "
+        f"on CPU 1; router --max-in-flight {report['router_max_in_flight']}; {report['seconds']} s). "
+        f"Errors and lost requests in all: "
+        f"{report['errors_total']}.",
+        "",
+        f"| link | cloud | replicas | policy | {head} | errors | shed (503) | cloud RSS MB |",
+        "|---" * (len(levels) + 7) + "|",
+    ]
     for r in report["rows"]:
-        cells = " | ".join(f"{lv['throughput_rps']:.0f} ({lv['p50_ms']}/{lv['p99_ms']})"
-                           for lv in r["levels"])
-        lines.append(f"| {r['profile']} | {r['engine']} | {r['replicas']} | {r['policy']} | {cells} | "
-                     f"{r['errors'] + r['lost']} | {r['shed']} | {r['cloud_rss_mb']} |")
+        cells = " | ".join(
+            f"{lv['throughput_rps']:.0f} ({lv['p50_ms']}/{lv['p99_ms']})" for lv in r["levels"]
+        )
+        lines.append(
+            f"| {r['profile']} | {r['engine']} | {r['replicas']} | {r['policy']} | {cells} | "
+            f"{r['errors'] + r['lost']} | {r['shed']} | {r['cloud_rss_mb']} |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -147,11 +204,18 @@ def plot(report: dict, path: Path) -> None:
     for ax, name in zip(axes[0], profiles, strict=True):
         for r in (r for r in report["rows"] if r["profile"] == name):
             xs = [lv["concurrency"] for lv in r["levels"]]
-            ax.plot(xs, [lv["throughput_rps"] for lv in r["levels"]], marker="o",
-                    label=f"{r['engine']} x{r['replicas']}"
-                    + (f" {r['policy']}" if r["replicas"] > 1 else ""))
-        ax.set(title=f"{name}: every request offloaded", xlabel="concurrent clients", ylabel="answers/s",
-               xscale="log")
+            ax.plot(
+                xs,
+                [lv["throughput_rps"] for lv in r["levels"]],
+                marker="o",
+                label=f"{r['engine']} x{r['replicas']}" + (f" {r['policy']}" if r["replicas"] > 1 else ""),
+            )
+        ax.set(
+            title=f"{name}: every request offloaded",
+            xlabel="concurrent clients",
+            ylabel="answers/s",
+            xscale="log",
+        )
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

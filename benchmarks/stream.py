@@ -26,13 +26,21 @@ from core.errors import UserInputError
 from core.imaging import encode_image
 from training.datasets import DistortionPolicy, distorted_image, load_source
 
-DEFAULT_CELLS = ("pristine:0", "gaussian_blur:1", "gaussian_blur:3", "gaussian_blur:5",
-                 "gaussian_noise:10", "gaussian_noise:20", "gaussian_noise:40")
+DEFAULT_CELLS = (
+    "pristine:0",
+    "gaussian_blur:1",
+    "gaussian_blur:3",
+    "gaussian_blur:5",
+    "gaussian_noise:10",
+    "gaussian_noise:20",
+    "gaussian_noise:40",
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--router", default="http://127.0.0.1:8000")
     p.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), help="type:level pairs")
     p.add_argument("--per-cell", type=int, default=30)
@@ -43,12 +51,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--max-seconds", type=float, default=600)
-    p.add_argument("--expected", default=None, metavar="CSV",
-                   help="accuracy.csv of the served models (python -m training.evaluate): print its "
-                        "value beside each live cell and fail (exit 1) when a live accuracy is more "
-                        "than three binomial standard errors away from it")
-    p.add_argument("--expected-model", default="expert_routed",
-                   help="the CSV row the live system corresponds to (routed frozen-BN experts)")
+    p.add_argument(
+        "--expected",
+        default=None,
+        metavar="CSV",
+        help="accuracy.csv of the served models (python -m training.evaluate): print its "
+        "value beside each live cell and fail (exit 1) when a live accuracy is more "
+        "than three binomial standard errors away from it",
+    )
+    p.add_argument(
+        "--expected-model",
+        default="expert_routed",
+        help="the CSV row the live system corresponds to (routed frozen-BN experts)",
+    )
     p.add_argument("--json", default=None)
     p.add_argument("--quiet", action="store_true")
     return p
@@ -90,33 +105,51 @@ def main(args: argparse.Namespace) -> dict:
             image, label = distorted_image(source, i, args.size, policy)[0], source.label(i)
             t = time.perf_counter()
             try:
-                r = session.post(f"{args.router}/v1/classify", data=encode_image(image, "png"),
-                                 params=params, timeout=30)
+                r = session.post(
+                    f"{args.router}/v1/classify", data=encode_image(image, "png"), params=params, timeout=30
+                )
                 json_body = r.headers.get("Content-Type", "").startswith("application/json")
                 status, answer = r.status_code, (r.json() if json_body else {})
             except requests.RequestException as exc:
                 status, answer = 0, {"error": type(exc).__name__}
             latency = (time.perf_counter() - t) * 1000
-            rec = {"distortion": name, "level": level, "label": int(label), "status": status,
-                   "latency_ms": latency, "routed_distortion": answer.get("distortion"),
-                   **{k: answer.get(k) for k in ("class", "exit", "expert", "offloaded", "degraded",
-                                                 "offloaded_bytes")}}
+            rec = {
+                "distortion": name,
+                "level": level,
+                "label": int(label),
+                "status": status,
+                "latency_ms": latency,
+                "routed_distortion": answer.get("distortion"),
+                **{
+                    k: answer.get(k)
+                    for k in ("class", "exit", "expert", "offloaded", "degraded", "offloaded_bytes")
+                },
+            }
             cell.append(rec)
         records += cell
         ok = [r for r in cell if r["status"] == 200]
         exits = Counter(r["exit"] for r in ok)
-        rows.append({
-            "distortion": name, "level": level, "n": len(cell), "errors": len(cell) - len(ok),
-            "accuracy": float(np.mean([r["class"] == r["label"] for r in ok])) if ok else None,
-            "exit_share": {str(k): exits.get(k, 0) / max(len(ok), 1) for k in range(4)},
-            "offload_rate": float(np.mean([bool(r["offloaded"]) for r in ok])) if ok else None,
-            "degraded": sum(bool(r["degraded"]) for r in ok),
-            "p50_ms": float(np.median([r["latency_ms"] for r in ok])) if ok else None,
-            "expert": Counter(r["expert"] for r in ok).most_common(1)[0][0] if ok else None,
-        })
+        rows.append(
+            {
+                "distortion": name,
+                "level": level,
+                "n": len(cell),
+                "errors": len(cell) - len(ok),
+                "accuracy": float(np.mean([r["class"] == r["label"] for r in ok])) if ok else None,
+                "exit_share": {str(k): exits.get(k, 0) / max(len(ok), 1) for k in range(4)},
+                "offload_rate": float(np.mean([bool(r["offloaded"]) for r in ok])) if ok else None,
+                "degraded": sum(bool(r["degraded"]) for r in ok),
+                "p50_ms": float(np.median([r["latency_ms"] for r in ok])) if ok else None,
+                "expert": Counter(r["expert"] for r in ok).most_common(1)[0][0] if ok else None,
+            }
+        )
     if args.expected:
-        compare_with_expected(rows, args.expected, model=args.expected_model,
-                              p_tar=args.threshold if args.threshold is not None else 0.8)
+        compare_with_expected(
+            rows,
+            args.expected,
+            model=args.expected_model,
+            p_tar=args.threshold if args.threshold is not None else 0.8,
+        )
     print_table(rows)
     result = {"router": args.router, "params": params, "rows": rows, "requests": len(records)}
     if args.json:
@@ -124,8 +157,10 @@ def main(args: argparse.Namespace) -> dict:
     outside = [r for r in rows if r.get("within_3se") is False]
     if outside:
         cells = ", ".join(f"{r['distortion']} {r['level']:g}" for r in outside)
-        print(f"error: live accuracy more than 3 standard errors from {args.expected} in: {cells}",
-              file=sys.stderr)
+        print(
+            f"error: live accuracy more than 3 standard errors from {args.expected} in: {cells}",
+            file=sys.stderr,
+        )
         return 1
     return result
 
@@ -142,24 +177,38 @@ def compare_with_expected(rows: list[dict], csv_path: str, *, model: str, p_tar:
     except OSError as exc:
         raise UserInputError(f"cannot read {csv_path}: {exc.strerror}") from None
     for r in rows:
-        match = [t for t in table if t.get("model") == model and t.get("distortion") == r["distortion"]
-                 and float(t.get("level", "nan")) == r["level"]
-                 and abs(float(t.get("p_tar", "nan")) - p_tar) < 1e-9]
+        match = [
+            t
+            for t in table
+            if t.get("model") == model
+            and t.get("distortion") == r["distortion"]
+            and float(t.get("level", "nan")) == r["level"]
+            and abs(float(t.get("p_tar", "nan")) - p_tar) < 1e-9
+        ]
         if not match:
-            raise UserInputError(f"{csv_path} has no row for {model}, {r['distortion']} "
-                                 f"{r['level']:g}, p_tar {p_tar:g}")
+            raise UserInputError(
+                f"{csv_path} has no row for {model}, {r['distortion']} {r['level']:g}, p_tar {p_tar:g}"
+            )
         p = float(match[0]["overall_acc"])
         n = r["n"] - r["errors"]
         se = math.sqrt(p * (1 - p) / n) if n else float("nan")
-        r.update({"expected_accuracy": p, "expected_n": int(match[0]["n"]), "se": se,
-                  "within_3se": (r["accuracy"] is not None and abs(r["accuracy"] - p) <= 3 * se)})
+        r.update(
+            {
+                "expected_accuracy": p,
+                "expected_n": int(match[0]["n"]),
+                "se": se,
+                "within_3se": (r["accuracy"] is not None and abs(r["accuracy"] - p) <= 3 * se),
+            }
+        )
 
 
 def print_table(rows: list[dict]) -> None:
     expected = any("expected_accuracy" in r for r in rows)
     ref = f" {'csv %':>6s} {'3 SE':>5s} {'ok':>3s}" if expected else ""
-    print(f"\n{'distortion':16s} {'level':>5s} {'n':>4s} {'acc %':>6s}{ref} {'exits b0/b1/b2/final %':>23s} "
-          f"{'offload %':>9s} {'degr':>4s} {'p50 ms':>7s}  expert")
+    print(
+        f"\n{'distortion':16s} {'level':>5s} {'n':>4s} {'acc %':>6s}{ref} {'exits b0/b1/b2/final %':>23s} "
+        f"{'offload %':>9s} {'degr':>4s} {'p50 ms':>7s}  expert"
+    )
     for r in rows:
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}"
         ex = "/".join(f"{100 * r['exit_share'][str(k)]:.0f}" for k in range(4))
@@ -168,10 +217,14 @@ def print_table(rows: list[dict]) -> None:
         errors = f"  ({r['errors']} errors)" if r["errors"] else ""
         ref = ""
         if "expected_accuracy" in r:
-            ref = (f" {100 * r['expected_accuracy']:6.1f} {300 * r['se']:5.1f} "
-                   f"{'yes' if r['within_3se'] else 'NO':>3s}")
-        print(f"{r['distortion']:16s} {r['level']:5g} {r['n']:4d} {acc:>6s}{ref} {ex:>23s} {off:>9s} "
-              f"{r['degraded']:4d} {p50:>7s}  {r['expert']}{errors}")
+            ref = (
+                f" {100 * r['expected_accuracy']:6.1f} {300 * r['se']:5.1f} "
+                f"{'yes' if r['within_3se'] else 'NO':>3s}"
+            )
+        print(
+            f"{r['distortion']:16s} {r['level']:5g} {r['n']:4d} {acc:>6s}{ref} {ex:>23s} {off:>9s} "
+            f"{r['degraded']:4d} {p50:>7s}  {r['expert']}{errors}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,32 +30,63 @@ def build_checkpoints(size: int, folder: Path, backbone: str | None) -> tuple[Pa
     if backbone:
         model, payload = load_early_exit(backbone, role="backbone")
         if payload["config"]["input_size"] != size:
-            raise UserInputError(f"{backbone} was trained at {payload['config']['input_size']} px, "
-                                 f"not {size}")
+            raise UserInputError(
+                f"{backbone} was trained at {payload['config']['input_size']} px, not {size}"
+            )
     else:
         torch.manual_seed(0)
         model = EarlyExitMobileNetV2(ExitConfig(input_size=size)).eval()
         from core.imaging import Preprocessing
+
         args = Namespace(data="fashion-mnist", split_seed=0)
-        payload = base_payload(model, role="backbone", class_names=tuple(f"class{i}" for i in range(10)),
-                               preprocessing=Preprocessing(size=size), run_id=new_run_id(),
-                               command=command_line(), started=time.time(), args=args)
-        payload.update(distortion="pristine", expert="conventional", temperatures=[1.0] * 4,
-                       calibration={}, val_accuracy=[], history=[])
+        payload = base_payload(
+            model,
+            role="backbone",
+            class_names=tuple(f"class{i}" for i in range(10)),
+            preprocessing=Preprocessing(size=size),
+            run_id=new_run_id(),
+            command=command_line(),
+            started=time.time(),
+            args=args,
+        )
+        payload.update(
+            distortion="pristine",
+            expert="conventional",
+            temperatures=[1.0] * 4,
+            calibration={},
+            val_accuracy=[],
+            history=[],
+        )
     bb = folder / "backbone.pt"
     save_checkpoint(bb, payload)
     experts = []
     for d in EXPERTS:
         path = folder / f"expert_{d}.pt"
-        save_checkpoint(path, {**payload, "role": "expert", "distortion": d, "expert": d, "adapt_bn": False,
-                               "backbone_run_id": payload["run_id"]})
+        save_checkpoint(
+            path,
+            {
+                **payload,
+                "role": "expert",
+                "distortion": d,
+                "expert": d,
+                "adapt_bn": False,
+                "backbone_run_id": payload["run_id"],
+            },
+        )
         experts.append(path)
     return bb, experts
 
 
-def build_store(size: int, folder: Path, *, classifier: str | Path, backbone: str | None = None,
-                batch_size: int | None = None, max_batch_delay: int | None = None,
-                data_root: str | None = None) -> Path:
+def build_store(
+    size: int,
+    folder: Path,
+    *,
+    classifier: str | Path,
+    backbone: str | None = None,
+    batch_size: int | None = None,
+    max_batch_delay: int | None = None,
+    data_root: str | None = None,
+) -> Path:
     """Export and archive a `size`-px model set under `folder`; returns the model store. TorchServe
     batching as given, else `export.archive`'s defaults."""
     if not Path(classifier).is_file():
@@ -63,13 +94,45 @@ def build_store(size: int, folder: Path, *, classifier: str | Path, backbone: st
     bb, experts = build_checkpoints(size, folder / "ck", backbone)
     py = sys.executable
     roots = ["--data-root", data_root] if data_root else []
-    subprocess.run([py, "-m", "export", "--backbone", str(bb), "--experts", *map(str, experts),
-                    "--classifier", str(classifier), "--parity-images", "8",
-                    "--out", str(folder / "exported"),
-                    *roots], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            py,
+            "-m",
+            "export",
+            "--backbone",
+            str(bb),
+            "--experts",
+            *map(str, experts),
+            "--classifier",
+            str(classifier),
+            "--parity-images",
+            "8",
+            "--out",
+            str(folder / "exported"),
+            *roots,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     only = ["distortion_classifier", *[f"{r}_{d}" for r in ("edge", "cloud") for d in EXPERTS]]
-    batching = [*(["--batch-size", str(batch_size)] if batch_size is not None else []),
-                *(["--max-batch-delay", str(max_batch_delay)] if max_batch_delay is not None else [])]
-    subprocess.run([py, "-m", "export.archive", "--exported", str(folder / "exported"), "--model-store",
-                    str(folder / "store"), *batching, "--only", *only], check=True, stdout=subprocess.DEVNULL)
+    batching = [
+        *(["--batch-size", str(batch_size)] if batch_size is not None else []),
+        *(["--max-batch-delay", str(max_batch_delay)] if max_batch_delay is not None else []),
+    ]
+    subprocess.run(
+        [
+            py,
+            "-m",
+            "export.archive",
+            "--exported",
+            str(folder / "exported"),
+            "--model-store",
+            str(folder / "store"),
+            *batching,
+            "--only",
+            *only,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return folder / "store"

@@ -34,18 +34,25 @@ from core.manifest import artifacts_entry
 
 MODE_OWN = "own stack"
 MODE_EXISTING = "existing deployment"
-EXISTING = "existing"          # the profile name of an existing deployment's records
-LOOPBACK_NOTE = ("only loopback hosts (127.0.0.0/8, localhost, ::1) are accepted unless "
-                 "--allow-remote is given")
+EXISTING = "existing"  # the profile name of an existing deployment's records
+LOOPBACK_NOTE = (
+    "only loopback hosts (127.0.0.0/8, localhost, ::1) are accepted unless --allow-remote is given"
+)
 
 
 def parser(module: str, doc: str, own: str, existing: str) -> argparse.ArgumentParser:
     """A benchmark's parser whose help names both modes: `own` and `existing` say what each does."""
     first, _, rest = doc.partition("\n\n")
-    description = (f"{first}\n\nmodes:\n  own stack (the default): {own}\n"
-                   f"  existing deployment (--router URL): {existing}")
-    return argparse.ArgumentParser(prog=f"python -m {module}", description=description,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=rest)
+    description = (
+        f"{first}\n\nmodes:\n  own stack (the default): {own}\n"
+        f"  existing deployment (--router URL): {existing}"
+    )
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=rest,
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -79,20 +86,34 @@ def add_existing_options(parser: argparse.ArgumentParser, *, cloud: bool = False
     """The options of the existing-deployment mode, in their own help group."""
     g = parser.add_argument_group(
         "existing deployment (measure a system that is already running; nothing is started, "
-        "stopped or created)")
-    g.add_argument("--router", metavar="URL", default=None,
-                   help="base URL of a running edge router (e.g. http://127.0.0.1:8000); selects "
-                        "this mode")
+        "stopped or created)"
+    )
+    g.add_argument(
+        "--router",
+        metavar="URL",
+        default=None,
+        help="base URL of a running edge router (e.g. http://127.0.0.1:8000); selects this mode",
+    )
     if cloud:
-        g.add_argument("--cloud", metavar="URL", default=None,
-                       help="inference URL of the running cloud TorchServe (e.g. http://127.0.0.1:8090) "
-                            "for the cloud-tensor fuzz; without it that part is skipped")
-        g.add_argument("--cloud-key-file", metavar="PATH", default=None,
-                       help="the cloud instance's key_file.json (e.g. run/cloud/key_file.json): its "
-                            "inference token is sent with the cloud fuzz, never printed")
-    g.add_argument("--allow-remote", action="store_true",
-                   help="accept target hosts that are not loopback (by default only 127.0.0.0/8, "
-                        "localhost and ::1 are)")
+        g.add_argument(
+            "--cloud",
+            metavar="URL",
+            default=None,
+            help="inference URL of the running cloud TorchServe (e.g. http://127.0.0.1:8090) "
+            "for the cloud-tensor fuzz; without it that part is skipped",
+        )
+        g.add_argument(
+            "--cloud-key-file",
+            metavar="PATH",
+            default=None,
+            help="the cloud instance's key_file.json (e.g. run/cloud/key_file.json): its "
+            "inference token is sent with the cloud fuzz, never printed",
+        )
+    g.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="accept target hosts that are not loopback (by default only 127.0.0.0/8, localhost and ::1 are)",
+    )
 
 
 def existing_targets(args: argparse.Namespace, own_stack_options: tuple[str, ...] = ()) -> dict | None:
@@ -104,11 +125,19 @@ def existing_targets(args: argparse.Namespace, own_stack_options: tuple[str, ...
     cloud = getattr(args, "cloud", None)
     key_file = getattr(args, "cloud_key_file", None)
     if args.router is None:
-        extra = [o for o, v in (("--cloud", cloud), ("--cloud-key-file", key_file),
-                                ("--allow-remote", args.allow_remote)) if v]
+        extra = [
+            o
+            for o, v in (
+                ("--cloud", cloud),
+                ("--cloud-key-file", key_file),
+                ("--allow-remote", args.allow_remote),
+            )
+            if v
+        ]
         if extra:
-            raise UserInputError(f"{', '.join(extra)} belong(s) to the existing-deployment mode: "
-                                 "add --router URL")
+            raise UserInputError(
+                f"{', '.join(extra)} belong(s) to the existing-deployment mode: add --router URL"
+            )
         return None
     given = ["--" + o.replace("_", "-") for o in own_stack_options if getattr(args, o, None) is not None]
     if given:
@@ -148,8 +177,7 @@ def provenance(module: str, targets: dict | None, model_store: str | Path | None
     In the own-stack mode `model_store` is the folder of the archives it serves: the SHA-256 of
     every model file in them is recorded (`artifacts`), the same values as the shipped manifests'.
     """
-    out = {"command": command_line(module), "date": utc_now(),
-           "mode": MODE_EXISTING if targets else MODE_OWN}
+    out = {"command": command_line(module), "date": utc_now(), "mode": MODE_EXISTING if targets else MODE_OWN}
     if targets:
         out["targets"] = dict(targets)
     elif model_store is not None:
@@ -164,8 +192,9 @@ def describe(prov: dict | None) -> str:
     text = f"`{prov.get('command', '?')}`"
     details = [prov[k] for k in ("date",) if prov.get(k)]
     if prov.get("mode") == MODE_EXISTING:
-        details.append("existing deployment at " + ", ".join(
-            f"{k} {v}" for k, v in prov.get("targets", {}).items()))
+        details.append(
+            "existing deployment at " + ", ".join(f"{k} {v}" for k, v in prov.get("targets", {}).items())
+        )
     if prov.get("inferred"):
         details.append(prov["inferred"])
     return text + (f" ({'; '.join(details)})" if details else "")

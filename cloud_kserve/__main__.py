@@ -24,8 +24,11 @@ from core.manifest import Manifest
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cloud_kserve", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m cloud_kserve",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model-store", default="model_store", help="folder of cloud_*.mar archives")
     src.add_argument("--exported", default=None, help="an export folder (python -m export) instead")
@@ -57,15 +60,17 @@ def collect(args: argparse.Namespace, unpack_root: Path) -> list[tuple[str, Mani
     wanted = sorted(found) if args.models == ["all"] else args.models
     missing = [m for m in wanted if m not in found]
     if missing or not wanted:
-        raise UserInputError(f"no cloud segment {', '.join(missing) or '(none found)'}; have: "
-                             f"{', '.join(sorted(found)) or 'nothing'}")
+        raise UserInputError(
+            f"no cloud segment {', '.join(missing) or '(none found)'}; have: "
+            f"{', '.join(sorted(found)) or 'nothing'}"
+        )
     return [(name, *found[name]) for name in wanted]
 
 
 def main(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536 or args.threads < 1:
         raise UserInputError("--port must be 1..65535 and --threads at least 1")
-    sys.argv = sys.argv[:1]   # kserve parses the command line at import; it gets none of ours
+    sys.argv = sys.argv[:1]  # kserve parses the command line at import; it gets none of ours
     import kserve
     from kserve.protocol.rest import server as rest
 
@@ -74,14 +79,17 @@ def main(args: argparse.Namespace) -> int:
     class Server(rest.RESTServer):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
-            self.config.host = args.host      # KServe hard-codes 0.0.0.0
+            self.config.host = args.host  # KServe hard-codes 0.0.0.0
 
     rest.RESTServer = Server
     import kserve.model_server as model_server
+
     model_server.RESTServer = Server
     with tempfile.TemporaryDirectory(prefix="cloud_kserve_") as tmp:
-        models = [CloudSegment(name, manifest, folder, threads=args.threads)
-                  for name, manifest, folder in collect(args, Path(tmp))]
+        models = [
+            CloudSegment(name, manifest, folder, threads=args.threads)
+            for name, manifest, folder in collect(args, Path(tmp))
+        ]
         for m in models:
             m.load()
         kserve.ModelServer(http_port=args.port, enable_grpc=False, workers=1).start(models)

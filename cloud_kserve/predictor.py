@@ -46,12 +46,13 @@ class CloudSegment(Model):
 
     # -- metadata (GET /v2/models/<name>) -----------------------------------------------------------
     def get_input_types(self) -> list[dict]:
-        return [{"name": self.contract.name, "datatype": "FP32",
-                 "shape": [-1, *self.contract.shape[1:]]}]
+        return [{"name": self.contract.name, "datatype": "FP32", "shape": [-1, *self.contract.shape[1:]]}]
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": "class", "datatype": "INT64", "shape": [-1]},
-                {"name": "confidence", "datatype": "FP32", "shape": [-1]}]
+        return [
+            {"name": "class", "datatype": "INT64", "shape": [-1]},
+            {"name": "confidence", "datatype": "FP32", "shape": [-1]},
+        ]
 
     # -- inference ---------------------------------------------------------------------------------
     def split_tensor(self, payload: InferRequest) -> np.ndarray:
@@ -61,8 +62,10 @@ class CloudSegment(Model):
         tensor = payload.inputs[0]
         want = tuple(self.contract.shape[1:])
         if tensor.name != self.contract.name or tuple(tensor.shape[1:]) != want:
-            raise InvalidInput(f"expected tensor {self.contract.name} of shape "
-                               f"[N, {', '.join(map(str, want))}], got {tensor.name} {list(tensor.shape)}")
+            raise InvalidInput(
+                f"expected tensor {self.contract.name} of shape "
+                f"[N, {', '.join(map(str, want))}], got {tensor.name} {list(tensor.shape)}"
+            )
         if not 1 <= int(tensor.shape[0]) <= MAX_SAMPLES:
             raise InvalidInput(f"batch of {tensor.shape[0]} outside 1..{MAX_SAMPLES}")
         if tensor.datatype not in ("FP32", "FP16", "INT8"):
@@ -72,19 +75,26 @@ class CloudSegment(Model):
             return wire.to_float32(raw, tensor.datatype, dict(tensor.parameters or {}))
         except wire.WireError as exc:
             raise InvalidInput(str(exc)) from None
-        except (ValueError, TypeError) as exc:   # data that does not fill the declared shape
-            raise InvalidInput(f"tensor data does not match its shape: {' '.join(str(exc).split())[:150]}"
-                               ) from None
+        except (ValueError, TypeError) as exc:  # data that does not fill the declared shape
+            raise InvalidInput(
+                f"tensor data does not match its shape: {' '.join(str(exc).split())[:150]}"
+            ) from None
 
-    def predict(self, payload: InferRequest, headers: dict[str, str] | None = None,
-                response_headers: dict[str, str] | None = None) -> InferResponse:
+    def predict(
+        self,
+        payload: InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse:
         x = self.split_tensor(payload)
         conf, pred = self.expert.run_batch(x)
         classes = InferOutput("class", [len(pred)], "INT64")
         classes.set_data_from_numpy(np.asarray(pred, dtype=np.int64), binary_data=False)
         confidence = InferOutput("confidence", [len(conf)], "FP32")
         confidence.set_data_from_numpy(np.asarray(conf, dtype=np.float32), binary_data=False)
-        return InferResponse(response_id=payload.id or "", model_name=self.name,
-                             infer_outputs=[classes, confidence],
-                             parameters={"expert": self.manifest.name, "run_id": self.manifest.run_id,
-                                         "exit": FINAL_EXIT})
+        return InferResponse(
+            response_id=payload.id or "",
+            model_name=self.name,
+            infer_outputs=[classes, confidence],
+            parameters={"expert": self.manifest.name, "run_id": self.manifest.run_id, "exit": FINAL_EXIT},
+        )

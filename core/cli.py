@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from core.errors import UserInputError
 
 
-def run_cli(main: Callable[[object], object], parser_factory: Callable[[], object],
-            argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[object], object], parser_factory: Callable[[], object], argv: Sequence[str] | None = None
+) -> int:
     """Parse `argv` with the parser from `parser_factory` and run `main`; returns the exit code."""
     parser = parser_factory()
     args = parser.parse_args(argv)
@@ -49,12 +50,19 @@ def _one_line(message: str) -> str:
     return reason if sep and head.rsplit(".", 1)[-1].endswith("Error") else last
 
 
-def progress(iterable, *, desc: str | None = None, quiet: bool = False, **kwargs):
+def progress(iterable: Iterable, *, desc: str | None = None, quiet: bool = False, **kwargs) -> Iterable:
     """A tqdm progress bar on stderr when stderr is a terminal; silent in logs or with `quiet`."""
     from tqdm import tqdm  # imported lazily: the serving side never needs it
 
-    return tqdm(iterable, desc=desc, disable=True if quiet else None, leave=False,
-                file=sys.stderr, dynamic_ncols=True, **kwargs)
+    return tqdm(
+        iterable,
+        desc=desc,
+        disable=True if quiet else None,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        **kwargs,
+    )
 
 
 def write_json(path: str | Path, data) -> None:

@@ -37,14 +37,16 @@ class Distortion:
     levels: tuple[float, ...]
     fn: DistortionFn
 
-    def __call__(self, image: np.ndarray, level: float, rng: np.random.Generator | None = None,
-                 **options) -> np.ndarray:
+    def __call__(
+        self, image: np.ndarray, level: float, rng: np.random.Generator | None = None, **options
+    ) -> np.ndarray:
         if level == 0:
             return image.copy()
         if level not in self.levels:
             raise UnknownDistortionError(
                 f"level {level:g} is not a level of {self.name} (levels: "
-                f"{', '.join(f'{v:g}' for v in self.levels)}, or 0 for pristine)")
+                f"{', '.join(f'{v:g}' for v in self.levels)}, or 0 for pristine)"
+            )
         return self.fn(image, level, rng if rng is not None else np.random.default_rng(), **options)
 
 
@@ -53,11 +55,13 @@ REGISTRY: dict[str, Distortion] = {}
 
 def register(name: str, *, levels: tuple[float, ...]) -> Callable[[DistortionFn], DistortionFn]:
     """Decorator: add `fn(image, level, rng, **options)` to the registry under `name`."""
+
     def wrap(fn: DistortionFn) -> DistortionFn:
         if name in REGISTRY:
             raise ValueError(f"distortion {name!r} registered twice")
         REGISTRY[name] = Distortion(name=name, levels=tuple(levels), fn=fn)
         return fn
+
     return wrap
 
 
@@ -67,11 +71,19 @@ def get(name: str) -> Distortion:
         return REGISTRY[name]
     except KeyError:
         raise UnknownDistortionError(
-            f"unknown distortion type {name!r} (known: {', '.join(REGISTRY)})") from None
+            f"unknown distortion type {name!r} (known: {', '.join(REGISTRY)})"
+        ) from None
 
 
-def apply(image: np.ndarray, name: str, level: float, *, rng: np.random.Generator | None = None,
-          seed: int | None = None, **options) -> np.ndarray:
+def apply(
+    image: np.ndarray,
+    name: str,
+    level: float,
+    *,
+    rng: np.random.Generator | None = None,
+    seed: int | None = None,
+    **options,
+) -> np.ndarray:
     """Apply distortion `name` at `level`; `seed` (or `rng`) makes noise reproducible."""
     if rng is None and seed is not None:
         rng = np.random.default_rng(seed)
@@ -101,13 +113,15 @@ def _pristine(image: np.ndarray, level: float, rng: np.random.Generator) -> np.n
 
 
 @register("gaussian_blur", levels=(1, 2, 3, 4, 5))
-def gaussian_blur(image: np.ndarray, level: float, rng: np.random.Generator, *,
-                  border: str = "reflect") -> np.ndarray:
+def gaussian_blur(
+    image: np.ndarray, level: float, rng: np.random.Generator, *, border: str = "reflect"
+) -> np.ndarray:
     if border not in _BORDERS:
         raise UnknownDistortionError(f"unknown blur border {border!r} (known: {', '.join(_BORDERS)})")
     k = blur_kernel_size(level)
-    out = cv2.GaussianBlur(image, (k, k), sigmaX=float(level), sigmaY=float(level),
-                           borderType=_BORDERS[border])
+    out = cv2.GaussianBlur(
+        image, (k, k), sigmaX=float(level), sigmaY=float(level), borderType=_BORDERS[border]
+    )
     return out.reshape(image.shape)
 
 

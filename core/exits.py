@@ -35,10 +35,10 @@ def confidence_and_class(logits: np.ndarray, temperature: float = 1.0) -> tuple[
 class ExitDecision:
     """Per-sample outcome of the exit rule over a batch (arrays of length N)."""
 
-    exit_index: np.ndarray   # which exit answered (0..K-1, K-1 = final)
-    prediction: np.ndarray   # class answered
-    confidence: np.ndarray   # confidence of the answering exit
-    at_edge: np.ndarray      # True when a side branch reached p_tar (no offload)
+    exit_index: np.ndarray  # which exit answered (0..K-1, K-1 = final)
+    prediction: np.ndarray  # class answered
+    confidence: np.ndarray  # confidence of the answering exit
+    at_edge: np.ndarray  # True when a side branch reached p_tar (no offload)
 
 
 def decide(confidences: np.ndarray, predictions: np.ndarray, p_tar: float) -> ExitDecision:
@@ -54,8 +54,12 @@ def decide(confidences: np.ndarray, predictions: np.ndarray, p_tar: float) -> Ex
     final = k - 1
     exit_index = np.where(at_edge, first_side, np.where(reached[:, final], final, most_confident))
     rows = np.arange(n)
-    return ExitDecision(exit_index=exit_index, prediction=predictions[rows, exit_index],
-                        confidence=confidences[rows, exit_index], at_edge=at_edge)
+    return ExitDecision(
+        exit_index=exit_index,
+        prediction=predictions[rows, exit_index],
+        confidence=confidences[rows, exit_index],
+        at_edge=at_edge,
+    )
 
 
 def first_confident_branch(confidences: np.ndarray, p_tar: float) -> np.ndarray:

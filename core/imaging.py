@@ -62,13 +62,13 @@ def header_dimensions(data: bytes) -> tuple[int, int]:
             if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length field
                 pos += 2
                 continue
-            (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+            (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
             if length < 2:
                 raise ImageDecodeError("corrupt JPEG segment length")
             if marker in _JPEG_SOF:
                 if pos + 9 > len(data):
                     break
-                height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+                height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
                 return height, width
             if marker == 0xDA:  # start of scan before any frame header
                 break
@@ -92,8 +92,9 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     raise ImageDecodeError(f"unsupported image shape {image.shape}")
 
 
-def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode JPEG or PNG bytes to RGB uint8 HxWx3, refusing empty, oversize or non-image input."""
     if not data:
         raise ImageDecodeError("empty body")
@@ -111,8 +112,9 @@ def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def decode_raw(data: bytes, *, height: int, width: int, channels: int = 3,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_raw(
+    data: bytes, *, height: int, width: int, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Raw interleaved uint8 pixels (gray, RGB or RGBA) of a known size to RGB HxWx3."""
     if channels not in (1, 3, 4):
         raise ImageDecodeError(f"raw images have 1, 3 or 4 channels, not {channels}")
@@ -120,8 +122,9 @@ def decode_raw(data: bytes, *, height: int, width: int, channels: int = 3,
         raise ImageDecodeError(f"raw image size {width}x{height} out of range")
     expected = height * width * channels
     if len(data) != expected:
-        raise ImageDecodeError(f"raw image needs {expected} bytes for {width}x{height}x{channels}, "
-                               f"got {len(data)}")
+        raise ImageDecodeError(
+            f"raw image needs {expected} bytes for {width}x{height}x{channels}, got {len(data)}"
+        )
     pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
     return to_rgb(pixels.copy())
 
@@ -155,8 +158,9 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 and image.ndim == 3 else out
 
 
-def normalize(image: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,
-              std: tuple[float, ...] = IMAGENET_STD) -> np.ndarray:
+def normalize(
+    image: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> np.ndarray:
     """RGB uint8 HxWx3 to float32 3xHxW: `(x / 255 - mean) / std`, computed in float32."""
     x = image.astype(np.float32) * np.float32(1.0 / 255.0)
     x -= np.asarray(mean, dtype=np.float32)
@@ -181,5 +185,8 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(size=int(d["size"]), mean=tuple(float(v) for v in d["mean"]),
-                   std=tuple(float(v) for v in d["std"]))
+        return cls(
+            size=int(d["size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+        )

@@ -33,30 +33,30 @@ class ManifestError(UserInputError):
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple[int | None, ...]   # None for the dynamic batch axis
+    shape: tuple[int | None, ...]  # None for the dynamic batch axis
     dtype: str = "FP32"
 
 
 @dataclass(frozen=True)
 class ExitSpec:
     index: int
-    name: str                 # branch0, branch1, branch2, final
-    file: str                 # ONNX file of the head
+    name: str  # branch0, branch1, branch2, final
+    file: str  # ONNX file of the head
     temperature: float
-    threshold: float          # default p_tar
+    threshold: float  # default p_tar
 
 
 @dataclass(frozen=True)
 class Manifest:
     role: str
-    name: str                                  # expert name or "distortion_classifier"
+    name: str  # expert name or "distortion_classifier"
     distortion: str | None
     class_names: tuple[str, ...]
     preprocessing: dict
-    stages: tuple[str, ...]                    # ONNX files of the backbone segments, in order
+    stages: tuple[str, ...]  # ONNX files of the backbone segments, in order
     exits: tuple[ExitSpec, ...]
     input: TensorSpec
-    output: TensorSpec                         # edge: the split tensor; others: logits
+    output: TensorSpec  # edge: the split tensor; others: logits
     backbone_hash: str
     run_id: str
     files: dict = field(default_factory=dict)  # file name -> sha256
@@ -70,23 +70,33 @@ class Manifest:
     def from_dict(cls, d: dict) -> Manifest:
         try:
             if d.get("schema_version") != SCHEMA_VERSION:
-                raise ManifestError(f"manifest schema {d.get('schema_version')!r} is not "
-                                    f"{SCHEMA_VERSION}")
+                raise ManifestError(f"manifest schema {d.get('schema_version')!r} is not {SCHEMA_VERSION}")
             m = cls(
-                role=str(d["role"]), name=str(d["name"]),
+                role=str(d["role"]),
+                name=str(d["name"]),
                 distortion=None if d["distortion"] is None else str(d["distortion"]),
                 class_names=tuple(str(c) for c in d["class_names"]),
-                preprocessing={"size": int(d["preprocessing"]["size"]),
-                               "mean": [float(v) for v in d["preprocessing"]["mean"]],
-                               "std": [float(v) for v in d["preprocessing"]["std"]],
-                               **{k: v for k, v in d["preprocessing"].items()
-                                  if k not in ("size", "mean", "std")}},
+                preprocessing={
+                    "size": int(d["preprocessing"]["size"]),
+                    "mean": [float(v) for v in d["preprocessing"]["mean"]],
+                    "std": [float(v) for v in d["preprocessing"]["std"]],
+                    **{k: v for k, v in d["preprocessing"].items() if k not in ("size", "mean", "std")},
+                },
                 stages=tuple(str(s) for s in d["stages"]),
-                exits=tuple(ExitSpec(index=int(e["index"]), name=str(e["name"]), file=str(e["file"]),
-                                     temperature=float(e["temperature"]),
-                                     threshold=float(e["threshold"])) for e in d["exits"]),
-                input=_tensor(d["input"]), output=_tensor(d["output"]),
-                backbone_hash=str(d["backbone_hash"]), run_id=str(d["run_id"]),
+                exits=tuple(
+                    ExitSpec(
+                        index=int(e["index"]),
+                        name=str(e["name"]),
+                        file=str(e["file"]),
+                        temperature=float(e["temperature"]),
+                        threshold=float(e["threshold"]),
+                    )
+                    for e in d["exits"]
+                ),
+                input=_tensor(d["input"]),
+                output=_tensor(d["output"]),
+                backbone_hash=str(d["backbone_hash"]),
+                run_id=str(d["run_id"]),
                 files={str(k): str(v) for k, v in d.get("files", {}).items()},
                 exporter=dict(d.get("exporter", {})),
             )
@@ -142,8 +152,11 @@ class Manifest:
 
 
 def _tensor(d: dict) -> TensorSpec:
-    return TensorSpec(name=str(d["name"]), shape=tuple(None if v is None else int(v) for v in d["shape"]),
-                      dtype=str(d.get("dtype", "FP32")))
+    return TensorSpec(
+        name=str(d["name"]),
+        shape=tuple(None if v is None else int(v) for v in d["shape"]),
+        dtype=str(d.get("dtype", "FP32")),
+    )
 
 
 def sha256_file(path: str | Path) -> str:

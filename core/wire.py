@@ -31,7 +31,7 @@ CONTENT_TYPE = "application/octet-stream"
 COMPRESSIONS = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 _NUMPY = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2"), "INT8": np.dtype("i1")}
 MAX_HEADER_BYTES = 16 * 1024
-MAX_ELEMENTS = 64 * 1024 * 1024 // 4   # 64 MiB of FP32
+MAX_ELEMENTS = 64 * 1024 * 1024 // 4  # 64 MiB of FP32
 MAX_RANK = 8
 
 
@@ -42,13 +42,14 @@ class WireError(UserInputError):
 @dataclass
 class TensorMessage:
     name: str
-    array: np.ndarray                     # always float32 after decoding
-    datatype: str                         # as sent: FP32, FP16, INT8
-    parameters: dict = field(default_factory=dict)   # request-level parameters
+    array: np.ndarray  # always float32 after decoding
+    datatype: str  # as sent: FP32, FP16, INT8
+    parameters: dict = field(default_factory=dict)  # request-level parameters
 
 
-def encode(array: np.ndarray, *, name: str, compression: str = "fp32",
-           parameters: dict | None = None) -> tuple[bytes, int]:
+def encode(
+    array: np.ndarray, *, name: str, compression: str = "fp32", parameters: dict | None = None
+) -> tuple[bytes, int]:
     """(body, header length) for a float array; `compression` fp32, fp16 or int8."""
     if compression not in COMPRESSIONS:
         raise WireError(f"unknown compression {compression!r} (fp32, fp16 or int8)")
@@ -64,8 +65,9 @@ def encode(array: np.ndarray, *, name: str, compression: str = "fp32",
         payload = x.astype(_NUMPY[datatype])
     raw = payload.tobytes()
     tensor_params["binary_data_size"] = len(raw)
-    header = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
-                          "parameters": tensor_params}]}
+    header = {
+        "inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype, "parameters": tensor_params}]
+    }
     if parameters:
         header["parameters"] = parameters
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
@@ -74,15 +76,16 @@ def encode(array: np.ndarray, *, name: str, compression: str = "fp32",
 
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, float, int]:
     """Affine per-tensor quantisation to int8: x ~ scale * (q - zero_point)."""
-    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)   # keep 0 exactly representable
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)  # keep 0 exactly representable
     scale = (hi - lo) / 255.0 or 1.0
     zero_point = int(round(-128 - lo / scale))
     q = np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
     return q, scale, zero_point
 
 
-def decode(body: bytes, header_length: int | str | None, *, max_elements: int = MAX_ELEMENTS
-           ) -> TensorMessage:
+def decode(
+    body: bytes, header_length: int | str | None, *, max_elements: int = MAX_ELEMENTS
+) -> TensorMessage:
     """Parse and validate one tensor message; raises WireError with a one-line reason."""
     if not body:
         raise WireError("empty body")
@@ -108,10 +111,13 @@ def decode(body: bytes, header_length: int | str | None, *, max_elements: int = 
     request_params = header.get("parameters", {})
     if not isinstance(name, str) or not name or len(name) > 64:
         raise WireError("input 'name' must be a short string")
-    if not isinstance(datatype, str) or datatype not in _NUMPY:   # (a list or dict is unhashable)
+    if not isinstance(datatype, str) or datatype not in _NUMPY:  # (a list or dict is unhashable)
         raise WireError(f"datatype {str(datatype)[:20]!r} not supported (FP32, FP16, INT8)")
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK
-            or not all(type(d) is int and d > 0 for d in shape)):
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= MAX_RANK
+        or not all(type(d) is int and d > 0 for d in shape)
+    ):
         raise WireError(f"shape must be a list of 1..{MAX_RANK} positive integers")
     if not isinstance(params, dict) or not isinstance(request_params, dict):
         raise WireError("'parameters' must be objects")
@@ -125,8 +131,9 @@ def decode(body: bytes, header_length: int | str | None, *, max_elements: int = 
     if len(body) - n != size:
         raise WireError(f"body carries {len(body) - n} tensor bytes, header says {size}")
     raw = np.frombuffer(bytes(body[n:]), dtype=_NUMPY[datatype]).reshape(shape)
-    return TensorMessage(name=name, array=to_float32(raw, datatype, params), datatype=datatype,
-                         parameters=request_params)
+    return TensorMessage(
+        name=name, array=to_float32(raw, datatype, params), datatype=datatype, parameters=request_params
+    )
 
 
 def to_float32(raw: np.ndarray, datatype: str, params: dict) -> np.ndarray:
@@ -137,8 +144,14 @@ def to_float32(raw: np.ndarray, datatype: str, params: dict) -> np.ndarray:
         raise WireError(f"datatype {str(datatype)[:20]!r} not supported (FP32, FP16, INT8)")
     if datatype == "INT8":
         scale, zero_point = params.get("scale"), params.get("zero_point")
-        if (not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale)
-                or scale <= 0 or type(zero_point) is not int or not -128 <= zero_point <= 127):
+        if (
+            not isinstance(scale, (int, float))
+            or isinstance(scale, bool)
+            or not math.isfinite(scale)
+            or scale <= 0
+            or type(zero_point) is not int
+            or not -128 <= zero_point <= 127
+        ):
             raise WireError("INT8 needs a positive finite 'scale' and an int8 'zero_point'")
         return (raw.astype(np.float32) - zero_point) * np.float32(scale)
     array = raw.astype(np.float32)

@@ -32,42 +32,84 @@ from edge_router.torchserve import instance, read_keys
 
 def get_args_parser() -> argparse.ArgumentParser:
     d = RouterConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--host", default="127.0.0.1", help="address devices connect to")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--run-dir", default="run", help="working folders of the TorchServe instances")
-    p.add_argument("--model-store", default="model_store",
-                   help=f"where {CLASSIFIER}.mar is (the classifier the router runs in process)")
-    p.add_argument("--classifier", default=None,
-                   help=f"the classifier: a {CLASSIFIER}.mar or an export folder (overrides --model-store)")
+    p.add_argument(
+        "--model-store",
+        default="model_store",
+        help=f"where {CLASSIFIER}.mar is (the classifier the router runs in process)",
+    )
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help=f"the classifier: a {CLASSIFIER}.mar or an export folder (overrides --model-store)",
+    )
     for role in ("edge", "cloud"):
         p.add_argument(f"--{role}-url", default=None, help=f"{role} inference API (default: local instance)")
         p.add_argument(f"--{role}-management-url", default=None, help=f"{role} management API")
         p.add_argument(f"--{role}-key-file", default=None, help=f"{role} key_file.json")
-    p.add_argument("--cloud", action="append", default=[], metavar="KIND=URL",
-                   help="a cloud endpoint (repeat for several): oip=URL, or torchserve=INFERENCE_URL,"
-                        "MANAGEMENT_URL,KEY_FILE; default: the local cloud TorchServe")
-    p.add_argument("--cloud-policy", default=d.cloud_policy, choices=POLICIES,
-                   help="how offloads are spread over the cloud endpoints")
+    p.add_argument(
+        "--cloud",
+        action="append",
+        default=[],
+        metavar="KIND=URL",
+        help="a cloud endpoint (repeat for several): oip=URL, or torchserve=INFERENCE_URL,"
+        "MANAGEMENT_URL,KEY_FILE; default: the local cloud TorchServe",
+    )
+    p.add_argument(
+        "--cloud-policy",
+        default=d.cloud_policy,
+        choices=POLICIES,
+        help="how offloads are spread over the cloud endpoints",
+    )
     p.add_argument("--threshold", type=float, default=d.default_threshold, help="default p_tar")
-    p.add_argument("--deadline-ms", type=float, default=d.default_deadline_ms,
-                   help="default per-request deadline")
+    p.add_argument(
+        "--deadline-ms", type=float, default=d.default_deadline_ms, help="default per-request deadline"
+    )
     p.add_argument("--refresh-s", type=float, default=5.0, help="expert discovery period")
-    p.add_argument("--max-in-flight", type=int, default=d.max_in_flight,
-                   help="requests answered at once; beyond it an immediate 503 with Retry-After")
-    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BYTES,
-                   help="largest image accepted (413 beyond)")
-    p.add_argument("--max-buffered-mb", type=float, default=d.max_buffered_bytes / 2**20,
-                   help="request bodies held at once (503 beyond)")
-    p.add_argument("--header-timeout-s", type=float, default=d.header_timeout_s,
-                   help="a request's headers must arrive within this (slow or idle clients are closed)")
-    p.add_argument("--body-timeout-s", type=float, default=d.body_timeout_s,
-                   help="a request's body must arrive within this after its headers (408 beyond)")
-    p.add_argument("--keepalive-s", type=float, default=d.keepalive_s,
-                   help="idle keep-alive connections are closed after this")
-    p.add_argument("--drain-s", type=float, default=d.drain_s,
-                   help="on SIGTERM, how long the requests in progress may still take")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=d.max_in_flight,
+        help="requests answered at once; beyond it an immediate 503 with Retry-After",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest image accepted (413 beyond)"
+    )
+    p.add_argument(
+        "--max-buffered-mb",
+        type=float,
+        default=d.max_buffered_bytes / 2**20,
+        help="request bodies held at once (503 beyond)",
+    )
+    p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=d.header_timeout_s,
+        help="a request's headers must arrive within this (slow or idle clients are closed)",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=d.body_timeout_s,
+        help="a request's body must arrive within this after its headers (408 beyond)",
+    )
+    p.add_argument(
+        "--keepalive-s",
+        type=float,
+        default=d.keepalive_s,
+        help="idle keep-alive connections are closed after this",
+    )
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=d.drain_s,
+        help="on SIGTERM, how long the requests in progress may still take",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -76,9 +118,13 @@ def endpoint(role: str, args: argparse.Namespace) -> Endpoint:
     inst = instance(role, run_dir=args.run_dir)
     key_file = Path(getattr(args, f"{role}_key_file") or inst.key_file)
     keys = read_keys(key_file)
-    return Endpoint(name=role, inference_url=getattr(args, f"{role}_url") or inst.inference_url,
-                    management_url=getattr(args, f"{role}_management_url") or inst.management_url,
-                    inference_token=keys["inference"], management_token=keys["management"])
+    return Endpoint(
+        name=role,
+        inference_url=getattr(args, f"{role}_url") or inst.inference_url,
+        management_url=getattr(args, f"{role}_management_url") or inst.management_url,
+        inference_token=keys["inference"],
+        management_token=keys["management"],
+    )
 
 
 def cloud_endpoints(args: argparse.Namespace) -> list[Endpoint]:
@@ -92,27 +138,50 @@ def cloud_endpoints(args: argparse.Namespace) -> list[Endpoint]:
             out.append(Endpoint(name=f"cloud{i}", inference_url=parts[0].rstrip("/"), kind="oip"))
         elif kind == "torchserve" and len(parts) == 3 and all(parts):
             keys = read_keys(Path(parts[2]))
-            out.append(Endpoint(name=f"cloud{i}", inference_url=parts[0].rstrip("/"),
-                                management_url=parts[1].rstrip("/"), inference_token=keys["inference"],
-                                management_token=keys["management"]))
+            out.append(
+                Endpoint(
+                    name=f"cloud{i}",
+                    inference_url=parts[0].rstrip("/"),
+                    management_url=parts[1].rstrip("/"),
+                    inference_token=keys["inference"],
+                    management_token=keys["management"],
+                )
+            )
         else:
-            raise UserInputError(f"--cloud {spec!r}: expected oip=URL or "
-                                 f"torchserve=INFERENCE_URL,MANAGEMENT_URL,KEY_FILE")
+            raise UserInputError(
+                f"--cloud {spec!r}: expected oip=URL or torchserve=INFERENCE_URL,MANAGEMENT_URL,KEY_FILE"
+            )
     return out
 
 
 def config_from(args: argparse.Namespace) -> RouterConfig:
     if not 0 < args.threshold <= 1:
         raise UserInputError("--threshold must be in (0, 1]")
-    for name in ("deadline_ms", "refresh_s", "max_in_flight", "max_body_bytes", "max_buffered_mb",
-                 "header_timeout_s", "body_timeout_s", "keepalive_s", "drain_s"):
+    for name in (
+        "deadline_ms",
+        "refresh_s",
+        "max_in_flight",
+        "max_body_bytes",
+        "max_buffered_mb",
+        "header_timeout_s",
+        "body_timeout_s",
+        "keepalive_s",
+        "drain_s",
+    ):
         if getattr(args, name) <= 0:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
-    return RouterConfig(default_threshold=args.threshold, default_deadline_ms=args.deadline_ms,
-                        max_body_bytes=args.max_body_bytes, max_in_flight=args.max_in_flight,
-                        max_buffered_bytes=int(args.max_buffered_mb * 2**20),
-                        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
-                        keepalive_s=args.keepalive_s, drain_s=args.drain_s, cloud_policy=args.cloud_policy)
+    return RouterConfig(
+        default_threshold=args.threshold,
+        default_deadline_ms=args.deadline_ms,
+        max_body_bytes=args.max_body_bytes,
+        max_in_flight=args.max_in_flight,
+        max_buffered_bytes=int(args.max_buffered_mb * 2**20),
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        keepalive_s=args.keepalive_s,
+        drain_s=args.drain_s,
+        cloud_policy=args.cloud_policy,
+    )
 
 
 def raise_open_file_limit() -> None:
@@ -128,20 +197,29 @@ def raise_open_file_limit() -> None:
 def main(args: argparse.Namespace) -> int:
     config = config_from(args)
     raise_open_file_limit()
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     classifier = LocalClassifier(args.classifier or Path(args.model_store) / f"{CLASSIFIER}.mar")
-    discovery = Discovery(endpoint("edge", args), cloud_endpoints(args),
-                          classifier=classifier.manifest, refresh_s=args.refresh_s)
+    discovery = Discovery(
+        endpoint("edge", args),
+        cloud_endpoints(args),
+        classifier=classifier.manifest,
+        refresh_s=args.refresh_s,
+    )
     discovery.start()
     router = Router(discovery, classifier, config)
     server = make_server(router, args.host, args.port, log_level=args.log_level)
     cat = discovery.catalogue
     logging.getLogger("edge_router").info(
-        "listening on http://%s:%d; experts: %s; refused: %s", args.host, args.port,
-        ", ".join(sorted(cat.experts)) or "none", ", ".join(sorted(cat.refused)) or "none")
+        "listening on http://%s:%d; experts: %s; refused: %s",
+        args.host,
+        args.port,
+        ", ".join(sorted(cat.experts)) or "none",
+        ", ".join(sorted(cat.refused)) or "none",
+    )
     try:
-        server.run()     # SIGTERM/SIGINT: uvicorn's graceful shutdown (drain)
+        server.run()  # SIGTERM/SIGINT: uvicorn's graceful shutdown (drain)
     finally:
         discovery.stop()
     if not server.started:

@@ -80,15 +80,15 @@ class RouterConfig:
     # request is about max_in_flight / throughput: 16 at the ~150 answers/s of one edge core keeps
     # it near 0.1 s, where 32 let it reach 0.5 s under a burst (docs/results/reliability.md).
     max_in_flight: int = 16
-    max_buffered_bytes: int = 96 * 2**20   # request bodies held at once; beyond: 503
-    header_timeout_s: float = 5.0      # a request's headers must arrive within this
-    body_timeout_s: float = 15.0       # and its body within this after the headers
-    keepalive_s: float = 5.0           # an idle keep-alive connection is closed after this
-    drain_s: float = 30.0              # SIGTERM: how long requests in progress may still take
+    max_buffered_bytes: int = 96 * 2**20  # request bodies held at once; beyond: 503
+    header_timeout_s: float = 5.0  # a request's headers must arrive within this
+    body_timeout_s: float = 15.0  # and its body within this after the headers
+    keepalive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    drain_s: float = 30.0  # SIGTERM: how long requests in progress may still take
     connect_timeout_s: float = 1.0
-    upstream_connections: int = 64     # pooled keep-alive connections to each TorchServe
+    upstream_connections: int = 64  # pooled keep-alive connections to each TorchServe
     retry_after_s: int = 1
-    cloud_policy: str = "least_outstanding"   # or round_robin (edge_router.cloud)
+    cloud_policy: str = "least_outstanding"  # or round_robin (edge_router.cloud)
 
 
 # -- the classifier, in process ----------------------------------------------------------------------
@@ -114,8 +114,9 @@ class LocalClassifier:
             folder = extract(source, Path(self._unpacked.name))
             manifest_path = folder / MANIFEST_NAME
         else:
-            raise UserInputError(f"{source}: neither {CLASSIFIER}.mar nor an export folder "
-                                 f"(run python -m export.archive)")
+            raise UserInputError(
+                f"{source}: neither {CLASSIFIER}.mar nor an export folder (run python -m export.archive)"
+            )
         try:
             self.manifest = Manifest.load(manifest_path)
             self.runtime = DistortionClassifierRuntime(self.manifest, folder, threads=threads)
@@ -131,7 +132,7 @@ class LocalClassifier:
             if len(body) <= self.inline_bytes:
                 return self.distortion(body)
             return await asyncio.get_running_loop().run_in_executor(self._pool, self.distortion, body)
-        except ValueError as exc:   # an image whose header looked fine but does not decode
+        except ValueError as exc:  # an image whose header looked fine but does not decode
             raise RouterError(400, " ".join(str(exc).split())[:200]) from None
 
 
@@ -145,24 +146,30 @@ class HttpUpstream:
         self.session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit_per_host=self.config.upstream_connections,
-                                         keepalive_timeout=30, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit_per_host=self.config.upstream_connections, keepalive_timeout=30, ttl_dns_cache=300
+        )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
 
-    async def post(self, role: str, model: str, body: bytes, headers: dict[str, str],
-                   timeout_s: float) -> Reply:
+    async def post(
+        self, role: str, model: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> Reply:
         if role == "cloud":
             return await self.cloud.post(self.session, model, body, headers, timeout_s)
-        timeout = aiohttp.ClientTimeout(total=timeout_s,
-                                        sock_connect=min(self.config.connect_timeout_s, timeout_s))
+        timeout = aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=min(self.config.connect_timeout_s, timeout_s)
+        )
         try:
-            async with self.session.post(f"{self.edge.inference_url}/predictions/{model}", data=body,
-                                         headers={**self.edge.auth("inference"), **headers},
-                                         timeout=timeout) as r:
+            async with self.session.post(
+                f"{self.edge.inference_url}/predictions/{model}",
+                data=body,
+                headers={**self.edge.auth("inference"), **headers},
+                timeout=timeout,
+            ) as r:
                 return Reply(r.status, r.headers, await r.read())
         except TimeoutError:
             raise UpstreamTimeout() from None
@@ -174,17 +181,23 @@ class HttpUpstream:
 class Router:
     """The router's state: configuration, discovery, classifier, upstream, metrics, limits."""
 
-    def __init__(self, discovery: Discovery, classifier: LocalClassifier | None,
-                 config: RouterConfig | None = None):
+    def __init__(
+        self, discovery: Discovery, classifier: LocalClassifier | None, config: RouterConfig | None = None
+    ):
         self.discovery, self.classifier = discovery, classifier
         self.config = config or RouterConfig()
         self.metrics = Metrics()
         self.pool = CloudPool(discovery.clouds, policy=self.config.cloud_policy)
-        cloud = CloudUpstream(self.pool, self._catalogue, self.config.connect_timeout_s,
-                              on_retry=lambda name: self.metrics.cloud_retries.labels(name).inc())
+        cloud = CloudUpstream(
+            self.pool,
+            self._catalogue,
+            self.config.connect_timeout_s,
+            on_retry=lambda name: self.metrics.cloud_retries.labels(name).inc(),
+        )
         self.upstream = HttpUpstream(discovery.edge, cloud, self.config)
-        self.defaults = Defaults(self.config.default_threshold, self.config.default_deadline_ms,
-                                 self.config.max_body_bytes)
+        self.defaults = Defaults(
+            self.config.default_threshold, self.config.default_deadline_ms, self.config.max_body_bytes
+        )
         self.decider = Decider(self._catalogue, classifier, self.upstream, self.defaults)
         self.in_flight = 0
         self.buffered = 0
@@ -212,8 +225,12 @@ class Router:
                 self.metrics.in_flight.set(self.in_flight)
         except RouterError as exc:
             # a body refused unread must not be parsed as the next request: close the connection
-            return self._error(exc.status, str(exc), close=exc.status in (408, 411, 413) or
-                               (exc.status == 503 and held < int(request.headers.get("content-length") or 0)))
+            return self._error(
+                exc.status,
+                str(exc),
+                close=exc.status in (408, 411, 413)
+                or (exc.status == 503 and held < int(request.headers.get("content-length") or 0)),
+            )
         except ClientDisconnect:
             self.metrics.requests.labels("499").inc()
             return Response(status_code=499)
@@ -240,7 +257,7 @@ class Router:
                 raise ValueError
         except ValueError:
             raise RouterError(400, "bad Content-Length") from None
-        if n > self.config.max_body_bytes:   # refused before a byte of it is read
+        if n > self.config.max_body_bytes:  # refused before a byte of it is read
             raise RouterError(413, f"body of {n} bytes exceeds the limit of {self.config.max_body_bytes}")
         chunks, held = [], 0
         try:
@@ -264,8 +281,14 @@ class Router:
     async def healthz(self, request: Request) -> Response:
         cat = self._catalogue()
         ok = cat.classifier is not None and bool(cat.experts)
-        return JSONResponse({"status": "ok" if ok else "degraded", "experts": sorted(cat.experts),
-                             "in_flight": self.in_flight}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {
+                "status": "ok" if ok else "degraded",
+                "experts": sorted(cat.experts),
+                "in_flight": self.in_flight,
+            },
+            status_code=200 if ok else 503,
+        )
 
     async def experts(self, request: Request) -> Response:
         return JSONResponse({**self._catalogue().describe(), "clouds": self.pool.describe()})
@@ -275,17 +298,22 @@ class Router:
 
     def _shed(self, limit: str, why: str) -> Response:
         self.metrics.shed.labels(limit).inc()
-        return self._error(503, f"router busy: {why}; retry after {self.config.retry_after_s} s",
-                           headers={"Retry-After": str(self.config.retry_after_s)})
+        return self._error(
+            503,
+            f"router busy: {why}; retry after {self.config.retry_after_s} s",
+            headers={"Retry-After": str(self.config.retry_after_s)},
+        )
 
-    def _error(self, status: int, message: str, *, close: bool = False,
-               headers: dict[str, str] | None = None) -> Response:
+    def _error(
+        self, status: int, message: str, *, close: bool = False, headers: dict[str, str] | None = None
+    ) -> Response:
         self.metrics.requests.labels(str(status)).inc()
         headers = dict(headers or {})
-        if close:   # a body we refused to read must not be parsed as the next request
+        if close:  # a body we refused to read must not be parsed as the next request
             headers["Connection"] = "close"
-        return JSONResponse({"error": " ".join(message.split())[:300], "status": status},
-                            status_code=status, headers=headers)
+        return JSONResponse(
+            {"error": " ".join(message.split())[:300], "status": status}, status_code=status, headers=headers
+        )
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return self._error(404, f"no such endpoint {request.url.path[:60]}")
@@ -302,12 +330,16 @@ class Router:
             finally:
                 await self.upstream.close()
 
-        return Starlette(routes=[Route("/v1/classify", self.classify, methods=["POST"]),
-                                 Route("/v1/experts", self.experts, methods=["GET"]),
-                                 Route("/healthz", self.healthz, methods=["GET"]),
-                                 Route("/metrics", self.metrics_text, methods=["GET"])],
-                         exception_handlers={404: self.not_found, 405: self.method_not_allowed},
-                         lifespan=lifespan)
+        return Starlette(
+            routes=[
+                Route("/v1/classify", self.classify, methods=["POST"]),
+                Route("/v1/experts", self.experts, methods=["GET"]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/metrics", self.metrics_text, methods=["GET"]),
+            ],
+            exception_handlers={404: self.not_found, 405: self.method_not_allowed},
+            lifespan=lifespan,
+        )
 
 
 # -- the server ---------------------------------------------------------------------------------------
@@ -321,9 +353,9 @@ class ReceiptDeadlineProtocol(HttpToolsProtocol):
     trickle; the body has its own timeout in the application.
     """
 
-    header_timeout_s = 5.0   # set on the subclass made by `serve`
+    header_timeout_s = 5.0  # set on the subclass made by `serve`
 
-    def connection_made(self, transport):
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm()
 
@@ -344,9 +376,9 @@ class ReceiptDeadlineProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._arm()    # the next request's headers are due within the same limit
+            self._arm()  # the next request's headers are due within the same limit
 
-    def connection_lost(self, exc):
+    def connection_lost(self, exc) -> None:
         self._disarm()
         super().connection_lost(exc)
 
@@ -356,21 +388,41 @@ class ReceiptDeadlineProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def make_server(router: Router, host: str = "127.0.0.1", port: int = 8000, *,
-                log_level: str = "warning") -> uvicorn.Server:
+def make_server(
+    router: Router, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning"
+) -> uvicorn.Server:
     config = router.config
-    protocol = type("RouterProtocol", (ReceiptDeadlineProtocol,),
-                    {"header_timeout_s": config.header_timeout_s})
-    return uvicorn.Server(uvicorn.Config(
-        router.asgi(), host=host, port=port, http=protocol, loop="uvloop", lifespan="on",
-        log_level=log_level.lower(), access_log=False, server_header=False, date_header=False,
-        timeout_keep_alive=int(max(1, config.keepalive_s)),
-        timeout_graceful_shutdown=int(max(1, config.drain_s)), backlog=2048,
-        h11_max_incomplete_event_size=16 * 1024))
+    protocol = type(
+        "RouterProtocol", (ReceiptDeadlineProtocol,), {"header_timeout_s": config.header_timeout_s}
+    )
+    return uvicorn.Server(
+        uvicorn.Config(
+            router.asgi(),
+            host=host,
+            port=port,
+            http=protocol,
+            loop="uvloop",
+            lifespan="on",
+            log_level=log_level.lower(),
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=int(max(1, config.keepalive_s)),
+            timeout_graceful_shutdown=int(max(1, config.drain_s)),
+            backlog=2048,
+            h11_max_incomplete_event_size=16 * 1024,
+        )
+    )
 
 
-def serve(router: Router, host: str, port: int, *, log_level: str = "warning",
-          on_ready: Callable[[], None] | None = None) -> None:
+def serve(
+    router: Router,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "warning",
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT (uvicorn's graceful shutdown)."""
     server = make_server(router, host, port, log_level=log_level)
     if on_ready is not None:

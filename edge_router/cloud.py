@@ -33,15 +33,21 @@ log = logging.getLogger(__name__)
 @dataclass
 class _State:
     outstanding: int = 0
-    down_since: float | None = None     # wall-clock time it was taken out, None while in
+    down_since: float | None = None  # wall-clock time it was taken out, None while in
 
 
 POLICIES = ("least_outstanding", "round_robin")
 
 
 class CloudPool:
-    def __init__(self, endpoints: list[Endpoint], *, policy: str = "least_outstanding",
-                 down_s: float = 10.0, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        *,
+        policy: str = "least_outstanding",
+        down_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ):
         if policy not in POLICIES:
             raise ValueError(f"cloud policy {policy!r}: one of {', '.join(POLICIES)}")
         self.policy = policy
@@ -56,13 +62,14 @@ class CloudPool:
             return True
         listed_since = listed_at is not None and listed_at > st.down_since
         if listed_since or self.clock() - st.down_since > self.down_s:
-            st.down_since = None          # listed again since it failed (or on trial): back in
+            st.down_since = None  # listed again since it failed (or on trial): back in
             log.info("cloud endpoint %s back in", name)
             return True
         return False
 
-    def order(self, names: tuple[str, ...] | list[str], listed_at: dict[str, float] | None = None
-              ) -> list[Endpoint]:
+    def order(
+        self, names: tuple[str, ...] | list[str], listed_at: dict[str, float] | None = None
+    ) -> list[Endpoint]:
         """The endpoints to try, best first: the healthy ones in turn, by fewest in flight first
         unless the policy is plain round robin."""
         listed_at = listed_at or {}
@@ -87,9 +94,15 @@ class CloudPool:
             log.warning("cloud endpoint %s taken out", name)
 
     def describe(self) -> dict:
-        return {n: {"kind": self.endpoints[n].kind, "url": self.endpoints[n].inference_url,
-                    "outstanding": s.outstanding, "up": s.down_since is None}
-                for n, s in self.state.items()}
+        return {
+            n: {
+                "kind": self.endpoints[n].kind,
+                "url": self.endpoints[n].inference_url,
+                "outstanding": s.outstanding,
+                "up": s.down_since is None,
+            }
+            for n, s in self.state.items()
+        }
 
 
 def oip_predictions(content: bytes) -> bytes:
@@ -100,30 +113,46 @@ def oip_predictions(content: bytes) -> bytes:
     if len(classes) != len(confidences):
         raise ValueError("class and confidence differ in length")
     params = answer.get("parameters") or {}
-    return json.dumps({"predictions": [{"class": int(c), "confidence": float(p)}
-                                       for c, p in zip(classes, confidences, strict=True)],
-                       "run_id": params.get("run_id")}).encode()
+    return json.dumps(
+        {
+            "predictions": [
+                {"class": int(c), "confidence": float(p)} for c, p in zip(classes, confidences, strict=True)
+            ],
+            "run_id": params.get("run_id"),
+        }
+    ).encode()
 
 
 class CloudUpstream:
     """Offloads over the pool, with one retry per remaining endpoint while the deadline allows."""
 
-    def __init__(self, pool: CloudPool, catalogue: Callable[[], Catalogue], connect_timeout_s: float,
-                 on_retry: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        pool: CloudPool,
+        catalogue: Callable[[], Catalogue],
+        connect_timeout_s: float,
+        on_retry: Callable[[str], None] | None = None,
+    ):
         self.pool, self.catalogue, self.connect_timeout_s = pool, catalogue, connect_timeout_s
         self.on_retry = on_retry or (lambda name: None)
 
     def candidates(self, model: str) -> list[Endpoint]:
         cat = self.catalogue()
         if model.startswith("cloud_"):
-            pair = cat.experts.get(model[len("cloud_"):])
+            pair = cat.experts.get(model[len("cloud_") :])
             names = pair.clouds if pair else ()
-        else:       # full_<expert> (cloud_only): the TorchServe endpoints hold those archives
+        else:  # full_<expert> (cloud_only): the TorchServe endpoints hold those archives
             names = [n for n, e in self.pool.endpoints.items() if e.kind == "torchserve"]
         return self.pool.order(names, cat.listed_at)
 
-    async def post(self, session: aiohttp.ClientSession, model: str, body: bytes,
-                   headers: dict[str, str], timeout_s: float) -> Reply:
+    async def post(
+        self,
+        session: aiohttp.ClientSession,
+        model: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout_s: float,
+    ) -> Reply:
         deadline = time.perf_counter() + timeout_s
         endpoints = self.candidates(model)
         if not endpoints:
@@ -146,7 +175,7 @@ class CloudUpstream:
             except UpstreamUnreachable as exc:
                 last = exc
             except UpstreamTimeout:
-                failed = False          # slow, not dead: the deadline is spent either way
+                failed = False  # slow, not dead: the deadline is spent either way
                 raise
             finally:
                 self.pool.end(ep.name, failed=failed)
@@ -154,14 +183,25 @@ class CloudUpstream:
             return last
         raise last
 
-    async def _send(self, session: aiohttp.ClientSession, ep: Endpoint, model: str, body: bytes,
-                    headers: dict[str, str], timeout_s: float) -> Reply:
-        url = (f"{ep.inference_url}/v2/models/{model}/infer" if ep.kind == "oip"
-               else f"{ep.inference_url}/predictions/{model}")
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        ep: Endpoint,
+        model: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout_s: float,
+    ) -> Reply:
+        url = (
+            f"{ep.inference_url}/v2/models/{model}/infer"
+            if ep.kind == "oip"
+            else f"{ep.inference_url}/predictions/{model}"
+        )
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(self.connect_timeout_s, timeout_s))
         try:
-            async with session.post(url, data=body, headers={**ep.auth("inference"), **headers},
-                                    timeout=timeout) as r:
+            async with session.post(
+                url, data=body, headers={**ep.auth("inference"), **headers}, timeout=timeout
+            ) as r:
                 reply = Reply(r.status, r.headers, await r.read())
         except TimeoutError:
             raise UpstreamTimeout() from None

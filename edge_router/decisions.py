@@ -93,7 +93,7 @@ def parse_options(params: Mapping[str, list[str]], defaults: Defaults) -> Option
 
     threshold = number("threshold", defaults.threshold, 0.0, 1.0)
     deadline_ms = number("deadline_ms", defaults.deadline_ms, 0.0, 600_000.0)
-    if deadline_ms < MIN_DEADLINE_MS:   # no edge can answer sooner: refuse rather than time out
+    if deadline_ms < MIN_DEADLINE_MS:  # no edge can answer sooner: refuse rather than time out
         raise RouterError(400, f"deadline_ms must be at least {MIN_DEADLINE_MS:g}")
     compression = (one("compression", "fp32") or "").lower()
     if compression not in wire.COMPRESSIONS:
@@ -102,8 +102,9 @@ def parse_options(params: Mapping[str, list[str]], defaults: Defaults) -> Option
     if mode not in MODES:
         raise RouterError(400, "mode must be auto, edge_only or cloud_only")
     expert = one("expert")
-    if expert is not None and (not expert or len(expert) > 64
-                               or not all(c.isalnum() or c in "_-" for c in expert)):
+    if expert is not None and (
+        not expert or len(expert) > 64 or not all(c.isalnum() or c in "_-" for c in expert)
+    ):
         raise RouterError(400, "expert must be a registered expert's name")
     return Options(threshold, compression, deadline_ms / 1000.0, expert, mode)
 
@@ -165,8 +166,9 @@ class UpstreamUnreachable(Exception):
 
 
 class Upstream(Protocol):
-    async def post(self, role: str, model: str, body: bytes, headers: dict[str, str],
-                   timeout_s: float) -> Reply:
+    async def post(
+        self, role: str, model: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> Reply:
         """POST `body` to `predictions/<model>` of the `role` ('edge' or 'cloud') instance."""
         ...
 
@@ -194,20 +196,36 @@ class Decider:
         pair, distortion, probabilities = await self._expert(body, options, timings)
 
         t = time.perf_counter()
-        reply = await self._call("edge", f"edge_{pair.name}", body,
-                                 {"X-Exit-Threshold": repr(options.threshold),
-                                  "X-Offload-Compression": options.compression}, deadline, "edge")
+        reply = await self._call(
+            "edge",
+            f"edge_{pair.name}",
+            body,
+            {"X-Exit-Threshold": repr(options.threshold), "X-Offload-Compression": options.compression},
+            deadline,
+            "edge",
+        )
         timings["edge_ms"] = _ms(t)
-        out = {"expert": pair.name, "distortion": distortion, "distortion_probabilities": probabilities,
-               "threshold": options.threshold, "offloaded": False, "offloaded_bytes": 0,
-               "degraded": False}
+        out = {
+            "expert": pair.name,
+            "distortion": distortion,
+            "distortion_probabilities": probabilities,
+            "threshold": options.threshold,
+            "offloaded": False,
+            "offloaded_bytes": 0,
+            "degraded": False,
+        }
         names = pair.edge.class_names
         head_len = reply.headers.get(wire.HEADER_LENGTH)
-        if head_len is None:      # a side branch answered on the edge
+        if head_len is None:  # a side branch answered on the edge
             edge = reply.json("edge")
             try:
-                out.update(exit=edge["exit"], exit_name=edge["exit_name"], **{"class": edge["class"]},
-                           class_name=edge["class_name"], confidence=edge["confidence"])
+                out.update(
+                    exit=edge["exit"],
+                    exit_name=edge["exit_name"],
+                    **{"class": edge["class"]},
+                    class_name=edge["class_name"],
+                    confidence=edge["confidence"],
+                )
             except KeyError as exc:
                 raise RouterError(502, f"edge answer lacks {exc}") from None
         else:
@@ -220,20 +238,23 @@ class Decider:
                 _best_branch(out, conf, pred, names)
                 out["exit_note"] = "edge_only: the most confident side branch"
             else:
-                await self._offload(out, reply, head_len, conf, pred, names, pair, options, deadline,
-                                    timings)
+                await self._offload(out, reply, head_len, conf, pred, names, pair, options, deadline, timings)
         timings["total_ms"] = _ms(started)
         out["timings_ms"] = {k: round(v, 3) for k, v in timings.items()}
         return out
 
-    async def _expert(self, body: bytes, options: Options, timings: dict
-                      ) -> tuple[ExpertPair, str | None, dict | None]:
+    async def _expert(
+        self, body: bytes, options: Options, timings: dict
+    ) -> tuple[ExpertPair, str | None, dict | None]:
         cat = self.catalogue()
         if options.expert is not None:
             pair = cat.experts.get(options.expert)
             if pair is None:
-                raise RouterError(404, f"expert {options.expert!r} is not registered on both edge and "
-                                       f"cloud (known: {', '.join(sorted(cat.experts)) or 'none'})")
+                raise RouterError(
+                    404,
+                    f"expert {options.expert!r} is not registered on both edge and "
+                    f"cloud (known: {', '.join(sorted(cat.experts)) or 'none'})",
+                )
             return pair, None, None
         if self.classify_distortion is None:
             raise RouterError(503, "no distortion classifier loaded on the router")
@@ -245,17 +266,34 @@ class Decider:
             raise RouterError(503, f"no expert registered for {distortion}")
         return pair, distortion, probabilities
 
-    async def _offload(self, out: dict, reply: Reply, head_len: str, conf: list, pred: list,
-                       names: list[str], pair: ExpertPair, options: Options, deadline: float,
-                       timings: dict) -> None:
+    async def _offload(
+        self,
+        out: dict,
+        reply: Reply,
+        head_len: str,
+        conf: list,
+        pred: list,
+        names: list[str],
+        pair: ExpertPair,
+        options: Options,
+        deadline: float,
+        timings: dict,
+    ) -> None:
         out["offloaded"] = True
         out["offloaded_bytes"] = len(reply.content) - int(head_len)
         out["compression"] = options.compression
         t = time.perf_counter()
         try:
-            cloud = (await self._call("cloud", f"cloud_{pair.name}", reply.content,
-                                      {wire.HEADER_LENGTH: head_len, "Content-Type": wire.CONTENT_TYPE},
-                                      deadline, "cloud")).json("cloud")
+            cloud = (
+                await self._call(
+                    "cloud",
+                    f"cloud_{pair.name}",
+                    reply.content,
+                    {wire.HEADER_LENGTH: head_len, "Content-Type": wire.CONTENT_TYPE},
+                    deadline,
+                    "cloud",
+                )
+            ).json("cloud")
             try:
                 final = cloud["predictions"][0]
                 final_conf, final_class = float(final["confidence"]), int(final["class"])
@@ -271,27 +309,56 @@ class Decider:
         timings["cloud_ms"] = _ms(t)
         d = decide(np.array([[*conf, final_conf]]), np.array([[*pred, final_class]]), options.threshold)
         k = int(d.exit_index[0])
-        out.update(exit=k, exit_name=EXIT_NAMES[k], **{"class": int(d.prediction[0])},
-                   class_name=names[int(d.prediction[0])], confidence=float(d.confidence[0]))
+        out.update(
+            exit=k,
+            exit_name=EXIT_NAMES[k],
+            **{"class": int(d.prediction[0])},
+            class_name=names[int(d.prediction[0])],
+            confidence=float(d.confidence[0]),
+        )
 
     async def _cloud_only(self, body: bytes, options: Options, started: float, deadline: float) -> dict:
         """The baseline without the edge: the image goes to the cloud's full_<expert> archive."""
         expert = options.expert or "conventional"
-        answer = (await self._call("cloud", f"full_{expert}", body, {}, deadline,
-                                   f"cloud: full_{expert} (python -m export.archive --full)",
-                                   missing_status=404)).json("cloud")
+        answer = (
+            await self._call(
+                "cloud",
+                f"full_{expert}",
+                body,
+                {},
+                deadline,
+                f"cloud: full_{expert} (python -m export.archive --full)",
+                missing_status=404,
+            )
+        ).json("cloud")
         try:
             fields = {k: answer[k] for k in ("exit", "exit_name", "class", "class_name", "confidence")}
         except KeyError as exc:
             raise RouterError(502, f"cloud answer lacks {exc}") from None
         total = round(_ms(started), 3)
-        return {"expert": expert, "distortion": None, "distortion_probabilities": None,
-                "threshold": None, "offloaded": True, "offloaded_bytes": len(body),
-                "compression": "image", "degraded": False, **fields,
-                "timings_ms": {"cloud_ms": total, "total_ms": total}}
+        return {
+            "expert": expert,
+            "distortion": None,
+            "distortion_probabilities": None,
+            "threshold": None,
+            "offloaded": True,
+            "offloaded_bytes": len(body),
+            "compression": "image",
+            "degraded": False,
+            **fields,
+            "timings_ms": {"cloud_ms": total, "total_ms": total},
+        }
 
-    async def _call(self, role: str, model: str, body: bytes, headers: dict, deadline: float,
-                    step: str, missing_status: int = 503) -> Reply:
+    async def _call(
+        self,
+        role: str,
+        model: str,
+        body: bytes,
+        headers: dict,
+        deadline: float,
+        step: str,
+        missing_status: int = 503,
+    ) -> Reply:
         """One upstream call within what is left of the deadline. A 404 (no such model) becomes
         `missing_status`: 503 for a model discovery listed (it went away), 404 for one the request
         named."""
@@ -329,8 +396,13 @@ def _branches(branches: object, count: int, classes: int) -> tuple[list[float], 
 
 def _best_branch(out: dict, conf: list, pred: list, names: list[str]) -> None:
     k = int(np.argmax(conf))
-    out.update(exit=k, exit_name=EXIT_NAMES[k], **{"class": int(pred[k])},
-               class_name=names[int(pred[k])], confidence=float(conf[k]))
+    out.update(
+        exit=k,
+        exit_name=EXIT_NAMES[k],
+        **{"class": int(pred[k])},
+        class_name=names[int(pred[k])],
+        confidence=float(conf[k]),
+    )
 
 
 def degraded_kind(exc: RouterError) -> str:

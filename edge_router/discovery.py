@@ -41,7 +41,7 @@ class Endpoint:
     management_url: str = ""
     inference_token: str = field(default="", repr=False)
     management_token: str = field(default="", repr=False)
-    kind: str = "torchserve"        # or "oip": an Open Inference Protocol server (KServe, Triton)
+    kind: str = "torchserve"  # or "oip": an Open Inference Protocol server (KServe, Triton)
 
     def auth(self, kind: str) -> dict[str, str]:
         token = self.inference_token if kind == "inference" else self.management_token
@@ -53,7 +53,7 @@ class ExpertPair:
     name: str
     distortion: str | None
     edge: Manifest
-    clouds: tuple[str, ...]          # the cloud endpoints that serve cloud_<name>, by name
+    clouds: tuple[str, ...]  # the cloud endpoints that serve cloud_<name>, by name
 
 
 @dataclass
@@ -62,8 +62,8 @@ class Catalogue:
 
     classifier: Manifest | None = None
     experts: dict[str, ExpertPair] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)    # expert -> reason
-    errors: dict[str, str] = field(default_factory=dict)     # instance -> last discovery error
+    refused: dict[str, str] = field(default_factory=dict)  # expert -> reason
+    errors: dict[str, str] = field(default_factory=dict)  # instance -> last discovery error
     listed_at: dict[str, float] = field(default_factory=dict)  # endpoint -> last good listing
     refreshed_at: float = 0.0
 
@@ -79,9 +79,15 @@ class Catalogue:
     def describe(self) -> dict:
         return {
             "classifier": self.classifier.run_id if self.classifier else None,
-            "experts": {n: {"distortion": p.distortion, "run_id": p.edge.run_id, "clouds": list(p.clouds),
-                            "split": {"name": p.edge.output.name, "shape": list(p.edge.output.shape)}}
-                        for n, p in sorted(self.experts.items())},
+            "experts": {
+                n: {
+                    "distortion": p.distortion,
+                    "run_id": p.edge.run_id,
+                    "clouds": list(p.clouds),
+                    "split": {"name": p.edge.output.name, "shape": list(p.edge.output.shape)},
+                }
+                for n, p in sorted(self.experts.items())
+            },
             "refused": dict(sorted(self.refused.items())),
             "errors": dict(self.errors),
             "refreshed_at": self.refreshed_at,
@@ -91,22 +97,29 @@ class Catalogue:
 class Discovery:
     """Keeps a `Catalogue` fresh in a background thread."""
 
-    def __init__(self, edge: Endpoint, clouds: Endpoint | list[Endpoint], *,
-                 classifier: Manifest | None = None, refresh_s: float = 5.0, timeout_s: float = 5.0):
+    def __init__(
+        self,
+        edge: Endpoint,
+        clouds: Endpoint | list[Endpoint],
+        *,
+        classifier: Manifest | None = None,
+        refresh_s: float = 5.0,
+        timeout_s: float = 5.0,
+    ):
         self.edge = edge
         self.clouds = [clouds] if isinstance(clouds, Endpoint) else list(clouds)
         names = [c.name for c in self.clouds] + [edge.name]
         if not self.clouds or len(set(names)) != len(names):
             raise ValueError("at least one cloud endpoint, and distinct endpoint names")
-        self.classifier = classifier   # the router's own (in process), fixed for its lifetime
+        self.classifier = classifier  # the router's own (in process), fixed for its lifetime
         self.refresh_s, self.timeout_s = refresh_s, timeout_s
         self.catalogue = Catalogue()
-        self._manifests: dict[tuple[str, str, str], Manifest] = {}   # (instance, model, version)
+        self._manifests: dict[tuple[str, str, str], Manifest] = {}  # (instance, model, version)
         self._session = requests.Session()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._last: dict[str, dict[str, str]] = {}   # endpoint -> models seen at the last good listing
+        self._last: dict[str, dict[str, str]] = {}  # endpoint -> models seen at the last good listing
 
     def start(self) -> None:
         self.refresh()
@@ -130,8 +143,12 @@ class Discovery:
         out, token = {}, None
         for _ in range(100):
             params = {"limit": 100, **({"next_page_token": token} if token else {})}
-            r = self._session.get(f"{ep.management_url}/models", params=params,
-                                  headers=ep.auth("management"), timeout=self.timeout_s)
+            r = self._session.get(
+                f"{ep.management_url}/models",
+                params=params,
+                headers=ep.auth("management"),
+                timeout=self.timeout_s,
+            )
             r.raise_for_status()
             body = r.json()
             for m in body.get("models", []):
@@ -144,9 +161,13 @@ class Discovery:
     def _oip_models(self, ep: Endpoint) -> dict[str, str]:
         headers = ep.auth("inference")
         r = self._session.get(f"{ep.inference_url}/v2/models", headers=headers, timeout=self.timeout_s)
-        if r.status_code in (404, 405):      # Triton: the model repository extension instead
-            r = self._session.post(f"{ep.inference_url}/v2/repository/index", json={"ready": True},
-                                   headers=headers, timeout=self.timeout_s)
+        if r.status_code in (404, 405):  # Triton: the model repository extension instead
+            r = self._session.post(
+                f"{ep.inference_url}/v2/repository/index",
+                json={"ready": True},
+                headers=headers,
+                timeout=self.timeout_s,
+            )
             r.raise_for_status()
             return {m["name"]: str(m.get("version", "")) for m in r.json() if isinstance(m, dict)}
         r.raise_for_status()
@@ -154,15 +175,18 @@ class Discovery:
 
     def _oip_contract(self, ep: Endpoint, model: str, edge: Manifest) -> str | None:
         """Why an OIP model cannot finish `edge`'s split tensor, or None when it can."""
-        r = self._session.get(f"{ep.inference_url}/v2/models/{model}", headers=ep.auth("inference"),
-                              timeout=self.timeout_s)
+        r = self._session.get(
+            f"{ep.inference_url}/v2/models/{model}", headers=ep.auth("inference"), timeout=self.timeout_s
+        )
         r.raise_for_status()
         meta = r.json()
         inputs = {i.get("name"): i for i in meta.get("inputs", []) if isinstance(i, dict)}
         split = inputs.get(edge.output.name)
         if split is None or list(split.get("shape", []))[1:] != list(edge.output.shape[1:]):
-            return (f"{ep.name}: {model} takes {list(inputs)} , not {edge.output.name} "
-                    f"[N, {', '.join(map(str, edge.output.shape[1:]))}]")
+            return (
+                f"{ep.name}: {model} takes {list(inputs)} , not {edge.output.name} "
+                f"[N, {', '.join(map(str, edge.output.shape[1:]))}]"
+            )
         outputs = {o.get("name") for o in meta.get("outputs", []) if isinstance(o, dict)}
         if not {"class", "confidence"} <= outputs:
             return f"{ep.name}: {model} lacks the outputs class and confidence"
@@ -171,9 +195,12 @@ class Discovery:
     def _manifest(self, ep: Endpoint, model: str, url: str) -> Manifest:
         key = (ep.name, model, url)
         if key not in self._manifests:
-            r = self._session.post(f"{ep.inference_url}/predictions/{model}", data=b"",
-                                   headers={**ep.auth("inference"), DESCRIBE_HEADER: "manifest"},
-                                   timeout=self.timeout_s)
+            r = self._session.post(
+                f"{ep.inference_url}/predictions/{model}",
+                data=b"",
+                headers={**ep.auth("inference"), DESCRIBE_HEADER: "manifest"},
+                timeout=self.timeout_s,
+            )
             r.raise_for_status()
             self._manifests[key] = Manifest.from_dict(r.json())
         return self._manifests[key]
@@ -187,8 +214,11 @@ class Discovery:
             # An instance that does not answer keeps its last known experts: the edge must go on
             # answering (degraded) through a cloud outage, not lose every expert.
             cat.errors[ep.name] = f"listing: {type(exc).__name__}"
-            models = {m: u for m, u in self._last.get(ep.name, {}).items()
-                      if ep.kind == "oip" or (ep.name, m, u) in self._manifests}
+            models = {
+                m: u
+                for m, u in self._last.get(ep.name, {}).items()
+                if ep.kind == "oip" or (ep.name, m, u) in self._manifests
+            }
         # forget manifests of unregistered models: a re-registered archive is asked again
         self._manifests = {k: v for k, v in self._manifests.items() if k[0] != ep.name or k[1] in models}
         return models
@@ -201,15 +231,15 @@ class Discovery:
                 if not model.startswith("edge_"):
                     continue
                 try:
-                    edge[model[len("edge_"):]] = self._manifest(self.edge, model, url)
+                    edge[model[len("edge_") :]] = self._manifest(self.edge, model, url)
                 except (requests.RequestException, ValueError, ManifestError) as exc:
                     cat.refused[model] = f"no manifest: {type(exc).__name__}"
-            served: dict[str, list[str]] = {}      # expert -> cloud endpoints that can finish it
+            served: dict[str, list[str]] = {}  # expert -> cloud endpoints that can finish it
             for ep in self.clouds:
                 for model, url in self._list(ep, cat).items():
                     if not model.startswith("cloud_"):
                         continue
-                    name = model[len("cloud_"):]
+                    name = model[len("cloud_") :]
                     if name not in edge:
                         cat.refused.setdefault(name, "no edge_<expert> registered on the edge")
                         continue
@@ -223,8 +253,13 @@ class Discovery:
                                 self._manifests[(ep.name, model, url)] = edge[name]
                         else:
                             check_pair(edge[name], self._manifest(ep, model, url))
-                    except (requests.RequestException, ValueError, TypeError, AttributeError,
-                            ManifestError) as exc:
+                    except (
+                        requests.RequestException,
+                        ValueError,
+                        TypeError,
+                        AttributeError,
+                        ManifestError,
+                    ) as exc:
                         why = exc if isinstance(exc, ManifestError) else type(exc).__name__
                         cat.refused[name] = f"{ep.name}: {why}"
                         continue

@@ -25,25 +25,30 @@ class Metrics:
         r, p = self.registry, prefix
         self.requests = Counter(f"{p}_requests", "router requests by status", ["status"], registry=r)
         self.exits = Counter(f"{p}_exits", "answers by exit and expert", ["expert", "exit"], registry=r)
-        self.offloads = Counter(f"{p}_offloads", "requests offloaded to the cloud", ["expert"],
-                                registry=r)
-        self.offloaded_bytes = Counter(f"{p}_offloaded_bytes", "tensor bytes sent to the cloud",
-                                       registry=r)
-        self.degraded = Counter(f"{p}_degraded", "best-edge answers because the cloud failed",
-                                ["reason"], registry=r)
-        self.shed = Counter(f"{p}_shed", "requests refused with 503 because the router was full",
-                            ["limit"], registry=r)
-        self.seconds = Histogram(f"{p}_request_seconds", "router latency of answered requests",
-                                 ["offloaded"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.cloud_retries = Counter(f"{p}_cloud_retries", "offloads retried on another cloud endpoint",
-                                     ["endpoint"], registry=r)
+        self.offloads = Counter(f"{p}_offloads", "requests offloaded to the cloud", ["expert"], registry=r)
+        self.offloaded_bytes = Counter(f"{p}_offloaded_bytes", "tensor bytes sent to the cloud", registry=r)
+        self.degraded = Counter(
+            f"{p}_degraded", "best-edge answers because the cloud failed", ["reason"], registry=r
+        )
+        self.shed = Counter(
+            f"{p}_shed", "requests refused with 503 because the router was full", ["limit"], registry=r
+        )
+        self.seconds = Histogram(
+            f"{p}_request_seconds",
+            "router latency of answered requests",
+            ["offloaded"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.cloud_retries = Counter(
+            f"{p}_cloud_retries", "offloads retried on another cloud endpoint", ["endpoint"], registry=r
+        )
         self.in_flight = Gauge(f"{p}_in_flight", "requests being answered now", registry=r)
-        self.buffered_bytes = Gauge(f"{p}_buffered_body_bytes", "request body bytes held now",
-                                    registry=r)
+        self.buffered_bytes = Gauge(f"{p}_buffered_body_bytes", "request body bytes held now", registry=r)
 
     def observe_answer(self, answer: dict, seconds: float) -> None:
         self.requests.labels("200").inc()
-        cloud_only = answer.get("compression") == "image"   # the whole image went to full_<expert>
+        cloud_only = answer.get("compression") == "image"  # the whole image went to full_<expert>
         expert = f"full_{answer['expert']}" if cloud_only else answer["expert"]
         self.exits.labels(expert, str(answer["exit"])).inc()
         if answer["offloaded"] and not cloud_only:

@@ -24,8 +24,9 @@ NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("action", choices=("add", "list", "remove"))
     p.add_argument("expert", nargs="?", default=None, help="expert name, e.g. gaussian_blur")
     p.add_argument("--run-dir", default="run")
@@ -62,18 +63,28 @@ def main(args: argparse.Namespace) -> dict:
             model = f"{role}_{args.expert}"
             url, headers = f"{ep.management_url}/models", ep.auth("management")
             if args.action == "add":
-                params = {"url": f"{model}.mar", "model_name": model, "initial_workers": args.workers,
-                          "synchronous": "true"}
-                out[model] = _check(s.post(url, params=params, headers=headers, timeout=args.timeout_s),
-                                    f"registering {model} on the {role}")
+                params = {
+                    "url": f"{model}.mar",
+                    "model_name": model,
+                    "initial_workers": args.workers,
+                    "synchronous": "true",
+                }
+                out[model] = _check(
+                    s.post(url, params=params, headers=headers, timeout=args.timeout_s),
+                    f"registering {model} on the {role}",
+                )
                 print(f"{role}: registered {model}")
             elif args.action == "remove":
-                out[model] = _check(s.delete(f"{url}/{model}", headers=headers, timeout=args.timeout_s),
-                                    f"unregistering {model} from the {role}")
+                out[model] = _check(
+                    s.delete(f"{url}/{model}", headers=headers, timeout=args.timeout_s),
+                    f"unregistering {model} from the {role}",
+                )
                 print(f"{role}: unregistered {model}")
             else:
-                models = _check(s.get(url, headers=headers, params={"limit": 1000}, timeout=30),
-                                f"listing the {role}'s models")
+                models = _check(
+                    s.get(url, headers=headers, params={"limit": 1000}, timeout=30),
+                    f"listing the {role}'s models",
+                )
                 out[role] = sorted(m["modelName"] for m in models.get("models", []))
                 print(f"{role}: {', '.join(out[role]) or 'no models'}")
     return out

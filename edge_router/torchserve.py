@@ -83,8 +83,11 @@ class Instance:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(TMPDIR=str(self.workdir / "tmp"), LOG_LOCATION=str(self.workdir / "logs"),
-                   METRICS_LOCATION=str(self.workdir / "logs"))
+        env.update(
+            TMPDIR=str(self.workdir / "tmp"),
+            LOG_LOCATION=str(self.workdir / "logs"),
+            METRICS_LOCATION=str(self.workdir / "logs"),
+        )
         return env
 
 
@@ -98,12 +101,14 @@ def read_keys(path: Path) -> dict[str, str]:
         raise UserInputError(f"{path} is not a TorchServe key file") from None
 
 
-def instance(role: str, *, run_dir: str | Path = "run", ports: Ports | None = None,
-             host: str = "127.0.0.1") -> Instance:
+def instance(
+    role: str, *, run_dir: str | Path = "run", ports: Ports | None = None, host: str = "127.0.0.1"
+) -> Instance:
     if role not in DEFAULT_PORTS:
         raise UserInputError(f"unknown role {role!r} (edge or cloud)")
-    return Instance(role=role, workdir=Path(run_dir).resolve() / role,
-                    ports=ports or DEFAULT_PORTS[role], host=host)
+    return Instance(
+        role=role, workdir=Path(run_dir).resolve() / role, ports=ports or DEFAULT_PORTS[role], host=host
+    )
 
 
 def render_config(inst: Instance, model_store: Path) -> str:
@@ -118,7 +123,7 @@ def render_config(inst: Instance, model_store: Path) -> str:
         # Java's own temp folder (model extraction) per instance, beside TMPDIR's pid file; the
         # repository's log4j2.xml (no per-request DEBUG/INFO lines, each written twice, on the hop).
         "vmargs": f"-Xmx1g -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={inst.workdir / 'tmp'} "
-                  f"-Dlog4j.configurationFile={LOG_CONFIG.as_uri()}",
+        f"-Dlog4j.configurationFile={LOG_CONFIG.as_uri()}",
     }
     lines, seen = [], set()
     for line in TEMPLATE.read_text().splitlines():
@@ -155,15 +160,24 @@ def ping(inst: Instance, timeout: float = 2.0) -> bool:
     except UserInputError:
         token = ""
     try:
-        r = requests.get(f"{inst.inference_url}/ping", timeout=timeout,
-                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        r = requests.get(
+            f"{inst.inference_url}/ping",
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+        )
         return r.status_code == 200 and r.json().get("status") == "Healthy"
     except (requests.RequestException, ValueError):
         return False
 
 
-def start(inst: Instance, model_store: str | Path, models: list[str], *, wait_s: float = 120,
-          extra_env: dict[str, str] | None = None) -> Instance:
+def start(
+    inst: Instance,
+    model_store: str | Path,
+    models: list[str],
+    *,
+    wait_s: float = 120,
+    extra_env: dict[str, str] | None = None,
+) -> Instance:
     store = Path(model_store).resolve()
     if not store.is_dir():
         raise UserInputError(f"model store {store} does not exist (run python -m export.archive)")
@@ -174,23 +188,24 @@ def start(inst: Instance, model_store: str | Path, models: list[str], *, wait_s:
         (inst.workdir / sub).mkdir(parents=True, exist_ok=True)
     config = inst.workdir / "config.properties"
     config.write_text(render_config(inst, store))
-    cmd = [torchserve_bin(), "--start", "--ncs", "--ts-config", str(config),
-           "--model-store", str(store)]
+    cmd = [torchserve_bin(), "--start", "--ncs", "--ts-config", str(config), "--model-store", str(store)]
     if chosen:
         cmd += ["--models", *[f"{m}={m}.mar" for m in chosen]]
     env = inst.env()
     env.update(extra_env or {})
     with open(inst.workdir / "logs" / "launcher.log", "ab") as out:
-        subprocess.run(cmd, cwd=inst.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                       check=False, timeout=60)
+        subprocess.run(
+            cmd, cwd=inst.workdir, env=env, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=60
+        )
     deadline = time.time() + wait_s
     while time.time() < deadline:
         if ping(inst) and (not chosen or _models_ready(inst, chosen)):
             return inst
         time.sleep(0.5)
     stop(inst)
-    raise RuntimeError(f"TorchServe {inst.role} did not become healthy in {wait_s:.0f} s; see "
-                       f"{inst.workdir / 'logs'}")
+    raise RuntimeError(
+        f"TorchServe {inst.role} did not become healthy in {wait_s:.0f} s; see {inst.workdir / 'logs'}"
+    )
 
 
 def _models_ready(inst: Instance, models: list[str]) -> bool:
@@ -198,8 +213,9 @@ def _models_ready(inst: Instance, models: list[str]) -> bool:
         headers = {"Authorization": f"Bearer {inst.keys()['management']}"}
         for m in models:
             r = requests.get(f"{inst.management_url}/models/{m}", headers=headers, timeout=2)
-            if r.status_code != 200 or not any(w.get("status") == "READY"
-                                               for v in r.json() for w in v.get("workers", [])):
+            if r.status_code != 200 or not any(
+                w.get("status") == "READY" for v in r.json() for w in v.get("workers", [])
+            ):
                 return False
         return True
     except (requests.RequestException, UserInputError, ValueError):
@@ -207,30 +223,54 @@ def _models_ready(inst: Instance, models: list[str]) -> bool:
 
 
 def stop(inst: Instance, *, wait_s: float = 30) -> None:
-    subprocess.run([torchserve_bin(), "--stop"], cwd=inst.workdir if inst.workdir.is_dir() else None,
-                   env=inst.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=False, timeout=60)
+    subprocess.run(
+        [torchserve_bin(), "--stop"],
+        cwd=inst.workdir if inst.workdir.is_dir() else None,
+        env=inst.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+        timeout=60,
+    )
     deadline = time.time() + wait_s
     while time.time() < deadline and ping(inst, timeout=0.5):
         time.sleep(0.3)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("action", choices=("start", "stop", "status"))
-    p.add_argument("role", nargs="?", choices=("edge", "cloud"), default=None,
-                   help="instance (status: both when omitted)")
+    p.add_argument(
+        "role",
+        nargs="?",
+        choices=("edge", "cloud"),
+        default=None,
+        help="instance (status: both when omitted)",
+    )
     p.add_argument("--model-store", default="model_store")
-    p.add_argument("--models", nargs="*", default=["all"],
-                   help="archive names to register at start, or 'all' for the role's archives")
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=["all"],
+        help="archive names to register at start, or 'all' for the role's archives",
+    )
     p.add_argument("--run-dir", default="run", help="parent of the instances' working folders")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (keep loopback unless inside an isolated namespace)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (keep loopback unless inside an isolated namespace)",
+    )
     p.add_argument("--wait-s", type=float, default=120, help="how long start waits for Healthy")
-    p.add_argument("--ports", type=int, nargs=5, default=None,
-                   metavar=("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INF", "GRPC_MGMT"),
-                   help="the instance's ports (default: edge 8080-8082/7070-7071, cloud 8090-8092/7090-7091)")
+    p.add_argument(
+        "--ports",
+        type=int,
+        nargs=5,
+        default=None,
+        metavar=("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INF", "GRPC_MGMT"),
+        help="the instance's ports (default: edge 8080-8082/7070-7071, cloud 8090-8092/7090-7091)",
+    )
     return p
 
 
@@ -239,12 +279,15 @@ def main(args: argparse.Namespace) -> int:
     if args.action != "status" and not args.role:
         raise UserInputError(f"{args.action} needs a role: edge or cloud")
     for role in roles:
-        inst = instance(role, run_dir=args.run_dir, host=args.host,
-                        ports=Ports(*args.ports) if args.ports else None)
+        inst = instance(
+            role, run_dir=args.run_dir, host=args.host, ports=Ports(*args.ports) if args.ports else None
+        )
         if args.action == "start":
             start(inst, args.model_store, args.models, wait_s=args.wait_s)
-            print(f"{role}: healthy at {inst.inference_url} (management {inst.management_url}, "
-                  f"metrics {inst.metrics_url}); tokens in {inst.key_file}")
+            print(
+                f"{role}: healthy at {inst.inference_url} (management {inst.management_url}, "
+                f"metrics {inst.metrics_url}); tokens in {inst.key_file}"
+            )
         elif args.action == "stop":
             stop(inst)
             print(f"{role}: stopped")

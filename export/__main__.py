@@ -37,32 +37,51 @@ DEFAULT_THRESHOLD = 0.8
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--backbone", default="models/torch/backbone.pt")
-    p.add_argument("--experts", nargs="+", default=None,
-                   help="expert checkpoints (default: expert_*.pt beside --backbone)")
+    p.add_argument(
+        "--experts",
+        nargs="+",
+        default=None,
+        help="expert checkpoints (default: expert_*.pt beside --backbone)",
+    )
     p.add_argument("--classifier", default="models/torch/classifier.pt")
     p.add_argument("--data", default="fashion-mnist", help="where the parity images come from")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--parity-images", type=int, default=64,
-                   help="validation images (mixed distortions) run through both runtimes")
+    p.add_argument(
+        "--parity-images",
+        type=int,
+        default=64,
+        help="validation images (mixed distortions) run through both runtimes",
+    )
     p.add_argument("--out", default="exported")
     return p
 
 
-def parity_images(args, preprocessing: Preprocessing, classifier_config=None, *, split_seed: int = 0):
+def parity_images(
+    args: argparse.Namespace, preprocessing: Preprocessing, classifier_config=None, *, split_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Validation images with random distortions: (model inputs, classifier spectra)."""
-    source = load_source(args.data, "val", limit=args.parity_images, data_root=args.data_root,
-                         seed=split_seed)
+    source = load_source(
+        args.data, "val", limit=args.parity_images, data_root=args.data_root, seed=split_seed
+    )
     policy = DistortionPolicy(seed=99)
     images = [distorted_image(source, i, preprocessing.size, policy)[0] for i in range(len(source))]
     x = torch.from_numpy(np.stack([preprocessing.model_input(im) for im in images]))
     spectra = None
     if classifier_config is not None:
-        spectra = torch.from_numpy(np.stack([
-            classifier_input(im, classifier_config.input_size, image_size=classifier_config.image_size)
-            for im in images]))
+        spectra = torch.from_numpy(
+            np.stack(
+                [
+                    classifier_input(
+                        im, classifier_config.input_size, image_size=classifier_config.image_size
+                    )
+                    for im in images
+                ]
+            )
+        )
     return x, spectra
 
 
@@ -81,10 +100,18 @@ def main(args: argparse.Namespace) -> dict:
     classifier = load_classifier(args.classifier) if args.classifier != "none" else None
     if args.parity_images < 2:
         raise UserInputError("--parity-images must be at least 2 (the batch axis is exported dynamic)")
-    x, spectra = parity_images(args, preprocessing, classifier[0].config if classifier else None,
-                               split_seed=conventional[1].get("split_seed", 0))
-    exporter = {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET,
-                "command": command_line()}
+    x, spectra = parity_images(
+        args,
+        preprocessing,
+        classifier[0].config if classifier else None,
+        split_seed=conventional[1].get("split_seed", 0),
+    )
+    exporter = {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "opset": OPSET,
+        "command": command_line(),
+    }
     report: dict = {"segments": [], "manifests": [], "exporter": exporter}
 
     stage_files: dict[str, list[str]] = {}
@@ -96,8 +123,9 @@ def main(args: argparse.Namespace) -> dict:
             for k, stage in enumerate(model.stages):
                 rel = f"backbone/{h[:16]}/stage{k}.onnx"
                 inp = x if k == 0 else stage_outputs[-1]
-                export_module(stage, inp[:2], out / rel, input_name="input" if k else "image",
-                              output_name=f"stage{k}")
+                export_module(
+                    stage, inp[:2], out / rel, input_name="input" if k else "image", output_name=f"stage{k}"
+                )
                 rep, y = check_parity(stage, out / rel, inp, is_logits=False, segment=rel)
                 report["segments"].append(asdict(rep))
                 stage_files[h].append(rel)
@@ -111,15 +139,15 @@ def main(args: argparse.Namespace) -> dict:
         head_files = []
         for k, head in enumerate(model.heads):
             rel = f"{name}/{EXIT_NAMES[k]}.onnx"
-            export_module(head, stage_outputs[k][:2], out / rel, input_name=f"stage{k}",
-                          output_name="logits")
+            export_module(head, stage_outputs[k][:2], out / rel, input_name=f"stage{k}", output_name="logits")
             rep, _ = check_parity(head, out / rel, stage_outputs[k], is_logits=True, segment=rel)
             report["segments"].append(asdict(rep))
             head_files.append(rel)
         split_shape = (None, *stage_outputs[2].shape[1:])
         for role in ("edge", "cloud"):
-            manifest = _expert_manifest(role, name, payload, preprocessing, stage_files[h], head_files,
-                                        split_shape, out, exporter)
+            manifest = _expert_manifest(
+                role, name, payload, preprocessing, stage_files[h], head_files, split_shape, out, exporter
+            )
             path = out / f"{role}_{name}.json"
             path.write_text(manifest.to_json())
             report["manifests"].append(path.name)
@@ -132,25 +160,34 @@ def main(args: argparse.Namespace) -> dict:
         report["segments"].append(asdict(rep))
         size = model.config.input_size
         manifest = Manifest(
-            role="classifier", name="distortion_classifier", distortion=None,
+            role="classifier",
+            name="distortion_classifier",
+            distortion=None,
             class_names=tuple(payload["class_names"]),
-            preprocessing={**Preprocessing(size=model.config.image_size).to_dict(),
-                           "spectrum_size": size},
-            stages=(rel,), exits=(), input=TensorSpec("spectrum", (None, 1, size, size)),
+            preprocessing={**Preprocessing(size=model.config.image_size).to_dict(), "spectrum_size": size},
+            stages=(rel,),
+            exits=(),
+            input=TensorSpec("spectrum", (None, 1, size, size)),
             output=TensorSpec("logits", (None, len(payload["class_names"]))),
-            backbone_hash="", run_id=payload["run_id"], files={rel: sha256_file(out / rel)},
-            exporter=exporter)
+            backbone_hash="",
+            run_id=payload["run_id"],
+            files={rel: sha256_file(out / rel)},
+            exporter=exporter,
+        )
         (out / "distortion_classifier.json").write_text(manifest.to_json())
         report["manifests"].append("distortion_classifier.json")
     write_json(out / "export_report.json", report)
     worst = max(s["max_abs_diff"] for s in report["segments"])
-    print(f"exported {len(report['segments'])} segments and {len(report['manifests'])} manifests to "
-          f"{out}; parity holds on {x.shape[0]} images (max |diff| {worst:.2e})")
+    print(
+        f"exported {len(report['segments'])} segments and {len(report['manifests'])} manifests to "
+        f"{out}; parity holds on {x.shape[0]} images (max |diff| {worst:.2e})"
+    )
     return report
 
 
-def _expert_manifest(role, name, payload, preprocessing, stage_files, head_files, split_shape, out,
-                     exporter) -> Manifest:
+def _expert_manifest(
+    role, name, payload, preprocessing, stage_files, head_files, split_shape, out, exporter
+) -> Manifest:
     temps = payload["temperatures"]
     if role == "edge":
         stages, exit_idx = stage_files[:3], (0, 1, 2)
@@ -160,16 +197,33 @@ def _expert_manifest(role, name, payload, preprocessing, stage_files, head_files
         stages, exit_idx = stage_files[3:], (3,)
         inp = TensorSpec("stage2", split_shape)
         output = TensorSpec("logits", (None, len(payload["class_names"])))
-    exits = tuple(ExitSpec(index=k, name=EXIT_NAMES[k], file=head_files[k], temperature=float(temps[k]),
-                           threshold=DEFAULT_THRESHOLD) for k in exit_idx)
+    exits = tuple(
+        ExitSpec(
+            index=k,
+            name=EXIT_NAMES[k],
+            file=head_files[k],
+            temperature=float(temps[k]),
+            threshold=DEFAULT_THRESHOLD,
+        )
+        for k in exit_idx
+    )
     files = {f: sha256_file(out / f) for f in (*stages, *(e.file for e in exits))}
     distortion = payload.get("distortion")
-    return Manifest(role=role, name=name, distortion=distortion if distortion in
-                    distortions.DISTORTION_CLASSES else None,
-                    class_names=tuple(payload["class_names"]), preprocessing=preprocessing.to_dict(),
-                    stages=tuple(stages), exits=exits, input=inp, output=output,
-                    backbone_hash=payload["backbone_hash"], run_id=payload["run_id"], files=files,
-                    exporter=exporter)
+    return Manifest(
+        role=role,
+        name=name,
+        distortion=distortion if distortion in distortions.DISTORTION_CLASSES else None,
+        class_names=tuple(payload["class_names"]),
+        preprocessing=preprocessing.to_dict(),
+        stages=tuple(stages),
+        exits=exits,
+        input=inp,
+        output=output,
+        backbone_hash=payload["backbone_hash"],
+        run_id=payload["run_id"],
+        files=files,
+        exporter=exporter,
+    )
 
 
 def _run(argv=None) -> int:

@@ -27,30 +27,53 @@ from core.manifest import Manifest
 from handlers.service import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
-HANDLERS = {"edge": "edge_handler.py", "cloud": "cloud_handler.py", "classifier": "classifier_handler.py",
-            "full": "full_handler.py"}
-SUPPORT_MODULES = ("handlers/__init__.py", "handlers/metrics.py", "handlers/runtime.py",
-                   "handlers/service.py")
+HANDLERS = {
+    "edge": "edge_handler.py",
+    "cloud": "cloud_handler.py",
+    "classifier": "classifier_handler.py",
+    "full": "full_handler.py",
+}
+SUPPORT_MODULES = (
+    "handlers/__init__.py",
+    "handlers/metrics.py",
+    "handlers/runtime.py",
+    "handlers/service.py",
+)
 MAX_EXTRACTED_BYTES = 512 * 1024 * 1024
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--exported", default="exported", help="folder written by python -m export")
     p.add_argument("--model-store", default="model_store", help="where the .mar files go")
-    p.add_argument("--only", nargs="*", default=None,
-                   help="archive names to build (e.g. edge_gaussian_blur); default all")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="archive names to build (e.g. edge_gaussian_blur); default all",
+    )
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
     p.add_argument("--batch-size", type=int, default=8, help="TorchServe batch size")
-    p.add_argument("--max-batch-delay", type=int, default=1,
-                   help="ms TorchServe waits to fill a batch (every lone request waits it: 1 ms keeps "
-                        "most of batching's throughput, docs/results/edge_hop.md)")
+    p.add_argument(
+        "--max-batch-delay",
+        type=int,
+        default=1,
+        help="ms TorchServe waits to fill a batch (every lone request waits it: 1 ms keeps "
+        "most of batching's throughput, docs/results/edge_hop.md)",
+    )
     p.add_argument("--workers", type=int, default=1, help="workers per model")
-    p.add_argument("--full", action="store_true",
-                   help="also build full_<expert>.mar (every stage in one archive: the cloud-only baseline)")
-    p.add_argument("--archiver", default=None,
-                   help="torch-model-archiver executable (default: the one beside this Python)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="also build full_<expert>.mar (every stage in one archive: the cloud-only baseline)",
+    )
+    p.add_argument(
+        "--archiver",
+        default=None,
+        help="torch-model-archiver executable (default: the one beside this Python)",
+    )
     return p
 
 
@@ -70,24 +93,25 @@ def manifests(exported: Path) -> dict[str, Manifest]:
 
 def model_config(args: argparse.Namespace) -> str:
     # YAML written by hand (flat, known keys) so the archive needs no YAML writer here.
-    return "\n".join([
-        f"minWorkers: {args.workers}",
-        f"maxWorkers: {args.workers}",
-        f"batchSize: {args.batch_size}",
-        f"maxBatchDelay: {args.max_batch_delay}",
-        "responseTimeout: 30",
-        "onnxruntime:",
-        f"  intra_op_threads: {args.threads}",
-        "  providers: [CPUExecutionProvider]",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"minWorkers: {args.workers}",
+            f"maxWorkers: {args.workers}",
+            f"batchSize: {args.batch_size}",
+            f"maxBatchDelay: {args.max_batch_delay}",
+            "responseTimeout: 30",
+            "onnxruntime:",
+            f"  intra_op_threads: {args.threads}",
+            "  providers: [CPUExecutionProvider]",
+            "",
+        ]
+    )
 
 
-def stage(name: str, manifest: Manifest, exported: Path, folder: Path,
-          cloud: Manifest | None = None) -> None:
+def stage(name: str, manifest: Manifest, exported: Path, folder: Path, cloud: Manifest | None = None) -> None:
     """Lay out one archive's extra files under `folder`, at the paths the handler expects."""
     files = dict(manifest.files)
-    if cloud is not None:   # a full archive: the cloud half too
+    if cloud is not None:  # a full archive: the cloud half too
         files.update(cloud.files)
         (folder / "cloud_manifest.json").write_text(cloud.to_json())
     for rel in files:
@@ -112,14 +136,27 @@ def build(name: str, manifest: Manifest, args: argparse.Namespace, cloud: Manife
         stage(name, manifest, Path(args.exported), extra, cloud)
         config = Path(tmp) / "model-config.yaml"
         config.write_text(model_config(args))
-        cmd = [archiver, "--model-name", name, "--version", "1.0",
-               "--handler", str(ROOT / "handlers" / HANDLERS["full" if cloud else manifest.role]),
-               "--extra-files", str(extra), "--config-file", str(config),
-               "--export-path", str(store), "--force"]
+        cmd = [
+            archiver,
+            "--model-name",
+            name,
+            "--version",
+            "1.0",
+            "--handler",
+            str(ROOT / "handlers" / HANDLERS["full" if cloud else manifest.role]),
+            "--extra-files",
+            str(extra),
+            "--config-file",
+            str(config),
+            "--export-path",
+            str(store),
+            "--force",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"torch-model-archiver failed for {name}: "
-                               f"{(done.stderr or done.stdout).strip()[-500:]}")
+            raise RuntimeError(
+                f"torch-model-archiver failed for {name}: {(done.stderr or done.stdout).strip()[-500:]}"
+            )
     return store / f"{name}.mar"
 
 
@@ -147,8 +184,10 @@ def main(args: argparse.Namespace) -> list[str]:
     if args.max_batch_delay < 1 and args.batch_size > 1:
         # measured: TorchServe 0.12 reads a maxBatchDelay of 0 as unset and waits its default
         # 100 ms for every batch (a 110-ms edge hop instead of 7)
-        raise UserInputError("--max-batch-delay must be at least 1 ms when --batch-size > 1 "
-                             "(TorchServe reads 0 as its default, 100 ms)")
+        raise UserInputError(
+            "--max-batch-delay must be at least 1 ms when --batch-size > 1 "
+            "(TorchServe reads 0 as its default, 100 ms)"
+        )
     if args.max_batch_delay < 0:
         raise UserInputError("--max-batch-delay must not be negative")
     found = manifests(Path(args.exported))
@@ -160,8 +199,11 @@ def main(args: argparse.Namespace) -> list[str]:
     built = []
     jobs = [(name, found[name], None) for name in wanted]
     if args.full:
-        jobs += [(f"full_{n[len('edge_'):]}", found[n], found[f"cloud_{n[len('edge_'):]}"])
-                 for n in found if n.startswith("edge_") and f"cloud_{n[len('edge_'):]}" in found]
+        jobs += [
+            (f"full_{n[len('edge_') :]}", found[n], found[f"cloud_{n[len('edge_') :]}"])
+            for n in found
+            if n.startswith("edge_") and f"cloud_{n[len('edge_') :]}" in found
+        ]
     for name, manifest, cloud in jobs:
         path = build(name, manifest, args, cloud)
         built.append(str(path))

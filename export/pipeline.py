@@ -39,16 +39,29 @@ class Pipeline:
         folder = Path(folder)
         self._unpacked = None
         if (folder / "distortion_classifier.json").is_file():
-            found = {p.stem: (Manifest.load(p), folder) for p in sorted(folder.glob("*.json"))
-                     if p.name != "export_report.json"}
+            found = {
+                p.stem: (Manifest.load(p), folder)
+                for p in sorted(folder.glob("*.json"))
+                if p.name != "export_report.json"
+            }
         elif (folder / "distortion_classifier.mar").is_file():
             found = self._unpack_store(folder)
         else:
-            raise UserInputError(f"{folder} holds neither an export (distortion_classifier.json) nor "
-                                 f"archives (distortion_classifier.mar): run python -m export")
+            raise UserInputError(
+                f"{folder} holds neither an export (distortion_classifier.json) nor "
+                f"archives (distortion_classifier.mar): run python -m export"
+            )
         # What a result made with this pipeline names as its models (the runners check each hash).
-        self.artifacts = {"models": str(folder), "sha256": dict(sorted(
-            (name, digest) for manifest, _ in found.values() for name, digest in manifest.files.items()))}
+        self.artifacts = {
+            "models": str(folder),
+            "sha256": dict(
+                sorted(
+                    (name, digest)
+                    for manifest, _ in found.values()
+                    for name, digest in manifest.files.items()
+                )
+            ),
+        }
         manifest, where = found["distortion_classifier"]
         self.classifier = DistortionClassifierRuntime(manifest, where, threads=threads)
         self.edge: dict[str, EdgeExpert] = {}
@@ -56,7 +69,7 @@ class Pipeline:
         for key in sorted(found):
             if not key.startswith("edge_"):
                 continue
-            name = key[len("edge_"):]
+            name = key[len("edge_") :]
             if f"cloud_{name}" not in found:
                 raise UserInputError(f"edge_{name} has no cloud_{name} beside it")
             (edge_m, edge_dir), (cloud_m, cloud_dir) = found[key], found[f"cloud_{name}"]
@@ -83,8 +96,11 @@ class Pipeline:
     def infer(self, images: list[np.ndarray], p_tar: float = 0.8, *, expert: str | None = None) -> list[dict]:
         """Answers for RGB uint8 images; `expert` forces one expert instead of routing."""
         probs = self.classifier.probabilities(images)
-        routes = ([expert] * len(images) if expert is not None
-                  else [self.distortions[k] for k in probs.argmax(axis=1)])
+        routes = (
+            [expert] * len(images)
+            if expert is not None
+            else [self.distortions[k] for k in probs.argmax(axis=1)]
+        )
         answers: list[dict] = [{} for _ in images]
         for name in sorted(set(routes)):
             if name not in self.edge:
@@ -111,8 +127,9 @@ class Pipeline:
                     "offloaded": j in offloaded,
                     "expert": name,
                     "distortion": routes[i] if expert is None else None,
-                    "distortion_probabilities": dict(zip(self.distortions, map(float, probs[i]),
-                                                         strict=True)),
+                    "distortion_probabilities": dict(
+                        zip(self.distortions, map(float, probs[i]), strict=True)
+                    ),
                 }
         return answers
 
@@ -129,11 +146,18 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
 
     folder = Path(args.checkpoints)
     conventional = load_early_exit(folder / "backbone.pt", role="backbone")
-    experts = {name: load_early_exit(folder / f"expert_{name}.pt", role="expert")
-               for name in distortions.DISTORTION_CLASSES}
+    experts = {
+        name: load_early_exit(folder / f"expert_{name}.pt", role="expert")
+        for name in distortions.DISTORTION_CLASSES
+    }
     classifier, _ = load_classifier(folder / "classifier.pt")
-    source = load_source(args.data, "test", limit=args.limit, data_root=args.data_root,
-                         seed=conventional[1].get("split_seed", 0))
+    source = load_source(
+        args.data,
+        "test",
+        limit=args.limit,
+        data_root=args.data_root,
+        seed=conventional[1].get("split_seed", 0),
+    )
     pre = Preprocessing.from_dict(conventional[1]["preprocessing"])
     size = pre.size
     policy = DistortionPolicy(types=distortions.DISTORTION_CLASSES, seed=args.seed)
@@ -144,47 +168,81 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
         images = [distorted_image(source, i, size, policy)[0] for i in idx]
         live = pipeline.infer(images, args.p_tar)
         with torch.no_grad():
-            spectra = torch.from_numpy(np.stack([
-                classifier_input(im, classifier.config.input_size, image_size=classifier.config.image_size)
-                for im in images]))
+            spectra = torch.from_numpy(
+                np.stack(
+                    [
+                        classifier_input(
+                            im, classifier.config.input_size, image_size=classifier.config.image_size
+                        )
+                        for im in images
+                    ]
+                )
+            )
             routes = classifier(spectra).argmax(dim=1).numpy()
             x = torch.from_numpy(np.stack([pre.model_input(im) for im in images]))
             for j, i in enumerate(idx):
                 name = distortions.DISTORTION_CLASSES[routes[j]]
                 model, payload = experts[name]
-                logits = [z.numpy() for z in model(x[j:j + 1])]
+                logits = [z.numpy() for z in model(x[j : j + 1])]
                 conf, pred = evaluate.confidences(logits, payload["temperatures"])
                 d = decide(conf, pred, args.p_tar)
-                same = (live[j]["exit"] == int(d.exit_index[0]) and live[j]["class"] == int(d.prediction[0])
-                        and live[j]["expert"] == name)
+                same = (
+                    live[j]["exit"] == int(d.exit_index[0])
+                    and live[j]["class"] == int(d.prediction[0])
+                    and live[j]["expert"] == name
+                )
                 agree += same
                 n += 1
                 if not same and len(disagreements) < 50:
-                    disagreements.append({"index": i, "pytorch": {"exit": int(d.exit_index[0]),
-                                                                  "class": int(d.prediction[0]),
-                                                                  "expert": name},
-                                          "onnx": {k: live[j][k] for k in ("exit", "class", "expert")}})
-    used = [folder / "backbone.pt", folder / "classifier.pt",
-            *(folder / f"expert_{name}.pt" for name in distortions.DISTORTION_CLASSES)]
-    return {"agreement": agree / max(n, 1), "n": n, "p_tar": args.p_tar,
-            "artifacts": {**pipeline.artifacts, **artifacts_entry(None, used)},
-            "disagreements": disagreements}
+                    disagreements.append(
+                        {
+                            "index": i,
+                            "pytorch": {
+                                "exit": int(d.exit_index[0]),
+                                "class": int(d.prediction[0]),
+                                "expert": name,
+                            },
+                            "onnx": {k: live[j][k] for k in ("exit", "class", "expert")},
+                        }
+                    )
+    used = [
+        folder / "backbone.pt",
+        folder / "classifier.pt",
+        *(folder / f"expert_{name}.pt" for name in distortions.DISTORTION_CLASSES),
+    ]
+    return {
+        "agreement": agree / max(n, 1),
+        "n": n,
+        "p_tar": args.p_tar,
+        "artifacts": {**pipeline.artifacts, **artifacts_entry(None, used)},
+        "disagreements": disagreements,
+    }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--exported", default="models/onnx",
-                   help="folder written by python -m export, or a model store of .mar archives")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--exported",
+        default="models/onnx",
+        help="folder written by python -m export, or a model store of .mar archives",
+    )
     p.add_argument("--images", nargs="*", default=[], help="JPEG/PNG files to answer")
     p.add_argument("--p-tar", type=float, default=0.8)
     p.add_argument("--expert", default=None, help="force this expert instead of routing")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--compare-pytorch", action="store_true",
-                   help="agreement with the PyTorch evaluation on the test split")
-    p.add_argument("--checkpoints", default="models/torch",
-                   help="folder of the PyTorch checkpoints to compare with (backbone.pt, "
-                        "classifier.pt and the frozen-BN expert_<distortion>.pt)")
+    p.add_argument(
+        "--compare-pytorch",
+        action="store_true",
+        help="agreement with the PyTorch evaluation on the test split",
+    )
+    p.add_argument(
+        "--checkpoints",
+        default="models/torch",
+        help="folder of the PyTorch checkpoints to compare with (backbone.pt, "
+        "classifier.pt and the frozen-BN expert_<distortion>.pt)",
+    )
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-root", default=None)
     p.add_argument("--limit", type=int, default=None)
@@ -204,8 +262,10 @@ def main(args: argparse.Namespace) -> dict | list:
 
         result = compare_with_pytorch(args, pipeline)
         result.update({"command": command_line(), "wall_time_s": round(time.time() - started, 1)})
-        print(f"agreement {100 * result['agreement']:.2f} % of {result['n']} images at p_tar "
-              f"{args.p_tar} ({len(result['disagreements'])} disagreements listed)")
+        print(
+            f"agreement {100 * result['agreement']:.2f} % of {result['n']} images at p_tar "
+            f"{args.p_tar} ({len(result['disagreements'])} disagreements listed)"
+        )
     else:
         if not args.images:
             raise UserInputError("give --images or --compare-pytorch")

@@ -27,7 +27,7 @@ from torch import nn
 from handlers.runtime import make_session
 
 OPSET = 18
-LOGIT_ATOL = 1e-3      # float32 ONNX vs eager: observed differences are ~1e-6
+LOGIT_ATOL = 1e-3  # float32 ONNX vs eager: observed differences are ~1e-6
 FEATURE_ATOL = 1e-3
 
 
@@ -40,16 +40,25 @@ def ort_session(path: str | Path, *, threads: int = 1) -> ort.InferenceSession:
     return make_session(Path(path), threads=threads)
 
 
-def export_module(module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str,
-                  output_name: str) -> None:
+def export_module(
+    module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str, output_name: str
+) -> None:
     """Export `module` (eval mode) with a dynamic batch axis as one self-contained ONNX file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (example,), str(path), input_names=[input_name],
-                          output_names=[output_name], dynamic_shapes=({0: batch},),
-                          external_data=False, opset_version=OPSET, verbose=False)
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            opset_version=OPSET,
+            verbose=False,
+        )
 
 
 @dataclass
@@ -60,8 +69,9 @@ class ParityReport:
     n: int
 
 
-def check_parity(module: nn.Module, path: Path, inputs: torch.Tensor, *, is_logits: bool,
-                 segment: str) -> tuple[ParityReport, torch.Tensor]:
+def check_parity(
+    module: nn.Module, path: Path, inputs: torch.Tensor, *, is_logits: bool, segment: str
+) -> tuple[ParityReport, torch.Tensor]:
     """Run `inputs` through PyTorch and onnxruntime; raise ExportParityError on a mismatch.
 
     Returns the report and PyTorch's output (the next segment's input)."""
@@ -73,10 +83,13 @@ def check_parity(module: nn.Module, path: Path, inputs: torch.Tensor, *, is_logi
     mismatches = None
     if is_logits:
         mismatches = int((got.argmax(axis=1) != expected.numpy().argmax(axis=1)).sum())
-    report = ParityReport(segment=segment, max_abs_diff=diff, argmax_mismatches=mismatches,
-                          n=int(inputs.shape[0]))
+    report = ParityReport(
+        segment=segment, max_abs_diff=diff, argmax_mismatches=mismatches, n=int(inputs.shape[0])
+    )
     tolerance = LOGIT_ATOL if is_logits else FEATURE_ATOL
     if got.shape != tuple(expected.shape) or diff > tolerance or mismatches:
-        raise ExportParityError(f"{segment}: ONNX differs from PyTorch (max |diff| {diff:.3g} > "
-                                f"{tolerance:g} or {mismatches} argmax mismatches of {len(inputs)})")
+        raise ExportParityError(
+            f"{segment}: ONNX differs from PyTorch (max |diff| {diff:.3g} > "
+            f"{tolerance:g} or {mismatches} argmax mismatches of {len(inputs)})"
+        )
     return report, expected

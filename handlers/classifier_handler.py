@@ -17,18 +17,20 @@ from handlers.service import Service, body_bytes
 class DistortionClassifierHandler(Service):
     role = "classifier"
 
-    def load(self, model_dir, *, threads, providers):
-        self.classifier = DistortionClassifierRuntime(self.manifest, model_dir, threads=threads,
-                                                      providers=providers)
+    def load(self, model_dir, *, threads, providers) -> None:
+        self.classifier = DistortionClassifierRuntime(
+            self.manifest, model_dir, threads=threads, providers=providers
+        )
 
-    def parse(self, request, context, idx):
+    def parse(self, request: dict, context: object, idx: int) -> object:
         return decode_image(body_bytes(request))
 
-    def run(self, items, context):
+    def run(self, items: dict[int, object], context: object) -> dict[int, str]:
         order = list(items)
         answers = {}
         for i, (distortion, probabilities) in zip(
-                order, self.classifier.distortions([items[i] for i in order]), strict=True):
+            order, self.classifier.distortions([items[i] for i in order]), strict=True
+        ):
             self.metric("DistortionRoutes", 1, dimensions={"Distortion": distortion})
             answers[i] = json.dumps({"distortion": distortion, "probabilities": probabilities})
             context.set_response_content_type(i, "application/json")

@@ -28,11 +28,11 @@ COMPRESSION_HEADER = "X-Offload-Compression"
 class EdgeExpertHandler(Service):
     role = "edge"
 
-    def load(self, model_dir, *, threads, providers):
+    def load(self, model_dir, *, threads, providers) -> None:
         self.expert = EdgeExpert(self.manifest, model_dir, threads=threads, providers=providers)
         self.default_threshold = self.manifest.exits[0].threshold
 
-    def parse(self, request, context, idx):
+    def parse(self, request: dict, context: object, idx: int) -> object:
         image = decode_image(body_bytes(request))
         threshold = parse_threshold(header(context, idx, THRESHOLD_HEADER), self.default_threshold)
         compression = (header(context, idx, COMPRESSION_HEADER) or "fp32").strip().lower()
@@ -40,7 +40,7 @@ class EdgeExpertHandler(Service):
             raise RequestError(f"{COMPRESSION_HEADER} must be fp32, fp16 or int8, not {compression!r}")
         return self.expert.preprocessing.model_input(image), threshold, compression
 
-    def run(self, items, context):
+    def run(self, items: dict[int, object], context: object) -> dict[int, str]:
         order = list(items)
         x = np.stack([items[i][0] for i in order])
         result = self.expert.run_batch(x, np.array([items[i][1] for i in order]))
@@ -48,15 +48,28 @@ class EdgeExpertHandler(Service):
         answers = {}
         split_row = {int(j): r for r, j in enumerate(result.offloaded)}
         for j, i in enumerate(order):
-            branches = [{"exit": k, "confidence": float(result.branch_confidence[j, k]),
-                         "class": int(result.branch_prediction[j, k])}
-                        for k in range(3) if result.branch_prediction[j, k] >= 0]
+            branches = [
+                {
+                    "exit": k,
+                    "confidence": float(result.branch_confidence[j, k]),
+                    "class": int(result.branch_prediction[j, k]),
+                }
+                for k in range(3)
+                if result.branch_prediction[j, k] >= 0
+            ]
             if j in split_row:
                 body, head_len = wire.encode(
-                    result.split[split_row[j]:split_row[j] + 1], name=self.manifest.output.name,
+                    result.split[split_row[j] : split_row[j] + 1],
+                    name=self.manifest.output.name,
                     compression=items[i][2],
-                    parameters={"exited": False, "branches": branches, "expert": self.manifest.name,
-                                "run_id": self.manifest.run_id, "threshold": items[i][1]})
+                    parameters={
+                        "exited": False,
+                        "branches": branches,
+                        "expert": self.manifest.name,
+                        "run_id": self.manifest.run_id,
+                        "threshold": items[i][1],
+                    },
+                )
                 context.set_response_header(i, wire.HEADER_LENGTH, str(head_len))
                 context.set_response_content_type(i, wire.CONTENT_TYPE)
                 self.metric("Offloads", 1)
@@ -66,11 +79,20 @@ class EdgeExpertHandler(Service):
                 k = int(result.exit_index[j])
                 c = int(result.prediction[j])
                 self.metric("ExitsByBranch", 1, dimensions={"Branch": str(k)})
-                answers[i] = json.dumps({
-                    "exited": True, "exit": k, "exit_name": self.manifest.exits[k].name,
-                    "class": c, "class_name": names[c], "confidence": float(result.confidence[j]),
-                    "branches": branches, "expert": self.manifest.name, "run_id": self.manifest.run_id,
-                    "threshold": items[i][1]})
+                answers[i] = json.dumps(
+                    {
+                        "exited": True,
+                        "exit": k,
+                        "exit_name": self.manifest.exits[k].name,
+                        "class": c,
+                        "class_name": names[c],
+                        "confidence": float(result.confidence[j]),
+                        "branches": branches,
+                        "expert": self.manifest.name,
+                        "run_id": self.manifest.run_id,
+                        "threshold": items[i][1],
+                    }
+                )
                 context.set_response_content_type(i, "application/json")
         return answers
 

@@ -23,25 +23,32 @@ CLOUD_MANIFEST_NAME = "cloud_manifest.json"
 class FullModelHandler(Service):
     role = "edge"
 
-    def load(self, model_dir, *, threads, providers):
+    def load(self, model_dir, *, threads, providers) -> None:
         cloud_manifest = Manifest.load(model_dir / CLOUD_MANIFEST_NAME)
         check_pair(self.manifest, cloud_manifest)
         self.edge = EdgeExpert(self.manifest, model_dir, threads=threads, providers=providers)
         self.cloud = CloudExpert(cloud_manifest, model_dir, threads=threads, providers=providers)
 
-    def parse(self, request, context, idx):
+    def parse(self, request: dict, context: object, idx: int) -> object:
         return self.edge.preprocessing.model_input(decode_image(body_bytes(request)))
 
-    def run(self, items, context):
+    def run(self, items: dict[int, object], context: object) -> dict[int, str]:
         order = list(items)
         x = np.stack([items[i] for i in order])
-        result = self.edge.run_batch(x, 2.0)   # a threshold above 1: no side branch answers
+        result = self.edge.run_batch(x, 2.0)  # a threshold above 1: no side branch answers
         conf, pred = self.cloud.run_batch(result.split)
         names = self.manifest.class_names
         answers = {}
         for j, i in enumerate(order):
-            answers[i] = json.dumps({"exit": 3, "exit_name": "final", "class": int(pred[j]),
-                                     "class_name": names[int(pred[j])], "confidence": float(conf[j]),
-                                     "expert": self.manifest.name})
+            answers[i] = json.dumps(
+                {
+                    "exit": 3,
+                    "exit_name": "final",
+                    "class": int(pred[j]),
+                    "class_name": names[int(pred[j])],
+                    "confidence": float(conf[j]),
+                    "expert": self.manifest.name,
+                }
+            )
             context.set_response_content_type(i, "application/json")
         return answers

@@ -28,9 +28,10 @@ try:  # present inside a TorchServe worker; plain objects with .name/.value else
     from ts.metrics.dimension import Dimension
 except ImportError:  # pragma: no cover - the unit tests run with TorchServe installed
     from collections import namedtuple
+
     Dimension = namedtuple("Dimension", "name value")
 
-Key = tuple[str, str, tuple[tuple[str, str], ...]]   # (name, kind, sorted dimensions)
+Key = tuple[str, str, tuple[tuple[str, str], ...]]  # (name, kind, sorted dimensions)
 
 
 class MetricBuffer:
@@ -45,14 +46,15 @@ class MetricBuffer:
         self.interval_s = interval_s
         self.clock = clock
         self._lock = threading.Lock()
-        self._pending: dict[Key, list[float]] = {}     # key -> [sum, count]
+        self._pending: dict[Key, list[float]] = {}  # key -> [sum, count]
         self._last_flush = clock()
-        self._store = None                             # the context's metrics, once seen
+        self._store = None  # the context's metrics, once seen
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def add(self, name: str, value: float, *, kind: str = "counter",
-            dimensions: dict[str, str] | None = None) -> None:
+    def add(
+        self, name: str, value: float, *, kind: str = "counter", dimensions: dict[str, str] | None = None
+    ) -> None:
         if kind not in ("counter", "time"):
             raise ValueError(f"unknown metric kind {kind!r}")
         key = (name, kind, tuple(sorted((dimensions or {}).items())))

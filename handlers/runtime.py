@@ -20,8 +20,9 @@ from core.manifest import Manifest, ManifestError
 from core.spectrum import classifier_input
 
 
-def make_session(path: Path, *, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)
-                 ) -> ort.InferenceSession:
+def make_session(
+    path: Path, *, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
     """A session with threads and providers stated explicitly (never onnxruntime's defaults)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -36,17 +37,26 @@ CPU = ("CPUExecutionProvider",)
 class _Segments:
     role = ""
 
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True,
-                 providers: tuple[str, ...] = CPU):
+    def __init__(
+        self,
+        manifest: Manifest,
+        folder: Path,
+        *,
+        threads: int = 1,
+        verify: bool = True,
+        providers: tuple[str, ...] = CPU,
+    ):
         if manifest.role != self.role:
             raise ManifestError(f"{manifest.name}: a {manifest.role} manifest, not {self.role}")
         if verify:
             manifest.verify_files(folder)
         self.manifest = manifest
-        self.stages = [make_session(folder / f, threads=threads, providers=providers)
-                       for f in manifest.stages]
-        self.heads = [make_session(folder / e.file, threads=threads, providers=providers)
-                      for e in manifest.exits]
+        self.stages = [
+            make_session(folder / f, threads=threads, providers=providers) for f in manifest.stages
+        ]
+        self.heads = [
+            make_session(folder / e.file, threads=threads, providers=providers) for e in manifest.exits
+        ]
 
     @staticmethod
     def run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
@@ -57,13 +67,13 @@ class _Segments:
 class EdgeResult:
     """Per-sample outcome on the edge (arrays of length N)."""
 
-    exit_index: np.ndarray        # branch that answered, or -1 when offloaded
-    prediction: np.ndarray        # class of the answering branch (-1 when offloaded)
-    confidence: np.ndarray        # its confidence (nan when offloaded)
+    exit_index: np.ndarray  # branch that answered, or -1 when offloaded
+    prediction: np.ndarray  # class of the answering branch (-1 when offloaded)
+    confidence: np.ndarray  # its confidence (nan when offloaded)
     branch_confidence: np.ndarray  # N x 3, nan for branches a sample never reached
     branch_prediction: np.ndarray  # N x 3, -1 where not reached
-    split: np.ndarray | None      # M x C x H x W for the M offloaded samples, in order
-    offloaded: np.ndarray         # indices of the offloaded samples
+    split: np.ndarray | None  # M x C x H x W for the M offloaded samples, in order
+    offloaded: np.ndarray  # indices of the offloaded samples
 
 
 class EdgeExpert(_Segments):
@@ -85,7 +95,7 @@ class EdgeExpert(_Segments):
         confidence = np.full(n, np.nan)
         branch_conf = np.full((n, 3), np.nan)
         branch_pred = np.full((n, 3), -1)
-        active = np.arange(n)   # samples no branch has answered yet
+        active = np.arange(n)  # samples no branch has answered yet
         h = x
         for k, (stage, head) in enumerate(zip(self.stages, self.heads, strict=True)):
             h = self.run(stage, h)
@@ -99,9 +109,15 @@ class EdgeExpert(_Segments):
             active, h = active[~done], h[~done]
             if active.size == 0:
                 break
-        return EdgeResult(exit_index=exit_index, prediction=prediction, confidence=confidence,
-                          branch_confidence=branch_conf, branch_prediction=branch_pred,
-                          split=h if active.size else None, offloaded=active)
+        return EdgeResult(
+            exit_index=exit_index,
+            prediction=prediction,
+            confidence=confidence,
+            branch_confidence=branch_conf,
+            branch_prediction=branch_pred,
+            split=h if active.size else None,
+            offloaded=active,
+        )
 
 
 class CloudExpert(_Segments):
@@ -125,8 +141,15 @@ class CloudExpert(_Segments):
 
 
 class DistortionClassifierRuntime:
-    def __init__(self, manifest: Manifest, folder: Path, *, threads: int = 1, verify: bool = True,
-                 providers: tuple[str, ...] = CPU):
+    def __init__(
+        self,
+        manifest: Manifest,
+        folder: Path,
+        *,
+        threads: int = 1,
+        verify: bool = True,
+        providers: tuple[str, ...] = CPU,
+    ):
         if manifest.role != "classifier":
             raise ManifestError(f"{manifest.name}: not a classifier manifest")
         if verify:
@@ -138,8 +161,9 @@ class DistortionClassifierRuntime:
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """N x 3 distortion probabilities for RGB uint8 images of any size."""
-        x = np.stack([classifier_input(im, self.size, image_size=self.image_size)
-                      for im in images]).astype(np.float32)
+        x = np.stack([classifier_input(im, self.size, image_size=self.image_size) for im in images]).astype(
+            np.float32
+        )
         logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)
@@ -149,5 +173,7 @@ class DistortionClassifierRuntime:
         """(most likely distortion, class name -> probability) for each image: the classifier's
         answer as its TorchServe handler and the router both give it."""
         names = self.manifest.class_names
-        return [(names[int(p.argmax())], {n: float(v) for n, v in zip(names, p, strict=True)})
-                for p in self.probabilities(images)]
+        return [
+            (names[int(p.argmax())], {n: float(v) for n, v in zip(names, p, strict=True)})
+            for p in self.probabilities(images)
+        ]

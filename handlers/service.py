@@ -23,9 +23,8 @@ from core.manifest import Manifest
 from handlers.metrics import MetricBuffer, quiet_worker_logging
 
 MANIFEST_NAME = "model_manifest.json"
-DESCRIBE_HEADER = "X-Describe"   # "manifest": answer with the archive's manifest (discovery)
+DESCRIBE_HEADER = "X-Describe"  # "manifest": answer with the archive's manifest (discovery)
 log = logging.getLogger(__name__)
-
 
 
 class RequestError(UserInputError):
@@ -36,8 +35,14 @@ class RequestError(UserInputError):
         self.status = status
 
 
-REASONS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
-           415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
+REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
+    500: "Internal Server Error",
+}
 
 
 def one_line(message: str, limit: int = 300) -> str:
@@ -88,16 +93,26 @@ class Service:
         model_dir = Path(context.system_properties.get("model_dir", "."))
         self.manifest = Manifest.load(model_dir / MANIFEST_NAME)
         if self.manifest.role != self.role:
-            raise RuntimeError(f"{MANIFEST_NAME} is a {self.manifest.role} manifest; this handler "
-                               f"serves {self.role}")
+            raise RuntimeError(
+                f"{MANIFEST_NAME} is a {self.manifest.role} manifest; this handler serves {self.role}"
+            )
         config = (getattr(context, "model_yaml_config", None) or {}).get("onnxruntime", {}) or {}
         threads = int(os.environ.get("EE_ORT_THREADS", config.get("intra_op_threads", 1)))
-        providers = tuple(p.strip() for p in os.environ.get(
-            "EE_ORT_PROVIDERS", ",".join(config.get("providers", ["CPUExecutionProvider"]))).split(",")
-            if p.strip())
+        providers = tuple(
+            p.strip()
+            for p in os.environ.get(
+                "EE_ORT_PROVIDERS", ",".join(config.get("providers", ["CPUExecutionProvider"]))
+            ).split(",")
+            if p.strip()
+        )
         self.load(model_dir, threads=threads, providers=providers)
-        log.info("%s %s ready: %d onnxruntime thread(s), %s", self.role, self.manifest.name, threads,
-                 ",".join(providers))
+        log.info(
+            "%s %s ready: %d onnxruntime thread(s), %s",
+            self.role,
+            self.manifest.name,
+            threads,
+            ",".join(providers),
+        )
         if self.metrics.interval_s > 0:
             quiet_worker_logging()
             self.metrics.start_timer()
@@ -107,10 +122,10 @@ class Service:
         raise NotImplementedError
 
     # -- requests ----------------------------------------------------------------------------
-    def parse(self, request: dict, context, idx: int):
+    def parse(self, request: dict, context: object, idx: int) -> object:
         raise NotImplementedError
 
-    def run(self, items: dict[int, object], context) -> dict[int, object]:
+    def run(self, items: dict[int, object], context: object) -> dict[int, object]:
         raise NotImplementedError
 
     def handle(self, data: list, context) -> list:
@@ -153,7 +168,8 @@ class Service:
         self.metric("RequestErrors", 1, dimensions={"Status": str(status)})
         return json.dumps({"error": one_line(message), "status": status})
 
-    def metric(self, name: str, value: float, *, kind: str = "counter",
-               dimensions: dict | None = None) -> None:
+    def metric(
+        self, name: str, value: float, *, kind: str = "counter", dimensions: dict | None = None
+    ) -> None:
         """Record a handler metric; `handle` hands the sums to TorchServe about once a second."""
         self.metrics.add(name, value, kind=kind, dimensions=dimensions)

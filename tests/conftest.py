@@ -19,7 +19,7 @@ def textured_image(seed: int, size: int = 48) -> np.ndarray:
         fx, fy, phase = rng.uniform(1, 6), rng.uniform(1, 6), rng.uniform(0, 6.28)
         image[:, :, c] = 127 + 90 * np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
     x0, y0 = rng.integers(0, size // 2, size=2)
-    image[y0:y0 + size // 3, x0:x0 + size // 3] = rng.uniform(0, 255, size=3)
+    image[y0 : y0 + size // 3, x0 : x0 + size // 3] = rng.uniform(0, 255, size=3)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -63,8 +63,19 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 # Tiny trained models, shared by the training, evaluation and export tests.
-COMMON = ["--train-limit", "64", "--val-limit", "20", "--epochs", "1", "--batch-size", "16",
-          "--workers", "0", "--quiet"]
+COMMON = [
+    "--train-limit",
+    "64",
+    "--val-limit",
+    "20",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--workers",
+    "0",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +90,18 @@ def backbone(fake_fashion_root, checkpoint_dir):
 
     out = checkpoint_dir / "backbone.pt"
     args = train_backbone.get_args_parser().parse_args(
-        ["--data-root", str(fake_fashion_root), "--out", str(out), "--weights", "none",
-         "--input-size", "32", *COMMON])
+        [
+            "--data-root",
+            str(fake_fashion_root),
+            "--out",
+            str(out),
+            "--weights",
+            "none",
+            "--input-size",
+            "32",
+            *COMMON,
+        ]
+    )
     train_backbone.main(args)
     return out
 
@@ -93,8 +114,18 @@ def experts(fake_fashion_root, backbone, checkpoint_dir):
     paths = []
     for name in ("pristine", "gaussian_blur", "gaussian_noise"):
         args = train_expert.get_args_parser().parse_args(
-            ["--data-root", str(fake_fashion_root), "--backbone", str(backbone), "--distortion", name,
-             "--out", str(folder / f"expert_{name}.pt"), *COMMON])
+            [
+                "--data-root",
+                str(fake_fashion_root),
+                "--backbone",
+                str(backbone),
+                "--distortion",
+                name,
+                "--out",
+                str(folder / f"expert_{name}.pt"),
+                *COMMON,
+            ]
+        )
         train_expert.main(args)
         paths.append(str(folder / f"expert_{name}.pt"))
     return paths
@@ -105,10 +136,31 @@ def tiny_classifier(fake_fashion_root, checkpoint_dir):
     from training import train_classifier
 
     out = checkpoint_dir / "classifier.pt"
-    train_classifier.main(train_classifier.get_args_parser().parse_args(
-        ["--data-root", str(fake_fashion_root), "--out", str(out), "--input-size", "32",
-         "--image-size", "32", "--photo-fraction", "0", "--epochs", "2", "--samples-per-epoch",
-         "320", "--val-limit", "20", "--workers", "0", "--quiet"]))
+    train_classifier.main(
+        train_classifier.get_args_parser().parse_args(
+            [
+                "--data-root",
+                str(fake_fashion_root),
+                "--out",
+                str(out),
+                "--input-size",
+                "32",
+                "--image-size",
+                "32",
+                "--photo-fraction",
+                "0",
+                "--epochs",
+                "2",
+                "--samples-per-epoch",
+                "320",
+                "--val-limit",
+                "20",
+                "--workers",
+                "0",
+                "--quiet",
+            ]
+        )
+    )
     return out
 
 
@@ -119,8 +171,21 @@ def exported(backbone, experts, tiny_classifier, fake_fashion_root, tmp_path_fac
 
     out = tmp_path_factory.mktemp("exported")
     args = export_cli.get_args_parser().parse_args(
-        ["--backbone", str(backbone), "--experts", *experts, "--classifier", str(tiny_classifier),
-         "--data-root", str(fake_fashion_root), "--parity-images", "12", "--out", str(out)])
+        [
+            "--backbone",
+            str(backbone),
+            "--experts",
+            *experts,
+            "--classifier",
+            str(tiny_classifier),
+            "--data-root",
+            str(fake_fashion_root),
+            "--parity-images",
+            "12",
+            "--out",
+            str(out),
+        ]
+    )
     report = export_cli.main(args)
     return out, report
 
@@ -131,6 +196,7 @@ def model_store(exported, tmp_path_factory):
     from export import archive
 
     store = tmp_path_factory.mktemp("model_store")
-    archive.main(archive.get_args_parser().parse_args(
-        ["--exported", str(exported[0]), "--model-store", str(store)]))
+    archive.main(
+        archive.get_args_parser().parse_args(["--exported", str(exported[0]), "--model-store", str(store)])
+    )
     return store

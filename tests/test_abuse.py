@@ -22,16 +22,16 @@ from core.cli import run_cli
 from core.imaging import encode_image
 from tests.conftest import textured_image
 
-IDLE_TIMEOUT_S = 0.8   # > the 0.5 s trickle of slow_large_bodies, < slowloris' 2 s per byte
-SECONDS = 1.5         # two control requests, at 0 and 1 s
-SCALE = 0.02          # slowloris 6, idle 20, slow bodies 1, burst 2, partial uploads 20
-MAX_BODY = 1 << 20    # a small limit: the test server reserves what a client declares
+IDLE_TIMEOUT_S = 0.8  # > the 0.5 s trickle of slow_large_bodies, < slowloris' 2 s per byte
+SECONDS = 1.5  # two control requests, at 0 and 1 s
+SCALE = 0.02  # slowloris 6, idle 20, slow bodies 1, burst 2, partial uploads 20
+MAX_BODY = 1 << 20  # a small limit: the test server reserves what a client declares
 
 
 class DefendingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    timeout = IDLE_TIMEOUT_S           # a read that waits longer closes the connection
+    timeout = IDLE_TIMEOUT_S  # a read that waits longer closes the connection
     in_flight = threading.BoundedSemaphore(1)
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
@@ -52,13 +52,13 @@ class DefendingHandler(BaseHTTPRequestHandler):
         if n > MAX_BODY:
             self.close_connection = True
             return self._send(413, {"error": "too large"})
-        if len(self.rfile.read(n)) < n:   # the client gave up mid-body: nothing to answer
+        if len(self.rfile.read(n)) < n:  # the client gave up mid-body: nothing to answer
             self.close_connection = True
             return
         if not DefendingHandler.in_flight.acquire(blocking=False):
             return self._send(503, {"error": "busy"}, {"Retry-After": "1"})
         try:
-            time.sleep(0.005)   # long enough for two burst clients to overlap now and then
+            time.sleep(0.005)  # long enough for two burst clients to overlap now and then
             self._send(200, {"class": 3})
         finally:
             DefendingHandler.in_flight.release()
@@ -69,7 +69,7 @@ class DefendingHandler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 1024    # every abuse socket connects at once
+    request_queue_size = 1024  # every abuse socket connects at once
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +91,16 @@ def png() -> bytes:
 @pytest.fixture(scope="module")
 def target(server, png) -> abuse.Target:
     # the test process stands in for the router's process: its threads and RSS are sampled
-    return abuse.Target("127.0.0.1", server.server_address[1], os.getpid(), png, max_body_bytes=MAX_BODY,
-                        max_in_flight=32)
+    return abuse.Target(
+        "127.0.0.1", server.server_address[1], os.getpid(), png, max_body_bytes=MAX_BODY, max_in_flight=32
+    )
 
 
 @pytest.fixture(scope="module")
 def results(target) -> dict[str, dict]:
     lines: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(abuse, "SETTLE_S", 0.2)   # the test server needs no time to settle
+        mp.setattr(abuse, "SETTLE_S", 0.2)  # the test server needs no time to settle
         out = abuse.run_all(target, seconds=SECONDS, scale=SCALE, progress=lines.append)
     assert [line.split(":")[0] for line in lines] == list(abuse.SCENARIOS)
     return {r["scenario"]: r for r in out}
@@ -112,7 +113,7 @@ def test_every_scenario_reports_the_control_and_the_router(results, name):
     c = r["control"]
     assert c["sent"] == 2 and c["answered"] == 2 and r["control"]["without_answer"] == 0
     assert sum(c["status_counts"].values()) == 2
-    assert set(c["status_counts"]) <= {"200", "503"}     # 503: the burst holds the one slot
+    assert set(c["status_counts"]) <= {"200", "503"}  # 503: the burst holds the one slot
     assert 0 < c["p50_ms"] <= c["p99_ms"] <= c["max_ms"] < 10_000
     assert r["router_threads_max"] >= 1 and r["router_rss_mb_max"] >= r["router_rss_mb_start"] > 0
     assert r["router_samples"] >= SECONDS / abuse.SAMPLE_EVERY_S - 2
@@ -142,9 +143,9 @@ def test_a_trickled_body_outlives_a_per_read_timeout(results, target):
 
 
 def test_scenario_specifics(results, target):
-    assert results["idle_keepalive"]["keepalive_answered"] == 20       # one /healthz each, then idle
+    assert results["idle_keepalive"]["keepalive_answered"] == 20  # one /healthz each, then idle
     assert results["idle_keepalive"]["server_answers"] == {"200": 20}
-    assert results["slowloris"]["server_answers"] == {}                # headers never ended
+    assert results["slowloris"]["server_answers"] == {}  # headers never ended
     assert results["slowloris"]["bytes_sent"] == 6 * len(b"GET /healthz HTTP/1.1\r\n")  # next byte: 2 s
     partial = results["partial_uploads"]
     assert partial["content_length"] == MAX_BODY and partial["body_bytes_each"] == 64 * 1024
@@ -184,19 +185,38 @@ def test_cli(server, png, tmp_path, capsys):
     image.write_bytes(png)
     out = tmp_path / "abuse.json"
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    code = run_cli(abuse.main, abuse.get_args_parser,
-                   ["--url", url, "--image", str(image), "--seconds", "1", "--scale", "0.01",
-                    "--only", "slowloris", "--max-body-bytes", str(MAX_BODY), "--json", str(out)])
+    code = run_cli(
+        abuse.main,
+        abuse.get_args_parser,
+        [
+            "--url",
+            url,
+            "--image",
+            str(image),
+            "--seconds",
+            "1",
+            "--scale",
+            "0.01",
+            "--only",
+            "slowloris",
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--json",
+            str(out),
+        ],
+    )
     assert code == 0
     line = capsys.readouterr().out.strip().splitlines()
     assert len(line) == 1 and line[0].startswith("slowloris: 3 sockets, control 1/1 answered")
     saved = json.loads(out.read_text())
     assert saved["mode"] == "existing deployment" and saved["targets"] == {"router": url}
     [r] = saved["scenarios"]
-    assert r["control"]["answered"] == 1 and r["router_threads_max"] is None   # no --router-pid
+    assert r["control"]["answered"] == 1 and r["router_threads_max"] is None  # no --router-pid
     # a remote URL is refused before anything is sent
-    assert run_cli(abuse.main, abuse.get_args_parser,
-                   ["--url", "http://192.0.2.1:8000", "--image", str(image)]) == 2
+    assert (
+        run_cli(abuse.main, abuse.get_args_parser, ["--url", "http://192.0.2.1:8000", "--image", str(image)])
+        == 2
+    )
     assert "not loopback" in capsys.readouterr().err
 
 

@@ -20,14 +20,26 @@ MODULES = {"latency": latency, "load": load, "reliability": reliability}
 
 
 # -- a stand-in for the router ---------------------------------------------------------------------
-ANSWER = {"class": 3, "class_name": "dress", "confidence": 0.93, "exit": 1, "exit_name": "branch1",
-          "expert": "pristine", "distortion": "pristine", "distortion_probabilities": {"pristine": 1.0},
-          "threshold": 0.8, "offloaded": False, "offloaded_bytes": 0, "compression": "fp32",
-          "degraded": False, "timings_ms": {"total_ms": 1.0}}
+ANSWER = {
+    "class": 3,
+    "class_name": "dress",
+    "confidence": 0.93,
+    "exit": 1,
+    "exit_name": "branch1",
+    "expert": "pristine",
+    "distortion": "pristine",
+    "distortion_probabilities": {"pristine": 1.0},
+    "threshold": 0.8,
+    "offloaded": False,
+    "offloaded_bytes": 0,
+    "compression": "fp32",
+    "degraded": False,
+    "timings_ms": {"total_ms": 1.0},
+}
 
 
 class FakeRouter(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"   # keep-alive, as the router
+    protocol_version = "HTTP/1.1"  # keep-alive, as the router
     disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
     posts = 0
     lock = threading.Lock()
@@ -87,11 +99,22 @@ def test_existing_options_parse(name):
 
 
 def test_reliability_cloud_options_parse(tmp_path):
-    args = reliability.get_args_parser().parse_args([
-        "--router", "http://localhost:8000", "--cloud", "http://[::1]:8090",
-        "--cloud-key-file", str(tmp_path / "key_file.json"), "--parts", "fuzz"])
+    args = reliability.get_args_parser().parse_args(
+        [
+            "--router",
+            "http://localhost:8000",
+            "--cloud",
+            "http://[::1]:8090",
+            "--cloud-key-file",
+            str(tmp_path / "key_file.json"),
+            "--parts",
+            "fuzz",
+        ]
+    )
     assert target.existing_targets(args, reliability.OWN_STACK_OPTIONS) == {
-        "router": "http://localhost:8000", "cloud": "http://[::1]:8090"}
+        "router": "http://localhost:8000",
+        "cloud": "http://[::1]:8090",
+    }
     assert args.cloud_key_file == str(tmp_path / "key_file.json")
 
 
@@ -103,11 +126,24 @@ def test_help_names_both_modes():
         assert "--client-router" not in text, name
 
 
-@pytest.mark.parametrize("host, loopback", [
-    ("127.0.0.1", True), ("127.9.8.7", True), ("localhost", True), ("LOCALHOST.", True), ("::1", True),
-    ("[::1]", True), ("128.0.0.1", False), ("10.213.0.2", False), ("0.0.0.0", False),
-    ("localhost.example.org", False), ("example.org", False), ("::", False), ("127.1", False),
-])
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.9.8.7", True),
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("128.0.0.1", False),
+        ("10.213.0.2", False),
+        ("0.0.0.0", False),
+        ("localhost.example.org", False),
+        ("example.org", False),
+        ("::", False),
+        ("127.1", False),
+    ],
+)
 def test_is_loopback(host, loopback):
     assert target.is_loopback(host) is loopback
 
@@ -125,21 +161,27 @@ def test_non_loopback_router_is_refused(name, url, capsys, tmp_path):
 
 
 def test_non_loopback_cloud_is_refused(capsys):
-    code = run_cli(reliability.main, reliability.get_args_parser,
-                   ["--router", "http://127.0.0.1:8000", "--cloud", "http://10.0.0.9:8090"])
+    code = run_cli(
+        reliability.main,
+        reliability.get_args_parser,
+        ["--router", "http://127.0.0.1:8000", "--cloud", "http://10.0.0.9:8090"],
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --cloud") and "not loopback" in err
 
 
-@pytest.mark.parametrize("name, argv, reason", [
-    ("load", ["--router", "ftp://127.0.0.1/"], "http:// or https://"),
-    ("load", ["--router", "http://127.0.0.1:8000", "--profiles", "lan"], "own-stack mode"),
-    ("latency", ["--router", "http://127.0.0.1:8000", "--backend", "tun"], "own-stack mode"),
-    ("reliability", ["--router", "http://127.0.0.1:8000", "--no-link-faults"], "own-stack mode"),
-    ("reliability", ["--cloud", "http://127.0.0.1:8090"], "add --router"),
-    ("load", ["--allow-remote"], "add --router"),
-    ("reliability", ["--router", "http://127.0.0.1:8000", "--cloud-key-file", "k.json"], "needs --cloud"),
-])
+@pytest.mark.parametrize(
+    "name, argv, reason",
+    [
+        ("load", ["--router", "ftp://127.0.0.1/"], "http:// or https://"),
+        ("load", ["--router", "http://127.0.0.1:8000", "--profiles", "lan"], "own-stack mode"),
+        ("latency", ["--router", "http://127.0.0.1:8000", "--backend", "tun"], "own-stack mode"),
+        ("reliability", ["--router", "http://127.0.0.1:8000", "--no-link-faults"], "own-stack mode"),
+        ("reliability", ["--cloud", "http://127.0.0.1:8090"], "add --router"),
+        ("load", ["--allow-remote"], "add --router"),
+        ("reliability", ["--router", "http://127.0.0.1:8000", "--cloud-key-file", "k.json"], "needs --cloud"),
+    ],
+)
 def test_mixed_modes_are_refused(name, argv, reason, capsys):
     module = MODULES[name]
     code = run_cli(module.main, module.get_args_parser, argv)
@@ -150,20 +192,36 @@ def test_mixed_modes_are_refused(name, argv, reason, capsys):
 def test_no_router_answering_is_one_line(capsys, tmp_path):
     import socket
 
-    with socket.socket() as s:   # a loopback port that nothing listens on
+    with socket.socket() as s:  # a loopback port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = run_cli(load.main, load.get_args_parser,
-                   ["--router", f"http://127.0.0.1:{port}", "--out", str(tmp_path), "--levels", "1"])
+    code = run_cli(
+        load.main,
+        load.get_args_parser,
+        ["--router", f"http://127.0.0.1:{port}", "--out", str(tmp_path), "--levels", "1"],
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: no router answers at"), err
 
 
 # -- real runs against the stand-in ----------------------------------------------------------------
 def test_load_against_an_existing_deployment(fake_router, fake_fashion_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(load, "plot", lambda report, out: None)   # matplotlib is not under test
-    argv = ["--router", fake_router, "--levels", "1", "2", "--seconds", "0.5", "--max-requests", "200",
-            "--data-root", str(fake_fashion_root), "--out", str(tmp_path)]
+    monkeypatch.setattr(load, "plot", lambda report, out: None)  # matplotlib is not under test
+    argv = [
+        "--router",
+        fake_router,
+        "--levels",
+        "1",
+        "2",
+        "--seconds",
+        "0.5",
+        "--max-requests",
+        "200",
+        "--data-root",
+        str(fake_fashion_root),
+        "--out",
+        str(tmp_path),
+    ]
     monkeypatch.setattr(sys, "argv", ["benchmarks/load.py", *argv])
     assert run_cli(load.main, load.get_args_parser, argv) == 0
     report = json.loads((tmp_path / "load.json").read_text())
@@ -174,21 +232,35 @@ def test_load_against_an_existing_deployment(fake_router, fake_fashion_root, tmp
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in levels)
     assert sum(r["requests"] for r in levels) == FakeRouter.posts
     assert all(r["requests"] <= 200 for r in levels)
-    assert report["profiles"]["existing"]["rss"] == {} and "not sampled" in \
-        report["profiles"]["existing"]["rss_note"]
+    assert (
+        report["profiles"]["existing"]["rss"] == {}
+        and "not sampled" in report["profiles"]["existing"]["rss_note"]
+    )
     summary = (tmp_path / "summary.md").read_text()
     assert fake_router in summary and "not sampled" in summary
 
 
-def test_latency_against_an_existing_deployment_records_provenance(fake_router, fake_fashion_root,
-                                                                   tmp_path, monkeypatch):
+def test_latency_against_an_existing_deployment_records_provenance(
+    fake_router, fake_fashion_root, tmp_path, monkeypatch
+):
     monkeypatch.setattr(latency_report, "plots", lambda *a: None)
-    argv = ["--router", fake_router, "--per-cell", "1", "--max-minutes", "1", "--quiet",
-            "--data-root", str(fake_fashion_root), "--out", str(tmp_path)]
+    argv = [
+        "--router",
+        fake_router,
+        "--per-cell",
+        "1",
+        "--max-minutes",
+        "1",
+        "--quiet",
+        "--data-root",
+        str(fake_fashion_root),
+        "--out",
+        str(tmp_path),
+    ]
     monkeypatch.setattr(sys, "argv", ["benchmarks/latency.py", *argv])
     assert run_cli(latency.main, latency.get_args_parser, argv) == 0
     n_requests = FakeRouter.posts
-    assert n_requests == len(latency.configs()) * (len(latency.CELLS) + 1)   # + one warm-up each
+    assert n_requests == len(latency.configs()) * (len(latency.CELLS) + 1)  # + one warm-up each
     meta = json.loads((tmp_path / "run.json").read_text())
     entry = meta["profiles"]["existing"]
     assert entry["mode"] == "existing deployment" and entry["targets"] == {"router": fake_router}
@@ -209,16 +281,19 @@ def test_latency_against_an_existing_deployment_records_provenance(fake_router, 
     assert by["command"] in (tmp_path / "summary.md").read_text()
 
 
-def test_reliability_faults_are_skipped_against_an_existing_deployment(fake_router, tmp_path,
-                                                                       monkeypatch, capsys):
+def test_reliability_faults_are_skipped_against_an_existing_deployment(
+    fake_router, tmp_path, monkeypatch, capsys
+):
     argv = ["--router", fake_router, "--parts", "faults", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", ["benchmarks/reliability.py", *argv])
     assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
-    assert FakeRouter.posts == 0   # nothing sent, nothing stopped
+    assert FakeRouter.posts == 0  # nothing sent, nothing stopped
     assert "faults skipped" in capsys.readouterr().out
     result = json.loads((tmp_path / "reliability.json").read_text())
-    assert [r["scenario"] for r in result["faults"]] == [*reliability.LOOPBACK_SCENARIOS,
-                                                         *reliability.LINK_SCENARIOS]
+    assert [r["scenario"] for r in result["faults"]] == [
+        *reliability.LOOPBACK_SCENARIOS,
+        *reliability.LINK_SCENARIOS,
+    ]
     for row in result["faults"]:
         assert "existing deployment" in row["skipped"]
         assert row["produced_by"]["mode"] == "existing deployment"
@@ -229,9 +304,16 @@ def test_reliability_faults_are_skipped_against_an_existing_deployment(fake_rout
 
 # -- provenance of results written before it was per profile / per part ----------------------------
 def test_latency_legacy_run_json_keeps_its_invocation_and_unknown_profiles(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({
-        "command": "python -m benchmarks.latency --per-cell 20", "wall_time_s": 496.2, "per_cell": 20,
-        "profiles": {"lan": {"name": "lan", "rtt_ms": 1.0}}}))
+    (tmp_path / "run.json").write_text(
+        json.dumps(
+            {
+                "command": "python -m benchmarks.latency --per-cell 20",
+                "wall_time_s": 496.2,
+                "per_cell": 20,
+                "profiles": {"lan": {"name": "lan", "rtt_ms": 1.0}},
+            }
+        )
+    )
     meta = latency.load_run_meta(tmp_path / "run.json")
     assert meta["invocations"][0]["command"] == "python -m benchmarks.latency --per-cell 20"
     assert meta["invocations"][0]["profiles_run"] is None
@@ -241,22 +323,49 @@ def test_latency_legacy_run_json_keeps_its_invocation_and_unknown_profiles(tmp_p
 
 
 def test_reliability_legacy_command_is_attributed_only_to_the_parts_it_ran(tmp_path):
-    row = {"sent": 1, "correct": 1, "wrong": 0, "degraded": 0, "errors": 0, "lost": 0, "error_statuses": [],
-           "longest_s": 0.1, "deadline_s": 1.0}
+    row = {
+        "sent": 1,
+        "correct": 1,
+        "wrong": 0,
+        "degraded": 0,
+        "errors": 0,
+        "lost": 0,
+        "error_statuses": [],
+        "longest_s": 0.1,
+        "deadline_s": 1.0,
+    }
     legacy = {
         "command": "python -m benchmarks.reliability --parts fuzz faults --no-link-faults --quiet",
-        "fuzz": {"inputs": 1, "router_inputs": 1, "cloud_inputs": 0, "status_5xx": 0, "worker_deaths": 0,
-                 "hung": 0, "statuses": {"400": 1}, "still_correct_after": True, "examples_5xx": []},
+        "fuzz": {
+            "inputs": 1,
+            "router_inputs": 1,
+            "cloud_inputs": 0,
+            "status_5xx": 0,
+            "worker_deaths": 0,
+            "hung": 0,
+            "statuses": {"400": 1},
+            "still_correct_after": True,
+            "examples_5xx": [],
+        },
         "faults": [{**row, "scenario": "cloud_stopped"}, {**row, "scenario": "lossy_link_10pct"}],
-        "soak": {"minutes": 10, "clients": 4, "requests": 5, "errors": 0, "degraded": 0, "per_minute": [],
-                 "rss": {}, "rss_growth_max": None, "p99_first_last_ms": None},
+        "soak": {
+            "minutes": 10,
+            "clients": 4,
+            "requests": 5,
+            "errors": 0,
+            "degraded": 0,
+            "per_minute": [],
+            "rss": {},
+            "rss_growth_max": None,
+            "p99_first_last_ms": None,
+        },
     }
     (tmp_path / "reliability.json").write_text(json.dumps(legacy))
     result = reliability.load_result(tmp_path / "reliability.json")
     assert "command" not in result and result["invocations"][0]["command"] == legacy["command"]
     assert result["fuzz"]["produced_by"]["command"] == legacy["command"]
     assert result["faults"][0]["produced_by"]["command"] == legacy["command"]
-    assert result["faults"][1]["produced_by"] is None   # kept from an earlier run: unknown
+    assert result["faults"][1]["produced_by"] is None  # kept from an earlier run: unknown
     assert result["soak"]["produced_by"] is None
     reliability.write_markdown(result, tmp_path / "reliability.md")
     text = (tmp_path / "reliability.md").read_text()
@@ -271,8 +380,18 @@ def test_reliability_abuse_against_an_existing_loopback_deployment(fake_router, 
 
     monkeypatch.setattr(reliability, "control_image", lambda: encode_image(textured_image(0, 16)))
     monkeypatch.setattr(abuse, "SETTLE_S", 0.2)
-    argv = ["--router", fake_router, "--parts", "abuse", "--abuse-seconds", "1", "--abuse-scale", "0.01",
-            "--out", str(tmp_path)]
+    argv = [
+        "--router",
+        fake_router,
+        "--parts",
+        "abuse",
+        "--abuse-seconds",
+        "1",
+        "--abuse-scale",
+        "0.01",
+        "--out",
+        str(tmp_path),
+    ]
     monkeypatch.setattr(sys, "argv", ["benchmarks/reliability.py", *argv])
     assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
     result = json.loads((tmp_path / "reliability.json").read_text())
@@ -282,7 +401,7 @@ def test_reliability_abuse_against_an_existing_loopback_deployment(fake_router, 
     assert a["produced_by"]["mode"] == "existing deployment"
     for s in a["scenarios"]:
         assert s["control"]["sent"] == 1 and s["without_answer"] == 0
-        assert s["router_threads_max"] is None and s["router_rss_mb_max"] is None   # no pid of ours
+        assert s["router_threads_max"] is None and s["router_rss_mb_max"] is None  # no pid of ours
         assert s["checks"]["router_measured"] is None and s["passed"], s["checks"]
     assert a["passed"] and result["checks"]["abuse_every_scenario_passed"] is True
     assert result["router_rss_mb_max_all"] is None
@@ -304,11 +423,24 @@ def test_reliability_abuse_is_skipped_for_a_remote_deployment(tmp_path, monkeypa
 
 
 def _scenario(name, *, p99=20.0, without=0, rss=150.0, threads=4, statuses=None, **extra):
-    return {"scenario": name, "sockets": 300, "without_answer": without,
-            "control": {"sent": 8, "answered": 8 - without, "status_counts": statuses or {"200": 8 - without},
-                        "p50_ms": 10.0, "p99_ms": p99, "max_ms": p99},
-            "router_threads_max": threads, "router_rss_mb_max": rss, "dropped_by_server": 0,
-            "control_after": {"status": 200, "ms": 5.0}, **extra}
+    return {
+        "scenario": name,
+        "sockets": 300,
+        "without_answer": without,
+        "control": {
+            "sent": 8,
+            "answered": 8 - without,
+            "status_counts": statuses or {"200": 8 - without},
+            "p50_ms": 10.0,
+            "p99_ms": p99,
+            "max_ms": p99,
+        },
+        "router_threads_max": threads,
+        "router_rss_mb_max": rss,
+        "dropped_by_server": 0,
+        "control_after": {"status": 200, "ms": 5.0},
+        **extra,
+    }
 
 
 def test_reliability_abuse_checks_and_the_must_show():
@@ -317,8 +449,10 @@ def test_reliability_abuse_checks_and_the_must_show():
     # the burst's control mostly meets the in-flight limit: answered and fast is what counts
     burst = _scenario("overload_burst", statuses={"503": 8}, unexpected_status=0, without_retry_after_503=0)
     assert all(reliability.abuse_checks(burst).values())
-    assert reliability.abuse_checks({**burst, "without_retry_after_503": 3})[
-        "burst_200_or_503_with_retry_after"] is False
+    assert (
+        reliability.abuse_checks({**burst, "without_retry_after_503": 3})["burst_200_or_503_with_retry_after"]
+        is False
+    )
     slow = reliability.abuse_checks(_scenario("idle_keepalive", p99=1200.0))
     assert slow["control_p99_under_1000ms"] is False
     assert reliability.abuse_checks(_scenario("x", without=1))["none_without_answer"] is False
@@ -329,18 +463,29 @@ def test_reliability_abuse_checks_and_the_must_show():
     for s in scenarios:
         s["checks"] = reliability.abuse_checks(s)
         s["passed"] = all(v is not False for v in s["checks"].values())
-    r = {"abuse": {"scenarios": scenarios, "passed": False, "seconds": 20, "scale": 1.0, "max_in_flight": 32,
-                   "max_body_bytes": 8 << 20, "control_p99_limit_ms": 1000.0, "router_rss_limit_mb": 300.0},
-         "soak": {"errors": 0, "router_rss_mb_max": 200.0},
-         "faults": [{"scenario": n, "lost": 0, "router_rss_mb_max": 180.0}
-                    for n in reliability.LOOPBACK_SCENARIOS],
-         "fuzz": {"inputs": 10000, "status_5xx": 0, "hung": 0, "router_rss_mb_max": None}}
+    r = {
+        "abuse": {
+            "scenarios": scenarios,
+            "passed": False,
+            "seconds": 20,
+            "scale": 1.0,
+            "max_in_flight": 32,
+            "max_body_bytes": 8 << 20,
+            "control_p99_limit_ms": 1000.0,
+            "router_rss_limit_mb": 300.0,
+        },
+        "soak": {"errors": 0, "router_rss_mb_max": 200.0},
+        "faults": [
+            {"scenario": n, "lost": 0, "router_rss_mb_max": 180.0} for n in reliability.LOOPBACK_SCENARIOS
+        ],
+        "fuzz": {"inputs": 10000, "status_5xx": 0, "hung": 0, "router_rss_mb_max": None},
+    }
     r.update(reliability.router_rss_overall(r))
     assert r["router_rss_mb_max_all"] == 320.0 and r["router_rss_mb_max_all_in"] == "abuse/partial_uploads"
     assert r["router_rss_not_sampled_in"] == ["fuzz"]
     checks = reliability.must_show(r)
     assert checks["fuzz_10000_inputs_0_5xx_0_hung"] is True and checks["faults_0_lost"] is True
-    assert checks["faults_all_scenarios_ran"] is False   # the emulated-link rows are missing
+    assert checks["faults_all_scenarios_ran"] is False  # the emulated-link rows are missing
     assert checks["soak_0_errors"] is True and checks["abuse_every_scenario_passed"] is False
     assert checks["router_rss_under_300mb_throughout"] is False
 
@@ -348,10 +493,24 @@ def test_reliability_abuse_checks_and_the_must_show():
 def test_reliability_fate_table_counts_every_request():
     from benchmarks.loadgen import LOST, REFUSED, Record
 
-    records = [Record(200, 0.1, 0, 3, {"class": 3, "degraded": False}),
-               Record(200, 0.2, 0, 3, {"class": 4, "degraded": False}),
-               Record(200, 0.3, 0, 3, {"class": 3, "degraded": True}),
-               Record(503, 0.01, 0, 3), Record(LOST, 11.0, 0, 3), Record(REFUSED, 0.0, 0, 3)]
+    records = [
+        Record(200, 0.1, 0, 3, {"class": 3, "degraded": False}),
+        Record(200, 0.2, 0, 3, {"class": 4, "degraded": False}),
+        Record(200, 0.3, 0, 3, {"class": 3, "degraded": True}),
+        Record(503, 0.01, 0, 3),
+        Record(LOST, 11.0, 0, 3),
+        Record(REFUSED, 0.0, 0, 3),
+    ]
     row = reliability.fate_table("x", records, 1000.0)
-    assert row == {"scenario": "x", "sent": 6, "correct": 1, "wrong": 1, "degraded": 1, "errors": 2,
-                   "lost": 1, "error_statuses": ["503", "refused"], "longest_s": 11.0, "deadline_s": 1.0}
+    assert row == {
+        "scenario": "x",
+        "sent": 6,
+        "correct": 1,
+        "wrong": 1,
+        "degraded": 1,
+        "errors": 2,
+        "lost": 1,
+        "error_statuses": ["503", "refused"],
+        "longest_s": 11.0,
+        "deadline_s": 1.0,
+    }

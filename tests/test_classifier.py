@@ -32,10 +32,33 @@ def test_too_small_input_is_refused():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(fake_fashion_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "classifier.pt"
-    args = train_classifier.get_args_parser().parse_args([
-        "--data-root", str(fake_fashion_root), "--out", str(out), "--input-size", "32", "--image-size", "32",
-        "--photo-fraction", "0", "--epochs", "6", "--samples-per-epoch", "640",
-        "--val-limit", "20", "--workers", "0", "--quiet", "--lr", "3e-3", "--dropout", "0"])
+    args = train_classifier.get_args_parser().parse_args(
+        [
+            "--data-root",
+            str(fake_fashion_root),
+            "--out",
+            str(out),
+            "--input-size",
+            "32",
+            "--image-size",
+            "32",
+            "--photo-fraction",
+            "0",
+            "--epochs",
+            "6",
+            "--samples-per-epoch",
+            "640",
+            "--val-limit",
+            "20",
+            "--workers",
+            "0",
+            "--quiet",
+            "--lr",
+            "3e-3",
+            "--dropout",
+            "0",
+        ]
+    )
     payload = train_classifier.main(args)
     return out, payload
 
@@ -53,9 +76,21 @@ def test_training_learns_and_checkpoint_records_config(tiny_checkpoint):
 def test_evaluation_writes_the_documented_json(tiny_checkpoint, fake_fashion_root, tmp_path):
     path, payload = tiny_checkpoint
     out = tmp_path / "classifier.json"
-    args = eval_classifier.get_args_parser().parse_args([
-        "--checkpoint", str(path), "--data-root", str(fake_fashion_root), "--photo-crops", "0",
-        "--workers", "0", "--quiet", "--json", str(out)])
+    args = eval_classifier.get_args_parser().parse_args(
+        [
+            "--checkpoint",
+            str(path),
+            "--data-root",
+            str(fake_fashion_root),
+            "--photo-crops",
+            "0",
+            "--workers",
+            "0",
+            "--quiet",
+            "--json",
+            str(out),
+        ]
+    )
     result = eval_classifier.main(args)
     saved = json.loads(out.read_text())
     assert saved["accuracy"] == result["accuracy"] and 0 <= saved["accuracy"] <= 1
@@ -108,6 +143,16 @@ def test_cli_unreadable_image_in_dataset(tmp_path):
     for i in range(10):
         (root / f"{i}.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
     (root / "ok.png").write_bytes(encode_image(torch.zeros(8, 8, 3, dtype=torch.uint8).numpy()))
-    r = _cli("training.distort", "--data", str(tmp_path / "ds"), "--split", "train",
-             "--distortion-type", "gaussian_blur", "--out", str(tmp_path / "out"), "--quiet")
+    r = _cli(
+        "training.distort",
+        "--data",
+        str(tmp_path / "ds"),
+        "--split",
+        "train",
+        "--distortion-type",
+        "gaussian_blur",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and ".jpg" in r.stderr

@@ -25,12 +25,12 @@ def pool(n=3, **kw):
 def test_least_outstanding_first_and_turns_among_equals():
     p = pool()
     firsts = [p.order(["c0", "c1", "c2"])[0].name for _ in range(6)]
-    assert sorted(firsts) == ["c0", "c0", "c1", "c1", "c2", "c2"]     # round robin on ties
+    assert sorted(firsts) == ["c0", "c0", "c1", "c1", "c2", "c2"]  # round robin on ties
     p.begin("c0")
     p.begin("c0")
     p.begin("c1")
     assert [e.name for e in p.order(["c0", "c1", "c2"])] == ["c2", "c1", "c0"]
-    assert [e.name for e in p.order(["c0", "c1"])][0] == "c1"        # only those serving the expert
+    assert [e.name for e in p.order(["c0", "c1"])][0] == "c1"  # only those serving the expert
     assert p.order(["unknown"]) == []
 
 
@@ -40,24 +40,31 @@ def test_a_failed_endpoint_is_out_until_listed_again_or_its_trial():
     p.begin("c0")
     p.end("c0", failed=True)
     assert [e.name for e in p.order(["c0", "c1"])] == ["c1"]
-    assert [e.name for e in p.order(["c0", "c1"], {"c0": clock.now - 1})] == ["c1"]   # listed before
+    assert [e.name for e in p.order(["c0", "c1"], {"c0": clock.now - 1})] == ["c1"]  # listed before
     clock.now += 1
     assert {e.name for e in p.order(["c0", "c1"], {"c0": clock.now})} == {"c0", "c1"}  # health check
     p.begin("c1")
     p.end("c1", failed=True)
     clock.now += 11
-    assert {e.name for e in p.order(["c0", "c1"])} == {"c0", "c1"}                    # on trial
+    assert {e.name for e in p.order(["c0", "c1"])} == {"c0", "c1"}  # on trial
     assert all(s["up"] and s["outstanding"] == 0 for s in p.describe().values())
 
 
 def test_oip_answer_becomes_predictions_and_malformed_ones_are_refused():
-    body = json.dumps({"outputs": [{"name": "class", "data": [3, 1]},
-                                   {"name": "confidence", "data": [0.5, 0.9]}],
-                       "parameters": {"run_id": "r1"}}).encode()
+    body = json.dumps(
+        {
+            "outputs": [{"name": "class", "data": [3, 1]}, {"name": "confidence", "data": [0.5, 0.9]}],
+            "parameters": {"run_id": "r1"},
+        }
+    ).encode()
     assert json.loads(oip_predictions(body)) == {
-        "predictions": [{"class": 3, "confidence": 0.5}, {"class": 1, "confidence": 0.9}], "run_id": "r1"}
-    for bad in ({"outputs": [{"name": "class", "data": [1]}]},
-                {"outputs": [{"name": "class", "data": [1]}, {"name": "confidence", "data": []}]}):
+        "predictions": [{"class": 3, "confidence": 0.5}, {"class": 1, "confidence": 0.9}],
+        "run_id": "r1",
+    }
+    for bad in (
+        {"outputs": [{"name": "class", "data": [1]}]},
+        {"outputs": [{"name": "class", "data": [1]}, {"name": "confidence", "data": []}]},
+    ):
         with pytest.raises((KeyError, ValueError)):
             oip_predictions(json.dumps(bad).encode())
 
@@ -88,10 +95,10 @@ def test_a_failed_offload_is_retried_on_the_next_replica():
     up = FakeUpstream(p, {"c0": UpstreamUnreachable("refused"), "c1": ok})
     replies = [run(up.post(None, "cloud_x", b"", {}, 5.0)) for _ in range(2)]
     assert all(r is ok for r in replies)
-    assert up.sent == ["c0", "c1", "c1"] and up.retries == ["c1"]   # c0 tried once, then out
+    assert up.sent == ["c0", "c1", "c1"] and up.retries == ["c1"]  # c0 tried once, then out
     assert not p.describe()["c0"]["up"] and p.describe()["c1"]["up"]
     up = FakeUpstream(pool(2), {"c0": Reply(503, {}, b"{}"), "c1": Reply(500, {}, b"{}")})
-    assert run(up.post(None, "cloud_x", b"", {}, 5.0)).status in (500, 503)      # both failed: the last
+    assert run(up.post(None, "cloud_x", b"", {}, 5.0)).status in (500, 503)  # both failed: the last
 
 
 def test_a_timeout_is_not_retried_and_does_not_take_the_endpoint_out():

@@ -73,16 +73,22 @@ def json_reply(status=200, **data):
 
 
 def edge_exit(k=1, cls=3, conf=0.93):
-    return json_reply(exited=True, exit=k, exit_name=f"branch{k}", **{"class": cls},
-                      class_name=NAMES[cls], confidence=conf)
+    return json_reply(
+        exited=True, exit=k, exit_name=f"branch{k}", **{"class": cls}, class_name=NAMES[cls], confidence=conf
+    )
 
 
 def split_reply(conf=(0.3, 0.5, 0.6), pred=(1, 2, 3), compression="fp32", branches=None):
     if branches is None:
-        branches = [{"exit": k, "confidence": c, "class": p}
-                    for k, (c, p) in enumerate(zip(conf, pred, strict=True))]
-    body, n = wire.encode(np.ones((1, 160, 2, 2), np.float32), name="stage2", compression=compression,
-                          parameters={"exited": False, "branches": branches})
+        branches = [
+            {"exit": k, "confidence": c, "class": p} for k, (c, p) in enumerate(zip(conf, pred, strict=True))
+        ]
+    body, n = wire.encode(
+        np.ones((1, 160, 2, 2), np.float32),
+        name="stage2",
+        compression=compression,
+        parameters={"exited": False, "branches": branches},
+    )
     return Reply(200, {wire.HEADER_LENGTH: str(n), "Content-Type": wire.CONTENT_TYPE}, body)
 
 
@@ -95,6 +101,7 @@ def classifier(distortion="gaussian_blur", delay=0.0):
         assert body == IMAGE
         await asyncio.sleep(delay)
         return distortion, {distortion: 0.9, "pristine": 0.1}
+
     return classify
 
 
@@ -122,21 +129,27 @@ def test_a_confident_side_branch_answers_on_the_classifiers_expert():
     assert {"classifier_ms", "edge_ms", "total_ms"} <= set(out["timings_ms"])
 
 
-@pytest.mark.parametrize("conf, final_conf, exit_, cls", [
-    ((0.3, 0.5, 0.6), 0.9, 3, 7),     # the final exit reaches the threshold
-    ((0.3, 0.75, 0.6), 0.7, 1, 2),    # nothing does: the most confident exit of all (branch1)
-    ((0.3, 0.5, 0.6), 0.65, 3, 7),    # nothing does: the final exit is the most confident
-])
+@pytest.mark.parametrize(
+    "conf, final_conf, exit_, cls",
+    [
+        ((0.3, 0.5, 0.6), 0.9, 3, 7),  # the final exit reaches the threshold
+        ((0.3, 0.75, 0.6), 0.7, 1, 2),  # nothing does: the most confident exit of all (branch1)
+        ((0.3, 0.5, 0.6), 0.65, 3, 7),  # nothing does: the final exit is the most confident
+    ],
+)
 @pytest.mark.parametrize("compression, itemsize", [("fp32", 4), ("fp16", 2)])
-def test_offload_sends_the_split_unchanged_and_the_exit_rule_decides(conf, final_conf, exit_, cls,
-                                                                      compression, itemsize):
+def test_offload_sends_the_split_unchanged_and_the_exit_rule_decides(
+    conf, final_conf, exit_, cls, compression, itemsize
+):
     edge = split_reply(conf, compression=compression)
     up = FakeUpstream(edge, cloud_reply(7, final_conf))
     out = answer(up, compression=compression)
     cloud = up.calls[1]
     assert (cloud.role, cloud.model, cloud.body) == ("cloud", "cloud_gaussian_blur", edge.content)
-    assert cloud.headers == {wire.HEADER_LENGTH: edge.headers[wire.HEADER_LENGTH],
-                             "Content-Type": wire.CONTENT_TYPE}
+    assert cloud.headers == {
+        wire.HEADER_LENGTH: edge.headers[wire.HEADER_LENGTH],
+        "Content-Type": wire.CONTENT_TYPE,
+    }
     assert out["offloaded"] is True and out["degraded"] is False and out["compression"] == compression
     assert out["offloaded_bytes"] == 160 * 2 * 2 * itemsize
     assert (out["exit"], out["class"], out["class_name"]) == (exit_, cls, NAMES[cls])
@@ -162,17 +175,20 @@ def test_a_cloud_past_the_deadline_degrades_to_the_best_edge_branch(edge_step):
     assert out["degraded"] is True and out["degraded_kind"] == "deadline"
     assert (out["exit"], out["exit_name"], out["class"], out["confidence"]) == (2, "branch2", 3, 0.6)
     assert out["offloaded"] is True
-    assert len(up.calls) == (1 if isinstance(edge_step, tuple) else 2)   # a late edge: the cloud not tried
+    assert len(up.calls) == (1 if isinstance(edge_step, tuple) else 2)  # a late edge: the cloud not tried
 
 
-@pytest.mark.parametrize("cloud_step, kind", [
-    (json_reply(500, error="worker died"), "cloud_error"),
-    (UpstreamUnreachable("refused"), "cloud_error"),
-    (json_reply(200, oops=1), "cloud_error"),                    # no predictions
-    (Reply(200, {}, b"<html>"), "cloud_error"),                  # not JSON
-    (json_reply(400, error="bad tensor"), "cloud_refused"),
-    (json_reply(413, error="too big"), "cloud_refused"),
-])
+@pytest.mark.parametrize(
+    "cloud_step, kind",
+    [
+        (json_reply(500, error="worker died"), "cloud_error"),
+        (UpstreamUnreachable("refused"), "cloud_error"),
+        (json_reply(200, oops=1), "cloud_error"),  # no predictions
+        (Reply(200, {}, b"<html>"), "cloud_error"),  # not JSON
+        (json_reply(400, error="bad tensor"), "cloud_refused"),
+        (json_reply(413, error="too big"), "cloud_refused"),
+    ],
+)
 def test_a_failing_cloud_degrades(cloud_step, kind):
     out = answer(FakeUpstream(split_reply((0.7, 0.5, 0.6), (4, 2, 3)), cloud_step))
     assert out["degraded"] is True and out["degraded_kind"] == kind and out["degraded_reason"]
@@ -184,21 +200,24 @@ def test_a_cloud_model_that_went_away_degrades():
     assert out["degraded"] is True and "Model not found" in out["degraded_reason"]
 
 
-@pytest.mark.parametrize("edge_step, status", [
-    (json_reply(500, error="worker died"), 502),
-    (json_reply(503, error="busy"), 502),
-    (UpstreamUnreachable("refused"), 502),
-    (json_reply(404, message="Model not found"), 503),           # a discovered model went away
-    (json_reply(415, error="not an image"), 415),                # the handler's refusal passes on
-    (json_reply(400, error="threshold"), 400),
-    (Reply(200, {}, b"not json"), 502),
-    (json_reply(exited=True, exit=1), 502),                      # JSON lacking the answer
-    (Reply(200, {wire.HEADER_LENGTH: "9"}, b"{garbage}xx"), 502),   # a malformed tensor
-])
+@pytest.mark.parametrize(
+    "edge_step, status",
+    [
+        (json_reply(500, error="worker died"), 502),
+        (json_reply(503, error="busy"), 502),
+        (UpstreamUnreachable("refused"), 502),
+        (json_reply(404, message="Model not found"), 503),  # a discovered model went away
+        (json_reply(415, error="not an image"), 415),  # the handler's refusal passes on
+        (json_reply(400, error="threshold"), 400),
+        (Reply(200, {}, b"not json"), 502),
+        (json_reply(exited=True, exit=1), 502),  # JSON lacking the answer
+        (Reply(200, {wire.HEADER_LENGTH: "9"}, b"{garbage}xx"), 502),  # a malformed tensor
+    ],
+)
 def test_edge_failures_refuse_the_request(edge_step, status):
     up = FakeUpstream(edge_step, cloud_reply())
     exc = refusal(up)
-    assert exc.status == status and str(exc) and len(up.calls) == 1   # the cloud is never tried
+    assert exc.status == status and str(exc) and len(up.calls) == 1  # the cloud is never tried
     if status == 415:
         assert "not an image" in str(exc)
 
@@ -213,9 +232,10 @@ def test_timeouts_are_what_is_left_of_the_deadline():
 
 @pytest.mark.parametrize("expert, model", [(None, "full_conventional"), ("pristine", "full_pristine")])
 def test_cloud_only_sends_the_image_to_the_full_archive(expert, model):
-    up = FakeUpstream(json_reply(exit=3, exit_name="final", **{"class": 2}, class_name=NAMES[2],
-                                 confidence=0.8))
-    decider = Decider(lambda: CATALOGUE, None, up)   # no classifier needed
+    up = FakeUpstream(
+        json_reply(exit=3, exit_name="final", **{"class": 2}, class_name=NAMES[2], confidence=0.8)
+    )
+    decider = Decider(lambda: CATALOGUE, None, up)  # no classifier needed
     out = asyncio.run(decider.answer(IMAGE, replace(OPTIONS, mode="cloud_only", expert=expert)))
     [call] = up.calls
     assert (call.role, call.model, call.body) == ("cloud", model, IMAGE)
@@ -223,10 +243,15 @@ def test_cloud_only_sends_the_image_to_the_full_archive(expert, model):
     assert (out["exit"], out["class"], out["compression"], out["degraded"]) == (3, 2, "image", False)
 
 
-@pytest.mark.parametrize("cloud_step, status", [
-    (json_reply(404, message="Model not found"), 404), (("slow", 5.0, None), 504),
-    (json_reply(500), 502), (json_reply(exit=3), 502),
-])
+@pytest.mark.parametrize(
+    "cloud_step, status",
+    [
+        (json_reply(404, message="Model not found"), 404),
+        (("slow", 5.0, None), 504),
+        (json_reply(500), 502),
+        (json_reply(exit=3), 502),
+    ],
+)
 def test_cloud_only_failures(cloud_step, status):
     exc = refusal(FakeUpstream(cloud_step), mode="cloud_only", deadline_s=0.05)
     assert exc.status == status
@@ -245,6 +270,7 @@ def test_edge_only_never_offloads():
 def test_an_expert_named_by_the_request_skips_the_classifier():
     async def never(body):
         raise AssertionError("the classifier ran")
+
     up = FakeUpstream(edge_exit())
     out = answer(up, never, expert="pristine")
     assert up.calls[0].model == "edge_pristine" and out["expert"] == "pristine"
@@ -262,8 +288,10 @@ def test_expert_refusals():
     assert info.value.status == 503 and "classifier" in str(info.value)
 
 
-@pytest.mark.parametrize("body, status", [(b"", 400), (b"GIF89a" + bytes(40), 415),
-                                          (IMAGE[:20], 400), (IMAGE + bytes(10_000), 413)])
+@pytest.mark.parametrize(
+    "body, status",
+    [(b"", 400), (b"GIF89a" + bytes(40), 415), (IMAGE[:20], 400), (IMAGE + bytes(10_000), 413)],
+)
 def test_bodies_are_checked_before_any_upstream(body, status):
     up = FakeUpstream()
     decider = Decider(lambda: CATALOGUE, classifier(), up, Defaults(max_body_bytes=len(IMAGE) + 100))
@@ -274,20 +302,38 @@ def test_bodies_are_checked_before_any_upstream(body, status):
 
 def test_parse_options_defaults_and_values():
     assert parse_options({}, Defaults()) == Options(0.8, "fp32", 2.0, None, "auto")
-    got = parse_options({"threshold": ["0.5"], "compression": ["FP16"], "deadline_ms": ["100"],
-                         "expert": ["gaussian_blur"], "mode": ["Edge_Only"]}, Defaults())
+    got = parse_options(
+        {
+            "threshold": ["0.5"],
+            "compression": ["FP16"],
+            "deadline_ms": ["100"],
+            "expert": ["gaussian_blur"],
+            "mode": ["Edge_Only"],
+        },
+        Defaults(),
+    )
     assert got == Options(0.5, "fp16", 0.1, "gaussian_blur", "edge_only")
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"threshold": ["abc"]}, "not a number"), ({"threshold": ["0"]}, "threshold must be"),
-    ({"threshold": ["1.5"]}, "threshold must be"), ({"threshold": ["nan"]}, "threshold must be"),
-    ({"threshold": [""]}, "not a number"), ({"deadline_ms": ["10"]}, "at least 50"),
-    ({"deadline_ms": ["inf"]}, "deadline_ms must be"), ({"compression": ["bf16"]}, "compression"),
-    ({"mode": ["fast"]}, "mode"), ({"expert": ["../etc"]}, "expert"), ({"expert": [""]}, "expert"),
-    ({"expert": ["a" * 65]}, "expert"), ({"threshold": ["0.5", "0.6"]}, "more than once"),
-    ({"foo": ["1"], "bar": [""]}, "unknown query parameter.*'bar', 'foo'"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"threshold": ["abc"]}, "not a number"),
+        ({"threshold": ["0"]}, "threshold must be"),
+        ({"threshold": ["1.5"]}, "threshold must be"),
+        ({"threshold": ["nan"]}, "threshold must be"),
+        ({"threshold": [""]}, "not a number"),
+        ({"deadline_ms": ["10"]}, "at least 50"),
+        ({"deadline_ms": ["inf"]}, "deadline_ms must be"),
+        ({"compression": ["bf16"]}, "compression"),
+        ({"mode": ["fast"]}, "mode"),
+        ({"expert": ["../etc"]}, "expert"),
+        ({"expert": [""]}, "expert"),
+        ({"expert": ["a" * 65]}, "expert"),
+        ({"threshold": ["0.5", "0.6"]}, "more than once"),
+        ({"foo": ["1"], "bar": [""]}, "unknown query parameter.*'bar', 'foo'"),
+    ],
+)
 def test_parse_options_refuses_odd_values(params, match):
     with pytest.raises(RouterError, match=match) as info:
         parse_options(params, Defaults())

@@ -22,7 +22,7 @@ def test_inferenceservice_has_what_kserve_requires():
     isvc = docs[0]
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
     name = isvc["metadata"]["name"]
-    assert name and name == name.lower() and len(name) <= 45        # a DNS label with room for suffixes
+    assert name and name == name.lower() and len(name) <= 45  # a DNS label with room for suffixes
     predictor = isvc["spec"]["predictor"]
     assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
     assert predictor["scaleMetric"] in ("concurrency", "rps", "cpu", "memory")
@@ -30,7 +30,7 @@ def test_inferenceservice_has_what_kserve_requires():
     assert predictor["containerConcurrency"] >= predictor["scaleTarget"]
     (container,) = predictor["containers"]
     assert container["name"] == "kserve-container" and container["image"]
-    (port,) = container["ports"]                                    # KServe routes to one port
+    (port,) = container["ports"]  # KServe routes to one port
     args = get_args_parser().parse_args(container["args"])
     assert port["containerPort"] == args.port and args.host == "0.0.0.0"
     for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
@@ -39,8 +39,11 @@ def test_inferenceservice_has_what_kserve_requires():
 
 
 def test_containerfile_copies_what_exists_and_runs_the_predictor():
-    lines = [ln.strip() for ln in (DEPLOY / "Containerfile").read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (DEPLOY / "Containerfile").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     assert lines[0].startswith("FROM python:3.11")
     copies = [shlex.split(ln)[1:] for ln in lines if ln.startswith("COPY")]
     for *sources, _dest in copies:
@@ -49,7 +52,7 @@ def test_containerfile_copies_what_exists_and_runs_the_predictor():
     assert any("requirements-kserve.txt" in ln for ln in lines if ln.startswith("RUN pip install"))
     entry = next(ln for ln in lines if ln.startswith("ENTRYPOINT"))
     assert '"-m", "cloud_kserve"' in entry
-    cmd = yaml.safe_load(next(ln for ln in lines if ln.startswith("CMD"))[len("CMD"):])
+    cmd = yaml.safe_load(next(ln for ln in lines if ln.startswith("CMD"))[len("CMD") :])
     args = get_args_parser().parse_args(cmd)
     assert args.exported == "/models" and any(c[-1] == "/models/" for c in copies)
     assert sorted((ROOT / "models" / "onnx").glob("cloud_*.json")), "no shipped cloud segments to copy"

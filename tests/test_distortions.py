@@ -27,11 +27,11 @@ def test_blur_kernel_is_4_sigma_plus_1_with_that_sigma(sigma):
     rows, cols = np.nonzero(response > 0)
     assert rows.max() - rows.min() + 1 == k and cols.max() - cols.min() + 1 == k
     t = np.arange(k) - k // 2
-    g = np.exp(-t ** 2 / (2.0 * sigma ** 2))
+    g = np.exp(-(t**2) / (2.0 * sigma**2))
     g /= g.sum()
     expected = np.outer(g, g)
     r = k // 2
-    np.testing.assert_allclose(response[30 - r:31 + r, 30 - r:31 + r], expected, atol=1e-6)
+    np.testing.assert_allclose(response[30 - r : 31 + r, 30 - r : 31 + r], expected, atol=1e-6)
 
 
 def test_blur_border_reflect_keeps_edges_constant_darkens_them():

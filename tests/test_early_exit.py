@@ -22,18 +22,25 @@ def test_exits_where_cumulative_macs_cross_25_50_75_percent():
     assert exits == (3, 10, 14)
     total = sum(macs)
     for e, f in zip(exits, (0.25, 0.5, 0.75), strict=True):
-        assert sum(macs[:e + 1]) / total >= f > sum(macs[:e]) / total
+        assert sum(macs[: e + 1]) / total >= f > sum(macs[:e]) / total
 
 
-@pytest.mark.parametrize("size,shapes", [
-    (224, [[24, 56, 56], [64, 14, 14], [160, 7, 7], [1280, 7, 7]]),
-    (64, [[24, 16, 16], [64, 4, 4], [160, 2, 2], [1280, 2, 2]]),
-])
+@pytest.mark.parametrize(
+    "size,shapes",
+    [
+        (224, [[24, 56, 56], [64, 14, 14], [160, 7, 7], [1280, 7, 7]]),
+        (64, [[24, 16, 16], [64, 4, 4], [160, 2, 2], [1280, 2, 2]]),
+    ],
+)
 def test_boundaries_and_shapes(size, shapes):
     rows = describe(ExitConfig(input_size=size))
     assert [r["shape"] for r in rows] == shapes
-    assert [r["blocks"] for r in rows] == ["features[0..3]", "features[4..10]", "features[11..14]",
-                                           "features[15..18]"]
+    assert [r["blocks"] for r in rows] == [
+        "features[0..3]",
+        "features[4..10]",
+        "features[11..14]",
+        "features[15..18]",
+    ]
     assert rows[-1]["macs_fraction"] == pytest.approx(1.0)
 
 

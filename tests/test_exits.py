@@ -21,12 +21,14 @@ def test_softmax_temperature():
 
 
 def test_rule_per_sample():
-    conf = np.array([
-        [0.9, 0.1, 0.1, 0.1],   # first branch answers
-        [0.5, 0.85, 0.95, 0.2],  # second branch is the first to reach 0.8
-        [0.1, 0.2, 0.3, 0.85],  # offloaded, final reaches p_tar
-        [0.6, 0.7, 0.3, 0.5],   # nobody reaches: the most confident (branch 1) answers
-    ])
+    conf = np.array(
+        [
+            [0.9, 0.1, 0.1, 0.1],  # first branch answers
+            [0.5, 0.85, 0.95, 0.2],  # second branch is the first to reach 0.8
+            [0.1, 0.2, 0.3, 0.85],  # offloaded, final reaches p_tar
+            [0.6, 0.7, 0.3, 0.5],  # nobody reaches: the most confident (branch 1) answers
+        ]
+    )
     pred = np.array([[1, 2, 3, 4]] * 4)
     d = decide(conf, pred, 0.8)
     assert list(d.exit_index) == [0, 1, 3, 1]

@@ -90,23 +90,37 @@ def test_broken_segment_fails_parity(tmp_path):
         check_parity(module, path, x, is_logits=True, segment="head")
 
 
-def test_pipeline_matches_pytorch_and_answers_images(exported, backbone, experts, tiny_classifier,
-                                                      fake_fashion_root, tmp_path):
+def test_pipeline_matches_pytorch_and_answers_images(
+    exported, backbone, experts, tiny_classifier, fake_fashion_root, tmp_path
+):
     from core.imaging import encode_image
     from export import pipeline as pipeline_cli
     from tests.conftest import textured_image
 
     out, _ = exported
     args = pipeline_cli.get_args_parser().parse_args(
-        ["--exported", str(out), "--compare-pytorch", "--checkpoints", str(backbone.parent),
-         "--data-root", str(fake_fashion_root), "--limit", "40",
-         "--quiet", "--json", str(tmp_path / "parity.json")])
+        [
+            "--exported",
+            str(out),
+            "--compare-pytorch",
+            "--checkpoints",
+            str(backbone.parent),
+            "--data-root",
+            str(fake_fashion_root),
+            "--limit",
+            "40",
+            "--quiet",
+            "--json",
+            str(tmp_path / "parity.json"),
+        ]
+    )
     result = pipeline_cli.main(args)
     assert result["n"] == 40 and result["agreement"] == 1.0, result["disagreements"][:3]
     written = json.loads((tmp_path / "parity.json").read_text())
     assert written["p_tar"] == 0.8
     # the result names the exact model files it used, as the manifests record them
     from core.manifest import export_file_hashes
+
     assert written["artifacts"]["sha256"] == export_file_hashes(out)
     assert set(written["artifacts"]["checkpoints"]) >= {str(backbone), str(tiny_classifier), *experts}
 
@@ -122,8 +136,11 @@ def test_pipeline_matches_pytorch_and_answers_images(exported, backbone, experts
     assert all(a["offloaded"] for a in pipe.infer(images, 1.0))
     path = tmp_path / "img.png"
     path.write_bytes(encode_image(images[0]))
-    one = pipeline_cli.main(pipeline_cli.get_args_parser().parse_args(
-        ["--exported", str(out), "--images", str(path), "--expert", "gaussian_noise"]))
+    one = pipeline_cli.main(
+        pipeline_cli.get_args_parser().parse_args(
+            ["--exported", str(out), "--images", str(path), "--expert", "gaussian_noise"]
+        )
+    )
     assert one[0]["expert"] == "gaussian_noise"
 
 

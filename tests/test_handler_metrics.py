@@ -26,13 +26,13 @@ def test_counters_sum_and_times_average_over_one_interval():
     buf.add("HandlerTime", 2.0, kind="time")
     buf.add("HandlerTime", 4.0, kind="time")
     clock.now = 0.5
-    assert buf.flush(store) == 0 and store.lines == []          # the interval has not passed
+    assert buf.flush(store) == 0 and store.lines == []  # the interval has not passed
     clock.now = 1.0
     assert buf.flush(store) == 4
     assert store.total("ExitsByBranch", Branch="0") == 2 and store.total("ExitsByBranch", Branch="2") == 1
     assert store.total("OffloadBytes") == 150
     assert [(k, v) for k, n, v, _ in store.lines if n == "HandlerTime"] == [("time", 3.0)]
-    assert buf.pending() == {} and buf.flush(store, force=True) == 0   # nothing twice
+    assert buf.pending() == {} and buf.flush(store, force=True) == 0  # nothing twice
 
 
 def test_flush_without_a_store_keeps_counts_and_later_flush_uses_the_last_store():
@@ -40,11 +40,11 @@ def test_flush_without_a_store_keeps_counts_and_later_flush_uses_the_last_store(
     buf = MetricBuffer(interval_s=1.0, clock=clock)
     buf.add("Offloads", 1)
     clock.now = 5
-    assert buf.flush(None) == 0 and buf.pending()        # no store seen yet: kept, not lost
+    assert buf.flush(None) == 0 and buf.pending()  # no store seen yet: kept, not lost
     buf.flush(store, force=True)
     buf.add("Offloads", 1)
     clock.now = 10
-    assert buf.flush(None) == 1                           # the timer's call: the store it saw last
+    assert buf.flush(None) == 1  # the timer's call: the store it saw last
     assert store.total("Offloads") == 2
 
 
@@ -68,6 +68,7 @@ def test_timer_flushes_a_quiet_worker():
     buf.start_timer()
     try:
         import time
+
         deadline = time.time() + 5
         while store.total("Offloads") < 3 and time.time() < deadline:
             time.sleep(0.02)
@@ -78,7 +79,7 @@ def test_timer_flushes_a_quiet_worker():
 
 def test_quiet_worker_logging_drops_only_the_per_request_lines(caplog):
     quiet_worker_logging()
-    quiet_worker_logging()                                 # idempotent: one filter
+    quiet_worker_logging()  # idempotent: one filter
     metric_log = logging.getLogger("ts.metrics.caching_metric")
     assert len(metric_log.filters) == 1
     with caplog.at_level(logging.INFO):

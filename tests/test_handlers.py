@@ -37,8 +37,11 @@ class RecordingMetrics:
         self.lines.append(("time", name, value, {d.name: d.value for d in dimensions}))
 
     def total(self, name, **dims) -> float:
-        return sum(v for kind, n, v, d in self.lines
-                   if kind == "counter" and n == name and all(d.get(k) == x for k, x in dims.items()))
+        return sum(
+            v
+            for kind, n, v, d in self.lines
+            if kind == "counter" and n == name and all(d.get(k) == x for k, x in dims.items())
+        )
 
 
 class FakeContext:
@@ -84,15 +87,27 @@ def png(seed, level=0, kind="gaussian_blur"):
 
 @pytest.mark.parametrize("expert", EXPERTS)
 def test_archives_carry_what_their_handler_needs(model_store, expert):
-    for role, handler, heads in (("edge", "edge_handler.py", ("branch0", "branch1", "branch2")),
-                                 ("cloud", "cloud_handler.py", ("final",))):
+    for role, handler, heads in (
+        ("edge", "edge_handler.py", ("branch0", "branch1", "branch2")),
+        ("cloud", "cloud_handler.py", ("final",)),
+    ):
         with zipfile.ZipFile(model_store / f"{role}_{expert}.mar") as zf:
             names = set(zf.namelist())
-        manifest = Manifest.from_dict(json.loads(zipfile.ZipFile(
-            model_store / f"{role}_{expert}.mar").read(MANIFEST_NAME)))
-        assert {handler, MANIFEST_NAME, "model-config.yaml", "MAR-INF/MANIFEST.json",
-                "core/imaging.py", "core/wire.py", "core/exits.py", "handlers/runtime.py",
-                "handlers/service.py", "handlers/metrics.py"} <= names
+        manifest = Manifest.from_dict(
+            json.loads(zipfile.ZipFile(model_store / f"{role}_{expert}.mar").read(MANIFEST_NAME))
+        )
+        assert {
+            handler,
+            MANIFEST_NAME,
+            "model-config.yaml",
+            "MAR-INF/MANIFEST.json",
+            "core/imaging.py",
+            "core/wire.py",
+            "core/exits.py",
+            "handlers/runtime.py",
+            "handlers/service.py",
+            "handlers/metrics.py",
+        } <= names
         assert {f"{expert}/{h}.onnx" for h in heads} <= names
         assert set(manifest.files) <= names and all(s in names for s in manifest.stages)
 
@@ -108,20 +123,32 @@ def test_extract_refuses_paths_that_leave_the_folder(tmp_path):
 
 def test_serving_side_imports_no_torch():
     """The handlers and the router (with its classifier's archive loader) stay torch-free."""
-    code = ("import sys; import handlers.edge_handler, handlers.cloud_handler, "
-            "handlers.classifier_handler, core.wire, edge_router.__main__, export.archive; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import handlers.edge_handler, handlers.cloud_handler, "
+        "handlers.classifier_handler, core.wire, edge_router.__main__, export.archive; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_edge_batch_one_response_per_request_bad_ones_isolated(unpacked):
     h = started(EdgeExpertHandler, unpacked["edge_gaussian_blur"])
     images = [png(i, level=(i % 3) * 2) for i in range(6)]
-    data = [{"body": images[0]}, {"body": b"not an image"}, {"body": images[1]}, {"body": b""},
-            {"body": images[2]}, {"body": {"json": 1}}, {"body": images[3]}]
-    headers = {0: {"X-Exit-Threshold": "0.001"}, 2: {"x-exit-threshold": "1.0"},
-               4: {"X-Offload-Compression": "int8", "X-Exit-Threshold": "1"},
-               6: {"X-Exit-Threshold": "7"}}
+    data = [
+        {"body": images[0]},
+        {"body": b"not an image"},
+        {"body": images[1]},
+        {"body": b""},
+        {"body": images[2]},
+        {"body": {"json": 1}},
+        {"body": images[3]},
+    ]
+    headers = {
+        0: {"X-Exit-Threshold": "0.001"},
+        2: {"x-exit-threshold": "1.0"},
+        4: {"X-Offload-Compression": "int8", "X-Exit-Threshold": "1"},
+        6: {"X-Exit-Threshold": "7"},
+    }
     ctx = FakeContext(unpacked["edge_gaussian_blur"], headers)
     out = h.handle(data, ctx)
     assert len(out) == len(data)
@@ -155,6 +182,7 @@ def test_edge_handler_matches_runtime_per_sample(unpacked):
     ctx = FakeContext(folder, {i: {"X-Exit-Threshold": "0.35"} for i in range(8)})
     out = h.handle([{"data": b} for b in images], ctx)
     from core.imaging import decode_image
+
     x = np.stack([runtime.preprocessing.model_input(decode_image(b)) for b in images])
     ref = runtime.run_batch(x, 0.35)
     for j, body in enumerate(out):
@@ -171,11 +199,11 @@ def test_cloud_handler_answers_split_tensors_and_refuses_wrong_contracts(unpacke
     folder = unpacked["cloud_gaussian_noise"]
     h = started(CloudExpertHandler, folder)
     shape = Manifest.load(folder / MANIFEST_NAME).input.shape[1:]
-    good, n = wire.encode(np.random.default_rng(0).normal(size=(3, *shape)), name="stage2",
-                          compression="fp16")
+    good, n = wire.encode(
+        np.random.default_rng(0).normal(size=(3, *shape)), name="stage2", compression="fp16"
+    )
     wrong, m = wire.encode(np.zeros((1, shape[0] + 1, *shape[1:])), name="stage2")
-    ctx = FakeContext(folder, {0: {wire.HEADER_LENGTH: str(n)}, 1: {wire.HEADER_LENGTH: str(m)},
-                               2: {}})
+    ctx = FakeContext(folder, {0: {wire.HEADER_LENGTH: str(n)}, 1: {wire.HEADER_LENGTH: str(m)}, 2: {}})
     out = h.handle([{"body": good}, {"body": wrong}, {"body": good}], ctx)
     assert len(json.loads(out[0])["predictions"]) == 3
     assert ctx.status == {1: 400, 2: 400}

@@ -47,13 +47,16 @@ def test_gray_and_rgba_png_become_rgb():
     np.testing.assert_array_equal(decode_image(buf.tobytes()), rgba[:, :, :3])
 
 
-@pytest.mark.parametrize("data,reason", [
-    (b"", "empty body"),
-    (b"hello world, not an image", "not a JPEG or PNG"),
-    (b"GIF89a" + bytes(40), "not a JPEG or PNG"),
-    (b"\x89PNG\r\n\x1a\n" + bytes(4), "truncated PNG header"),
-    (b"\xff\xd8\xff\xe0\x00", "JPEG without a frame header"),
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "empty body"),
+        (b"hello world, not an image", "not a JPEG or PNG"),
+        (b"GIF89a" + bytes(40), "not a JPEG or PNG"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(4), "truncated PNG header"),
+        (b"\xff\xd8\xff\xe0\x00", "JPEG without a frame header"),
+    ],
+)
 def test_bad_bytes_are_refused_with_a_reason(data, reason):
     with pytest.raises(ImageDecodeError, match=reason):
         decode_image(data)

@@ -49,8 +49,12 @@ def predictor(model_store, tmp_path_factory):
         pytest.fail(f"{KSERVE_PYTHON} missing: `make test` (or `make kserve`) creates it")
     port = free_port()
     log = (tmp_path_factory.mktemp("kserve") / "kserve.log").open("w")
-    proc = subprocess.Popen([str(KSERVE_PYTHON), "-m", "cloud_kserve", "--model-store", str(model_store),
-                             "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(KSERVE_PYTHON), "-m", "cloud_kserve", "--model-store", str(model_store), "--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -98,8 +102,11 @@ def test_tritonclient_binary_request_gets_the_reference_class(predictor, referen
     tensor = triton.InferInput(manifest.input.name, list(x.shape), datatype)
     tensor.set_data_from_numpy(sent, binary_data=True)
     body, json_size = triton.InferenceServerClient.generate_request_body([tensor])
-    status, _, answer = call(f"{predictor}/v2/models/{MODEL}/infer", body,
-                             {wire.HEADER_LENGTH: str(json_size), "Content-Type": "application/octet-stream"})
+    status, _, answer = call(
+        f"{predictor}/v2/models/{MODEL}/infer",
+        body,
+        {wire.HEADER_LENGTH: str(json_size), "Content-Type": "application/octet-stream"},
+    )
     assert status == 200, answer
     got = outputs(answer)
     _, ref_class = expert.run_batch(sent.astype(np.float32))
@@ -113,12 +120,23 @@ def test_the_edge_wire_int8_and_json_requests(predictor, reference):
     body, n = wire.encode(x, name=manifest.input.name, compression="int8")
     status, _, answer = call(f"{predictor}/v2/models/{MODEL}/infer", body, {wire.HEADER_LENGTH: str(n)})
     assert status == 200, answer
-    ref = wire.decode(body, n).array          # what the cloud sees after de-quantisation
+    ref = wire.decode(body, n).array  # what the cloud sees after de-quantisation
     assert outputs(answer)["class"] == [int(c) for c in expert.run_batch(ref)[1]]
-    plain = {"inputs": [{"name": manifest.input.name, "shape": list(x.shape), "datatype": "FP32",
-                         "data": x.ravel().tolist()}]}
-    status, _, answer = call(f"{predictor}/v2/models/{MODEL}/infer", json.dumps(plain).encode(),
-                             {"Content-Type": "application/json"})
+    plain = {
+        "inputs": [
+            {
+                "name": manifest.input.name,
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
+    status, _, answer = call(
+        f"{predictor}/v2/models/{MODEL}/infer",
+        json.dumps(plain).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 200 and outputs(answer)["class"] == [int(c) for c in expert.run_batch(x)[1]]
 
 
@@ -141,8 +159,8 @@ def test_bad_requests_get_a_4xx_and_the_server_goes_on(predictor, reference):
     url = f"{predictor}/v2/models/{MODEL}/infer"
     wrong, n = wire.encode(np.zeros((1, 3, 2, 2)), name=manifest.input.name)
     cases = [
-        (wrong, {wire.HEADER_LENGTH: str(n)}),                       # wrong shape
-        (b"\x00" * 40, {wire.HEADER_LENGTH: "10"}),                  # not JSON
+        (wrong, {wire.HEADER_LENGTH: str(n)}),  # wrong shape
+        (b"\x00" * 40, {wire.HEADER_LENGTH: "10"}),  # not JSON
         (json.dumps({"inputs": []}).encode(), {"Content-Type": "application/json"}),
     ]
     for body, headers in cases:

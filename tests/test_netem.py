@@ -21,7 +21,7 @@ def routes():
 def test_link_delays_traffic_and_cleans_up():
     profile = netem.Profile("test", rate_mbit=50.0, rtt_ms=40.0)
     with netem.Link(profile, max_seconds=120, with_device=False) as link:
-        assert netem.SUBNET.split("/")[0] in routes()     # blackhole first: nothing leaves the machine
+        assert netem.SUBNET.split("/")[0] in routes()  # blackhole first: nothing leaves the machine
         assert "ee-edge" in namespaces() and "ee-cloud" in namespaces()
         rtt = netem.tcp_rtt_ms(link, samples=5)
         assert 38.0 <= rtt <= 60.0, rtt

@@ -58,12 +58,21 @@ def _stop_instances(folder: Path, env: dict) -> None:
     for role in ("edge", "cloud"):
         work = folder / "run" / role
         if work.is_dir():
-            subprocess.run(["torchserve", "--stop"], cwd=work, env={**env, "TMPDIR": str(work / "tmp")},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False)
+            subprocess.run(
+                ["torchserve", "--stop"],
+                cwd=work,
+                env={**env, "TMPDIR": str(work / "tmp")},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
+            )
 
 
-@pytest.mark.skipif(shutil.which("curl") is None or not PHOTO.is_file(),
-                    reason="needs curl and opencv-doc's sample photo (make deps installs both)")
+@pytest.mark.skipif(
+    shutil.which("curl") is None or not PHOTO.is_file(),
+    reason="needs curl and opencv-doc's sample photo (make deps installs both)",
+)
 def test_readme_plain_torchserve_block_runs_as_written(tmp_path):
     busy = [port for port in (8000, 8080, 8081, 8090, 8091) if _listening(port)]
     if busy:
@@ -71,11 +80,17 @@ def test_readme_plain_torchserve_block_runs_as_written(tmp_path):
     for name in ("models", "config.properties", "config.cloud.properties"):
         (tmp_path / name).symlink_to(ROOT / name)
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
     script = "set -euo pipefail\n" + readme_block()
-    proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=420)
     except subprocess.TimeoutExpired:
@@ -93,8 +108,11 @@ def test_readme_plain_torchserve_block_runs_as_written(tmp_path):
     # every answer the block printed is the real thing, not just an exit status
     docs = json_documents(out)
     classified = [d for d in docs if "distortion" in d and "probabilities" in d]
-    assert classified and set(classified[0]["probabilities"]) == {"pristine", "gaussian_blur",
-                                                                   "gaussian_noise"}
+    assert classified and set(classified[0]["probabilities"]) == {
+        "pristine",
+        "gaussian_blur",
+        "gaussian_noise",
+    }
     answers = [d for d in docs if "exit" in d and "expert" in d]
     assert len(answers) == 2, out[-3000:]
     assert answers[1]["expert"] == "gaussian_blur" and not answers[1]["degraded"]

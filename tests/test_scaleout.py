@@ -24,9 +24,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def system(model_store, tmp_path_factory):
-    live = LiveSystem(model_store, tmp_path_factory.mktemp("run"), edge_models=MODELS["edge"],
-                      cloud_engine="kserve", cloud_replicas=2,
-                      router_options=["--deadline-ms", "10000", "--refresh-s", "0.5"])
+    live = LiveSystem(
+        model_store,
+        tmp_path_factory.mktemp("run"),
+        edge_models=MODELS["edge"],
+        cloud_engine="kserve",
+        cloud_replicas=2,
+        router_options=["--deadline-ms", "10000", "--refresh-s", "0.5"],
+    )
     with live:
         yield live
 
@@ -45,14 +50,18 @@ def test_offloads_over_two_replicas_equal_the_reference(system, model_store):
     reference = Pipeline(model_store)
     ims = images(12)
     for im, ref in zip(ims, reference.infer(ims, 1.0), strict=True):
-        r = requests.post(f"{system.url}/v1/classify", data=encode_image(im, "png"),
-                          params={"threshold": 1.0, "compression": "fp16"}, timeout=60)
+        r = requests.post(
+            f"{system.url}/v1/classify",
+            data=encode_image(im, "png"),
+            params={"threshold": 1.0, "compression": "fp16"},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         got = r.json()
         assert got["offloaded"] and not got["degraded"], got
         assert (got["expert"], got["exit"], got["class"]) == (ref["expert"], ref["exit"], ref["class"])
     served = [predictions_served(u) for u in system.kserve_urls]
-    assert all(n > 0 for n in served), served          # least outstanding, round robin on ties
+    assert all(n > 0 for n in served), served  # least outstanding, round robin on ties
 
 
 def test_a_replica_killed_mid_stream_loses_nothing(system):
@@ -67,8 +76,9 @@ def test_a_replica_killed_mid_stream_loses_nothing(system):
     answers = [r.answer for r in load.records if r.answer is not None]
     assert summary["lost"] == summary["errors"] == summary["shed"] == 0, summary
     assert len(answers) == summary["requests"] > 20
-    assert all(a["offloaded"] and not a["degraded"] for a in answers), \
-        [a.get("degraded_reason") for a in answers if a["degraded"]][:3]
+    assert all(a["offloaded"] and not a["degraded"] for a in answers), [
+        a.get("degraded_reason") for a in answers if a["degraded"]
+    ][:3]
     time.sleep(1.0)
     clouds = requests.get(f"{system.url}/v1/experts", timeout=10).json()["clouds"]
     assert [c["up"] for c in clouds.values()] == [False, True]

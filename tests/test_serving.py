@@ -23,19 +23,33 @@ from tests.conftest import textured_image
 
 pytestmark = pytest.mark.integration
 
-MODELS = {"edge": ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"],
-          "cloud": ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"]}
+MODELS = {
+    "edge": ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"],
+    "cloud": ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"],
+}
 
 
 @pytest.fixture(scope="module")
 def system(model_store, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    live = LiveSystem(model_store, run_dir, edge_models=MODELS["edge"], cloud_models=MODELS["cloud"],
-                      router_options=["--deadline-ms", "10000", "--refresh-s", "0.5",
-                                      "--max-in-flight", "4", "--header-timeout-s", "1"])
+    live = LiveSystem(
+        model_store,
+        run_dir,
+        edge_models=MODELS["edge"],
+        cloud_models=MODELS["cloud"],
+        router_options=[
+            "--deadline-ms",
+            "10000",
+            "--refresh-s",
+            "0.5",
+            "--max-in-flight",
+            "4",
+            "--header-timeout-s",
+            "1",
+        ],
+    )
     with live:
-        yield {"url": live.url, "insts": live.insts, "live": live, "run_dir": run_dir,
-               "store": model_store}
+        yield {"url": live.url, "insts": live.insts, "live": live, "run_dir": run_dir, "store": model_store}
 
 
 def images(n=10):
@@ -91,21 +105,24 @@ def test_compression_and_edge_only_modes(system):
     assert r.status_code == 200 and not r.json()["offloaded"] and r.json()["exit"] in (0, 1, 2)
 
 
-@pytest.mark.parametrize("body, params, status", [
-    (b"", {}, 400),
-    (b"hello, not an image", {}, 415),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, {}, 400),
-    ("truncated_jpeg", {}, 400),
-    ("png", {"threshold": "2"}, 400),
-    ("png", {"threshold": "abc"}, 400),
-    ("png", {"compression": "zip"}, 400),
-    ("png", {"expert": "no_such_expert"}, 404),
-    ("png", {"expert": "../../etc"}, 400),
-    ("png", {"bogus": "1"}, 400),
-    ("png", {"deadline_ms": "-1"}, 400),
-    ("png", {"deadline_ms": "10"}, 400),
-    ("png", {"mode": "cloud_only"}, 404),     # no full_conventional archive registered here
-])
+@pytest.mark.parametrize(
+    "body, params, status",
+    [
+        (b"", {}, 400),
+        (b"hello, not an image", {}, 415),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, {}, 400),
+        ("truncated_jpeg", {}, 400),
+        ("png", {"threshold": "2"}, 400),
+        ("png", {"threshold": "abc"}, 400),
+        ("png", {"compression": "zip"}, 400),
+        ("png", {"expert": "no_such_expert"}, 404),
+        ("png", {"expert": "../../etc"}, 400),
+        ("png", {"bogus": "1"}, 400),
+        ("png", {"deadline_ms": "-1"}, 400),
+        ("png", {"deadline_ms": "10"}, 400),
+        ("png", {"mode": "cloud_only"}, 404),  # no full_conventional archive registered here
+    ],
+)
 def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(system, body, params, status):
     if body == "png":
         body = encode_image(images(1)[0], "png")
@@ -118,11 +135,14 @@ def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(system, body, p
     assert classify(system, encode_image(images(1)[0], "png")).status_code == 200
 
 
-@pytest.mark.parametrize("shape, compression, header_length", [
-    ((1, 3, 2, 2), "fp32", None),      # wrong per-sample shape
-    (None, "fp16", "oops"),            # header length not a number
-    (None, "int8", "100000"),          # header length beyond the body
-])
+@pytest.mark.parametrize(
+    "shape, compression, header_length",
+    [
+        ((1, 3, 2, 2), "fp32", None),  # wrong per-sample shape
+        (None, "fp16", "oops"),  # header length not a number
+        (None, "int8", "100000"),  # header length beyond the body
+    ],
+)
 def test_cloud_refuses_wrong_tensors_and_keeps_serving(system, shape, compression, header_length):
     from core import wire
 
@@ -131,12 +151,20 @@ def test_cloud_refuses_wrong_tensors_and_keeps_serving(system, shape, compressio
     info = requests.get(f"{system['url']}/v1/experts", timeout=10).json()["experts"]["pristine"]
     good_shape = (1, *info["split"]["shape"][1:])
     body, n = wire.encode(np.ones(shape or good_shape, np.float32), name="stage2", compression=compression)
-    r = requests.post(f"{cloud.inference_url}/predictions/cloud_pristine", data=body, timeout=30,
-                      headers={**headers, wire.HEADER_LENGTH: header_length or str(n)})
+    r = requests.post(
+        f"{cloud.inference_url}/predictions/cloud_pristine",
+        data=body,
+        timeout=30,
+        headers={**headers, wire.HEADER_LENGTH: header_length or str(n)},
+    )
     assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
     body, n = wire.encode(np.ones(good_shape, np.float32), name="stage2")
-    r = requests.post(f"{cloud.inference_url}/predictions/cloud_pristine", data=body, timeout=30,
-                      headers={**headers, wire.HEADER_LENGTH: str(n)})
+    r = requests.post(
+        f"{cloud.inference_url}/predictions/cloud_pristine",
+        data=body,
+        timeout=30,
+        headers={**headers, wire.HEADER_LENGTH: str(n)},
+    )
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
 
 
@@ -159,8 +187,9 @@ def test_torchserve_refuses_requests_without_token_and_remote_registration(syste
     for url in ("https://example.com/evil.mar", "file:///etc/passwd.mar"):
         r = requests.post(f"{edge.management_url}/models", params={"url": url}, headers=headers, timeout=30)
         assert r.status_code >= 400 and "allowed" in r.text.lower(), r.text
-    r = requests.post(f"{edge.management_url}/models", params={"url": "../outside.mar"}, headers=headers,
-                      timeout=30)
+    r = requests.post(
+        f"{edge.management_url}/models", params={"url": "../outside.mar"}, headers=headers, timeout=30
+    )
     assert r.status_code >= 400
 
 
@@ -197,8 +226,10 @@ def wait_for(predicate, timeout=30.0):
 def test_tokens_never_appear_in_logs_or_answers(system):
     tokens = [v for inst in system["insts"].values() for v in inst.keys().values()]
     assert all(len(t) >= 8 for t in tokens)
-    texts = [requests.get(f"{system['url']}{path}", timeout=10).text
-             for path in ("/v1/experts", "/metrics", "/healthz")]
+    texts = [
+        requests.get(f"{system['url']}{path}", timeout=10).text
+        for path in ("/v1/experts", "/metrics", "/healthz")
+    ]
     texts.append(classify(system, b"not an image").text)
     for log in Path(system["run_dir"]).rglob("*.log"):
         texts.append(log.read_text(errors="replace"))
@@ -229,7 +260,7 @@ def burst(system, clients: int, per_client: int, **params) -> list:
 
 
 def test_overload_is_shed_with_503_and_retry_after(system):
-    answers = burst(system, 16, 4, threshold=1.0)     # 16 clients, 4 allowed in flight
+    answers = burst(system, 16, 4, threshold=1.0)  # 16 clients, 4 allowed in flight
     statuses = [a[0] for a in answers]
     assert len(answers) == 64 and set(statuses) <= {200, 503}, set(statuses)
     assert statuses.count(503) > 0 and statuses.count(200) > 0
@@ -241,17 +272,19 @@ def test_overload_is_shed_with_503_and_retry_after(system):
 def test_slow_and_idle_connections_are_closed_by_the_server(system):
     host, port = system["url"].removeprefix("http://").split(":")
     started = time.time()
-    with socket.create_connection((host, int(port)), timeout=10) as idle, \
-            socket.create_connection((host, int(port)), timeout=10) as slow:
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as idle,
+        socket.create_connection((host, int(port)), timeout=10) as slow,
+    ):
         slow.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
-        for _ in range(6):                     # a header byte every 0.4 s never completes
+        for _ in range(6):  # a header byte every 0.4 s never completes
             time.sleep(0.4)
             try:
                 slow.sendall(b"X")
             except OSError:
                 break
-        assert idle.recv(10) == b"" and slow.recv(10) == b""    # closed by the server
-    assert time.time() - started < 5   # the 1-s header deadline, not the 10-s socket timeout
+        assert idle.recv(10) == b"" and slow.recv(10) == b""  # closed by the server
+    assert time.time() - started < 5  # the 1-s header deadline, not the 10-s socket timeout
     assert classify(system, encode_image(images(1)[0], "png")).status_code == 200
 
 
@@ -285,7 +318,7 @@ def test_cloud_outage_gives_degraded_edge_answers(system):
     assert r.status_code == 200, r.text
     got = r.json()
     assert got["degraded"] and got["exit"] in (0, 1, 2) and "cloud" in got["degraded_reason"]
-    assert classify(system, body, threshold=0.01).json()["degraded"] is False   # edge answers itself
+    assert classify(system, body, threshold=0.01).json()["degraded"] is False  # edge answers itself
     text = requests.get(f"{system['url']}/metrics", timeout=10).text
     assert "edge_router_degraded_total" in text
     # discovery notices the outage but keeps the experts: the edge goes on answering, degraded

@@ -22,13 +22,18 @@ MODELS = ROOT / "models" / "onnx"
 CHECKPOINTS = ROOT / "models" / "torch"
 BUDGET_MB = 60
 MANIFESTS = sorted(p for p in MODELS.glob("*.json") if p.name != "export_report.json")
-RESULTS_WITH_ARTIFACTS = [ROOT / "docs/results/accuracy_run.json", ROOT / "docs/results/parity.json",
-                          ROOT / "docs/results/classifier.json"]
+RESULTS_WITH_ARTIFACTS = [
+    ROOT / "docs/results/accuracy_run.json",
+    ROOT / "docs/results/parity.json",
+    ROOT / "docs/results/classifier.json",
+]
 EXPERTS = ("pristine", "gaussian_blur", "gaussian_noise", "gaussian_blur_adapt_bn", "gaussian_noise_adapt_bn")
 # checkpoint -> the manifest exported from it (the conventional model is the backbone checkpoint)
-CHECKPOINT_MANIFESTS = {"backbone.pt": "edge_conventional.json",
-                        "classifier.pt": "distortion_classifier.json",
-                        **{f"expert_{e}.pt": f"edge_{e}.json" for e in EXPERTS}}
+CHECKPOINT_MANIFESTS = {
+    "backbone.pt": "edge_conventional.json",
+    "classifier.pt": "distortion_classifier.json",
+    **{f"expert_{e}.pt": f"edge_{e}.json" for e in EXPERTS},
+}
 
 
 def test_the_bundle_is_there():
@@ -43,8 +48,12 @@ def test_the_bundle_is_there():
 def test_no_file_outside_the_manifests():
     """A stale segment of an earlier export would be shipped (and counted) without being used."""
     listed = {name for p in MANIFESTS for name in Manifest.load(p).files}
-    extra = {str(p.relative_to(MODELS)) for p in MODELS.rglob("*") if p.is_file()} - listed \
-        - {p.name for p in MANIFESTS} - {"export_report.json"}
+    extra = (
+        {str(p.relative_to(MODELS)) for p in MODELS.rglob("*") if p.is_file()}
+        - listed
+        - {p.name for p in MANIFESTS}
+        - {"export_report.json"}
+    )
     assert not extra, f"files no manifest lists: {sorted(extra)}"
 
 
@@ -89,6 +98,7 @@ def test_results_name_the_shipped_artifacts(path):
     assert artifacts["sha256"]
     assert all(shipped[name] == digest for name, digest in artifacts["sha256"].items())
     from core.manifest import sha256_file
+
     assert artifacts["checkpoints"]
     for name, digest in artifacts["checkpoints"].items():
         assert sha256_file(ROOT / name) == digest, name
@@ -112,8 +122,14 @@ def test_cloud_config_is_the_edge_config_on_other_ports():
         return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
     edge, cloud = settings("config.properties"), settings("config.cloud.properties")
-    ports = {"inference_address", "management_address", "metrics_address", "grpc_inference_port",
-             "grpc_management_port"}
-    assert {k: v for k, v in edge.items() if k not in ports} == \
-           {k: v for k, v in cloud.items() if k not in ports}
+    ports = {
+        "inference_address",
+        "management_address",
+        "metrics_address",
+        "grpc_inference_port",
+        "grpc_management_port",
+    }
+    assert {k: v for k, v in edge.items() if k not in ports} == {
+        k: v for k, v in cloud.items() if k not in ports
+    }
     assert all(edge[k] != cloud[k] for k in ports)

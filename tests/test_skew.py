@@ -14,8 +14,13 @@ from core.imaging import Preprocessing, decode_image, encode_image
 from core.spectrum import classifier_input
 from training.datasets import DistortedDataset, DistortionPolicy, FashionMNIST, distorted_image
 
-CELLS = [("pristine", 0), ("gaussian_blur", 1), ("gaussian_blur", 5), ("gaussian_noise", 5),
-         ("gaussian_noise", 40)]
+CELLS = [
+    ("pristine", 0),
+    ("gaussian_blur", 1),
+    ("gaussian_blur", 5),
+    ("gaussian_noise", 5),
+    ("gaussian_noise", 40),
+]
 
 
 @pytest.mark.parametrize("name,level", CELLS)
@@ -58,8 +63,7 @@ def test_large_images_take_the_same_path_in_training_and_serving(image_folder, t
         (root / f"{i}.png").write_bytes(encode_image(resize(textured_image(i, 50), 200)))
     source = ImageFolderSource(tmp_path / "big", "train")
     policy = DistortionPolicy(fixed=("pristine", 0))
-    spec = DistortedDataset(source, size=64, policy=policy, representation="spectrum",
-                            spectrum_size=128)
+    spec = DistortedDataset(source, size=64, policy=policy, representation="spectrum", spectrum_size=128)
     model = DistortedDataset(source, size=64, policy=policy, representation="image")
     received = decode_image(source._files[0][0].read_bytes())
     assert received.shape == (200, 200, 3)

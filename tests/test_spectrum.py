@@ -44,7 +44,7 @@ def _high_frequency_energy(image):
     s = spectrum(image)
     c = s.shape[0] // 2
     mask = np.ones_like(s, bool)
-    mask[c - 8:c + 8, c - 8:c + 8] = False
+    mask[c - 8 : c + 8, c - 8 : c + 8] = False
     return s[mask].mean()
 
 

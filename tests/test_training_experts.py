@@ -12,8 +12,19 @@ from training.engine import backbone_hash, load_early_exit
 
 def _expert(fake_fashion_root, backbone, out, *extra):
     args = train_expert.get_args_parser().parse_args(
-        ["--data-root", str(fake_fashion_root), "--backbone", str(backbone), "--out", str(out),
-         "--distortion", "gaussian_noise", *COMMON, *extra])
+        [
+            "--data-root",
+            str(fake_fashion_root),
+            "--backbone",
+            str(backbone),
+            "--out",
+            str(out),
+            "--distortion",
+            "gaussian_noise",
+            *COMMON,
+            *extra,
+        ]
+    )
     return train_expert.main(args)
 
 
@@ -30,12 +41,14 @@ def test_expert_leaves_backbone_bitwise_unchanged(fake_fashion_root, backbone, t
     before, _ = load_early_exit(backbone)
     _expert(fake_fashion_root, backbone, tmp_path / "expert.pt")
     after, payload = load_early_exit(tmp_path / "expert.pt", role="expert")
-    for (name, a), (_, b) in zip(before.stages.state_dict().items(), after.stages.state_dict().items(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(
+        before.stages.state_dict().items(), after.stages.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name  # parameters and BN buffers alike
-    heads_changed = any(not torch.equal(a, b) for a, b in zip(before.heads.state_dict().values(),
-                                                             after.heads.state_dict().values(),
-                                                             strict=True))
+    heads_changed = any(
+        not torch.equal(a, b)
+        for a, b in zip(before.heads.state_dict().values(), after.heads.state_dict().values(), strict=True)
+    )
     assert heads_changed
     assert payload["distortion"] == "gaussian_noise" and not payload["adapt_bn"]
 
@@ -76,25 +89,54 @@ def test_slim_expert_loads_as_the_full_one(fake_fashion_root, backbone, tmp_path
         assert torch.equal(a, b), name
     assert payload["backbone_hash"] == full_payload["backbone_hash"]
     # a backbone of another run beside it is refused, not silently combined
-    train_backbone.main(train_backbone.get_args_parser().parse_args(
-        ["--data-root", str(fake_fashion_root), "--out", str(tmp_path / "backbone.pt"),
-         "--weights", "none", "--input-size", "32", *COMMON]))
+    train_backbone.main(
+        train_backbone.get_args_parser().parse_args(
+            [
+                "--data-root",
+                str(fake_fashion_root),
+                "--out",
+                str(tmp_path / "backbone.pt"),
+                "--weights",
+                "none",
+                "--input-size",
+                "32",
+                *COMMON,
+            ]
+        )
+    )
     with pytest.raises(UserInputError, match="needs backbone run"):
         load_checkpoint(full, "early_exit")
 
 
-def test_evaluate_writes_table_csv_and_plots(fake_fashion_root, backbone, experts, tiny_classifier,
-                                             exported, tmp_path):
+def test_evaluate_writes_table_csv_and_plots(
+    fake_fashion_root, backbone, experts, tiny_classifier, exported, tmp_path
+):
     import csv
 
     from core.manifest import export_file_hashes
     from training import evaluate
 
     args = evaluate.get_args_parser().parse_args(
-        ["--backbone", str(backbone), "--experts", *experts, "--classifier", str(tiny_classifier),
-         "--models", str(exported[0]),
-         "--data-root", str(fake_fashion_root), "--limit", "30", "--workers", "0", "--quiet",
-         "--out", str(tmp_path)])
+        [
+            "--backbone",
+            str(backbone),
+            "--experts",
+            *experts,
+            "--classifier",
+            str(tiny_classifier),
+            "--models",
+            str(exported[0]),
+            "--data-root",
+            str(fake_fashion_root),
+            "--limit",
+            "30",
+            "--workers",
+            "0",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     evaluate.main(args)
     run = json.loads((tmp_path / "accuracy_run.json").read_text())
     assert run["artifacts"]["sha256"] == export_file_hashes(exported[0])
@@ -112,8 +154,11 @@ def test_evaluate_writes_table_csv_and_plots(fake_fashion_root, backbone, expert
         assert rates == pytest.approx(1.0)
     # a higher threshold never lets more samples exit at the edge
     for model in ("conventional", "expert_oracle"):
-        p = [float(r["p_edge"]) for r in rows
-             if r["model"] == model and r["distortion"] == "gaussian_noise" and r["level"] == "20"]
+        p = [
+            float(r["p_edge"])
+            for r in rows
+            if r["model"] == model and r["distortion"] == "gaussian_noise" and r["level"] == "20"
+        ]
         assert p == sorted(p, reverse=True)
     md = (tmp_path / "accuracy.md").read_text()
     assert "| gaussian_blur | 3 |" in md and "ECE before" in md
@@ -126,11 +171,36 @@ def test_evaluate_refuses_experts_of_another_backbone(fake_fashion_root, backbon
     from training import evaluate
 
     other = tmp_path / "other_backbone.pt"
-    train_backbone.main(train_backbone.get_args_parser().parse_args(
-        ["--data-root", str(fake_fashion_root), "--out", str(other), "--weights", "none",
-         "--input-size", "32", *COMMON]))
+    train_backbone.main(
+        train_backbone.get_args_parser().parse_args(
+            [
+                "--data-root",
+                str(fake_fashion_root),
+                "--out",
+                str(other),
+                "--weights",
+                "none",
+                "--input-size",
+                "32",
+                *COMMON,
+            ]
+        )
+    )
     args = evaluate.get_args_parser().parse_args(
-        ["--backbone", str(other), "--experts", *experts, "--classifier", "none",
-         "--data-root", str(fake_fashion_root), "--limit", "10", "--out", str(tmp_path)])
+        [
+            "--backbone",
+            str(other),
+            "--experts",
+            *experts,
+            "--classifier",
+            "none",
+            "--data-root",
+            str(fake_fashion_root),
+            "--limit",
+            "10",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     with pytest.raises(UserInputError, match="another backbone run"):
         evaluate.main(args)

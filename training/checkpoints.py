@@ -52,7 +52,7 @@ def load_checkpoint(path: str | Path, kind: str) -> dict:
         raise UserInputError(f"checkpoint {path} not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserInputError(f"{path} is not a readable checkpoint ({first})") from None
     if not isinstance(payload, dict) or "kind" not in payload:
@@ -72,10 +72,16 @@ def slim_payload(expert: dict, backbone: dict, *, backbone_file: str) -> dict:
     if expert["backbone_run_id"] != backbone["run_id"]:
         raise UserInputError("the expert was fine-tuned from another backbone run")
     base = backbone["state_dict"]
-    delta = {k: v for k, v in expert["state_dict"].items()
-             if k not in base or base[k].shape != v.shape or not torch.equal(base[k], v)}
-    return {**expert, "state_dict": delta,
-            "base_checkpoint": {"file": backbone_file, "run_id": backbone["run_id"]}}
+    delta = {
+        k: v
+        for k, v in expert["state_dict"].items()
+        if k not in base or base[k].shape != v.shape or not torch.equal(base[k], v)
+    }
+    return {
+        **expert,
+        "state_dict": delta,
+        "base_checkpoint": {"file": backbone_file, "run_id": backbone["run_id"]},
+    }
 
 
 def _restore_slim(payload: dict, path: Path, kind: str) -> dict:
@@ -89,7 +95,9 @@ def _restore_slim(payload: dict, path: Path, kind: str) -> dict:
     base_path = path.parent / name
     base = load_checkpoint(base_path, kind)
     if base.get("role") != "backbone" or base["run_id"] != base_ref["run_id"]:
-        raise UserInputError(f"{path} needs backbone run {base_ref['run_id']}, "
-                             f"{base_path} is {base.get('role')} run {base['run_id']}")
+        raise UserInputError(
+            f"{path} needs backbone run {base_ref['run_id']}, "
+            f"{base_path} is {base.get('role')} run {base['run_id']}"
+        )
     whole = {k: v for k, v in payload.items() if k != "base_checkpoint"}
     return {**whole, "state_dict": {**base["state_dict"], **payload["state_dict"]}}

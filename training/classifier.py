@@ -18,10 +18,10 @@ from core.distortions import DISTORTION_CLASSES
 
 @dataclass
 class ClassifierConfig:
-    input_size: int = 64   # side of the spectrum the network sees
+    input_size: int = 64  # side of the spectrum the network sees
     dropout: float = 0.5
     classes: tuple[str, ...] = DISTORTION_CLASSES
-    image_size: int = 64   # side at which the training distortions were applied
+    image_size: int = 64  # side at which the training distortions were applied
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -30,15 +30,19 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClassifierConfig:
-        return cls(input_size=int(d["input_size"]), dropout=float(d["dropout"]),
-                   classes=tuple(d["classes"]), image_size=int(d.get("image_size", d["input_size"])))
+        return cls(
+            input_size=int(d["input_size"]),
+            dropout=float(d["dropout"]),
+            classes=tuple(d["classes"]),
+            image_size=int(d.get("image_size", d["input_size"])),
+        )
 
 
 def _flat_side(size: int) -> int:
     side = (size - 3) // 2 + 1  # conv 3x3 stride 2, no padding
-    side = side - 2             # conv 3x3, no padding
-    side = side // 2            # maxpool 2
-    return side // 2            # conv 1x1 keeps the size, maxpool 2
+    side = side - 2  # conv 3x3, no padding
+    side = side // 2  # maxpool 2
+    return side // 2  # conv 1x1 keeps the size, maxpool 2
 
 
 class DistortionClassifier(nn.Module):
@@ -49,14 +53,18 @@ class DistortionClassifier(nn.Module):
             raise ValueError(f"input size {config.input_size} too small for the classifier")
         self.config = config
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, stride=2), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 16, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(1, 32, 3, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 16, 3),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(16, 1, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(16, 1, 1),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(config.dropout),
-                                  nn.Linear(side * side, len(config.classes)))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(side * side, len(config.classes))
+        )
         # The single-channel 1x1 conv feeds everything through one ReLU: a positive bias keeps it
         # from starting dead (a dead unit collapses the classifier to one class).
         nn.init.constant_(self.features[5].bias, 0.1)

@@ -31,8 +31,18 @@ from core.imaging import Preprocessing, decode_image, resize, to_rgb
 from core.spectrum import classifier_input
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-                         "sneaker", "bag", "ankle boot")
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -63,7 +73,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise UserInputError(f"{path} is not an unsigned-byte idx file")
     ndim = data[3]
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):
         raise UserInputError(f"{path} is truncated")
@@ -79,8 +89,15 @@ class FashionMNIST:
 
     classes = FASHION_MNIST_CLASSES
 
-    def __init__(self, split: str, *, root: Path | str = FASHION_MNIST_ROOT, val_fraction: float = 0.1,
-                 seed: int = 0, limit: int | None = None):
+    def __init__(
+        self,
+        split: str,
+        *,
+        root: Path | str = FASHION_MNIST_ROOT,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        limit: int | None = None,
+    ):
         _check_split(split)
         root = Path(root)
         prefix = "t10k" if split == "test" else "train"
@@ -90,7 +107,8 @@ class FashionMNIST:
             if not p.exists():
                 raise UserInputError(
                     f"Fashion-MNIST file {p} not found: install Debian's dataset-fashion-mnist "
-                    f"(make deps does) or pass --data-root")
+                    f"(make deps does) or pass --data-root"
+                )
         images = _read_idx(images_path)
         labels = _read_idx(labels_path)
         if split == "test":
@@ -119,8 +137,15 @@ class FashionMNIST:
 class ImageFolderSource:
     """`root/<class>/<image>` with a seeded per-class 80/10/10 split (fractions configurable)."""
 
-    def __init__(self, root: Path | str, split: str, *, seed: int = 0,
-                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), limit: int | None = None):
+    def __init__(
+        self,
+        root: Path | str,
+        split: str,
+        *,
+        seed: int = 0,
+        fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        limit: int | None = None,
+    ):
         _check_split(split)
         root = Path(root)
         if not root.is_dir():
@@ -135,7 +160,7 @@ class ImageFolderSource:
         for label, d in enumerate(class_dirs):
             members = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             perm = _seeded_permutation(len(members), seed + label)
-            lo, hi = (int(round(b * len(members))) for b in bounds[k:k + 2])
+            lo, hi = (int(round(b * len(members))) for b in bounds[k : k + 2])
             files.extend((members[i], label) for i in sorted(perm[lo:hi]))
         if not files:
             raise UserInputError(f"{root} has no JPEG/PNG images in its {split} split")
@@ -152,8 +177,7 @@ class ImageFolderSource:
     def image(self, index: int) -> np.ndarray:
         path = self._files[index][0]
         try:
-            return decode_image(path.read_bytes(), max_bytes=64 * 1024 * 1024,
-                                max_pixels=10_000 * 10_000)
+            return decode_image(path.read_bytes(), max_bytes=64 * 1024 * 1024, max_pixels=10_000 * 10_000)
         except UserInputError as exc:
             raise UserInputError(f"{path}: {exc}") from None
 
@@ -161,8 +185,9 @@ class ImageFolderSource:
         return self._files[index][1]
 
 
-def load_source(data: str, split: str, *, seed: int = 0, limit: int | None = None,
-                data_root: str | None = None) -> ImageSource:
+def load_source(
+    data: str, split: str, *, seed: int = 0, limit: int | None = None, data_root: str | None = None
+) -> ImageSource:
     """`fashion-mnist` (the embedded default) or the path of an ImageFolder tree."""
     if limit is not None and limit <= 0:
         raise UserInputError(f"a limit of {limit} images leaves nothing to work on")
@@ -202,8 +227,15 @@ class DistortionPolicy:
         return distortions.sample(rng, self.types)
 
 
-def distorted_image(source: ImageSource, index: int, size: int, policy: DistortionPolicy, *,
-                    epoch: int = 0, blur_border: str = "reflect") -> tuple[np.ndarray, str, float]:
+def distorted_image(
+    source: ImageSource,
+    index: int,
+    size: int,
+    policy: DistortionPolicy,
+    *,
+    epoch: int = 0,
+    blur_border: str = "reflect",
+) -> tuple[np.ndarray, str, float]:
     """Resize `source.image(index)` to `size`, distort it; returns (image, type, level)."""
     rng = policy.rng(index, epoch)
     name, level = policy.draw(rng)
@@ -222,9 +254,17 @@ class DistortedDataset(Dataset):
     calls on a received image.
     """
 
-    def __init__(self, source: ImageSource, *, size: int, policy: DistortionPolicy,
-                 representation: str = "image", preprocessing: Preprocessing | None = None,
-                 blur_border: str = "reflect", spectrum_size: int | None = None):
+    def __init__(
+        self,
+        source: ImageSource,
+        *,
+        size: int,
+        policy: DistortionPolicy,
+        representation: str = "image",
+        preprocessing: Preprocessing | None = None,
+        blur_border: str = "reflect",
+        spectrum_size: int | None = None,
+    ):
         if representation not in ("image", "spectrum"):
             raise ValueError(f"unknown representation {representation!r}")
         self.source = source
@@ -243,12 +283,16 @@ class DistortedDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int):
-        image, name, level = distorted_image(self.source, index, self.size, self.policy,
-                                             epoch=self.epoch, blur_border=self.blur_border)
+        image, name, level = distorted_image(
+            self.source, index, self.size, self.policy, epoch=self.epoch, blur_border=self.blur_border
+        )
         if self.representation == "spectrum":
             x = classifier_input(image, self.spectrum_size, image_size=self.size)
         else:
             x = self.preprocessing.model_input(image)
-        return (torch.from_numpy(x), self.source.label(index),
-                distortions.DISTORTION_CLASSES.index(name) if name in distortions.DISTORTION_CLASSES
-                else -1, float(level))
+        return (
+            torch.from_numpy(x),
+            self.source.label(index),
+            distortions.DISTORTION_CLASSES.index(name) if name in distortions.DISTORTION_CLASSES else -1,
+            float(level),
+        )

@@ -32,27 +32,47 @@ from training.datasets import DistortionPolicy, distorted_image, load_source
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--distortion-type", default=None,
-                   help=f"one of {', '.join(distortions.REGISTRY)} (not with --classifier-set)")
-    p.add_argument("--levels", type=float, nargs="+", default=None,
-                   help="levels to write (default: 0 and all of the type's levels)")
+    p.add_argument(
+        "--distortion-type",
+        default=None,
+        help=f"one of {', '.join(distortions.REGISTRY)} (not with --classifier-set)",
+    )
+    p.add_argument(
+        "--levels",
+        type=float,
+        nargs="+",
+        default=None,
+        help="levels to write (default: 0 and all of the type's levels)",
+    )
     p.add_argument("--size", type=int, default=64, help="side of the written images")
-    p.add_argument("--format", default="png", choices=("png", "jpg"),
-                   help="png is lossless; jpg adds compression artefacts as the paper's JPEGs did")
+    p.add_argument(
+        "--format",
+        default="png",
+        choices=("png", "jpg"),
+        help="png is lossless; jpg adds compression artefacts as the paper's JPEGs did",
+    )
     p.add_argument("--blur-border", default="reflect", choices=("reflect", "constant"))
     p.add_argument("--limit", type=int, default=None, help="first N images of the split")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the random draws")
     p.add_argument("--out", default="data/distorted", help="output folder")
-    p.add_argument("--spectrum-size", type=int, default=128,
-                   help="with --classifier-set: side of the spectra (the classifier's input size)")
-    p.add_argument("--classifier-set", action="store_true",
-                   help="write spectra per distortion class instead (random type and level)")
+    p.add_argument(
+        "--spectrum-size",
+        type=int,
+        default=128,
+        help="with --classifier-set: side of the spectra (the classifier's input size)",
+    )
+    p.add_argument(
+        "--classifier-set",
+        action="store_true",
+        help="write spectra per distortion class instead (random type and level)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -66,8 +86,10 @@ def write_distorted(args: argparse.Namespace, source) -> int:
     levels = args.levels if args.levels is not None else [0, *dist.levels]
     for level in levels:
         if level != 0 and level not in dist.levels:
-            raise UserInputError(f"level {level:g} is not a level of {dist.name} "
-                                 f"({', '.join(f'{v:g}' for v in dist.levels)}, or 0)")
+            raise UserInputError(
+                f"level {level:g} is not a level of {dist.name} "
+                f"({', '.join(f'{v:g}' for v in dist.levels)}, or 0)"
+            )
     root = Path(args.out) / dist.name
     rows = []
     jobs = [(level, i) for level in levels for i in range(len(source))]
@@ -90,8 +112,7 @@ def write_classifier_set(args: argparse.Namespace, source) -> int:
     policy = DistortionPolicy(seed=args.seed)
     rows = []
     for i in progress(range(len(source)), desc="spectra", quiet=args.quiet):
-        image, name, level = distorted_image(source, i, args.size, policy,
-                                             blur_border=args.blur_border)
+        image, name, level = distorted_image(source, i, args.size, policy, blur_border=args.blur_border)
         spec = classifier_input(image, args.spectrum_size, image_size=args.size)[0]
         spec16 = np.round(spec * 65535.0).astype(np.uint16)
         rel = Path(name) / f"{i:06d}.png"
@@ -118,8 +139,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserInputError("give either --distortion-type or --classifier-set")
     if args.distortion_type is not None:
         distortions.get(args.distortion_type)  # fail before loading data
-    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root,
-                         seed=args.split_seed)
+    source = load_source(
+        args.data, args.split, limit=args.limit, data_root=args.data_root, seed=args.split_seed
+    )
     if args.classifier_set:
         return write_classifier_set(args, source)
     return write_distorted(args, source)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -42,7 +43,7 @@ class ExitConfig:
     width_mult: float = 1.0
     exit_fractions: tuple[float, ...] = (0.25, 0.50, 0.75)
     exit_after: tuple[int, ...] | None = None  # explicit block indices; overrides the fractions
-    macs_size: int = 224                       # input size at which MACs are counted for placement
+    macs_size: int = 224  # input size at which MACs are counted for placement
     branch_pool: int = 2
     dropout: float = 0.2
 
@@ -67,9 +68,11 @@ def conv_macs_per_block(features: nn.Sequential, size: int) -> list[int]:
     for i, block in enumerate(features):
         for module in block.modules():
             if isinstance(module, nn.Conv2d):
+
                 def hook(mod, inputs, output, i=i):
                     k = mod.kernel_size[0] * mod.kernel_size[1]
                     macs[i] += output.numel() // output.shape[0] * (mod.in_channels // mod.groups) * k
+
                 hooks.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -98,15 +101,20 @@ def place_exits(macs: list[int], fractions: tuple[float, ...]) -> tuple[int, ...
 
 def _torchvision_mobilenet(config: ExitConfig, pretrained: bool) -> nn.Module:
     if not pretrained:
-        return torchvision.models.mobilenet_v2(num_classes=config.num_classes,
-                                               width_mult=config.width_mult, dropout=config.dropout)
+        return torchvision.models.mobilenet_v2(
+            num_classes=config.num_classes, width_mult=config.width_mult, dropout=config.dropout
+        )
     weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
     try:
-        net = torchvision.models.mobilenet_v2(weights=weights, width_mult=config.width_mult,
-                                              dropout=config.dropout)
-    except Exception as exc:  # no network, proxy, corrupt cache: training goes on from scratch
-        print(f"warning: ImageNet weights unavailable ({type(exc).__name__}); "
-              f"starting from random initialisation", file=sys.stderr)
+        net = torchvision.models.mobilenet_v2(
+            weights=weights, width_mult=config.width_mult, dropout=config.dropout
+        )
+    except Exception as exc:  # noqa: BLE001 - no network, proxy, corrupt cache: train from scratch
+        print(
+            f"warning: ImageNet weights unavailable ({type(exc).__name__}); "
+            f"starting from random initialisation",
+            file=sys.stderr,
+        )
         return _torchvision_mobilenet(config, pretrained=False)
     net.classifier[-1] = nn.Linear(net.classifier[-1].in_features, config.num_classes)
     return net
@@ -116,8 +124,9 @@ class BranchHead(nn.Sequential):
     """Side-branch exit: AdaptiveAvgPool2d(p) -> flatten -> Linear(C * p * p, classes)."""
 
     def __init__(self, channels: int, num_classes: int, pool: int = 2):
-        super().__init__(nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
-                         nn.Linear(channels * pool * pool, num_classes))
+        super().__init__(
+            nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(channels * pool * pool, num_classes)
+        )
 
 
 class FinalHead(nn.Module):
@@ -141,20 +150,31 @@ class EarlyExitMobileNetV2(nn.Module):
         features = net.features
         if config.exit_after is not None:
             exits = tuple(config.exit_after)
-            if (len(exits) != 3 or list(exits) != sorted(set(exits)) or exits[0] < 0
-                    or exits[-1] >= len(features) - 1):
-                raise UserInputError(f"--exit-after needs 3 increasing block indices below "
-                                     f"{len(features) - 1}, got {list(exits)}")
+            if (
+                len(exits) != 3
+                or list(exits) != sorted(set(exits))
+                or exits[0] < 0
+                or exits[-1] >= len(features) - 1
+            ):
+                raise UserInputError(
+                    f"--exit-after needs 3 increasing block indices below "
+                    f"{len(features) - 1}, got {list(exits)}"
+                )
         else:
             exits = place_exits(conv_macs_per_block(features, config.macs_size), config.exit_fractions)
         self.exit_after = exits
         bounds = [0, *(e + 1 for e in exits), len(features)]
         # re-numbered from 0 inside each stage (slicing a Sequential keeps the original keys)
-        self.stages = nn.ModuleList(nn.Sequential(*list(features)[a:b])
-                                    for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        self.stages = nn.ModuleList(
+            nn.Sequential(*list(features)[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        )
         channels = [self._out_channels(features[e]) for e in exits]
-        self.heads = nn.ModuleList([*(BranchHead(c, config.num_classes, config.branch_pool)
-                                      for c in channels), FinalHead(net.classifier)])
+        self.heads = nn.ModuleList(
+            [
+                *(BranchHead(c, config.num_classes, config.branch_pool) for c in channels),
+                FinalHead(net.classifier),
+            ]
+        )
 
     @staticmethod
     def _out_channels(block: nn.Module) -> int:
@@ -180,21 +200,29 @@ class EarlyExitMobileNetV2(nn.Module):
         for s, stage in enumerate(self.stages):
             for j in range(len(stage)):
                 prefix = f"features.{block}."
-                mapped.update({f"stages.{s}.{j}.{k[len(prefix):]}": v
-                               for k, v in state.items() if k.startswith(prefix)})
+                mapped.update(
+                    {
+                        f"stages.{s}.{j}.{k[len(prefix) :]}": v
+                        for k, v in state.items()
+                        if k.startswith(prefix)
+                    }
+                )
                 block += 1
-        mapped.update({f"heads.{NUM_EXITS - 1}.{k}": v for k, v in state.items()
-                       if k.startswith("classifier.")})
+        mapped.update(
+            {f"heads.{NUM_EXITS - 1}.{k}": v for k, v in state.items() if k.startswith("classifier.")}
+        )
         missing, unexpected = self.load_state_dict(mapped, strict=False)
         backbone_missing = [k for k in missing if not k.startswith(("heads.0", "heads.1", "heads.2"))]
         if backbone_missing or unexpected:
-            raise UserInputError(f"not a matching MobileNetV2 state dict (missing {backbone_missing[:3]}, "
-                                 f"unexpected {unexpected[:3]})")
+            raise UserInputError(
+                f"not a matching MobileNetV2 state dict (missing {backbone_missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
 
-    def backbone_parameters(self):
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
         return self.stages.parameters()
 
-    def head_parameters(self):
+    def head_parameters(self) -> Iterator[nn.Parameter]:
         return self.heads.parameters()
 
 
@@ -208,18 +236,25 @@ def describe(config: ExitConfig) -> list[dict]:
         for i, stage in enumerate(model.stages):
             x = stage(x)
             last = first + len(stage) - 1
-            rows.append({"stage": i, "blocks": f"features[{first}..{last}]",
-                         "exit": "final" if i == NUM_EXITS - 1 else f"branch {i}",
-                         "macs_fraction": sum(macs[:last + 1]) / total,
-                         "shape": list(x.shape[1:])})
+            rows.append(
+                {
+                    "stage": i,
+                    "blocks": f"features[{first}..{last}]",
+                    "exit": "final" if i == NUM_EXITS - 1 else f"branch {i}",
+                    "macs_fraction": sum(macs[: last + 1]) / total,
+                    "shape": list(x.shape[1:]),
+                }
+            )
             first = last + 1
     return rows
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Print the early-exit MobileNetV2's stage boundaries, "
-                                "each exit's MAC fraction and the tensor shapes.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="Print the early-exit MobileNetV2's stage boundaries, "
+        "each exit's MAC fraction and the tensor shapes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--width-mult", type=float, default=1.0)
@@ -230,16 +265,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    config = ExitConfig(num_classes=args.num_classes, input_size=args.input_size,
-                        width_mult=args.width_mult, exit_fractions=tuple(args.exit_fractions),
-                        exit_after=tuple(args.exit_after) if args.exit_after else None,
-                        macs_size=args.macs_size)
+    config = ExitConfig(
+        num_classes=args.num_classes,
+        input_size=args.input_size,
+        width_mult=args.width_mult,
+        exit_fractions=tuple(args.exit_fractions),
+        exit_after=tuple(args.exit_after) if args.exit_after else None,
+        macs_size=args.macs_size,
+    )
     rows = describe(config)
     print(f"early-exit MobileNetV2, input {args.input_size} px, MACs counted at {args.macs_size} px")
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
-        print(f"  stage {r['stage']}  {r['blocks']:<16} -> {r['exit']:<8} "
-              f"cumulative MACs {100 * r['macs_fraction']:5.1f} %  tensor {shape}")
+        print(
+            f"  stage {r['stage']}  {r['blocks']:<16} -> {r['exit']:<8} "
+            f"cumulative MACs {100 * r['macs_fraction']:5.1f} %  tensor {shape}"
+        )
     print(f"  split tensor (edge -> cloud): {'x'.join(map(str, rows[2]['shape']))}")
     return rows
 

@@ -38,22 +38,44 @@ def device_from_arg(name: str) -> torch.device:
         raise UserInputError(f"unknown --device {name!r} (cpu, cuda, cuda:N or auto)") from None
 
 
-def image_loader(source: ImageSource, policy: DistortionPolicy, preprocessing: Preprocessing, *,
-                 batch_size: int, workers: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    ds = DistortedDataset(source, size=preprocessing.size, policy=policy,
-                          representation="image", preprocessing=preprocessing)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed) if shuffle else None,
-                      drop_last=shuffle)
+def image_loader(
+    source: ImageSource,
+    policy: DistortionPolicy,
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int,
+    workers: int,
+    shuffle: bool,
+    seed: int = 0,
+) -> DataLoader:
+    ds = DistortedDataset(
+        source, size=preprocessing.size, policy=policy, representation="image", preprocessing=preprocessing
+    )
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        drop_last=shuffle,
+    )
 
 
 def exit_loss(logits: list[torch.Tensor], target: torch.Tensor, weights: tuple[float, ...]) -> torch.Tensor:
     return sum(w * nn.functional.cross_entropy(z, target) for w, z in zip(weights, logits, strict=True))
 
 
-def train_epoch(model: EarlyExitMobileNetV2, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                weights: tuple[float, ...], device: torch.device, *, desc: str, quiet: bool,
-                freeze_backbone_bn: bool = False) -> float:
+def train_epoch(
+    model: EarlyExitMobileNetV2,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    weights: tuple[float, ...],
+    device: torch.device,
+    *,
+    desc: str,
+    quiet: bool,
+    freeze_backbone_bn: bool = False,
+) -> float:
     """One pass over `loader`; with `freeze_backbone_bn` the stages stay in eval mode (BN frozen)."""
     model.train()
     if freeze_backbone_bn:
@@ -73,8 +95,9 @@ def train_epoch(model: EarlyExitMobileNetV2, loader: DataLoader, optimizer: torc
 
 
 @torch.no_grad()
-def collect_logits(model: EarlyExitMobileNetV2, loader: DataLoader, device: torch.device, *,
-                   desc: str | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+def collect_logits(
+    model: EarlyExitMobileNetV2, loader: DataLoader, device: torch.device, *, desc: str | None = None
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Every exit's logits (a list of K arrays N x C) and the labels, in loader order."""
     model.eval()
     per_exit: list[list[np.ndarray]] = [[] for _ in range(NUM_EXITS)]
@@ -109,9 +132,17 @@ def load_early_exit(path: str, *, role: str | None = None) -> tuple[EarlyExitMob
     return model.eval(), payload
 
 
-def base_payload(model: EarlyExitMobileNetV2, *, role: str, class_names: tuple[str, ...],
-                 preprocessing: Preprocessing, run_id: str, command: str, started: float,
-                 args: argparse.Namespace) -> dict:
+def base_payload(
+    model: EarlyExitMobileNetV2,
+    *,
+    role: str,
+    class_names: tuple[str, ...],
+    preprocessing: Preprocessing,
+    run_id: str,
+    command: str,
+    started: float,
+    args: argparse.Namespace,
+) -> dict:
     return {
         "kind": CHECKPOINT_KIND,
         "role": role,
@@ -138,11 +169,22 @@ def epoch_would_overrun(fit_started: float, last_epoch_s: float, max_minutes: fl
     return max_minutes is not None and time.time() - fit_started + last_epoch_s > 60 * max_minutes
 
 
-def fit(model: EarlyExitMobileNetV2, *, train_loader: DataLoader, val_loader: DataLoader,
-        optimizer: torch.optim.Optimizer, scheduler, epochs: int, patience: int,
-        weights: tuple[float, ...], device: torch.device, quiet: bool,
-        freeze_backbone_bn: bool = False, on_epoch_start=None,
-        max_minutes: float | None = None) -> tuple[dict, list[dict]]:
+def fit(
+    model: EarlyExitMobileNetV2,
+    *,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    epochs: int,
+    patience: int,
+    weights: tuple[float, ...],
+    device: torch.device,
+    quiet: bool,
+    freeze_backbone_bn: bool = False,
+    on_epoch_start=None,
+    max_minutes: float | None = None,
+) -> tuple[dict, list[dict]]:
     """Train with early stopping on the validation loss; returns (best state dict, history).
 
     `max_minutes` bounds the wall time: no epoch starts that the last one's duration says would
@@ -150,8 +192,10 @@ def fit(model: EarlyExitMobileNetV2, *, train_loader: DataLoader, val_loader: Da
     """
     fit_started = time.time()
     if len(train_loader.dataset) < train_loader.batch_size:
-        raise UserInputError(f"{len(train_loader.dataset)} training images are fewer than one batch "
-                             f"of {train_loader.batch_size}: lower --batch-size")
+        raise UserInputError(
+            f"{len(train_loader.dataset)} training images are fewer than one batch "
+            f"of {train_loader.batch_size}: lower --batch-size"
+        )
     best_loss, best_state, history, stale = float("inf"), None, [], 0
     for epoch in range(epochs):
         if history and epoch_would_overrun(fit_started, history[-1]["seconds"], max_minutes):
@@ -160,18 +204,33 @@ def fit(model: EarlyExitMobileNetV2, *, train_loader: DataLoader, val_loader: Da
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         started = time.time()
-        train_loss = train_epoch(model, train_loader, optimizer, weights, device,
-                                 desc=f"epoch {epoch + 1}/{epochs}", quiet=quiet,
-                                 freeze_backbone_bn=freeze_backbone_bn)
+        train_loss = train_epoch(
+            model,
+            train_loader,
+            optimizer,
+            weights,
+            device,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            quiet=quiet,
+            freeze_backbone_bn=freeze_backbone_bn,
+        )
         scheduler.step()
         logits, labels = collect_logits(model, val_loader, device)
-        val_loss = float(exit_loss([torch.from_numpy(z) for z in logits], torch.from_numpy(labels),
-                                   weights))
+        val_loss = float(exit_loss([torch.from_numpy(z) for z in logits], torch.from_numpy(labels), weights))
         accs = exit_accuracies(logits, labels)
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                        "val_accuracy": accs, "seconds": round(time.time() - started, 1)})
-        log(f"epoch {epoch + 1:3d}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-            f"val acc per exit {' '.join(f'{a:.3f}' for a in accs)}  ({history[-1]['seconds']:.0f} s)")
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": accs,
+                "seconds": round(time.time() - started, 1),
+            }
+        )
+        log(
+            f"epoch {epoch + 1:3d}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+            f"val acc per exit {' '.join(f'{a:.3f}' for a in accs)}  ({history[-1]['seconds']:.0f} s)"
+        )
         if val_loss < best_loss:
             best_loss, stale = val_loss, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -196,10 +255,19 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--cosine-t", type=int, default=10, help="period of the cosine schedule (epochs)")
     p.add_argument("--patience", type=int, default=10, help="early stopping on the validation loss")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-time budget: no epoch starts that would end past it")
-    p.add_argument("--exit-weights", type=float, nargs=NUM_EXITS, default=(1.0,) * NUM_EXITS,
-                   help="weights of the four exits' cross-entropies in the loss")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-time budget: no epoch starts that would end past it",
+    )
+    p.add_argument(
+        "--exit-weights",
+        type=float,
+        nargs=NUM_EXITS,
+        default=(1.0,) * NUM_EXITS,
+        help="weights of the four exits' cross-entropies in the loss",
+    )
     add_runtime_args(p)
 
 
@@ -207,8 +275,12 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """Workers, seeds, device and progress options of every training CLI."""
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and distortion draws")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the train/val(/test) split; recorded so evaluation uses the same split")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the train/val(/test) split; recorded so evaluation uses the same split",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -30,18 +30,26 @@ from training.photos import PhotoCrops, available_photos
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--checkpoint", default="models/torch/classifier.pt")
-    p.add_argument("--models", default=None,
-                   help="the ONNX export of this checkpoint (e.g. models/onnx): the classifier "
-                        "files' hashes are recorded in the result, and its run id must match")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="the ONNX export of this checkpoint (e.g. models/onnx): the classifier "
+        "files' hashes are recorded in the result, and its run id must match",
+    )
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
     p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--limit", type=int, default=None, help="use the first N images of the split")
-    p.add_argument("--photo-crops", type=int, default=3000,
-                   help="crops of the held-out photos per evaluation (0 skips photos)")
+    p.add_argument(
+        "--photo-crops",
+        type=int,
+        default=3000,
+        help="crops of the held-out photos per evaluation (0 skips photos)",
+    )
     p.add_argument("--seed", type=int, default=1234, help="seed of the distortion draws")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="write the results here as JSON")
@@ -57,8 +65,9 @@ def load_classifier(path: str | Path) -> tuple[DistortionClassifier, dict]:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device | str = "cpu",
-            desc: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device | str = "cpu", desc: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(predicted class, true distortion class, level) for every sample of `loader`."""
     model.eval()
     preds, targets, levels = [], [], []
@@ -76,28 +85,33 @@ def confusion(pred: np.ndarray, target: np.ndarray, n: int) -> list[list[int]]:
     return m.tolist()
 
 
-def evaluate_source(model: DistortionClassifier, source: ImageSource, *, seed: int, workers: int,
-                    label: str, quiet: bool) -> dict:
+def evaluate_source(
+    model: DistortionClassifier, source: ImageSource, *, seed: int, workers: int, label: str, quiet: bool
+) -> dict:
     """Random-draw accuracy and confusion, plus accuracy at every fixed (type, level)."""
     size = model.config.image_size
     classes = list(model.config.classes)
 
     def run(policy: DistortionPolicy, desc: str):
-        ds = DistortedDataset(source, size=size, policy=policy, representation="spectrum",
-                              spectrum_size=model.config.input_size)
+        ds = DistortedDataset(
+            source, size=size, policy=policy, representation="spectrum", spectrum_size=model.config.input_size
+        )
         loader = DataLoader(ds, batch_size=256, num_workers=workers)
         return predict(model, loader, desc=None if quiet else desc)
 
     pred, target, _ = run(DistortionPolicy(types=tuple(classes), seed=seed), f"{label} random draw")
-    result = {"accuracy": float((pred == target).mean()), "n": int(len(pred)),
-              "confusion": {"labels": classes, "matrix": confusion(pred, target, len(classes))},
-              "per_level": {}, "per_level_n": {}}
+    result = {
+        "accuracy": float((pred == target).mean()),
+        "n": int(len(pred)),
+        "confusion": {"labels": classes, "matrix": confusion(pred, target, len(classes))},
+        "per_level": {},
+        "per_level_n": {},
+    }
     for k, name in enumerate(classes):
         for level in (0, *distortions.get(name).levels) if name != "pristine" else (0,):
             if level == 0 and name != "pristine":
                 continue  # level 0 of every type is the pristine cell
-            p, _, _ = run(DistortionPolicy(fixed=(name, level), seed=seed + 1),
-                          f"{label} {name} {level:g}")
+            p, _, _ = run(DistortionPolicy(fixed=(name, level), seed=seed + 1), f"{label} {name} {level:g}")
             result["per_level"].setdefault(name, {})[f"{level:g}"] = float((p == k).mean())
             result["per_level_n"].setdefault(name, {})[f"{level:g}"] = int(len(p))
     return result
@@ -124,31 +138,37 @@ def main(args: argparse.Namespace) -> dict:
         manifest = Manifest.load(Path(args.models) / "distortion_classifier.json")
         manifest.verify_files(args.models)
         if manifest.run_id != payload["run_id"]:
-            raise UserInputError(f"{args.models} holds classifier run {manifest.run_id}, "
-                                 f"{args.checkpoint} is run {payload['run_id']}")
+            raise UserInputError(
+                f"{args.models} holds classifier run {manifest.run_id}, "
+                f"{args.checkpoint} is run {payload['run_id']}"
+            )
         artifacts.update(models=str(args.models), sha256=dict(manifest.files))
-    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root,
-                         seed=payload.get("split_seed", 0))
-    result = evaluate_source(model, source, seed=args.seed, workers=args.workers,
-                             label=args.split, quiet=args.quiet)
+    source = load_source(
+        args.data, args.split, limit=args.limit, data_root=args.data_root, seed=payload.get("split_seed", 0)
+    )
+    result = evaluate_source(
+        model, source, seed=args.seed, workers=args.workers, label=args.split, quiet=args.quiet
+    )
     result.update({"data": args.data, "split": args.split})
     print(format_table(result, f"{args.data} {args.split}"))
     if args.photo_crops > 0:
-        photos = PhotoCrops("heldout", args.photo_crops, size=model.config.image_size,
-                            seed=args.seed)
-        result["photos"] = evaluate_source(model, photos, seed=args.seed, workers=args.workers,
-                                           label="photos", quiet=args.quiet)
+        photos = PhotoCrops("heldout", args.photo_crops, size=model.config.image_size, seed=args.seed)
+        result["photos"] = evaluate_source(
+            model, photos, seed=args.seed, workers=args.workers, label="photos", quiet=args.quiet
+        )
         result["photos"]["files"] = [p.name for p in available_photos("heldout")]
         print(format_table(result["photos"], f"held-out photos ({len(photos.files)} files)"))
-    result.update({
-        "artifacts": artifacts,
-        "checkpoint": str(args.checkpoint),
-        "run_id": payload["run_id"],
-        "train_command": payload.get("command"),
-        "train_wall_time_s": payload.get("wall_time_s"),
-        "command": command_line(),
-        "wall_time_s": round(time.time() - started, 1),
-    })
+    result.update(
+        {
+            "artifacts": artifacts,
+            "checkpoint": str(args.checkpoint),
+            "run_id": payload["run_id"],
+            "train_command": payload.get("command"),
+            "train_wall_time_s": payload.get("wall_time_s"),
+            "command": command_line(),
+            "wall_time_s": round(time.time() - started, 1),
+        }
+    )
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}", file=sys.stderr)

@@ -42,22 +42,46 @@ from training.datasets import DistortedDataset, DistortionPolicy, load_source
 from training.eval_classifier import load_classifier
 
 P_TARS = (0.7, 0.75, 0.8, 0.85, 0.9)
-CSV_COLUMNS = ("model", "distortion", "level", "p_tar", "n", "exit_rate_0", "exit_rate_1",
-               "exit_rate_2", "exit_rate_3", "p_edge", "edge_acc", "cloud_acc", "overall_acc",
-               "routing_acc")
+CSV_COLUMNS = (
+    "model",
+    "distortion",
+    "level",
+    "p_tar",
+    "n",
+    "exit_rate_0",
+    "exit_rate_1",
+    "exit_rate_2",
+    "exit_rate_3",
+    "p_edge",
+    "edge_acc",
+    "cloud_acc",
+    "overall_acc",
+    "routing_acc",
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--backbone", default="models/torch/backbone.pt", help="the conventional model")
-    p.add_argument("--experts", nargs="+", default=None,
-                   help="expert checkpoints (default: the backbone's folder's expert_*.pt)")
-    p.add_argument("--classifier", default="models/torch/classifier.pt",
-                   help="distortion classifier for the routed rows ('none' to skip them)")
-    p.add_argument("--models", default=None,
-                   help="the ONNX export made from these checkpoints (e.g. models/onnx): its file "
-                        "hashes are recorded in the results, and its run ids must match")
+    p.add_argument(
+        "--experts",
+        nargs="+",
+        default=None,
+        help="expert checkpoints (default: the backbone's folder's expert_*.pt)",
+    )
+    p.add_argument(
+        "--classifier",
+        default="models/torch/classifier.pt",
+        help="distortion classifier for the routed rows ('none' to skip them)",
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help="the ONNX export made from these checkpoints (e.g. models/onnx): its file "
+        "hashes are recorded in the results, and its run ids must match",
+    )
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="test", choices=("val", "test"))
@@ -68,8 +92,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="docs/results", help="folder for CSV, Markdown and plots")
-    p.add_argument("--cells", choices=("all", "pristine"), default="all",
-                   help="'pristine': only the undistorted test images (e.g. each exit's plain accuracy)")
+    p.add_argument(
+        "--cells",
+        choices=("all", "pristine"),
+        default="all",
+        help="'pristine': only the undistorted test images (e.g. each exit's plain accuracy)",
+    )
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -83,8 +111,9 @@ def cells() -> list[tuple[str, float]]:
 
 
 @torch.no_grad()
-def all_exit_logits(models: dict[str, tuple], loader: DataLoader, device: torch.device,
-                    desc: str | None) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
+def all_exit_logits(
+    models: dict[str, tuple], loader: DataLoader, device: torch.device, desc: str | None
+) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
     """Every model's exit logits on `loader`; models with one backbone hash share one stage pass."""
     groups: dict[str, list[str]] = {}
     for name, (_, payload) in models.items():
@@ -107,10 +136,17 @@ def all_exit_logits(models: dict[str, tuple], loader: DataLoader, device: torch.
 @torch.no_grad()
 def classifier_routes(classifier, source, policy: DistortionPolicy, image_size: int, args) -> np.ndarray:
     if classifier.config.image_size != image_size:
-        raise UserInputError(f"the classifier was trained on {classifier.config.image_size}-px images, "
-                             f"the experts on {image_size}-px images")
-    ds = DistortedDataset(source, size=image_size, policy=policy, representation="spectrum",
-                          spectrum_size=classifier.config.input_size)
+        raise UserInputError(
+            f"the classifier was trained on {classifier.config.image_size}-px images, "
+            f"the experts on {image_size}-px images"
+        )
+    ds = DistortedDataset(
+        source,
+        size=image_size,
+        policy=policy,
+        representation="spectrum",
+        spectrum_size=classifier.config.input_size,
+    )
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
     return np.concatenate([classifier(x).argmax(dim=1).numpy() for x, _, _, _ in loader])
 
@@ -120,13 +156,15 @@ def metrics(conf: np.ndarray, pred: np.ndarray, labels: np.ndarray, p_tar: float
     correct = d.prediction == labels
     edge, cloud = d.at_edge, ~d.at_edge
     row = {f"exit_rate_{k}": float((d.exit_index == k).mean()) for k in range(conf.shape[1])}
-    row.update({
-        "n": int(len(labels)),
-        "p_edge": float(edge.mean()),
-        "edge_acc": float(correct[edge].mean()) if edge.any() else None,
-        "cloud_acc": float(correct[cloud].mean()) if cloud.any() else None,
-        "overall_acc": float(correct.mean()),
-    })
+    row.update(
+        {
+            "n": int(len(labels)),
+            "p_edge": float(edge.mean()),
+            "edge_acc": float(correct[edge].mean()) if edge.any() else None,
+            "cloud_acc": float(correct[cloud].mean()) if cloud.any() else None,
+            "overall_acc": float(correct.mean()),
+        }
+    )
     return row
 
 
@@ -146,8 +184,10 @@ def load_models(args) -> tuple[dict[str, tuple], dict[str, dict[str, str]]]:
     for path in expert_paths:
         model, payload = engine.load_early_exit(path, role="expert")
         if payload["backbone_run_id"] != run_id:
-            raise UserInputError(f"{path} was fine-tuned from another backbone run "
-                                 f"({payload['backbone_run_id']}, expected {run_id})")
+            raise UserInputError(
+                f"{path} was fine-tuned from another backbone run "
+                f"({payload['backbone_run_id']}, expected {run_id})"
+            )
         suffix = "_adapt_bn" if payload["adapt_bn"] else ""
         key = f"expert:{payload['distortion']}{suffix}"
         models[key] = (model, payload)
@@ -171,8 +211,10 @@ def check_export_matches(models: dict[str, tuple], classifier_run: str | None, e
     exported = {Manifest.load(p).run_id for p in Path(export).glob("edge_*.json")}
     for name, (_, payload) in models.items():
         if payload["run_id"] not in exported:
-            raise UserInputError(f"{export} holds no export of {name} (run {payload['run_id']}): "
-                                 f"re-run python -m export on these checkpoints")
+            raise UserInputError(
+                f"{export} holds no export of {name} (run {payload['run_id']}): "
+                f"re-run python -m export on these checkpoints"
+            )
     if classifier_run is not None:
         shipped = Manifest.load(Path(export) / "distortion_classifier.json").run_id
         if shipped != classifier_run:
@@ -193,48 +235,86 @@ def main(args: argparse.Namespace) -> list[dict]:
         classifier_run = classifier_payload["run_id"]
     if args.models is not None:
         check_export_matches(models, classifier_run, args.models)
-    source = load_source(args.data, args.split, limit=args.limit, data_root=args.data_root,
-                         seed=conventional.get("split_seed", 0))
+    source = load_source(
+        args.data,
+        args.split,
+        limit=args.limit,
+        data_root=args.data_root,
+        seed=conventional.get("split_seed", 0),
+    )
     classes = list(distortions.DISTORTION_CLASSES)
 
     rows, exit_accuracy = [], {}
-    for name, level in (cells() if args.cells == "all" else [("pristine", 0)]):
+    for name, level in cells() if args.cells == "all" else [("pristine", 0)]:
         policy = DistortionPolicy(fixed=(name, level), seed=args.seed)
-        loader = engine.image_loader(source, policy, preprocessing, batch_size=args.batch_size,
-                                     workers=args.workers, shuffle=False)
-        logits, labels = all_exit_logits(models, loader, device,
-                                         None if args.quiet else f"{name} {level:g}")
+        loader = engine.image_loader(
+            source, policy, preprocessing, batch_size=args.batch_size, workers=args.workers, shuffle=False
+        )
+        logits, labels = all_exit_logits(models, loader, device, None if args.quiet else f"{name} {level:g}")
         conf = {k: confidences(z, models[k][1]["temperatures"]) for k, z in logits.items()}
         exit_accuracy[f"{name}:{level:g}"] = {k: engine.exit_accuracies(z, labels) for k, z in logits.items()}
-        routes = (classifier_routes(classifier, source, policy, preprocessing.size, args)
-                  if classifier is not None else None)
+        routes = (
+            classifier_routes(classifier, source, policy, preprocessing.size, args)
+            if classifier is not None
+            else None
+        )
         variants = [("conventional", conf["conventional"], None)]
         for suffix, by_type in experts.items():
             variants.append((f"expert_oracle{suffix}", conf[by_type[name]], None))
             if routes is not None:
-                stacked_c = np.stack([conf[by_type[c]][0] for c in classes])   # (3, N, K)
+                stacked_c = np.stack([conf[by_type[c]][0] for c in classes])  # (3, N, K)
                 stacked_p = np.stack([conf[by_type[c]][1] for c in classes])
                 n = np.arange(len(labels))
-                variants.append((f"expert_routed{suffix}", (stacked_c[routes, n], stacked_p[routes, n]),
-                                 float((routes == classes.index(name)).mean())))
+                variants.append(
+                    (
+                        f"expert_routed{suffix}",
+                        (stacked_c[routes, n], stacked_p[routes, n]),
+                        float((routes == classes.index(name)).mean()),
+                    )
+                )
         for model_name, (c, p), routing_acc in variants:
             for p_tar in args.p_tar:
-                rows.append({"model": model_name, "distortion": name, "level": level, "p_tar": p_tar,
-                             **metrics(c, p, labels, p_tar), "routing_acc": routing_acc})
+                rows.append(
+                    {
+                        "model": model_name,
+                        "distortion": name,
+                        "level": level,
+                        "p_tar": p_tar,
+                        **metrics(c, p, labels, p_tar),
+                        "routing_acc": routing_acc,
+                    }
+                )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "accuracy.csv", rows)
-    summary = {"command": command_line(), "wall_time_s": round(time.time() - started, 1),
-               "n_images": int(len(source)), "split": args.split,
-               "artifacts": artifacts_entry(args.models, [
-                   args.backbone, *(args.experts or default_experts(args.backbone)),
-                   *([args.classifier] if args.classifier != "none" else [])]),
-               "exit_accuracy": exit_accuracy,
-               "models": {k: {"run_id": p["run_id"], "checkpoint_command": p["command"],
-                              "temperatures": p["temperatures"], "calibration": p["calibration"],
-                              "val_accuracy": p["val_accuracy"]} for k, (_, p) in models.items()}}
+    summary = {
+        "command": command_line(),
+        "wall_time_s": round(time.time() - started, 1),
+        "n_images": int(len(source)),
+        "split": args.split,
+        "artifacts": artifacts_entry(
+            args.models,
+            [
+                args.backbone,
+                *(args.experts or default_experts(args.backbone)),
+                *([args.classifier] if args.classifier != "none" else []),
+            ],
+        ),
+        "exit_accuracy": exit_accuracy,
+        "models": {
+            k: {
+                "run_id": p["run_id"],
+                "checkpoint_command": p["command"],
+                "temperatures": p["temperatures"],
+                "calibration": p["calibration"],
+                "val_accuracy": p["val_accuracy"],
+            }
+            for k, (_, p) in models.items()
+        },
+    }
     write_json(out / "accuracy_run.json", summary)
     from training.report import write_accuracy_report  # matplotlib only when reporting
+
     write_accuracy_report(rows, summary, out)
     engine.log(f"wrote {out}/accuracy.csv, accuracy.md and plots ({summary['wall_time_s']:.0f} s)")
     return rows
@@ -245,9 +325,12 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else
-                                 f"{r[k]:.6f}" if isinstance(r[k], float) else r[k])
-                             for k in CSV_COLUMNS})
+            writer.writerow(
+                {
+                    k: ("" if r.get(k) is None else f"{r[k]:.6f}" if isinstance(r[k], float) else r[k])
+                    for k in CSV_COLUMNS
+                }
+            )
 
 
 if __name__ == "__main__":

@@ -28,20 +28,64 @@ OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples")
 
 # (package, path relative to its image folder)
 PHOTOS: tuple[tuple[str, str], ...] = (
-    *(("opencv-doc", f"data/{name}") for name in (
-        "aero1.jpg", "aero3.jpg", "aloeL.jpg", "aloeR.jpg", "apple.jpg", "baboon.jpg", "board.jpg",
-        "building.jpg", "butterfly.jpg", "fruits.jpg", "home.jpg", "left.jpg", "right.jpg",
-        "leuvenA.jpg", "leuvenB.jpg", "messi5.jpg", "orange.jpg", "squirrel_cls.jpg", "stuff.jpg",
-        "HappyFish.jpg", "ela_original.jpg", "basketball1.png", "graf1.png", "rubberwhale1.png",
-        "smarties.png", "box_in_scene.png", "sudoku.png", "left01.jpg", "left07.jpg",
-        "right12.jpg")),
+    *(
+        ("opencv-doc", f"data/{name}")
+        for name in (
+            "aero1.jpg",
+            "aero3.jpg",
+            "aloeL.jpg",
+            "aloeR.jpg",
+            "apple.jpg",
+            "baboon.jpg",
+            "board.jpg",
+            "building.jpg",
+            "butterfly.jpg",
+            "fruits.jpg",
+            "home.jpg",
+            "left.jpg",
+            "right.jpg",
+            "leuvenA.jpg",
+            "leuvenB.jpg",
+            "messi5.jpg",
+            "orange.jpg",
+            "squirrel_cls.jpg",
+            "stuff.jpg",
+            "HappyFish.jpg",
+            "ela_original.jpg",
+            "basketball1.png",
+            "graf1.png",
+            "rubberwhale1.png",
+            "smarties.png",
+            "box_in_scene.png",
+            "sudoku.png",
+            "left01.jpg",
+            "left07.jpg",
+            "right12.jpg",
+        )
+    ),
     *(("opencv-doc", f"text/scenetext0{i}.jpg") for i in range(1, 7)),
     *(("opencv-doc", f"hfs/data/00{i}.jpg") for i in range(3)),
     ("opencv-doc", "alphamat/input_images/plant.jpg"),
-    *(("scikit-image", name) for name in (
-        "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
-        "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png",
-        "motorcycle_left.png", "retina.jpg", "rocket.jpg", "cell.png")),
+    *(
+        ("scikit-image", name)
+        for name in (
+            "astronaut.png",
+            "brick.png",
+            "camera.png",
+            "chelsea.png",
+            "coffee.png",
+            "coins.png",
+            "grass.png",
+            "gravel.png",
+            "hubble_deep_field.jpg",
+            "ihc.png",
+            "moon.png",
+            "motorcycle_left.png",
+            "retina.jpg",
+            "rocket.jpg",
+            "cell.png",
+        )
+    ),
 )
 
 HELDOUT_FRACTION = 0.25
@@ -104,9 +148,11 @@ class PhotoCrops:
         if not self.files:
             raise UserInputError(
                 f"no natural photos found for the {self.pool} pool: install Debian's opencv-doc and "
-                f"scikit-image (make deps does), or pass --photo-fraction 0")
-        self._images = [decode_image(p.read_bytes(), max_bytes=64 << 20, max_pixels=1 << 26)
-                        for p in self.files]
+                f"scikit-image (make deps does), or pass --photo-fraction 0"
+            )
+        self._images = [
+            decode_image(p.read_bytes(), max_bytes=64 << 20, max_pixels=1 << 26) for p in self.files
+        ]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -121,7 +167,7 @@ class PhotoCrops:
         side = int(rng.integers(min(self.size, h, w), min(h, w) + 1))
         y = int(rng.integers(0, h - side + 1))
         x = int(rng.integers(0, w - side + 1))
-        crop = photo[y:y + side, x:x + side]
+        crop = photo[y : y + side, x : x + side]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         return resize(np.ascontiguousarray(crop), self.size)

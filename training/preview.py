@@ -1,6 +1,6 @@
 """Render a contact sheet of the distortions: one row per type, one column per level.
 
-    python -m training.preview --out demo_runs/distortions.png
+python -m training.preview --out demo_runs/distortions.png
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from training.datasets import load_source
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     p.add_argument("--data-root", default=None)
@@ -63,8 +64,9 @@ def contact_sheet(image: np.ndarray, *, scale: int = 2, spectra: bool = False) -
 def main(args: argparse.Namespace) -> None:
     if args.index < 0:
         raise UserInputError("--index must be >= 0")
-    source = load_source(args.data, "test", limit=args.index + 1, data_root=args.data_root,
-                         seed=args.split_seed)
+    source = load_source(
+        args.data, "test", limit=args.index + 1, data_root=args.data_root, seed=args.split_seed
+    )
     if args.index >= len(source):
         raise UserInputError(f"--index {args.index} is past the end of the test split ({len(source)} images)")
     image = resize(source.image(args.index), args.size)

@@ -11,11 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from core import distortions  # noqa: E402
 
-STYLE = {"conventional": ("tab:red", "o", "conventional (pristine-trained)"),
-         "expert_oracle": ("tab:blue", "s", "expert, true distortion"),
-         "expert_routed": ("tab:green", "^", "expert, classifier-routed"),
-         "expert_oracle_adapt_bn": ("tab:purple", "s", "expert + adapted BN, true distortion"),
-         "expert_routed_adapt_bn": ("tab:olive", "^", "expert + adapted BN, routed")}
+STYLE = {
+    "conventional": ("tab:red", "o", "conventional (pristine-trained)"),
+    "expert_oracle": ("tab:blue", "s", "expert, true distortion"),
+    "expert_routed": ("tab:green", "^", "expert, classifier-routed"),
+    "expert_oracle_adapt_bn": ("tab:purple", "s", "expert + adapted BN, true distortion"),
+    "expert_routed_adapt_bn": ("tab:olive", "^", "expert + adapted BN, routed"),
+}
 
 
 def _pct(v) -> str:
@@ -33,12 +35,17 @@ def _levels(name: str) -> list[float]:
 def markdown(rows: list[dict], summary: dict, p_tar: float = 0.8) -> str:
     idx = _index(rows)
     models = [m for m in STYLE if any(r["model"] == m for r in rows)]
-    lines = [f"# Accuracy experiment: expert branches vs conventional early exit (p_tar {p_tar})", "",
-             f"{summary['n_images']} {summary['split']} images per cell; command:", "",
-             f"    {summary['command']}", "",
-             f"Wall time {summary['wall_time_s']:.0f} s. Overall accuracy / P(edge) / edge accuracy "
-             f"in %; `routing` is how often the classifier picked the expert of the true distortion.",
-             ""]
+    lines = [
+        f"# Accuracy experiment: expert branches vs conventional early exit (p_tar {p_tar})",
+        "",
+        f"{summary['n_images']} {summary['split']} images per cell; command:",
+        "",
+        f"    {summary['command']}",
+        "",
+        f"Wall time {summary['wall_time_s']:.0f} s. Overall accuracy / P(edge) / edge accuracy "
+        f"in %; `routing` is how often the classifier picked the expert of the true distortion.",
+        "",
+    ]
     head = ["distortion", "level"]
     for m in models:
         short = m.replace("expert_", "").replace("conventional", "conv")
@@ -52,19 +59,25 @@ def markdown(rows: list[dict], summary: dict, p_tar: float = 0.8) -> str:
             cells = [name if level else f"{name} (pristine)", f"{level:g}"]
             for m in models:
                 r = idx.get((m, key_type, level, p_tar))
-                cells += [_pct(r and r["overall_acc"]), _pct(r and r["p_edge"]),
-                          _pct(r and r["edge_acc"])]
+                cells += [_pct(r and r["overall_acc"]), _pct(r and r["p_edge"]), _pct(r and r["edge_acc"])]
             if "expert_routed" in models:
                 r = idx.get(("expert_routed", key_type, level, p_tar))
                 cells.append(_pct(r and r["routing_acc"]))
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Calibration on the validation split (ECE per exit, before -> after)", "",
-              "| model | temperatures | ECE before | ECE after |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Calibration on the validation split (ECE per exit, before -> after)",
+        "",
+        "| model | temperatures | ECE before | ECE after |",
+        "|---|---|---|---|",
+    ]
     for name, m in summary["models"].items():
         c = m["calibration"]
-        lines.append(f"| {name} | {' '.join(f'{t:.2f}' for t in c['temperatures'])} | "
-                     f"{' '.join(f'{e:.3f}' for e in c['ece_before'])} | "
-                     f"{' '.join(f'{e:.3f}' for e in c['ece_after'])} |")
+        lines.append(
+            f"| {name} | {' '.join(f'{t:.2f}' for t in c['temperatures'])} | "
+            f"{' '.join(f'{e:.3f}' for e in c['ece_before'])} | "
+            f"{' '.join(f'{e:.3f}' for e in c['ece_after'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -73,8 +86,9 @@ def plot_accuracy_vs_level(rows: list[dict], path: Path, p_tar: float = 0.8) -> 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, name in zip(axes, distortions.DISTORTION_CLASSES[1:], strict=True):
         for model, (color, marker, label) in STYLE.items():
-            pts = [(lvl, idx.get((model, "pristine" if lvl == 0 else name, lvl, p_tar)))
-                   for lvl in _levels(name)]
+            pts = [
+                (lvl, idx.get((model, "pristine" if lvl == 0 else name, lvl, p_tar))) for lvl in _levels(name)
+            ]
             pts = [(lvl, r["overall_acc"]) for lvl, r in pts if r]
             if pts:
                 ax.plot(*zip(*pts, strict=True), color=color, marker=marker, label=label)
@@ -94,14 +108,21 @@ def plot_p_edge_vs_ptar(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, name in zip(axes, distortions.DISTORTION_CLASSES[1:], strict=True):
         levels = _levels(name)
-        for level, style in zip((levels[0], levels[len(levels) // 2], levels[-1]), ("-", "--", ":"),
-                                strict=True):
+        for level, style in zip(
+            (levels[0], levels[len(levels) // 2], levels[-1]), ("-", "--", ":"), strict=True
+        ):
             for model in ("conventional", "expert_oracle"):
                 color, marker, label = STYLE[model]
                 ys = [idx.get((model, "pristine" if level == 0 else name, level, p)) for p in p_tars]
                 if all(ys):
-                    ax.plot(p_tars, [y["p_edge"] for y in ys], style, color=color, marker=marker,
-                            label=f"{label}, sigma {level:g}")
+                    ax.plot(
+                        p_tars,
+                        [y["p_edge"] for y in ys],
+                        style,
+                        color=color,
+                        marker=marker,
+                        label=f"{label}, sigma {level:g}",
+                    )
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("p_tar")
         ax.grid(alpha=0.3)

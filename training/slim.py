@@ -23,8 +23,9 @@ from training.engine import CHECKPOINT_KIND
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--backbone", required=True, help="the backbone checkpoint the experts share")
     p.add_argument("experts", nargs="+", help="expert checkpoints to slim in place")
     return p
@@ -38,8 +39,9 @@ def main(args: argparse.Namespace) -> None:
         if path.resolve() == backbone_path.resolve():
             continue  # `models/torch/*.pt` names the backbone too
         if path.resolve().parent != backbone_path.resolve().parent:
-            raise UserInputError(f"{path} must sit beside {backbone_path}: a slim checkpoint "
-                                 f"finds its backbone by file name")
+            raise UserInputError(
+                f"{path} must sit beside {backbone_path}: a slim checkpoint finds its backbone by file name"
+            )
         payload = load_checkpoint(path, CHECKPOINT_KIND)
         before = path.stat().st_size
         save_checkpoint(path, slim_payload(payload, backbone, backbone_file=backbone_path.name))

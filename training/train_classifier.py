@@ -35,19 +35,32 @@ from training.photos import PhotoCrops
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
     p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx files")
     p.add_argument("--out", default="checkpoints/classifier.pt", help="checkpoint to write")
-    p.add_argument("--image-size", type=int, default=64,
-                   help="side of the images the distortions act on (the experts' input size)")
-    p.add_argument("--input-size", type=int, default=192,
-                   help="side of the classifier's spectrum; the image is resized to it first. Twice "
-                        "the image size keeps an empty band whose minimum anchors the min-max "
-                        "scaling, so a noise floor is not normalised away (see README)")
-    p.add_argument("--photo-fraction", type=float, default=0.5,
-                   help="share of samples that are natural-photo crops (0 disables photos)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="side of the images the distortions act on (the experts' input size)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=192,
+        help="side of the classifier's spectrum; the image is resized to it first. Twice "
+        "the image size keeps an empty band whose minimum anchors the min-max "
+        "scaling, so a noise floor is not normalised away (see README)",
+    )
+    p.add_argument(
+        "--photo-fraction",
+        type=float,
+        default=0.5,
+        help="share of samples that are natural-photo crops (0 disables photos)",
+    )
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--samples-per-epoch", type=int, default=20000)
     p.add_argument("--train-limit", type=int, default=None, help="use the first N training images")
@@ -58,10 +71,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=8, help="epochs without improvement before stopping")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-time budget: no epoch starts that would end past it")
-    p.add_argument("--restarts", type=int, default=3,
-                   help="fresh initialisations to try if the 1-channel bottleneck dies")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-time budget: no epoch starts that would end past it",
+    )
+    p.add_argument(
+        "--restarts",
+        type=int,
+        default=3,
+        help="fresh initialisations to try if the 1-channel bottleneck dies",
+    )
     add_runtime_args(p)
     return p
 
@@ -78,29 +99,31 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserInputError("--input-size must be at least 13 for the classifier's convolutions")
 
 
-def build_datasets(args: argparse.Namespace):
+def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDataset]:
     """(train dataset, sampler weights, validation dataset) as described in the module docstring."""
     size = args.image_size
     spec = {"representation": "spectrum", "spectrum_size": args.input_size}
-    train_src = load_source(args.data, "train", seed=args.split_seed, limit=args.train_limit,
-                            data_root=args.data_root)
-    val_src = load_source(args.data, "val", seed=args.split_seed, limit=args.val_limit,
-                          data_root=args.data_root)
-    train_parts = [DistortedDataset(train_src, size=size, **spec,
-                                    policy=DistortionPolicy(seed=args.seed))]
-    val_parts = [DistortedDataset(val_src, size=size, **spec,
-                                  policy=DistortionPolicy(seed=args.seed + 1))]
+    train_src = load_source(
+        args.data, "train", seed=args.split_seed, limit=args.train_limit, data_root=args.data_root
+    )
+    val_src = load_source(
+        args.data, "val", seed=args.split_seed, limit=args.val_limit, data_root=args.data_root
+    )
+    train_parts = [DistortedDataset(train_src, size=size, **spec, policy=DistortionPolicy(seed=args.seed))]
+    val_parts = [DistortedDataset(val_src, size=size, **spec, policy=DistortionPolicy(seed=args.seed + 1))]
     weights = [np.full(len(train_src), (1.0 - args.photo_fraction) / len(train_src))]
     if args.photo_fraction > 0:
         # as many distinct crops per epoch as samples drawn from them
         n_crops = max(1, int(args.samples_per_epoch * args.photo_fraction))
         photos = PhotoCrops("train", n_crops, size=size, seed=args.seed)
-        train_parts.append(DistortedDataset(photos, size=size, **spec,
-                                            policy=DistortionPolicy(seed=args.seed + 2)))
+        train_parts.append(
+            DistortedDataset(photos, size=size, **spec, policy=DistortionPolicy(seed=args.seed + 2))
+        )
         weights.append(np.full(n_crops, args.photo_fraction / n_crops))
         val_photos = PhotoCrops("train", args.val_photo_crops, size=size, seed=args.seed + 100)
-        val_parts.append(DistortedDataset(val_photos, size=size, **spec,
-                                          policy=DistortionPolicy(seed=args.seed + 3)))
+        val_parts.append(
+            DistortedDataset(val_photos, size=size, **spec, policy=DistortionPolicy(seed=args.seed + 3))
+        )
     return train_parts, np.concatenate(weights), ConcatDataset(val_parts)
 
 
@@ -109,13 +132,14 @@ def main(args: argparse.Namespace) -> dict:
     started = time.time()
     device = device_from_arg(args.device)
     train_parts, weights, val_set = build_datasets(args)
-    config = ClassifierConfig(input_size=args.input_size, dropout=args.dropout,
-                              image_size=args.image_size)
+    config = ClassifierConfig(input_size=args.input_size, dropout=args.dropout, image_size=args.image_size)
     val_loader = DataLoader(val_set, batch_size=256, num_workers=args.workers)
-    print(f"training the distortion classifier on {len(train_parts[0])} {args.data} images"
-          f"{' + natural-photo crops' if len(train_parts) > 1 else ''}, "
-          f"{args.samples_per_epoch} samples/epoch, validation {len(val_set)} samples, {device}",
-          file=sys.stderr)
+    print(
+        f"training the distortion classifier on {len(train_parts[0])} {args.data} images"
+        f"{' + natural-photo crops' if len(train_parts) > 1 else ''}, "
+        f"{args.samples_per_epoch} samples/epoch, validation {len(val_set)} samples, {device}",
+        file=sys.stderr,
+    )
     run_id = new_run_id()
 
     def checkpoint(state: dict, epoch: int, acc: float, history: list, attempt: int) -> dict:
@@ -145,19 +169,34 @@ def main(args: argparse.Namespace) -> dict:
     for attempt in range(args.restarts + 1):
         torch.manual_seed(args.seed + 7919 * attempt)
         model = DistortionClassifier(config).to(device)
-        outcome = _fit(model, args, train_parts, weights, val_set, val_loader, device,
-                       on_best=lambda *a, attempt=attempt: checkpoint(*a, attempt))
+        outcome = _fit(
+            model,
+            args,
+            train_parts,
+            weights,
+            val_set,
+            val_loader,
+            device,
+            on_best=lambda *a, attempt=attempt: checkpoint(*a, attempt),
+        )
         if outcome is not None:
             break
-        print(f"the 1-channel bottleneck died (attempt {attempt + 1}); restarting from a new "
-              f"initialisation", file=sys.stderr)
+        print(
+            f"the 1-channel bottleneck died (attempt {attempt + 1}); restarting from a new initialisation",
+            file=sys.stderr,
+        )
     else:
-        raise UserInputError(f"the classifier's bottleneck died in all {args.restarts + 1} attempts: "
-                             f"lower --lr or change --seed")
+        raise UserInputError(
+            f"the classifier's bottleneck died in all {args.restarts + 1} attempts: "
+            f"lower --lr or change --seed"
+        )
     best_acc, best_state, best_epoch, history = outcome
     payload = checkpoint(best_state, best_epoch, best_acc, history, attempt)  # full history, wall time
-    print(f"saved {args.out}: best epoch {best_epoch}, val accuracy {best_acc:.4f}, "
-          f"{payload['wall_time_s']:.0f} s", file=sys.stderr)
+    print(
+        f"saved {args.out}: best epoch {best_epoch}, val accuracy {best_acc:.4f}, "
+        f"{payload['wall_time_s']:.0f} s",
+        file=sys.stderr,
+    )
     return payload
 
 
@@ -172,18 +211,24 @@ def _fit(model, args, train_parts, weights, val_set, val_loader, device, on_best
     fit_started = time.time()
     for epoch in range(args.epochs):
         if history and epoch_would_overrun(fit_started, history[-1]["seconds"], args.max_minutes):
-            print(f"stopping after {epoch} epochs: another would overrun the {args.max_minutes:g}-min "
-                  f"budget", file=sys.stderr)
+            print(
+                f"stopping after {epoch} epochs: another would overrun the {args.max_minutes:g}-min budget",
+                file=sys.stderr,
+            )
             break
         epoch_started = time.time()
         for part in train_parts:
             part.set_epoch(epoch)
             if hasattr(part.source, "set_epoch"):
                 part.source.set_epoch(epoch)
-        sampler = WeightedRandomSampler(torch.as_tensor(weights), args.samples_per_epoch,
-                                        generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
-        loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler,
-                            num_workers=args.workers, drop_last=True)
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(weights),
+            args.samples_per_epoch,
+            generator=torch.Generator().manual_seed(args.seed * 1000 + epoch),
+        )
+        loader = DataLoader(
+            train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True
+        )
         model.train()
         total_loss, seen = 0.0, 0
         bar = progress(loader, desc=f"epoch {epoch + 1}/{args.epochs}", quiet=args.quiet)
@@ -200,11 +245,20 @@ def _fit(model, args, train_parts, weights, val_set, val_loader, device, on_best
         pred, target, _ = predict(model, val_loader, device)
         val_acc = float((pred == target).mean())
         alive = _bottleneck_alive(model, val_set, device)
-        history.append({"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
-                        "val_accuracy": val_acc, "bottleneck_alive": alive,
-                        "seconds": round(time.time() - epoch_started, 1)})
-        print(f"epoch {epoch + 1:3d}  loss {total_loss / max(seen, 1):.4f}  val acc {val_acc:.4f}"
-              f"  live bottleneck {alive:.2f}", file=sys.stderr)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": total_loss / max(seen, 1),
+                "val_accuracy": val_acc,
+                "bottleneck_alive": alive,
+                "seconds": round(time.time() - epoch_started, 1),
+            }
+        )
+        print(
+            f"epoch {epoch + 1:3d}  loss {total_loss / max(seen, 1):.4f}  val acc {val_acc:.4f}"
+            f"  live bottleneck {alive:.2f}",
+            file=sys.stderr,
+        )
         if alive == 0.0:
             return None
         if val_acc > best_acc:

@@ -31,15 +31,23 @@ from training.datasets import DistortionPolicy, load_source
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", default="checkpoints/backbone.pt",
-                   help="checkpoint written by training.train_backbone")
-    p.add_argument("--distortion", required=True,
-                   help=f"distortion type of the expert: {', '.join(distortions.DISTORTION_CLASSES)}")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--backbone", default="checkpoints/backbone.pt", help="checkpoint written by training.train_backbone"
+    )
+    p.add_argument(
+        "--distortion",
+        required=True,
+        help=f"distortion type of the expert: {', '.join(distortions.DISTORTION_CLASSES)}",
+    )
     p.add_argument("--out", default=None, help="default: checkpoints/expert_<distortion>.pt")
-    p.add_argument("--adapt-bn", action="store_true",
-                   help="let BatchNorm statistics follow the distorted data (own backbone)")
+    p.add_argument(
+        "--adapt-bn",
+        action="store_true",
+        help="let BatchNorm statistics follow the distorted data (own backbone)",
+    )
     p.add_argument("--epochs", type=int, default=10)
     engine.add_common_args(p)
     return p
@@ -55,8 +63,10 @@ def main(args: argparse.Namespace) -> dict:
     engine.check_common_args(args)
     if args.distortion not in distortions.DISTORTION_CLASSES:
         distortions.get(args.distortion)  # unknown: one-line error listing the known types
-        raise UserInputError(f"no classifier class for {args.distortion!r}: experts exist for "
-                             f"{', '.join(distortions.DISTORTION_CLASSES)}")
+        raise UserInputError(
+            f"no classifier class for {args.distortion!r}: experts exist for "
+            f"{', '.join(distortions.DISTORTION_CLASSES)}"
+        )
     out = args.out or f"checkpoints/expert_{args.distortion}.pt"
     started = time.time()
     torch.manual_seed(args.seed)
@@ -64,50 +74,89 @@ def main(args: argparse.Namespace) -> dict:
     model, backbone = engine.load_early_exit(args.backbone, role="backbone")
     preprocessing = Preprocessing.from_dict(backbone["preprocessing"])
     if args.split_seed != backbone.get("split_seed", 0):
-        raise UserInputError(f"--split-seed {args.split_seed} differs from the backbone's "
-                             f"({backbone.get('split_seed', 0)}): validation would overlap its training set")
-    train_src = load_source(args.data, "train", seed=args.split_seed, limit=args.train_limit,
-                            data_root=args.data_root)
-    val_src = load_source(args.data, "val", seed=args.split_seed, limit=args.val_limit,
-                          data_root=args.data_root)
+        raise UserInputError(
+            f"--split-seed {args.split_seed} differs from the backbone's "
+            f"({backbone.get('split_seed', 0)}): validation would overlap its training set"
+        )
+    train_src = load_source(
+        args.data, "train", seed=args.split_seed, limit=args.train_limit, data_root=args.data_root
+    )
+    val_src = load_source(
+        args.data, "val", seed=args.split_seed, limit=args.val_limit, data_root=args.data_root
+    )
     if tuple(train_src.classes) != tuple(backbone["class_names"]):
         raise UserInputError(f"{args.data} has other classes than the backbone was trained on")
     for p in model.stages.parameters():
         p.requires_grad_(False)
     model = model.to(device)
-    train_loader = engine.image_loader(train_src, expert_policy(args.distortion, args.seed),
-                                       preprocessing, batch_size=args.batch_size,
-                                       workers=args.workers, shuffle=True, seed=args.seed)
-    val_loader = engine.image_loader(val_src, expert_policy(args.distortion, args.seed + 1),
-                                     preprocessing, batch_size=256, workers=args.workers,
-                                     shuffle=False)
-    optimizer = torch.optim.Adam(model.head_parameters(), lr=args.lr_heads,
-                                 weight_decay=args.weight_decay)
+    train_loader = engine.image_loader(
+        train_src,
+        expert_policy(args.distortion, args.seed),
+        preprocessing,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shuffle=True,
+        seed=args.seed,
+    )
+    val_loader = engine.image_loader(
+        val_src,
+        expert_policy(args.distortion, args.seed + 1),
+        preprocessing,
+        batch_size=256,
+        workers=args.workers,
+        shuffle=False,
+    )
+    optimizer = torch.optim.Adam(model.head_parameters(), lr=args.lr_heads, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.cosine_t)
 
     def new_epoch(epoch: int) -> None:  # fresh distortion draws every epoch
         train_loader.dataset.set_epoch(epoch)
 
-    engine.log(f"fine-tuning the {args.distortion} expert's exits on {len(train_src)} images "
-               f"(backbone {'frozen, BN adapting' if args.adapt_bn else 'and BN frozen'}), {device}")
-    best_state, history = engine.fit(model, train_loader=train_loader, val_loader=val_loader,
-                                     optimizer=optimizer, scheduler=scheduler, epochs=args.epochs,
-                                     patience=args.patience, weights=tuple(args.exit_weights),
-                                     device=device, quiet=args.quiet,
-                                     freeze_backbone_bn=not args.adapt_bn, on_epoch_start=new_epoch,
-                                     max_minutes=args.max_minutes)
+    engine.log(
+        f"fine-tuning the {args.distortion} expert's exits on {len(train_src)} images "
+        f"(backbone {'frozen, BN adapting' if args.adapt_bn else 'and BN frozen'}), {device}"
+    )
+    best_state, history = engine.fit(
+        model,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=args.epochs,
+        patience=args.patience,
+        weights=tuple(args.exit_weights),
+        device=device,
+        quiet=args.quiet,
+        freeze_backbone_bn=not args.adapt_bn,
+        on_epoch_start=new_epoch,
+        max_minutes=args.max_minutes,
+    )
     model.load_state_dict(best_state)
     logits, labels = engine.collect_logits(model, val_loader, device)
     calibration = calibrate_exits(logits, labels)
     engine.log("temperatures per exit: " + " ".join(f"{t:.3f}" for t in calibration["temperatures"]))
-    payload = engine.base_payload(model.cpu(), role="expert", class_names=train_src.classes,
-                                  preprocessing=preprocessing, run_id=new_run_id(),
-                                  command=command_line(), started=started, args=args)
-    payload.update({"distortion": args.distortion, "expert": args.distortion,
-                    "adapt_bn": bool(args.adapt_bn), "backbone_run_id": backbone["run_id"],
-                    "history": history, "calibration": calibration,
-                    "temperatures": calibration["temperatures"],
-                    "val_accuracy": engine.exit_accuracies(logits, labels)})
+    payload = engine.base_payload(
+        model.cpu(),
+        role="expert",
+        class_names=train_src.classes,
+        preprocessing=preprocessing,
+        run_id=new_run_id(),
+        command=command_line(),
+        started=started,
+        args=args,
+    )
+    payload.update(
+        {
+            "distortion": args.distortion,
+            "expert": args.distortion,
+            "adapt_bn": bool(args.adapt_bn),
+            "backbone_run_id": backbone["run_id"],
+            "history": history,
+            "calibration": calibration,
+            "temperatures": calibration["temperatures"],
+            "val_accuracy": engine.exit_accuracies(logits, labels),
+        }
+    )
     if not args.adapt_bn and payload["backbone_hash"] != backbone["backbone_hash"]:
         raise RuntimeError("the frozen backbone changed during expert training")  # a bug, not input
     save_checkpoint(out, payload)
