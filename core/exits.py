@@ -62,12 +62,6 @@ def decide(confidences: np.ndarray, predictions: np.ndarray, p_tar: float) -> Ex
     )
 
 
-def first_confident_branch(confidences: np.ndarray, p_tar: float) -> np.ndarray:
-    """For (N, B) side-branch confidences: index of the first branch >= p_tar, or -1 (offload)."""
-    reached = np.asarray(confidences) >= p_tar
-    return np.where(reached.any(axis=1), np.argmax(reached, axis=1), -1)
-
-
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     """ECE with equal-width confidence bins (Guo et al., 2017)."""
     confidence = np.asarray(confidence, dtype=np.float64)

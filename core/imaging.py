@@ -112,23 +112,6 @@ def decode_image(
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def decode_raw(
-    data: bytes, *, height: int, width: int, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
-    """Raw interleaved uint8 pixels (gray, RGB or RGBA) of a known size to RGB HxWx3."""
-    if channels not in (1, 3, 4):
-        raise ImageDecodeError(f"raw images have 1, 3 or 4 channels, not {channels}")
-    if height <= 0 or width <= 0 or height * width > max_pixels:
-        raise ImageDecodeError(f"raw image size {width}x{height} out of range")
-    expected = height * width * channels
-    if len(data) != expected:
-        raise ImageDecodeError(
-            f"raw image needs {expected} bytes for {width}x{height}x{channels}, got {len(data)}"
-        )
-    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
-    return to_rgb(pixels.copy())
-
-
 def encode_image(image: np.ndarray, fmt: str = "png", *, jpeg_quality: int = 95) -> bytes:
     """RGB uint8 image to PNG (lossless) or JPEG bytes."""
     bgr = cv2.cvtColor(to_rgb(image), cv2.COLOR_RGB2BGR)

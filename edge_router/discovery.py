@@ -114,7 +114,8 @@ class Discovery:
         self.classifier = classifier  # the router's own (in process), fixed for its lifetime
         self.refresh_s, self.timeout_s = refresh_s, timeout_s
         self.catalogue = Catalogue()
-        self._manifests: dict[tuple[str, str, str], Manifest] = {}  # (instance, model, version)
+        # (endpoint, model, what identifies its registration: TorchServe's archive URL, Triton's version)
+        self._manifests: dict[tuple[str, str, str], Manifest] = {}
         self._session = requests.Session()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -1,1 +1,2 @@
-"""ONNX export of the trained segments, parity checks, manifests (and, next, TorchServe archives)."""
+"""ONNX export of the trained segments with parity checks and manifests (`python -m export`), the
+TorchServe archives (`export.archive`) and the in-process reference pipeline (`export.pipeline`)."""

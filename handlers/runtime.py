@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from core.exits import confidence_and_class
+from core.exits import confidence_and_class, softmax
 from core.imaging import Preprocessing
 from core.manifest import Manifest, ManifestError
 from core.spectrum import classifier_input
@@ -165,9 +165,7 @@ class DistortionClassifierRuntime:
             np.float32
         )
         logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(logits)
 
     def distortions(self, images: list[np.ndarray]) -> list[tuple[str, dict[str, float]]]:
         """(most likely distortion, class name -> probability) for each image: the classifier's

@@ -165,6 +165,7 @@ class Service:
     def error(self, context, idx: int, status: int, message: str) -> str:
         # The reason phrase must stay one short line: a multi-line phrase kills the worker.
         context.set_response_status(status, REASONS.get(status, "Error"), idx)
+        context.set_response_content_type(idx, "application/json")  # a JSON reason, said so
         self.metric("RequestErrors", 1, dimensions={"Status": str(status)})
         return json.dumps({"error": one_line(message), "status": status})
 

@@ -7,7 +7,6 @@ from core.exits import (
     confidence_and_class,
     decide,
     expected_calibration_error,
-    first_confident_branch,
     softmax,
 )
 
@@ -35,7 +34,6 @@ def test_rule_per_sample():
     assert list(d.prediction) == [1, 2, 4, 2]
     assert list(d.at_edge) == [True, True, False, False]
     np.testing.assert_allclose(d.confidence, [0.9, 0.85, 0.85, 0.7])
-    assert list(first_confident_branch(conf[:, :3], 0.8)) == [0, 1, -1, -1]
 
 
 def test_threshold_is_inclusive():

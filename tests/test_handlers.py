@@ -155,6 +155,7 @@ def test_edge_batch_one_response_per_request_bad_ones_isolated(unpacked):
     assert {i: ctx.status[i] for i in ctx.status} == {1: 400, 3: 400, 5: 415, 6: 400}
     for i in (1, 3, 5, 6):
         assert "\n" not in out[i] and json.loads(out[i])["error"]
+        assert ctx.content_types[i] == "application/json"
     # threshold 1.0 can never be met by a branch: the split tensor comes back in the wire format
     offloaded_bytes = 0
     for i, dtype in ((2, "FP32"), (4, "INT8")):

@@ -11,7 +11,6 @@ from core.errors import ImageDecodeError
 from core.imaging import (
     Preprocessing,
     decode_image,
-    decode_raw,
     encode_image,
     header_dimensions,
     normalize,
@@ -79,15 +78,6 @@ def test_decompression_bomb_refused_from_header():
 def test_size_limit_in_bytes():
     with pytest.raises(ImageDecodeError, match="exceeds the limit of 100"):
         decode_image(encode_image(textured_image(5), "png"), max_bytes=100)
-
-
-def test_raw_pixels():
-    image = textured_image(6)
-    np.testing.assert_array_equal(decode_raw(image.tobytes(), height=48, width=48), image)
-    gray = decode_raw(bytes(range(12)), height=3, width=4, channels=1)
-    assert gray.shape == (3, 4, 3)
-    with pytest.raises(ImageDecodeError, match="needs 6912 bytes"):
-        decode_raw(b"123", height=48, width=48)
 
 
 def test_resize_is_noop_at_size_and_square_otherwise():

@@ -158,6 +158,7 @@ def test_cloud_refuses_wrong_tensors_and_keeps_serving(system, shape, compressio
         headers={**headers, wire.HEADER_LENGTH: header_length or str(n)},
     )
     assert r.status_code == 400 and "\n" not in r.json()["error"], r.text
+    assert r.headers["Content-Type"].startswith("application/json")  # the 4xx says what it carries
     body, n = wire.encode(np.ones(good_shape, np.float32), name="stage2")
     r = requests.post(
         f"{cloud.inference_url}/predictions/cloud_pristine",
