@@ -4,9 +4,10 @@ The request is an Open Inference Protocol (KServe v2) inference request, as the 
 it: one input named as the manifest's split contract (`stage2`), shape [N, ...] with the contract's
 per-sample shape, datatype FP32, FP16 or INT8 (with `scale` and `zero_point` in the input's
 parameters, `core.wire`), in JSON or with the binary tensor extension. The answer has two outputs
-of shape [N]: `class` (INT64) and `confidence` (FP32), and the parameters `expert`, `run_id` and
-`exit` (3, the final exit). The segment runs in `handlers.runtime.CloudExpert`, the class the
-TorchServe handler uses, so both engines give the same numbers.
+of shape [N]: `class` (INT64) and `confidence` (FP32), and the parameters `expert`, `run_id`,
+`exit` and `exit_name` (the final exit, from the manifest). The segment runs in
+`handlers.runtime.CloudExpert`, the class the TorchServe handler uses, so both engines give the
+same numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from handlers.runtime import CloudExpert
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 64
-FINAL_EXIT = 3
 
 
 class CloudSegment(Model):
@@ -36,6 +36,7 @@ class CloudSegment(Model):
             raise ValueError(f"{name}: a {manifest.role} manifest, not a cloud segment")
         self.manifest, self.folder, self.threads = manifest, Path(folder), threads
         self.contract = manifest.input
+        (self.final,) = manifest.exits  # a cloud segment ends in the final exit
         self.expert: CloudExpert | None = None
 
     def load(self) -> bool:
@@ -96,5 +97,10 @@ class CloudSegment(Model):
             response_id=payload.id or "",
             model_name=self.name,
             infer_outputs=[classes, confidence],
-            parameters={"expert": self.manifest.name, "run_id": self.manifest.run_id, "exit": FINAL_EXIT},
+            parameters={
+                "expert": self.manifest.name,
+                "run_id": self.manifest.run_id,
+                "exit": self.final.index,
+                "exit_name": self.final.name,
+            },
         )

@@ -113,10 +113,12 @@ def oip_predictions(content: bytes) -> bytes:
     if len(classes) != len(confidences):
         raise ValueError("class and confidence differ in length")
     params = answer.get("parameters") or {}
+    final = {k: params[k] for k in ("exit", "exit_name") if k in params}
     return json.dumps(
         {
             "predictions": [
-                {"class": int(c), "confidence": float(p)} for c, p in zip(classes, confidences, strict=True)
+                {"class": int(c), "confidence": float(p), **final}
+                for c, p in zip(classes, confidences, strict=True)
             ],
             "run_id": params.get("run_id"),
         }

@@ -38,7 +38,6 @@ from core.imaging import DEFAULT_MAX_BYTES, header_dimensions, image_format
 from edge_router.discovery import Catalogue, ExpertPair
 
 MIN_DEADLINE_MS = 50.0
-EXIT_NAMES = ("branch0", "branch1", "branch2", "final")
 MODES = ("auto", "edge_only", "cloud_only")
 
 
@@ -235,7 +234,7 @@ class Decider:
                 raise RouterError(502, f"edge returned a malformed tensor: {exc}") from None
             conf, pred = _branches(message.parameters.get("branches"), len(pair.edge.exits), len(names))
             if options.mode == "edge_only":
-                _best_branch(out, conf, pred, names)
+                _best_branch(out, conf, pred, names, pair)
                 out["exit_note"] = "edge_only: the most confident side branch"
             else:
                 await self._offload(out, reply, head_len, conf, pred, names, pair, options, deadline, timings)
@@ -303,15 +302,17 @@ class Decider:
                 raise RouterError(502, f"cloud answered class {final_class} of {len(names)}")
         except RouterError as exc:
             timings["cloud_ms"] = _ms(t)
-            _best_branch(out, conf, pred, names)
+            _best_branch(out, conf, pred, names, pair)
             out.update(degraded=True, degraded_reason=str(exc), degraded_kind=degraded_kind(exc))
             return
         timings["cloud_ms"] = _ms(t)
         d = decide(np.array([[*conf, final_conf]]), np.array([[*pred, final_class]]), options.threshold)
         k = int(d.exit_index[0])
+        # exit names from the edge manifest's side branches and the cloud's answer (the final exit)
+        final_name = str(final.get("exit_name") or f"exit{len(conf)}")
         out.update(
             exit=k,
-            exit_name=EXIT_NAMES[k],
+            exit_name=pair.edge.exits[k].name if k < len(conf) else final_name,
             **{"class": int(d.prediction[0])},
             class_name=names[int(d.prediction[0])],
             confidence=float(d.confidence[0]),
@@ -394,11 +395,11 @@ def _branches(branches: object, count: int, classes: int) -> tuple[list[float], 
     return conf, pred
 
 
-def _best_branch(out: dict, conf: list, pred: list, names: list[str]) -> None:
+def _best_branch(out: dict, conf: list, pred: list, names: list[str], pair: ExpertPair) -> None:
     k = int(np.argmax(conf))
     out.update(
         exit=k,
-        exit_name=EXIT_NAMES[k],
+        exit_name=pair.edge.exits[k].name,
         **{"class": int(pred[k])},
         class_name=names[int(pred[k])],
         confidence=float(conf[k]),

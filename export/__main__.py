@@ -29,10 +29,10 @@ from core.spectrum import classifier_input
 from export.segments import OPSET, ExportParityError, check_parity, export_module
 from training.checkpoints import command_line, default_experts
 from training.datasets import DistortionPolicy, distorted_image, load_source
+from training.early_exit import EXIT_NAMES
 from training.engine import load_early_exit
 from training.eval_classifier import load_classifier
 
-EXIT_NAMES = ("branch0", "branch1", "branch2", "final")
 DEFAULT_THRESHOLD = 0.8
 
 

@@ -25,6 +25,7 @@ class CloudExpertHandler(Service):
     def load(self, model_dir, *, threads, providers) -> None:
         self.expert = CloudExpert(self.manifest, model_dir, threads=threads, providers=providers)
         self.contract = self.manifest.input
+        (self.final,) = self.manifest.exits  # a cloud segment ends in the final exit
 
     def parse(self, request: dict, context: object, idx: int) -> object:
         per_sample = int(np.prod(self.contract.shape[1:]))
@@ -56,7 +57,8 @@ class CloudExpertHandler(Service):
                             "class": int(pred[s]),
                             "class_name": names[int(pred[s])],
                             "confidence": float(conf[s]),
-                            "exit": 3,
+                            "exit": self.final.index,
+                            "exit_name": self.final.name,
                         }
                         for s in range(start, start + n)
                     ],

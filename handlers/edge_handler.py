@@ -54,7 +54,7 @@ class EdgeExpertHandler(Service):
                     "confidence": float(result.branch_confidence[j, k]),
                     "class": int(result.branch_prediction[j, k]),
                 }
-                for k in range(3)
+                for k in range(len(self.manifest.exits))
                 if result.branch_prediction[j, k] >= 0
             ]
             if j in split_row:

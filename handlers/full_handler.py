@@ -28,6 +28,7 @@ class FullModelHandler(Service):
         check_pair(self.manifest, cloud_manifest)
         self.edge = EdgeExpert(self.manifest, model_dir, threads=threads, providers=providers)
         self.cloud = CloudExpert(cloud_manifest, model_dir, threads=threads, providers=providers)
+        (self.final,) = cloud_manifest.exits
 
     def parse(self, request: dict, context: object, idx: int) -> object:
         return self.edge.preprocessing.model_input(decode_image(body_bytes(request)))
@@ -42,8 +43,8 @@ class FullModelHandler(Service):
         for j, i in enumerate(order):
             answers[i] = json.dumps(
                 {
-                    "exit": 3,
-                    "exit_name": "final",
+                    "exit": self.final.index,
+                    "exit_name": self.final.name,
                     "class": int(pred[j]),
                     "class_name": names[int(pred[j])],
                     "confidence": float(conf[j]),

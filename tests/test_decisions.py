@@ -27,13 +27,19 @@ from tests.conftest import textured_image
 ONNX = Path(__file__).resolve().parents[1] / "models" / "onnx"
 
 
+def manifests(name):
+    return tuple(Manifest.load(ONNX / f"{role}_{name}.json") for role in ("edge", "cloud"))
+
+
 def expert_pair(name):
-    edge, cloud = (Manifest.load(ONNX / f"{role}_{name}.json") for role in ("edge", "cloud"))
-    return ExpertPair(name, edge.distortion, edge, cloud)
+    edge, _ = manifests(name)
+    return ExpertPair(name, edge.distortion, edge, ("cloud",))
 
 
 CATALOGUE = Catalogue(experts={n: expert_pair(n) for n in ("pristine", "gaussian_blur")})
 NAMES = CATALOGUE.experts["gaussian_blur"].edge.class_names
+# every exit's name as the manifests give them: the side branches', then the cloud's final exit
+EXITS = [e.name for m in manifests("gaussian_blur") for e in m.exits]
 IMAGE = encode_image(textured_image(0, 16))
 OPTIONS = Options(threshold=0.8, compression="fp32", deadline_s=2.0, expert=None, mode="auto")
 
@@ -93,7 +99,9 @@ def split_reply(conf=(0.3, 0.5, 0.6), pred=(1, 2, 3), compression="fp32", branch
 
 
 def cloud_reply(cls=7, conf=0.9):
-    return json_reply(predictions=[{"class": cls, "class_name": "x", "confidence": conf}])
+    final = manifests("gaussian_blur")[1].exits[0]  # as the cloud handler answers
+    prediction = {"class": cls, "class_name": "x", "confidence": conf, "exit": final.index}
+    return json_reply(predictions=[{**prediction, "exit_name": final.name}])
 
 
 def classifier(distortion="gaussian_blur", delay=0.0):
@@ -153,7 +161,7 @@ def test_offload_sends_the_split_unchanged_and_the_exit_rule_decides(
     assert out["offloaded"] is True and out["degraded"] is False and out["compression"] == compression
     assert out["offloaded_bytes"] == 160 * 2 * 2 * itemsize
     assert (out["exit"], out["class"], out["class_name"]) == (exit_, cls, NAMES[cls])
-    assert out["exit_name"] == ("branch0", "branch1", "branch2", "final")[exit_]
+    assert out["exit_name"] == EXITS[exit_]
     assert "cloud_ms" in out["timings_ms"]
 
 
@@ -354,3 +362,9 @@ def test_an_offload_without_every_branch_is_refused(branches):
 def test_edge_branches_without_confidence_are_a_502():
     exc = refusal(FakeUpstream(split_reply(branches=[{"exit": 0, "class": 1}]), cloud_reply()))
     assert exc.status == 502
+
+
+def test_a_cloud_that_names_no_exit_gets_a_name_from_its_position():
+    plain = json_reply(predictions=[{"class": 7, "confidence": 0.99}])  # e.g. a Triton model of ours
+    out = answer(FakeUpstream(split_reply([0.1, 0.2, 0.3]), plain))
+    assert (out["exit"], out["exit_name"]) == (len(EXITS) - 1, f"exit{len(EXITS) - 1}")

@@ -8,9 +8,10 @@ import torch
 
 from core.manifest import Manifest, ManifestError, check_pair
 from export.segments import ExportParityError, check_parity, export_module, ort_session
+from training.early_exit import EXIT_NAMES
 
 EXPERTS = ("conventional", "pristine", "gaussian_blur", "gaussian_noise")
-SEGMENTS = ("branch0", "branch1", "branch2", "final")
+SEGMENTS = EXIT_NAMES  # the model definition's, which export writes into the manifests
 
 
 def test_report_covers_every_segment(exported):

@@ -32,6 +32,8 @@ from core.cli import run_cli
 from core.errors import UserInputError
 
 NUM_EXITS = 4  # three side branches + the final classifier
+# the exits' names as the manifests carry them (export); everything downstream reads the manifest
+EXIT_NAMES = (*(f"branch{i}" for i in range(NUM_EXITS - 1)), "final")
 
 
 @dataclass
