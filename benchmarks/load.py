@@ -67,6 +67,35 @@ def run_levels(router: str, args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def run_device_client(
+    system, results: Path, args: argparse.Namespace, *, threshold: float, minutes: float
+) -> list[dict]:
+    """The client half (`--client`) inside the device namespace of `system`'s emulated link: every
+    level of `args.levels` for `args.seconds`; returns the levels it wrote to `results`."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.load",
+        "--client",
+        "--client-router",
+        system.url,
+        "--results",
+        str(results),
+        "--threshold",
+        repr(threshold),
+        "--seconds",
+        str(args.seconds),
+        "--max-requests",
+        str(args.max_requests),
+        "--levels",
+        *map(str, args.levels),
+    ]
+    if args.data_root:
+        cmd += ["--data-root", args.data_root]
+    subprocess.run(system.link.exec_args("dev", cmd), check=True, env=system.env, timeout=60 * minutes)
+    return json.loads(Path(results).read_text())
+
+
 def client(args: argparse.Namespace) -> int:
     """The client half of the own-stack mode (runs inside the device namespace)."""
     write_json(args.results, run_levels(args.client_router, args))
@@ -199,29 +228,8 @@ def main(args: argparse.Namespace) -> dict | int:
             sampler = RssSampler(system)
             sampler.start()
             results = out / f"levels_{name}.json"
-            cmd = [
-                sys.executable,
-                "-m",
-                "benchmarks.load",
-                "--client",
-                "--client-router",
-                system.url,
-                "--results",
-                str(results.resolve()),
-                "--seconds",
-                str(args.seconds),
-                "--max-requests",
-                str(args.max_requests),
-                "--levels",
-                *map(str, args.levels),
-            ]
-            if args.data_root:
-                cmd += ["--data-root", args.data_root]
-            subprocess.run(
-                system.link.exec_args("dev", cmd), check=True, env=system.env, timeout=60 * minutes
-            )
+            levels = run_device_client(system, results.resolve(), args, threshold=0.8, minutes=minutes)
             sampler.stop.set()
-            levels = json.loads(results.read_text())
         report["profiles"][name] = {**knees(levels), "rss": sampler.summary()}
         print_knee(name, report)
     write_json(out / "load.json", report)

@@ -19,9 +19,7 @@ replica adding capacity: that needs a core (or a machine) per replica.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,6 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run_one(profile, engine: str, replicas: int, policy: str, args: argparse.Namespace, out: Path) -> dict:
     from benchmarks.latency import emulated_system
+    from benchmarks.load import run_device_client
 
     minutes = len(args.levels) * args.seconds / 60 + 5
     started = time.time()
@@ -85,28 +84,7 @@ def run_one(profile, engine: str, replicas: int, policy: str, args: argparse.Nam
         router_options=options,
     ) as system:
         results = (out / f"levels_{profile.name}_{engine}_{replicas}_{policy}.json").resolve()
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.load",
-            "--client",
-            "--client-router",
-            system.url,
-            "--results",
-            str(results),
-            "--threshold",
-            "1.0",
-            "--seconds",
-            str(args.seconds),
-            "--max-requests",
-            str(args.max_requests),
-            "--levels",
-            *map(str, args.levels),
-        ]
-        if args.data_root:
-            cmd += ["--data-root", args.data_root]
-        subprocess.run(system.link.exec_args("dev", cmd), check=True, env=system.env, timeout=60 * minutes)
-        levels = json.loads(results.read_text())
+        levels = run_device_client(system, results, args, threshold=1.0, minutes=minutes)
         rss = system.rss_mb()
         backend = system.link.backend
     row = {
