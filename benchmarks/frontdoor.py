@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import random
-import shlex
 import shutil
 import signal
 import socket
@@ -40,7 +39,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.loadgen import LoadClient
-from core.cli import run_cli, write_json
+from core.cli import command_line, run_cli, write_json
 from core.errors import UserInputError
 
 HOST, PATH, UPSTREAM_PATH = "127.0.0.1", "/v1/classify", "/predictions/x"
@@ -372,7 +371,7 @@ def main(args: argparse.Namespace) -> dict:
         "by_throughput": pick(rows, top, "throughput_rps", max),
         "by_cpu_per_request": pick(rows, top, "cpu_us_per_req", min),  # steadier under contention
         "shipped": {"server": CHOSEN[0], "client": CHOSEN[1]},
-        "command": shlex.join(["python", "-m", "benchmarks.frontdoor", *sys.argv[1:]]),
+        "command": command_line(),
     }
     where = (
         "front door pinned to one CPU, upstream and load client to another"

@@ -41,7 +41,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.cli import run_cli, write_json
+from core.cli import command_line, run_cli, write_json
 from core.errors import UserInputError
 
 SUBNET = "10.213.0.0/16"
@@ -502,7 +502,7 @@ def main(args: argparse.Namespace) -> dict:
     unknown = [n for n in args.profiles if n not in profiles]
     if unknown:
         raise UserInputError(f"unknown profile(s) {', '.join(unknown)} (known: {', '.join(profiles)})")
-    result = {"command": " ".join(["python -m benchmarks.netem", *sys.argv[1:]]), "profiles": {}}
+    result = {"command": command_line(), "profiles": {}}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the context managers' cleanup
     for name in args.profiles:
         p = profiles[name]

@@ -24,10 +24,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from core.cli import progress, run_cli, write_json
+from core.cli import command_line, progress, run_cli, write_json
 from core.errors import UserInputError
 from export.segments import OPSET, export_module, ort_session
-from training.checkpoints import command_line
 from training.early_exit import EarlyExitMobileNetV2, ExitConfig
 from training.engine import load_early_exit
 

@@ -35,11 +35,10 @@ import requests
 from benchmarks.live import LiveSystem
 from benchmarks.loadgen import LoadClient
 from benchmarks.synthetic import build_store
-from core.cli import progress, run_cli, write_json
+from core.cli import command_line, progress, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import decode_image, encode_image
 from export.pipeline import Pipeline
-from training.checkpoints import command_line
 from training.datasets import DistortionPolicy, distorted_image, load_source
 
 PATHS = {"edge_exit": 0.01, "offload": 1.0}

@@ -45,10 +45,9 @@ import requests
 from benchmarks.live import LiveSystem, rss_mb, torchserve_processes, wait_until_healthy
 from benchmarks.loadgen import LoadClient, percentiles
 from benchmarks.synthetic import build_store
-from core.cli import progress, run_cli, write_json
+from core.cli import command_line, progress, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import decode_image, encode_image
-from training.checkpoints import command_line
 
 PATHS = {"edge_exit": 0.01, "offload": 1.0}
 LEVELS = (1, 4, 16, 32)

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import psutil
 
-from core.cli import run_cli, write_json
+from core.cli import command_line, run_cli, write_json
 from core.errors import UserInputError
-from training.checkpoints import command_line
 
 ENGINES = ("torchserve", "kserve")
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from core.cli import command_line
 from core.errors import UserInputError
-from training.checkpoints import command_line, new_run_id, save_checkpoint
+from training.checkpoints import new_run_id, save_checkpoint
 from training.early_exit import EarlyExitMobileNetV2, ExitConfig
 from training.engine import base_payload, load_early_exit
 

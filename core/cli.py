@@ -50,6 +50,16 @@ def _one_line(message: str) -> str:
     return reason if sep and head.rsplit(".", 1)[-1].endswith("Error") else last
 
 
+def command_line() -> str:
+    """The command that is running, as a user would type it again (recorded in every result)."""
+    module = sys.modules["__main__"].__spec__
+    if module is None:
+        head = f"python {sys.argv[0]}"
+    else:
+        head = f"python -m {module.name.removesuffix('.__main__')}"
+    return " ".join([head, *sys.argv[1:]])
+
+
 def progress(iterable: Iterable, *, desc: str | None = None, quiet: bool = False, **kwargs) -> Iterable:
     """A tqdm progress bar on stderr when stderr is a terminal; silent in logs or with `quiet`."""
     from tqdm import tqdm  # imported lazily: the serving side never needs it

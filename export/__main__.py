@@ -21,13 +21,13 @@ import onnx
 import torch
 
 from core import distortions
-from core.cli import run_cli, write_json
+from core.cli import command_line, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import Preprocessing
 from core.manifest import ExitSpec, Manifest, TensorSpec, sha256_file
 from core.spectrum import classifier_input
 from export.segments import OPSET, ExportParityError, check_parity, export_module
-from training.checkpoints import command_line, default_experts
+from training.checkpoints import default_experts
 from training.datasets import DistortionPolicy, distorted_image, load_source
 from training.early_exit import EXIT_NAMES
 from training.engine import load_early_exit

@@ -258,7 +258,7 @@ def main(args: argparse.Namespace) -> dict | list:
     pipeline = Pipeline(args.exported, threads=args.threads)
     started = time.time()
     if args.compare_pytorch:
-        from training.checkpoints import command_line
+        from core.cli import command_line
 
         result = compare_with_pytorch(args, pipeline)
         result.update({"command": command_line(), "wall_time_s": round(time.time() - started, 1)})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,16 +20,6 @@ from core.errors import UserInputError
 
 def new_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
-
-
-def command_line() -> str:
-    """The command that is running, as a user would type it again."""
-    module = sys.modules["__main__"].__spec__
-    if module is None:
-        head = f"python {sys.argv[0]}"
-    else:
-        head = f"python -m {module.name.removesuffix('.__main__')}"
-    return " ".join([head, *sys.argv[1:]])
 
 
 def default_experts(backbone: str | Path) -> list[str]:

@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import distortions
-from core.cli import progress, run_cli, write_json
+from core.cli import command_line, progress, run_cli, write_json
 from core.errors import UserInputError
 from core.manifest import Manifest, artifacts_entry
-from training.checkpoints import command_line, load_checkpoint
+from training.checkpoints import load_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource, load_source
 from training.photos import PhotoCrops, available_photos

@@ -31,13 +31,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import distortions
-from core.cli import progress, run_cli, write_json
+from core.cli import command_line, progress, run_cli, write_json
 from core.errors import UserInputError
 from core.exits import confidence_and_class, decide
 from core.imaging import Preprocessing
 from core.manifest import Manifest, artifacts_entry
 from training import engine
-from training.checkpoints import command_line, default_experts
+from training.checkpoints import default_experts
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
 from training.eval_classifier import load_classifier
 

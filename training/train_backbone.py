@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from core.cli import run_cli
+from core.cli import command_line, run_cli
 from core.imaging import Preprocessing
 from training import engine
 from training.calibration import calibrate_exits
-from training.checkpoints import command_line, new_run_id, save_checkpoint
+from training.checkpoints import new_run_id, save_checkpoint
 from training.datasets import DistortionPolicy, load_source
 from training.early_exit import EarlyExitMobileNetV2, ExitConfig
 

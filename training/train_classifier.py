@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
-from core.cli import progress, run_cli
+from core.cli import command_line, progress, run_cli
 from core.errors import UserInputError
-from training.checkpoints import command_line, new_run_id, save_checkpoint
+from training.checkpoints import new_run_id, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
 from training.engine import add_runtime_args, device_from_arg, epoch_would_overrun

@@ -21,12 +21,12 @@ import time
 import torch
 
 from core import distortions
-from core.cli import run_cli
+from core.cli import command_line, run_cli
 from core.errors import UserInputError
 from core.imaging import Preprocessing
 from training import engine
 from training.calibration import calibrate_exits
-from training.checkpoints import command_line, new_run_id, save_checkpoint
+from training.checkpoints import new_run_id, save_checkpoint
 from training.datasets import DistortionPolicy, load_source
 
 
