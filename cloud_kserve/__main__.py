@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core import experts
 from core.cli import run_cli
 from core.errors import UserInputError
 from core.manifest import Manifest
@@ -41,22 +42,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def collect(args: argparse.Namespace, unpack_root: Path) -> list[tuple[str, Manifest, Path]]:
     """(model name, manifest, folder) of every cloud segment asked for."""
-    from handlers.service import MANIFEST_NAME
-
-    found: dict[str, tuple[Manifest, Path]] = {}
     if args.exported:
-        root = Path(args.exported)
-        for path in sorted(root.glob("cloud_*.json")):
-            found[path.stem] = (Manifest.load(path), root)
+        registry = experts.from_export(args.exported)
     else:
-        from export.archive import extract
+        from export.archive import unpack_store
 
         store = Path(args.model_store)
         if not store.is_dir():
             raise UserInputError(f"{store} is not a folder (build archives: python -m export.archive)")
-        for mar in sorted(store.glob("cloud_*.mar")):
-            folder = extract(mar, unpack_root / mar.stem)
-            found[mar.stem] = (Manifest.load(folder / MANIFEST_NAME), folder)
+        registry = unpack_store(store, unpack_root, role="cloud")
+    found = {experts.archive_name("cloud", name): seg for name, seg in registry.cloud.items()}
     wanted = sorted(found) if args.models == ["all"] else args.models
     missing = [m for m in wanted if m not in found]
     if missing or not wanted:

@@ -24,6 +24,7 @@ from core.errors import UserInputError
 SCHEMA_VERSION = 1
 ROLES = ("edge", "cloud", "classifier")
 DTYPES = ("FP32", "FP16", "INT8")
+EXPORT_REPORT = "export_report.json"  # written beside the manifests by python -m export; not one
 
 
 class ManifestError(UserInputError):
@@ -188,7 +189,7 @@ def export_file_hashes(folder: str | Path) -> dict[str, str]:
     folder = Path(folder)
     hashes: dict[str, str] = {}
     for path in sorted(folder.glob("*.json")):
-        if path.name == "export_report.json":
+        if path.name == EXPORT_REPORT:
             continue
         manifest = Manifest.load(path)
         manifest.verify_files(folder)

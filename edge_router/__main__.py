@@ -23,10 +23,11 @@ from pathlib import Path
 
 from core.cli import run_cli
 from core.errors import UserInputError
+from core.experts import CLASSIFIER
 from core.imaging import DEFAULT_MAX_BYTES
 from edge_router.app import LocalClassifier, Router, RouterConfig, make_server
 from edge_router.cloud import POLICIES
-from edge_router.discovery import CLASSIFIER, Discovery, Endpoint
+from edge_router.discovery import Discovery, Endpoint
 from edge_router.torchserve import instance, read_keys
 
 

@@ -52,6 +52,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core.errors import UserInputError
+from core.experts import CLASSIFIER
 from core.imaging import DEFAULT_MAX_BYTES, decode_image
 from core.manifest import Manifest, ManifestError
 from edge_router.cloud import CloudPool, CloudUpstream
@@ -64,7 +65,7 @@ from edge_router.decisions import (
     UpstreamUnreachable,
     parse_query,
 )
-from edge_router.discovery import CLASSIFIER, Discovery, Endpoint
+from edge_router.discovery import Discovery, Endpoint
 from edge_router.metrics import CONTENT_TYPE, Metrics
 from handlers.runtime import DistortionClassifierRuntime
 

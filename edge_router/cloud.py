@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from core import experts
 from edge_router.decisions import Reply, UpstreamTimeout, UpstreamUnreachable
 from edge_router.discovery import Catalogue, Endpoint
 
@@ -140,8 +141,9 @@ class CloudUpstream:
 
     def candidates(self, model: str) -> list[Endpoint]:
         cat = self.catalogue()
-        if model.startswith("cloud_"):
-            pair = cat.experts.get(model[len("cloud_") :])
+        role, expert = experts.parse_archive_name(model) or ("", "")
+        if role == "cloud":
+            pair = cat.experts.get(expert)
             names = pair.clouds if pair else ()
         else:  # full_<expert> (cloud_only): the TorchServe endpoints hold those archives
             names = [n for n, e in self.pool.endpoints.items() if e.kind == "torchserve"]

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from core import wire
+from core import experts, wire
 from core.exits import decide
 from core.imaging import DEFAULT_MAX_BYTES, header_dimensions, image_format
 from edge_router.discovery import Catalogue, ExpertPair
@@ -101,10 +101,8 @@ def parse_options(params: Mapping[str, list[str]], defaults: Defaults) -> Option
     if mode not in MODES:
         raise RouterError(400, "mode must be auto, edge_only or cloud_only")
     expert = one("expert")
-    if expert is not None and (
-        not expert or len(expert) > 64 or not all(c.isalnum() or c in "_-" for c in expert)
-    ):
-        raise RouterError(400, "expert must be a registered expert's name")
+    if expert is not None and not experts.is_expert_name(expert):
+        raise RouterError(400, "expert must be a registered expert's name (ASCII letters, digits, _ or -)")
     return Options(threshold, compression, deadline_ms / 1000.0, expert, mode)
 
 
@@ -197,7 +195,7 @@ class Decider:
         t = time.perf_counter()
         reply = await self._call(
             "edge",
-            f"edge_{pair.name}",
+            experts.archive_name("edge", pair.name),
             body,
             {"X-Exit-Threshold": repr(options.threshold), "X-Offload-Compression": options.compression},
             deadline,
@@ -286,7 +284,7 @@ class Decider:
             cloud = (
                 await self._call(
                     "cloud",
-                    f"cloud_{pair.name}",
+                    experts.archive_name("cloud", pair.name),
                     reply.content,
                     {wire.HEADER_LENGTH: head_len, "Content-Type": wire.CONTENT_TYPE},
                     deadline,
@@ -320,11 +318,11 @@ class Decider:
 
     async def _cloud_only(self, body: bytes, options: Options, started: float, deadline: float) -> dict:
         """The baseline without the edge: the image goes to the cloud's full_<expert> archive."""
-        expert = options.expert or "conventional"
+        expert = options.expert or experts.CONVENTIONAL
         answer = (
             await self._call(
                 "cloud",
-                f"full_{expert}",
+                experts.archive_name("full", expert),
                 body,
                 {},
                 deadline,

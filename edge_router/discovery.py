@@ -1,7 +1,8 @@
 """Which experts can the router use right now: discovered through the TorchServe APIs.
 
 Every `refresh_s` the router lists the models registered on the edge and on every cloud endpoint,
-and pairs `edge_<x>` with the endpoints that serve `cloud_<x>`. A TorchServe endpoint is listed
+and pairs `edge_<x>` with the endpoints that serve `cloud_<x>` (names by `core.experts`; a TorchServe
+archive's manifest must say the role and expert its name says). A TorchServe endpoint is listed
 through its management API and each new or re-registered archive asked for its manifest (an
 inference request with `X-Describe: manifest`, answered by our handlers); the pair must agree on
 split contract, training run and classes (`core.manifest.check_pair`). An Open Inference Protocol
@@ -25,11 +26,11 @@ from dataclasses import dataclass, field
 
 import requests
 
+from core import experts
 from core.manifest import Manifest, ManifestError, check_pair
 from handlers.service import DESCRIBE_HEADER
 
 log = logging.getLogger(__name__)
-CLASSIFIER = "distortion_classifier"
 
 
 @dataclass
@@ -229,18 +230,24 @@ class Discovery:
             cat = Catalogue(classifier=self.classifier, refreshed_at=time.time())
             edge: dict[str, Manifest] = {}
             for model, url in self._list(self.edge, cat).items():
-                if not model.startswith("edge_"):
+                parsed = experts.parse_archive_name(model)
+                if parsed is None or parsed[0] != "edge":
                     continue
                 try:
-                    edge[model[len("edge_") :]] = self._manifest(self.edge, model, url)
-                except (requests.RequestException, ValueError, ManifestError) as exc:
+                    manifest = self._manifest(self.edge, model, url)
+                    experts.check_archive(model, manifest)
+                    edge[parsed[1]] = manifest
+                except ManifestError as exc:
+                    cat.refused[model] = str(exc)
+                except (requests.RequestException, ValueError) as exc:
                     cat.refused[model] = f"no manifest: {type(exc).__name__}"
             served: dict[str, list[str]] = {}  # expert -> cloud endpoints that can finish it
             for ep in self.clouds:
                 for model, url in self._list(ep, cat).items():
-                    if not model.startswith("cloud_"):
+                    parsed = experts.parse_archive_name(model)
+                    if parsed is None or parsed[0] != "cloud":
                         continue
-                    name = model[len("cloud_") :]
+                    name = parsed[1]
                     if name not in edge:
                         cat.refused.setdefault(name, "no edge_<expert> registered on the edge")
                         continue
@@ -253,7 +260,9 @@ class Discovery:
                                     continue
                                 self._manifests[(ep.name, model, url)] = edge[name]
                         else:
-                            check_pair(edge[name], self._manifest(ep, model, url))
+                            cloud = self._manifest(ep, model, url)
+                            experts.check_archive(model, cloud)
+                            check_pair(edge[name], cloud)
                     except (
                         requests.RequestException,
                         ValueError,

@@ -15,6 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from core import experts
+
 LATENCY_BUCKETS_S = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -49,7 +51,7 @@ class Metrics:
     def observe_answer(self, answer: dict, seconds: float) -> None:
         self.requests.labels("200").inc()
         cloud_only = answer.get("compression") == "image"  # the whole image went to full_<expert>
-        expert = f"full_{answer['expert']}" if cloud_only else answer["expert"]
+        expert = experts.archive_name("full", answer["expert"]) if cloud_only else answer["expert"]
         self.exits.labels(expert, str(answer["exit"])).inc()
         if answer["offloaded"] and not cloud_only:
             self.offloads.labels(answer["expert"]).inc()

@@ -16,11 +16,10 @@ import sys
 
 import requests
 
+from core import experts
 from core.cli import run_cli
 from core.errors import UserInputError
 from edge_router.__main__ import endpoint
-
-NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,14 +52,15 @@ def _check(r: requests.Response, what: str) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
-    eps = {role: endpoint(role, args) for role in ("edge", "cloud")}
     if args.action != "list":
-        if not args.expert or not set(args.expert) <= NAME_CHARS:
-            raise UserInputError(f"{args.action} needs an expert name (letters, digits, _ and -)")
+        if not args.expert:
+            raise UserInputError(f"{args.action} needs an expert name, e.g. gaussian_blur")
+        experts.check_expert_name(args.expert)
+    eps = {role: endpoint(role, args) for role in ("edge", "cloud")}
     out: dict = {}
     with requests.Session() as s:
         for role, ep in eps.items():
-            model = f"{role}_{args.expert}"
+            model = experts.archive_name(role, args.expert) if args.expert else ""
             url, headers = f"{ep.management_url}/models", ep.auth("management")
             if args.action == "add":
                 params = {

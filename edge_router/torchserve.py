@@ -26,6 +26,7 @@ from pathlib import Path
 
 import requests
 
+from core import experts
 from core.cli import run_cli
 from core.errors import UserInputError
 
@@ -49,7 +50,7 @@ DEFAULT_PORTS = {
 }
 # The distortion classifier runs inside the router (one TorchServe hop on the edge), so `all` on the
 # edge means the experts' edge segments; its archive can still be registered by name.
-ROLE_PREFIXES = {"edge": ("edge_",), "cloud": ("cloud_", "full_")}
+ARCHIVE_ROLES = {"edge": ("edge",), "cloud": ("cloud", "full")}
 
 
 @dataclass
@@ -140,7 +141,7 @@ def render_config(inst: Instance, model_store: Path) -> str:
 def archives_for(role: str, model_store: Path, models: list[str]) -> list[str]:
     available = sorted(p.stem for p in model_store.glob("*.mar"))
     if models == ["all"]:
-        chosen = [m for m in available if m.startswith(ROLE_PREFIXES[role])]
+        chosen = [m for m in available if (experts.parse_archive_name(m) or ("",))[0] in ARCHIVE_ROLES[role]]
     else:
         chosen = models
     missing = [m for m in chosen if m not in available]

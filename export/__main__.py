@@ -20,11 +20,11 @@ import numpy as np
 import onnx
 import torch
 
-from core import distortions
+from core import distortions, experts
 from core.cli import command_line, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import Preprocessing
-from core.manifest import ExitSpec, Manifest, TensorSpec, sha256_file
+from core.manifest import EXPORT_REPORT, ExitSpec, Manifest, TensorSpec, sha256_file
 from core.spectrum import classifier_input
 from export.segments import OPSET, ExportParityError, check_parity, export_module
 from training.checkpoints import default_experts
@@ -89,12 +89,12 @@ def main(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     conventional = load_early_exit(args.backbone, role="backbone")
     expert_paths = args.experts or default_experts(args.backbone)
-    models = {"conventional": conventional}
+    models = {experts.CONVENTIONAL: conventional}
     for path in expert_paths:
         model, payload = load_early_exit(path, role="expert")
         if payload["backbone_run_id"] != conventional[1]["run_id"]:
             raise UserInputError(f"{path} was fine-tuned from another backbone run")
-        name = payload["expert"] + ("_adapt_bn" if payload["adapt_bn"] else "")
+        name = experts.check_expert_name(payload["expert"] + ("_adapt_bn" if payload["adapt_bn"] else ""))
         models[name] = (model, payload)
     preprocessing = Preprocessing.from_dict(conventional[1]["preprocessing"])
     classifier = load_classifier(args.classifier) if args.classifier != "none" else None
@@ -148,7 +148,7 @@ def main(args: argparse.Namespace) -> dict:
             manifest = _expert_manifest(
                 role, name, payload, preprocessing, stage_files[h], head_files, split_shape, out, exporter
             )
-            path = out / f"{role}_{name}.json"
+            path = out / f"{experts.archive_name(role, name)}.json"
             path.write_text(manifest.to_json())
             report["manifests"].append(path.name)
 
@@ -161,7 +161,7 @@ def main(args: argparse.Namespace) -> dict:
         size = model.config.input_size
         manifest = Manifest(
             role="classifier",
-            name="distortion_classifier",
+            name=experts.CLASSIFIER,
             distortion=None,
             class_names=tuple(payload["class_names"]),
             preprocessing={**Preprocessing(size=model.config.image_size).to_dict(), "spectrum_size": size},
@@ -174,9 +174,9 @@ def main(args: argparse.Namespace) -> dict:
             files={rel: sha256_file(out / rel)},
             exporter=exporter,
         )
-        (out / "distortion_classifier.json").write_text(manifest.to_json())
-        report["manifests"].append("distortion_classifier.json")
-    write_json(out / "export_report.json", report)
+        (out / f"{experts.CLASSIFIER}.json").write_text(manifest.to_json())
+        report["manifests"].append(f"{experts.CLASSIFIER}.json")
+    write_json(out / EXPORT_REPORT, report)
     worst = max(s["max_abs_diff"] for s in report["segments"])
     print(
         f"exported {len(report['segments'])} segments and {len(report['manifests'])} manifests to "

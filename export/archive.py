@@ -21,6 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from core import experts
 from core.cli import run_cli
 from core.errors import UserInputError
 from core.manifest import Manifest
@@ -77,18 +78,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def manifests(exported: Path) -> dict[str, Manifest]:
-    """Archive name -> manifest, for every manifest `python -m export` wrote."""
-    found = {}
-    for path in sorted(exported.glob("*.json")):
-        if path.name == "export_report.json":
+def unpack_store(store: Path, root: Path, *, role: str | None = None) -> experts.Registry:
+    """Every archive of a model store (or those of one role) unpacked under `root`, filed by manifest."""
+    registry = experts.Registry()
+    for mar in sorted(Path(store).glob("*.mar")):
+        parsed = experts.parse_archive_name(mar.stem)
+        if role is not None and (parsed is None or parsed[0] != role):
             continue
-        m = Manifest.load(path)
-        m.verify_files(exported)
-        found[path.stem] = m
-    if not found:
-        raise UserInputError(f"no manifests in {exported}: run python -m export first")
-    return found
+        folder = extract(mar, root / mar.stem)
+        registry.add(mar.stem, Manifest.load(folder / MANIFEST_NAME), folder)
+    return registry
 
 
 def model_config(args: argparse.Namespace) -> str:
@@ -190,7 +189,10 @@ def main(args: argparse.Namespace) -> list[str]:
         )
     if args.max_batch_delay < 0:
         raise UserInputError("--max-batch-delay must not be negative")
-    found = manifests(Path(args.exported))
+    registry = experts.from_export(Path(args.exported), verify=True)
+    found = {name: manifest for name, (manifest, _) in registry.manifests().items()}
+    if not found:
+        raise UserInputError(f"no manifests in {args.exported}: run python -m export first")
     wanted = args.only if args.only else list(found)
     unknown = [n for n in wanted if n not in found]
     if unknown:
@@ -200,9 +202,8 @@ def main(args: argparse.Namespace) -> list[str]:
     jobs = [(name, found[name], None) for name in wanted]
     if args.full:
         jobs += [
-            (f"full_{n[len('edge_') :]}", found[n], found[f"cloud_{n[len('edge_') :]}"])
-            for n in found
-            if n.startswith("edge_") and f"cloud_{n[len('edge_') :]}" in found
+            (experts.archive_name("full", name), edge[0], cloud[0])
+            for name, (edge, cloud) in registry.pairs().items()
         ]
     for name, manifest, cloud in jobs:
         path = build(name, manifest, args, cloud)

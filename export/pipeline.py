@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core import experts
 from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
 from core.exits import decide
 from core.imaging import Preprocessing, decode_image
-from core.manifest import Manifest, artifacts_entry, check_pair
+from core.manifest import artifacts_entry
 from core.spectrum import classifier_input
 from handlers.runtime import CloudExpert, DistortionClassifierRuntime, EdgeExpert
 
@@ -38,19 +39,19 @@ class Pipeline:
         """`folder`: written by `python -m export`, or a model store of .mar archives."""
         folder = Path(folder)
         self._unpacked = None
-        if (folder / "distortion_classifier.json").is_file():
-            found = {
-                p.stem: (Manifest.load(p), folder)
-                for p in sorted(folder.glob("*.json"))
-                if p.name != "export_report.json"
-            }
-        elif (folder / "distortion_classifier.mar").is_file():
-            found = self._unpack_store(folder)
+        if (folder / f"{experts.CLASSIFIER}.json").is_file():
+            registry = experts.from_export(folder)
+        elif (folder / f"{experts.CLASSIFIER}.mar").is_file():
+            from export.archive import unpack_store
+
+            self._unpacked = tempfile.TemporaryDirectory(prefix="pipeline_")
+            registry = unpack_store(folder, Path(self._unpacked.name))
         else:
             raise UserInputError(
-                f"{folder} holds neither an export (distortion_classifier.json) nor "
-                f"archives (distortion_classifier.mar): run python -m export"
+                f"{folder} holds neither an export ({experts.CLASSIFIER}.json) nor "
+                f"archives ({experts.CLASSIFIER}.mar): run python -m export"
             )
+        found = registry.manifests()
         # What a result made with this pipeline names as its models (the runners check each hash).
         self.artifacts = {
             "models": str(folder),
@@ -62,36 +63,17 @@ class Pipeline:
                 )
             ),
         }
-        manifest, where = found["distortion_classifier"]
+        manifest, where = registry.classifier
         self.classifier = DistortionClassifierRuntime(manifest, where, threads=threads)
         self.edge: dict[str, EdgeExpert] = {}
         self.cloud: dict[str, CloudExpert] = {}
-        for key in sorted(found):
-            if not key.startswith("edge_"):
-                continue
-            name = key[len("edge_") :]
-            if f"cloud_{name}" not in found:
-                raise UserInputError(f"edge_{name} has no cloud_{name} beside it")
-            (edge_m, edge_dir), (cloud_m, cloud_dir) = found[key], found[f"cloud_{name}"]
-            check_pair(edge_m, cloud_m)
+        for name, ((edge_m, edge_dir), (cloud_m, cloud_dir)) in registry.pairs().items():
             self.edge[name] = EdgeExpert(edge_m, edge_dir, threads=threads)
             self.cloud[name] = CloudExpert(cloud_m, cloud_dir, threads=threads)
         self.distortions = self.classifier.manifest.class_names
         missing = [d for d in self.distortions if d not in self.edge]
         if missing:
             raise UserInputError(f"no exported expert for {', '.join(missing)}")
-
-    def _unpack_store(self, store: Path) -> dict[str, tuple[Manifest, Path]]:
-        """Unpack every archive into a private temporary folder, exactly as TorchServe would."""
-        from export.archive import extract
-        from handlers.service import MANIFEST_NAME
-
-        self._unpacked = tempfile.TemporaryDirectory(prefix="pipeline_")
-        found = {}
-        for mar in sorted(store.glob("*.mar")):
-            folder = extract(mar, Path(self._unpacked.name) / mar.stem)
-            found[mar.stem] = (Manifest.load(folder / MANIFEST_NAME), folder)
-        return found
 
     def infer(self, images: list[np.ndarray], p_tar: float = 0.8, *, expert: str | None = None) -> list[dict]:
         """Answers for RGB uint8 images; `expert` forces one expert instead of routing."""

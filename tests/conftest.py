@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.distortions import DISTORTION_CLASSES
+
 
 def textured_image(seed: int, size: int = 48) -> np.ndarray:
     """A smooth random RGB uint8 image with some edges: enough structure for every distortion."""
@@ -112,7 +114,7 @@ def experts(fake_fashion_root, backbone, checkpoint_dir):
 
     folder = checkpoint_dir
     paths = []
-    for name in ("pristine", "gaussian_blur", "gaussian_noise"):
+    for name in DISTORTION_CLASSES:
         args = train_expert.get_args_parser().parse_args(
             [
                 "--data-root",

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.experts import standard_experts
 from core.manifest import Manifest, ManifestError, check_pair
 from export.segments import ExportParityError, check_parity, export_module, ort_session
 from training.early_exit import EXIT_NAMES
 
-EXPERTS = ("conventional", "pristine", "gaussian_blur", "gaussian_noise")
+EXPERTS = standard_experts()
 SEGMENTS = EXIT_NAMES  # the model definition's, which export writes into the manifests
 
 

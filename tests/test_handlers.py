@@ -10,6 +10,7 @@ import pytest
 
 from core import wire
 from core.distortions import apply
+from core.experts import standard_experts
 from core.imaging import encode_image
 from core.manifest import Manifest
 from export.archive import extract
@@ -21,7 +22,7 @@ from handlers.runtime import EdgeExpert
 from handlers.service import MANIFEST_NAME
 from tests.conftest import textured_image
 
-EXPERTS = ("conventional", "pristine", "gaussian_blur", "gaussian_noise")
+EXPERTS = standard_experts()
 
 
 class RecordingMetrics:

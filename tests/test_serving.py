@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from benchmarks.live import LiveSystem
-from core.distortions import apply
+from core.distortions import DISTORTION_CLASSES, apply
+from core.experts import archive_name
 from core.imaging import DEFAULT_MAX_BYTES, encode_image
 from edge_router import register
 from export.pipeline import Pipeline
@@ -23,10 +24,8 @@ from tests.conftest import textured_image
 
 pytestmark = pytest.mark.integration
 
-MODELS = {
-    "edge": ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"],
-    "cloud": ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"],
-}
+# The distortion experts (the conventional one is registered by a test, then removed).
+MODELS = {role: [archive_name(role, d) for d in DISTORTION_CLASSES] for role in ("edge", "cloud")}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def classify(system, body, **params):
 def test_router_agrees_with_the_reference_pipeline(system):
     h = requests.get(f"{system['url']}/healthz", timeout=10)
     assert h.status_code == 200, h.text
-    assert set(h.json()["experts"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
+    assert set(h.json()["experts"]) == set(DISTORTION_CLASSES)
     reference = Pipeline(system["store"])
     ims = images(12)
     for threshold in (0.3, 0.6):
@@ -325,6 +324,6 @@ def test_cloud_outage_gives_degraded_edge_answers(system):
     # discovery notices the outage but keeps the experts: the edge goes on answering, degraded
     info = lambda: json.loads(requests.get(f"{system['url']}/v1/experts", timeout=10).text)  # noqa: E731
     assert wait_for(lambda: "cloud" in info()["errors"])
-    assert set(info()["experts"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
+    assert set(info()["experts"]) == set(DISTORTION_CLASSES)
     r = classify(system, body, threshold=1.0)
     assert r.status_code == 200 and r.json()["degraded"]
