@@ -21,6 +21,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import yaml
+
 from core import experts
 from core.cli import run_cli
 from core.errors import UserInputError
@@ -91,20 +93,16 @@ def unpack_store(store: Path, root: Path, *, role: str | None = None) -> experts
 
 
 def model_config(args: argparse.Namespace) -> str:
-    # YAML written by hand (flat, known keys) so the archive needs no YAML writer here.
-    return "\n".join(
-        [
-            f"minWorkers: {args.workers}",
-            f"maxWorkers: {args.workers}",
-            f"batchSize: {args.batch_size}",
-            f"maxBatchDelay: {args.max_batch_delay}",
-            "responseTimeout: 30",
-            "onnxruntime:",
-            f"  intra_op_threads: {args.threads}",
-            "  providers: [CPUExecutionProvider]",
-            "",
-        ]
-    )
+    """The archive's model-config.yaml: TorchServe's worker and batching keys, our onnxruntime ones."""
+    config = {
+        "minWorkers": args.workers,
+        "maxWorkers": args.workers,
+        "batchSize": args.batch_size,
+        "maxBatchDelay": args.max_batch_delay,
+        "responseTimeout": 30,
+        "onnxruntime": {"intra_op_threads": args.threads, "providers": ["CPUExecutionProvider"]},
+    }
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def stage(name: str, manifest: Manifest, exported: Path, folder: Path, cloud: Manifest | None = None) -> None:
