@@ -1,13 +1,44 @@
-"""Every CLI answers bad input with one `error:` line and exit status 2, never a traceback."""
+"""Every CLI answers bad input with one `error:` line and exit status 2, never a traceback.
 
+The commands run in process (`run_cli` with the module's own parser and main, as its `__main__`
+block does): importing torch once instead of once per case. A few cases run as real processes,
+where the process is the point: the `python -m` wiring, and an error raised in a DataLoader worker.
+"""
+
+import importlib
+import importlib.util
 import subprocess
 import sys
 
 import pytest
 
+from core.cli import run_cli
+
+MODULES = [
+    "training.train_classifier",
+    "training.eval_classifier",
+    "training.distort",
+    "training.preview",
+    "training.early_exit",
+    "training.train_backbone",
+    "training.train_expert",
+    "training.evaluate",
+    "export",
+    "export.pipeline",
+]
+
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
+
+
+def _in_process(module: str, argv: list[str]) -> int:
+    """The exit status `python -m module argv` would have, run in this process."""
+    mod = importlib.import_module(module if module != "export" else "export.__main__")
+    try:
+        return mod._run(argv) if module == "export" else run_cli(mod.main, mod.get_args_parser, argv)
+    except SystemExit as exc:  # argparse: --help, or a usage error
+        return exc.code
 
 
 @pytest.mark.parametrize(
@@ -49,10 +80,35 @@ def _cli(*args):
         (["export.pipeline", "--exported", "/no/such/folder"], "holds neither an export"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_nonzero(argv, reason):
+def test_cli_bad_input_is_one_line_and_nonzero(argv, reason, capsys):
+    code = _in_process(argv[0], argv[1:])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.strip().startswith("error:") and reason in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_cli_main_block_goes_through_run_cli(module):
+    """What the in-process cases rely on: `python -m module` is run_cli over main/get_args_parser."""
+    path = importlib.util.find_spec(module if module != "export" else "export.__main__").origin
+    tail = open(path).read().rsplit('if __name__ == "__main__":', 1)[-1]
+    assert "sys.exit(run_cli(main, get_args_parser))" in tail or (
+        module == "export" and "sys.exit(_run())" in tail
+    )
+
+
+@pytest.mark.parametrize(
+    "argv,reason",
+    [
+        (["training.distort", "--distortion-type", "fog"], "unknown distortion type 'fog'"),
+        (["export.pipeline", "--exported", "/no/such/folder"], "holds neither an export"),
+    ],
+)
+def test_a_real_process_exits_2_with_one_line(argv, reason):
     r = _cli(*argv)
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().startswith("error:") and reason in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -84,21 +140,8 @@ def test_error_inside_a_dataloader_worker_is_one_line(tmp_path):
     assert last.startswith("error: ") and last.endswith(".png: truncated PNG header")
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        "training.train_classifier",
-        "training.eval_classifier",
-        "training.distort",
-        "training.preview",
-        "training.early_exit",
-        "training.train_backbone",
-        "training.train_expert",
-        "training.evaluate",
-        "export",
-        "export.pipeline",
-    ],
-)
-def test_cli_help(module):
-    r = _cli(module, "--help")
-    assert r.returncode == 0 and "usage:" in r.stdout and "--" in r.stdout
+@pytest.mark.parametrize("module", MODULES)
+def test_cli_help(module, capsys):
+    assert _in_process(module, ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "--" in out
