@@ -28,7 +28,8 @@ from core.imaging import DEFAULT_MAX_BYTES
 from edge_router.app import LocalClassifier, Router, RouterConfig, make_server
 from edge_router.cloud import POLICIES
 from edge_router.discovery import Discovery, Endpoint
-from edge_router.torchserve import instance, read_keys
+from edge_router.tokens import KeyFile
+from edge_router.torchserve import instance
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -118,13 +119,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def endpoint(role: str, args: argparse.Namespace) -> Endpoint:
     inst = instance(role, run_dir=args.run_dir)
     key_file = Path(getattr(args, f"{role}_key_file") or inst.key_file)
-    keys = read_keys(key_file)
+    management_url = getattr(args, f"{role}_management_url") or inst.management_url
     return Endpoint(
         name=role,
         inference_url=getattr(args, f"{role}_url") or inst.inference_url,
-        management_url=getattr(args, f"{role}_management_url") or inst.management_url,
-        inference_token=keys["inference"],
-        management_token=keys["management"],
+        management_url=management_url,
+        keys=KeyFile(key_file, management_url),
     )
 
 
@@ -138,14 +138,12 @@ def cloud_endpoints(args: argparse.Namespace) -> list[Endpoint]:
         if kind == "oip" and len(parts) == 1 and parts[0].startswith(("http://", "https://")):
             out.append(Endpoint(name=f"cloud{i}", inference_url=parts[0].rstrip("/"), kind="oip"))
         elif kind == "torchserve" and len(parts) == 3 and all(parts):
-            keys = read_keys(Path(parts[2]))
             out.append(
                 Endpoint(
                     name=f"cloud{i}",
                     inference_url=parts[0].rstrip("/"),
                     management_url=parts[1].rstrip("/"),
-                    inference_token=keys["inference"],
-                    management_token=keys["management"],
+                    keys=KeyFile(Path(parts[2]), parts[1]),
                 )
             )
         else:

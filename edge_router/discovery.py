@@ -28,6 +28,7 @@ import requests
 
 from core import experts
 from core.manifest import Manifest, ManifestError, check_pair
+from edge_router.tokens import KeyFile
 from handlers.service import DESCRIBE_HEADER
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,11 @@ class Endpoint:
     name: str
     inference_url: str
     management_url: str = ""
-    inference_token: str = field(default="", repr=False)
-    management_token: str = field(default="", repr=False)
+    keys: KeyFile | None = field(default=None, repr=False)  # TorchServe's tokens (None: no auth)
     kind: str = "torchserve"  # or "oip": an Open Inference Protocol server (KServe, Triton)
 
     def auth(self, kind: str) -> dict[str, str]:
-        token = self.inference_token if kind == "inference" else self.management_token
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        return {"Authorization": f"Bearer {self.keys.token(kind)}"} if self.keys else {}
 
 
 @dataclass(frozen=True)
@@ -227,6 +226,9 @@ class Discovery:
 
     def refresh(self) -> Catalogue:
         with self._lock:
+            for ep in (self.edge, *self.clouds):
+                if ep.keys is not None:
+                    ep.keys.renew_due(self._session, timeout=self.timeout_s)
             cat = Catalogue(classifier=self.classifier, refreshed_at=time.time())
             edge: dict[str, Manifest] = {}
             for model, url in self._list(self.edge, cat).items():

@@ -16,7 +16,6 @@ filled in. `--models all` registers every archive of the model store whose name 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import requests
 from core import experts
 from core.cli import run_cli
 from core.errors import UserInputError
+from edge_router.tokens import KINDS, parse_key_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "config.properties"
@@ -93,13 +93,9 @@ class Instance:
 
 
 def read_keys(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(Path(path).read_text())
-        return {"inference": data["inference"]["key"], "management": data["management"]["key"]}
-    except FileNotFoundError:
-        raise UserInputError(f"{path} not found: is the instance started (token auth on)?") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserInputError(f"{path} is not a TorchServe key file") from None
+    """The tokens ('inference', 'management') in a key file right now (the router keeps them fresh
+    with `edge_router.tokens.KeyFile`; this is for one-off commands)."""
+    return {kind: key for kind, (key, _) in parse_key_file(path).items() if kind in KINDS}
 
 
 def instance(

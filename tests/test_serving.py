@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.live import LiveSystem
 from core.distortions import DISTORTION_CLASSES, apply
 from core.experts import archive_name
 from core.imaging import DEFAULT_MAX_BYTES, encode_image
 from edge_router import register
+from edge_router.tokens import STAT_EVERY_S
 from export.pipeline import Pipeline
 from tests.conftest import textured_image
 
@@ -64,7 +66,18 @@ def classify(system, body, **params):
     return requests.post(f"{system['url']}/v1/classify", data=body, params=params, timeout=60)
 
 
+def answered_200(system) -> float:
+    """The router's count of answered requests so far (a test reads it before and after)."""
+    text = requests.get(f"{system['url']}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "edge_router_requests_total" and sample.labels == {"status": "200"}:
+                return sample.value
+    return 0.0
+
+
 def test_router_agrees_with_the_reference_pipeline(system):
+    before = answered_200(system)
     h = requests.get(f"{system['url']}/healthz", timeout=10)
     assert h.status_code == 200, h.text
     assert set(h.json()["experts"]) == set(DISTORTION_CLASSES)
@@ -82,8 +95,8 @@ def test_router_agrees_with_the_reference_pipeline(system):
             if got["offloaded"]:
                 assert got["offloaded_bytes"] == 4 * int(np.prod(got_split_shape(system)))
                 assert "cloud_ms" in got["timings_ms"]
+    assert answered_200(system) - before == 24
     text = requests.get(f"{system['url']}/metrics", timeout=10).text
-    assert 'edge_router_requests_total{status="200"} 24' in text
     assert "edge_router_exits_total" in text and "edge_router_request_seconds_bucket" in text
 
 
@@ -191,6 +204,33 @@ def test_torchserve_refuses_requests_without_token_and_remote_registration(syste
         f"{edge.management_url}/models", params={"url": "../outside.mar"}, headers=headers, timeout=30
     )
     assert r.status_code >= 400
+
+
+def test_the_router_follows_renewed_keys(system):
+    """TorchServe's keys expire (60 min by default) and change on every restart or renewal: an
+    operator (or the router itself, before expiry) asks the token API for a new inference key, the
+    old one stops working, and the router keeps answering with the new one from the key file."""
+    edge = system["insts"]["edge"]
+    old = edge.keys()["inference"]
+    api = json.loads(edge.key_file.read_text())["API"]["key"]
+    r = requests.get(
+        f"{edge.management_url}/token",
+        params={"type": "inference"},
+        headers={"Authorization": f"Bearer {api}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert edge.keys()["inference"] != old
+    stale = requests.post(
+        f"{edge.inference_url}/predictions/edge_pristine",
+        data=b"x",
+        headers={"Authorization": f"Bearer {old}"},
+        timeout=10,
+    )
+    assert stale.status_code in (400, 401) and "Token" in stale.text
+    time.sleep(STAT_EVERY_S)  # the router looks at the key file at most once a second
+    r = classify(system, encode_image(images(1)[0], "png"), threshold=1.0)
+    assert r.status_code == 200 and r.json()["degraded"] is False, r.text
 
 
 def test_registration_is_picked_up_and_removal_stops_use(system):
@@ -311,7 +351,17 @@ def test_sigterm_drains_requests_in_progress(system):
 
 
 def test_cloud_outage_gives_degraded_edge_answers(system):
-    """Last: stops the cloud instance."""
+    """Stops the cloud instance, and starts it again whatever happens, for the tests after it."""
+    try:
+        cloud_outage(system)
+    finally:
+        system["live"].start_ts("cloud")
+    info = lambda: requests.get(f"{system['url']}/v1/experts", timeout=10).json()  # noqa: E731
+    assert wait_for(lambda: "cloud" not in info()["errors"])
+    assert classify(system, encode_image(images(1)[0], "png"), threshold=1.0).json()["degraded"] is False
+
+
+def cloud_outage(system):
     body = encode_image(images(1)[0], "png")
     system["live"].stop_ts("cloud")
     r = classify(system, body, threshold=1.0, expert="pristine")
