@@ -39,7 +39,7 @@ import numpy as np
 
 from benchmarks.live import LiveSystem
 from benchmarks.loadgen import LoadClient, percentiles
-from benchmarks.peers import CLIENT_CPU, SERVER_CPU, image_bodies, pin_client
+from benchmarks.peers_measure import CLIENT_CPU, SERVER_CPU, image_bodies, pin_client
 from benchmarks.synthetic import EXPERTS, build_store
 from core.cli import run_cli, write_json
 from core.errors import UserInputError

@@ -21,7 +21,8 @@ own process (`python -m edge_router`). Options:
   `cloud_replicas`: that many cloud processes, all given to the router with `--cloud`, which
   spreads offloads over them (`edge_router.cloud`); `kill_cloud_replica(i)` for fault tests.
 
-Everything started is stopped on exit, also on failure; `down` stops what `up` left running.
+Everything started is stopped on exit, also on failure; `down` stops what `up` left running. The
+command line of each part, its readiness probe and its processes are in `benchmarks.live_parts`.
 """
 
 from __future__ import annotations
@@ -33,17 +34,28 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
-import requests
 
+from benchmarks.live_parts import (
+    KSERVE_PYTHON,
+    READY_PROBE,
+    ROOT,
+    kserve_argv,
+    replica_ports,
+    router_base_argv,
+    rss_mb,
+    torchserve_frontend,
+    torchserve_processes,
+    torchserve_start_argv,
+    torchserve_stop_argv,
+    wait_until_ready,
+)
 from core.cli import run_cli
 from core.errors import UserInputError
 from edge_router.torchserve import DEFAULT_PORTS, Ports, instance
 
-ROOT = Path(__file__).resolve().parent.parent
 ROLES = ("edge", "cloud")
 # Test ports, away from the defaults a user's own instances (8080/8090, router 8000) listen on.
 TEST_PORTS = {
@@ -51,64 +63,6 @@ TEST_PORTS = {
     "cloud": Ports(18390, 18391, 18392, 17390, 17391),
 }
 TEST_ROUTER_PORT = 18300
-KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
-
-
-def replica_ports(base: Ports, i: int) -> Ports:
-    """Ports of the i-th extra cloud TorchServe replica (i >= 1), clear of the base instances'."""
-    step = 10 * i + 10
-    return Ports(
-        *(p + step for p in (base.inference, base.management, base.metrics)),
-        base.grpc_inference + step,
-        base.grpc_management + step,
-    )
-
-
-def wait_until_healthy(url: str, *, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    """Poll a router's /healthz until it answers 200; fails early if `proc` (its process) exits."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError("the router exited during start-up")
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the router at {url} did not become healthy in {timeout:.0f} s")
-
-
-def torchserve_frontend(inst) -> psutil.Process | None:
-    """The Java frontend of a TorchServe instance (from the pid file in its TMPDIR)."""
-    try:
-        return psutil.Process(int((inst.workdir / "tmp" / ".model_server.pid").read_text()))
-    except (OSError, ValueError, psutil.Error):
-        return None
-
-
-def torchserve_processes(inst, name: str) -> dict[str, psutil.Process]:
-    """<name>_frontend_java and <name>_worker_<i> of one TorchServe instance."""
-    front = torchserve_frontend(inst)
-    if front is None:
-        return {}
-    out = {f"{name}_frontend_java": front}
-    try:
-        children = sorted(front.children(recursive=True), key=lambda p: p.pid)
-    except psutil.Error:
-        children = []
-    out.update({f"{name}_worker_{i}": c for i, c in enumerate(children)})
-    return out
-
-
-def rss_mb(processes: dict[str, psutil.Process]) -> dict[str, float]:
-    out = {}
-    for name, p in processes.items():
-        try:
-            out[name] = round(p.memory_info().rss / 2**20, 1)
-        except psutil.Error:
-            continue
-    return out
 
 
 class LiveSystem:
@@ -187,35 +141,7 @@ class LiveSystem:
 
     def start_ts(self, role: str, inst=None) -> None:
         inst = inst or self.insts[role]
-        ports = inst.ports
-        cmd = [
-            sys.executable,
-            "-m",
-            "edge_router.torchserve",
-            "start",
-            role,
-            "--run-dir",
-            str(inst.workdir.parent),
-            "--host",
-            inst.host,
-            "--model-store",
-            str(self.store),
-            "--wait-s",
-            str(self.wait_s),
-            "--ports",
-            *map(
-                str,
-                (
-                    ports.inference,
-                    ports.management,
-                    ports.metrics,
-                    ports.grpc_inference,
-                    ports.grpc_management,
-                ),
-            ),
-            "--models",
-            *self.models[role],
-        ]
+        cmd = torchserve_start_argv(role, inst, self.store, self.wait_s, self.models[role])
         r = subprocess.run(
             self._argv(role, cmd), env=self.env, timeout=self.wait_s + 120, capture_output=True, text=True
         )
@@ -224,28 +150,7 @@ class LiveSystem:
 
     def stop_ts(self, role: str, inst=None) -> None:
         inst = inst or self.insts[role]
-        cmd = [
-            sys.executable,
-            "-m",
-            "edge_router.torchserve",
-            "stop",
-            role,
-            "--run-dir",
-            str(inst.workdir.parent),
-            "--host",
-            inst.host,
-            "--ports",
-            *map(
-                str,
-                (
-                    inst.ports.inference,
-                    inst.ports.management,
-                    inst.ports.metrics,
-                    inst.ports.grpc_inference,
-                    inst.ports.grpc_management,
-                ),
-            ),
-        ]
+        cmd = torchserve_stop_argv(role, inst)
         subprocess.run(self._argv(role, cmd), env=self.env, timeout=120, capture_output=True, check=False)
 
     def start_kserve(self, i: int) -> None:
@@ -254,20 +159,7 @@ class LiveSystem:
         port = url.rsplit(":", 1)[1]
         log = open(self.run_dir / f"kserve{i}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
-            self._argv(
-                "cloud",
-                [
-                    str(KSERVE_PYTHON),
-                    "-m",
-                    "cloud_kserve",
-                    "--model-store",
-                    str(self.store),
-                    "--host",
-                    self.hosts["cloud"],
-                    "--port",
-                    port,
-                ],
-            ),
+            self._argv("cloud", kserve_argv(self.store, self.hosts["cloud"], port)),
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -277,17 +169,7 @@ class LiveSystem:
         while len(self.kserve) <= i:
             self.kserve.append(None)
         self.kserve[i] = proc
-        probe = (
-            "import sys, time, urllib.request\n"
-            "end = time.time() + float(sys.argv[2])\n"
-            "while time.time() < end:\n"
-            "    try:\n"
-            "        urllib.request.urlopen(sys.argv[1] + '/v2/health/ready', timeout=2); sys.exit(0)\n"
-            "    except OSError:\n"
-            "        time.sleep(0.3)\n"
-            "sys.exit(1)\n"
-        )
-        argv = [sys.executable, "-c", probe, url, str(self.wait_s)]
+        argv = [sys.executable, "-c", READY_PROBE, f"{url}/v2/health/ready", str(self.wait_s)]
         if self.link is not None:
             argv = self.link.exec_args("cloud", argv)
         ready = subprocess.run(argv, timeout=self.wait_s + 30, check=False).returncode == 0
@@ -324,23 +206,9 @@ class LiveSystem:
         return [f for spec in specs for f in ("--cloud", spec)]
 
     def router_argv(self) -> list[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "edge_router",
-            "--host",
-            self.hosts["router"],
-            "--port",
-            str(self.router_port),
-            "--run-dir",
-            str(self.run_dir),
-            "--model-store",
-            str(self.store),
-            "--log-level",
-            self.log_level,
-            "--refresh-s",
-            "1",
-        ]
+        argv = router_base_argv(
+            self.hosts["router"], self.router_port, self.run_dir, self.store, self.log_level
+        )
         for role, inst in self.insts.items():
             argv += [f"--{role}-url", inst.inference_url, f"--{role}-management-url", inst.management_url]
         return [*argv, *self.cloud_flags(), *self.router_options]
@@ -352,15 +220,13 @@ class LiveSystem:
         )
         log.close()
         if self.link is None:
-            wait_until_healthy(self.url, proc=self.router, timeout=wait_s)
+            wait_until_ready(f"{self.url}/healthz", proc=self.router, timeout=wait_s)
             return
         # the router's address is reached from the device namespace only
-        probe = (
-            "import sys; from benchmarks.live import wait_until_healthy; "
-            "wait_until_healthy(sys.argv[1], timeout=float(sys.argv[2]))"
-        )
         r = subprocess.run(
-            self.link.exec_args("dev", [sys.executable, "-c", probe, self.url, str(wait_s)]),
+            self.link.exec_args(
+                "dev", [sys.executable, "-c", READY_PROBE, f"{self.url}/healthz", str(wait_s)]
+            ),
             env=self.env,
             timeout=wait_s + 30,
             check=False,

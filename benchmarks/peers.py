@@ -23,35 +23,44 @@ and p99 with 1, 4, 16 and 32 keep-alive clients (`benchmarks.loadgen`, `--second
 the RSS of every server process. The answers of (b) and (d) are checked against (a) (expert, exit,
 class) on the same images. Writes peers.json (with the `ratios` the project tracks), peers.csv,
 peers.md and peers.png under `--out`.
+
+Here: the contenders and the run; how each is measured: `benchmarks.peers_measure`; the ratios and
+the CSV, Markdown and plot: `benchmarks.peers_report`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psutil
-import requests
 
-from benchmarks.live import LiveSystem, rss_mb, torchserve_processes, wait_until_healthy
-from benchmarks.loadgen import LoadClient, percentiles
+from benchmarks.live import LiveSystem
+from benchmarks.live_parts import rss_mb, torchserve_processes, wait_until_ready
+from benchmarks.loadgen import percentiles
+from benchmarks.peers_measure import (
+    CLIENT_CPU,
+    PATHS,
+    SERVER_CPU,
+    agreement,
+    image_bodies,
+    measure,
+    pin,
+    pin_client,
+)
+from benchmarks.peers_report import plot, ratios, write_csv, write_markdown
 from benchmarks.synthetic import build_store
-from core.cli import command_line, progress, run_cli, write_json
+from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
-from core.imaging import decode_image, encode_image
+from core.imaging import decode_image
 
-PATHS = {"edge_exit": 0.01, "offload": 1.0}
 LEVELS = (1, 4, 16, 32)
-SERVER_CPU, CLIENT_CPU = 0, 1
 MINIMAL_PORT, EAGER_PORTS = 18500, (18580, 18581, 18582, 17580, 17581)
 EAGER = "eager_mobilenet_v2"
 EAGER_MODEL_FILE = """from torchvision.models.mobilenetv2 import MobileNetV2
@@ -94,110 +103,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/results/peers")
     p.add_argument("--quiet", action="store_true")
     return p
-
-
-def pin_client() -> dict:
-    """Pin this process (the client) to CLIENT_CPU, the servers get SERVER_CPU; what the result
-    records of it."""
-    if psutil.cpu_count() < 2:
-        raise UserInputError("the servers and the client are pinned to different CPUs: needs 2 cores")
-    pin(CLIENT_CPU)
-    return {
-        "command": command_line(),
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores",
-        "pinning": {"servers": SERVER_CPU, "client": CLIENT_CPU},
-    }
-
-
-def pin(cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and psutil.cpu_count() > 1:
-        os.sched_setaffinity(0, {cpu})
-
-
-def image_bodies(size: int, n: int, data_root: str | None) -> list[bytes]:
-    from training.datasets import DistortionPolicy, distorted_image, load_source
-
-    source = load_source("fashion-mnist", "test", limit=n, data_root=data_root)
-    policy = DistortionPolicy(fixed=("pristine", 0), seed=0)
-    return [encode_image(distorted_image(source, i, size, policy)[0], "png") for i in range(len(source))]
-
-
-def single_client(url: str, bodies: list[bytes], params: dict, args, headers: dict | None = None) -> dict:
-    """Sequential requests on one keep-alive connection: p50/p99 after `--warmup`."""
-    s = requests.Session()
-    s.headers.update(headers or {})
-    ms = []
-    for i in range(args.warmup + args.requests):
-        t = time.perf_counter()
-        r = s.post(url, data=bodies[i % len(bodies)], params=params, timeout=60)
-        dt = (time.perf_counter() - t) * 1000
-        if r.status_code != 200:
-            raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:200]}")
-        if i >= args.warmup:
-            ms.append(dt)
-    return {**percentiles(ms), "n": len(ms)}
-
-
-def levels(
-    base: str, path: str, bodies: list[bytes], params: dict, args, headers: dict | None = None
-) -> list[dict]:
-    rows = []
-    for c in args.levels:
-        load = LoadClient(
-            base,
-            bodies,
-            clients=c,
-            params=params,
-            path=path,
-            headers=headers,
-            keep_answers=False,
-            timeout_s=30,
-        )
-        rows.append(load.run(seconds=args.seconds, max_requests=args.max_requests))
-    return rows
-
-
-def measure(
-    name: str, base: str, path: str, bodies: list[bytes], args, *, paths=PATHS, headers: dict | None = None
-) -> dict:
-    out = {}
-    for p, threshold in paths.items():
-        params = {"threshold": threshold} if threshold is not None else {}
-        if args.warmup_seconds > 0:
-            LoadClient(
-                base,
-                bodies,
-                clients=4,
-                params=params,
-                path=path,
-                headers=headers,
-                keep_answers=False,
-                timeout_s=30,
-            ).run(seconds=args.warmup_seconds, max_requests=args.max_requests)
-        single = single_client(base + path, bodies, params, args, headers)
-        rows = levels(base, path, bodies, params, args, headers)
-        out[p] = {"single": single, "levels": rows}
-        peak = max(r["throughput_rps"] for r in rows)
-        print(
-            f"  {name:17s} {p:9s} p50 {single['p50_ms']:7.2f} ms p99 {single['p99_ms']:7.2f} ms | "
-            f"peak {peak:6.1f} req/s | "
-            + " ".join(f"c{r['concurrency']}:{r['throughput_rps']:.0f}" for r in rows),
-            flush=True,
-        )
-    return out
-
-
-def agreement(url: str, bodies: list[bytes], reference: dict, headers=None) -> dict:
-    """Share of (expert, exit, class) equal to the in-process answers, per path."""
-    s = requests.Session()
-    out = {}
-    for p, threshold in PATHS.items():
-        same = 0
-        for body, ref in zip(bodies, reference[p], strict=True):
-            got = s.post(url, data=body, params={"threshold": threshold}, timeout=60).json()
-            same += (got["expert"], got["exit"], got["class"]) == (ref["expert"], ref["exit"], ref["class"])
-        out[p] = {"same": same, "of": len(bodies)}
-    return out
 
 
 def in_process(pipeline, bodies: list[bytes], args) -> dict:
@@ -250,7 +155,7 @@ def run_minimal(store: Path, bodies, reference, args) -> dict:
     )
     try:
         base = f"http://127.0.0.1:{MINIMAL_PORT}"
-        wait_until_healthy(base, proc=proc, timeout=120)
+        wait_until_ready(f"{base}/healthz", proc=proc, timeout=120)
         result = measure("minimal", base, "/v1/classify", bodies, args)
         result["agreement"] = agreement(base + "/v1/classify", bodies[:16], reference)
         result["rss_mb"] = rss_mb({"minimal": psutil.Process(proc.pid)})
@@ -351,36 +256,6 @@ def run_eager(folder: Path, bodies, args) -> dict:
         subprocess.run([*ts, "stop", "edge", *where], env=env, check=False)
 
 
-def p50(r: dict, contender: str, path: str) -> float:
-    return r[contender][path]["single"]["p50_ms"]
-
-
-def peak(r: dict, contender: str, path: str) -> float:
-    return max(x["throughput_rps"] for x in r[contender][path]["levels"])
-
-
-def ratios(sizes: dict) -> dict:
-    out = {}
-    for size, r in sizes.items():
-        out[f"edge_exit_p50_vs_minimal_{size}"] = round(
-            p50(r, "this_stack", "edge_exit") / p50(r, "minimal", "edge_exit"), 2
-        )
-        out[f"offload_p50_vs_minimal_{size}"] = round(
-            p50(r, "this_stack", "offload") / p50(r, "minimal", "offload"), 2
-        )
-        out[f"throughput_vs_minimal_{size}"] = round(
-            peak(r, "this_stack", "edge_exit") / peak(r, "minimal", "edge_exit"), 2
-        )
-        if "torchserve_eager" in r:
-            out[f"throughput_vs_torchserve_eager_{size}"] = round(
-                peak(r, "this_stack", "edge_exit") / peak(r, "torchserve_eager", "whole_network"), 2
-            )
-            out[f"edge_exit_p50_vs_torchserve_eager_{size}"] = round(
-                p50(r, "this_stack", "edge_exit") / p50(r, "torchserve_eager", "whole_network"), 2
-            )
-    return out
-
-
 def main(args: argparse.Namespace) -> dict:
     from export.pipeline import Pipeline
 
@@ -434,98 +309,6 @@ def main(args: argparse.Namespace) -> dict:
     plot(result, out / "peers.png")
     print("ratios:", result["ratios"], "| answers agree:", result["agreement_ok"])
     return result
-
-
-def rows(result: dict) -> Iterator[dict]:
-    for size, r in result["sizes"].items():
-        for contender, paths in r.items():
-            for path, m in paths.items():
-                if path in ("agreement", "rss_mb"):
-                    continue
-                for lv in m["levels"]:
-                    yield {
-                        "size": size,
-                        "contender": contender,
-                        "path": path,
-                        "single_p50_ms": m["single"]["p50_ms"],
-                        "single_p99_ms": m["single"]["p99_ms"],
-                        "clients": lv["concurrency"],
-                        "throughput_rps": lv["throughput_rps"],
-                        "p99_ms": lv["p99_ms"],
-                        "errors": lv.get("errors", 0),
-                    }
-
-
-def write_csv(result: dict, path: Path) -> None:
-    data = list(rows(result))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(data[0]))
-        w.writeheader()
-        w.writerows(data)
-
-
-def write_markdown(result: dict, path: Path) -> None:
-    lines = [
-        "# This stack beside its peers",
-        "",
-        f"`{result['command']}` ({result['machine']}; servers on "
-        f"CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}; {result['weights']}; {result['seconds']} s).",
-        "",
-        "| size | contender | path | single p50 ms | single p99 ms | peak req/s | p99 ms at peak |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for size, r in result["sizes"].items():
-        for contender, paths in r.items():
-            for p, m in paths.items():
-                if p in ("agreement", "rss_mb"):
-                    continue
-                best = max(m["levels"], key=lambda x: x["throughput_rps"])
-                lines.append(
-                    f"| {size} | {contender} | {p} | {m['single']['p50_ms']} | {m['single']['p99_ms']} | "
-                    f"{best['throughput_rps']} (c={best['concurrency']}) | {best['p99_ms']} |"
-                )
-    lines += ["", "RSS (MB) of every server process:", ""]
-    for size, r in result["sizes"].items():
-        for contender, paths in r.items():
-            if "rss_mb" in paths:
-                total = round(sum(paths["rss_mb"].values()), 1)
-                lines.append(f"- {size} px {contender}: {total} MB in all ({paths['rss_mb']})")
-    lines += ["", "Ratios (this stack / peer):", ""]
-    lines += [f"- `{k}`: {v}" for k, v in result["ratios"].items()]
-    lines += [
-        "",
-        f"Answers of `minimal` and `this_stack` equal to `in_process` (expert, exit, class) on the "
-        f"checked images: {result['agreement_ok']}.",
-        "",
-    ]
-    path.write_text("\n".join(lines))
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = list(result["sizes"])
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
-    for ax, size in zip(axes[0], sizes, strict=True):
-        for contender, paths in result["sizes"][size].items():
-            for p, m in paths.items():
-                if p in ("agreement", "rss_mb") or len(m["levels"]) < 2:
-                    continue
-                xs = [lv["concurrency"] for lv in m["levels"]]
-                ax.plot(
-                    xs, [lv["throughput_rps"] for lv in m["levels"]], marker="o", label=f"{contender} {p}"
-                )
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel("answers / s")
-        ax.set_title(f"{size} px, servers on one core")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

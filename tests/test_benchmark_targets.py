@@ -285,7 +285,7 @@ def test_reliability_faults_are_skipped_against_an_existing_deployment(
     fake_router, tmp_path, monkeypatch, capsys
 ):
     argv = ["--router", fake_router, "--parts", "faults", "--out", str(tmp_path)]
-    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability.py", *argv])
+    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability", *argv])
     assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
     assert FakeRouter.posts == 0  # nothing sent, nothing stopped
     assert "faults skipped" in capsys.readouterr().out
@@ -375,10 +375,11 @@ def test_reliability_legacy_command_is_attributed_only_to_the_parts_it_ran(tmp_p
 # -- reliability: connection abuse and what the results must show --------------------------------------
 def test_reliability_abuse_against_an_existing_loopback_deployment(fake_router, tmp_path, monkeypatch):
     from benchmarks import abuse
+    from benchmarks.reliability import connection_abuse
     from core.imaging import encode_image
     from tests.conftest import textured_image
 
-    monkeypatch.setattr(reliability, "control_image", lambda: encode_image(textured_image(0, 16)))
+    monkeypatch.setattr(connection_abuse, "control_image", lambda: encode_image(textured_image(0, 16)))
     monkeypatch.setattr(abuse, "SETTLE_S", 0.2)
     argv = [
         "--router",
@@ -392,7 +393,7 @@ def test_reliability_abuse_against_an_existing_loopback_deployment(fake_router, 
         "--out",
         str(tmp_path),
     ]
-    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability.py", *argv])
+    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability", *argv])
     assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
     result = json.loads((tmp_path / "reliability.json").read_text())
     a = result["abuse"]

@@ -8,7 +8,6 @@ class the reference runtime gives for the same tensor.
 import json
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from benchmarks.live_parts import KSERVE_PYTHON, wait_until_ready
 from core import wire
 from core.manifest import Manifest
 from export.archive import extract
@@ -24,7 +24,6 @@ from handlers.runtime import CloudExpert
 from handlers.service import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
-KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
 MODEL = "cloud_gaussian_noise"
 
 
@@ -57,17 +56,10 @@ def predictor(model_store, tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            assert proc.poll() is None, f"cloud_kserve exited; see {log.name}"
-            try:
-                if call(f"{base}/v2/health/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("cloud_kserve did not become ready in 90 s")
+        try:
+            wait_until_ready(f"{base}/v2/health/ready", proc=proc, timeout=90)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}; see {log.name}")
         yield base
     finally:
         proc.terminate()

@@ -1,0 +1,132 @@
+"""What `benchmarks.peers` writes besides peers.json: the ratios the project tracks (this stack /
+peer), peers.csv, peers.md and peers.png."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks.peers_measure import CLIENT_CPU, SERVER_CPU
+
+
+def p50(r: dict, contender: str, path: str) -> float:
+    return r[contender][path]["single"]["p50_ms"]
+
+
+def peak(r: dict, contender: str, path: str) -> float:
+    return max(x["throughput_rps"] for x in r[contender][path]["levels"])
+
+
+def ratios(sizes: dict) -> dict:
+    out = {}
+    for size, r in sizes.items():
+        out[f"edge_exit_p50_vs_minimal_{size}"] = round(
+            p50(r, "this_stack", "edge_exit") / p50(r, "minimal", "edge_exit"), 2
+        )
+        out[f"offload_p50_vs_minimal_{size}"] = round(
+            p50(r, "this_stack", "offload") / p50(r, "minimal", "offload"), 2
+        )
+        out[f"throughput_vs_minimal_{size}"] = round(
+            peak(r, "this_stack", "edge_exit") / peak(r, "minimal", "edge_exit"), 2
+        )
+        if "torchserve_eager" in r:
+            out[f"throughput_vs_torchserve_eager_{size}"] = round(
+                peak(r, "this_stack", "edge_exit") / peak(r, "torchserve_eager", "whole_network"), 2
+            )
+            out[f"edge_exit_p50_vs_torchserve_eager_{size}"] = round(
+                p50(r, "this_stack", "edge_exit") / p50(r, "torchserve_eager", "whole_network"), 2
+            )
+    return out
+
+
+def rows(result: dict) -> Iterator[dict]:
+    for size, r in result["sizes"].items():
+        for contender, paths in r.items():
+            for path, m in paths.items():
+                if path in ("agreement", "rss_mb"):
+                    continue
+                for lv in m["levels"]:
+                    yield {
+                        "size": size,
+                        "contender": contender,
+                        "path": path,
+                        "single_p50_ms": m["single"]["p50_ms"],
+                        "single_p99_ms": m["single"]["p99_ms"],
+                        "clients": lv["concurrency"],
+                        "throughput_rps": lv["throughput_rps"],
+                        "p99_ms": lv["p99_ms"],
+                        "errors": lv.get("errors", 0),
+                    }
+
+
+def write_csv(result: dict, path: Path) -> None:
+    data = list(rows(result))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(data[0]))
+        w.writeheader()
+        w.writerows(data)
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    lines = [
+        "# This stack beside its peers",
+        "",
+        f"`{result['command']}` ({result['machine']}; servers on "
+        f"CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}; {result['weights']}; {result['seconds']} s).",
+        "",
+        "| size | contender | path | single p50 ms | single p99 ms | peak req/s | p99 ms at peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size, r in result["sizes"].items():
+        for contender, paths in r.items():
+            for p, m in paths.items():
+                if p in ("agreement", "rss_mb"):
+                    continue
+                best = max(m["levels"], key=lambda x: x["throughput_rps"])
+                lines.append(
+                    f"| {size} | {contender} | {p} | {m['single']['p50_ms']} | {m['single']['p99_ms']} | "
+                    f"{best['throughput_rps']} (c={best['concurrency']}) | {best['p99_ms']} |"
+                )
+    lines += ["", "RSS (MB) of every server process:", ""]
+    for size, r in result["sizes"].items():
+        for contender, paths in r.items():
+            if "rss_mb" in paths:
+                total = round(sum(paths["rss_mb"].values()), 1)
+                lines.append(f"- {size} px {contender}: {total} MB in all ({paths['rss_mb']})")
+    lines += ["", "Ratios (this stack / peer):", ""]
+    lines += [f"- `{k}`: {v}" for k, v in result["ratios"].items()]
+    lines += [
+        "",
+        f"Answers of `minimal` and `this_stack` equal to `in_process` (expert, exit, class) on the "
+        f"checked images: {result['agreement_ok']}.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(result["sizes"])
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for contender, paths in result["sizes"][size].items():
+            for p, m in paths.items():
+                if p in ("agreement", "rss_mb") or len(m["levels"]) < 2:
+                    continue
+                xs = [lv["concurrency"] for lv in m["levels"]]
+                ax.plot(
+                    xs, [lv["throughput_rps"] for lv in m["levels"]], marker="o", label=f"{contender} {p}"
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("answers / s")
+        ax.set_title(f"{size} px, servers on one core")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
