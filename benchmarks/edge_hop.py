@@ -43,9 +43,10 @@ from benchmarks.peers_measure import CLIENT_CPU, SERVER_CPU, image_bodies, pin_c
 from benchmarks.synthetic import EXPERTS, build_store
 from core.cli import run_cli, write_json
 from core.errors import UserInputError
+from core.experts import CLASSIFIER, archive_name
 
-EDGE = [f"edge_{d}" for d in EXPERTS]
-CLOUD = [f"cloud_{d}" for d in EXPERTS]
+EDGE = [archive_name("edge", d) for d in EXPERTS]
+CLOUD = [archive_name("cloud", d) for d in EXPERTS]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -106,7 +107,7 @@ def measure(store: Path, run_dir: Path, bodies: list[bytes], args, metrics_inter
         store,
         run_dir,
         env={"EE_METRICS_INTERVAL_S": repr(metrics_interval)},
-        edge_models=[*EDGE, "distortion_classifier"],
+        edge_models=[*EDGE, CLASSIFIER],
         cloud_models=CLOUD,
         cpus={"edge": cpu, "cloud": cpu, "router": cpu},
         router_options=["--deadline-ms", "30000"],
@@ -183,7 +184,7 @@ def main(args: argparse.Namespace) -> dict:
                         str(delay),
                     ]
                     subprocess.run(
-                        [sys.executable, "-m", *archive, "--only", "distortion_classifier", *EDGE, *CLOUD],
+                        [sys.executable, "-m", *archive, "--only", CLASSIFIER, *EDGE, *CLOUD],
                         check=True,
                         stdout=subprocess.DEVNULL,
                     )

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 from benchmarks import target
 from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
+from core.experts import CLASSIFIER
 
 if TYPE_CHECKING:
     from benchmarks.live import LiveSystem
@@ -90,7 +91,7 @@ CLOUD_MODELS = [
     "cloud_conventional",
     "full_conventional",
 ]
-ROUTER_MODELS = ["distortion_classifier"]  # run by the router itself, from the same model store
+ROUTER_MODELS = [CLASSIFIER]  # run by the router itself, from the same model store
 DEFAULT_PROFILES = ("lan", "sao_paulo", "fremont", "paris")
 DEFAULT_OUT = "docs/results/latency"
 EXISTING_OUT = "run/existing/latency"

@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 
 from core.cli import command_line
+from core.distortions import DISTORTION_CLASSES
 from core.errors import UserInputError
+from core.experts import CLASSIFIER, archive_name
 from training.checkpoints import new_run_id, save_checkpoint
 from training.early_exit import EarlyExitMobileNetV2, ExitConfig
 from training.engine import base_payload, load_early_exit
 
-EXPERTS = ("pristine", "gaussian_blur", "gaussian_noise")
+EXPERTS = DISTORTION_CLASSES  # one expert per class the classifier routes to
 
 
 def build_checkpoints(size: int, folder: Path, backbone: str | None) -> tuple[Path, list[Path]]:
@@ -115,7 +117,7 @@ def build_store(
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    only = ["distortion_classifier", *[f"{r}_{d}" for r in ("edge", "cloud") for d in EXPERTS]]
+    only = [CLASSIFIER, *[archive_name(r, d) for r in ("edge", "cloud") for d in EXPERTS]]
     batching = [
         *(["--batch-size", str(batch_size)] if batch_size is not None else []),
         *(["--max-batch-delay", str(max_batch_delay)] if max_batch_delay is not None else []),

@@ -16,6 +16,7 @@ from benchmarks.reliability.system import HUNG_S, cloud_headers, cloud_url, test
 from core import wire
 from core.cli import progress
 from core.errors import UserInputError
+from core.experts import archive_name
 from core.imaging import encode_image
 
 NOT_OBSERVED_WORKERS = "not observed: the existing deployment's TorchServe processes are not this run's"
@@ -129,7 +130,7 @@ def run_fuzz(system, args, reference) -> dict:
     images = test_images(24, seed=3)
     seeds = [encode_image(im, rng.choice(["png", "jpeg"])) for im in images]
     expert, shape = split_of(system)
-    cloud_model = f"cloud_{expert}"
+    cloud_model = archive_name("cloud", expert)
     n_cloud = args.fuzz_inputs // 4
     first = 0
     cloud = cloud_url(system)

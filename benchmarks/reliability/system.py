@@ -14,10 +14,11 @@ import psutil
 
 from benchmarks.live import LiveSystem
 from core import wire
+from core.experts import CLASSIFIER
 
 EDGE_MODELS = ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"]
 CLOUD_MODELS = ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"]
-ROUTER_MODELS = ["distortion_classifier"]  # run by the router itself, from the same model store
+ROUTER_MODELS = [CLASSIFIER]  # run by the router itself, from the same model store
 HUNG_S = 10.0
 NOT_SAMPLED_RSS = "not sampled: the existing deployment's processes are not this run's"
 SAMPLE_EVERY_S = 0.5
