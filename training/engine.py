@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from core.cli import progress
 from core.errors import UserInputError
 from core.imaging import Preprocessing
+from training.calibration import calibrate_exits
 from training.checkpoints import load_checkpoint
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource
 from training.early_exit import NUM_EXITS, EarlyExitMobileNetV2, ExitConfig
@@ -242,6 +243,40 @@ def fit(
     if best_state is None:
         raise UserInputError("the validation loss was never finite (diverged): lower the learning rates")
     return best_state, history
+
+
+def fit_and_calibrate(
+    model: EarlyExitMobileNetV2,
+    args: argparse.Namespace,
+    *,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    device: torch.device,
+    **options,
+) -> tuple[list[dict], dict, list[float]]:
+    """`fit` with the training commands' shared options (--epochs, --patience, --exit-weights,
+    --quiet, --max-minutes), then the best state loaded and each exit's temperature fitted on the
+    validation split; returns (history, calibration, validation accuracy per exit).
+    `options`: the rest of `fit`'s keywords."""
+    best_state, history = fit(
+        model,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=args.epochs,
+        patience=args.patience,
+        weights=tuple(args.exit_weights),
+        device=device,
+        quiet=args.quiet,
+        max_minutes=args.max_minutes,
+        **options,
+    )
+    model.load_state_dict(best_state)
+    logits, labels = collect_logits(model, val_loader, device)
+    return history, calibrate_exits(logits, labels), exit_accuracies(logits, labels)
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

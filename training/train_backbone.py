@@ -22,7 +22,6 @@ import torch
 from core.cli import command_line, run_cli
 from core.imaging import Preprocessing
 from training import engine
-from training.calibration import calibrate_exits
 from training.checkpoints import new_run_id, save_checkpoint
 from training.datasets import DistortionPolicy, load_source
 from training.early_exit import EarlyExitMobileNetV2, ExitConfig
@@ -106,22 +105,15 @@ def main(args: argparse.Namespace) -> dict:
         f"training the early-exit MobileNetV2 on {len(train_src)} pristine {args.data} images "
         f"at {args.input_size} px, exits after features{list(model.exit_after)}, {device}"
     )
-    best_state, history = engine.fit(
+    history, calibration, val_accuracy = engine.fit_and_calibrate(
         model,
+        args,
         train_loader=train_loader,
         val_loader=val_loader,
         optimizer=optimizer,
         scheduler=scheduler,
-        epochs=args.epochs,
-        patience=args.patience,
-        weights=tuple(args.exit_weights),
         device=device,
-        quiet=args.quiet,
-        max_minutes=args.max_minutes,
     )
-    model.load_state_dict(best_state)
-    logits, labels = engine.collect_logits(model, val_loader, device)
-    calibration = calibrate_exits(logits, labels)
     engine.log(
         "temperatures per exit: "
         + " ".join(f"{t:.3f}" for t in calibration["temperatures"])
@@ -147,7 +139,7 @@ def main(args: argparse.Namespace) -> dict:
             "history": history,
             "calibration": calibration,
             "temperatures": calibration["temperatures"],
-            "val_accuracy": engine.exit_accuracies(logits, labels),
+            "val_accuracy": val_accuracy,
         }
     )
     save_checkpoint(args.out, payload)

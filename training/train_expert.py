@@ -25,7 +25,6 @@ from core.cli import command_line, run_cli
 from core.errors import UserInputError
 from core.imaging import Preprocessing
 from training import engine
-from training.calibration import calibrate_exits
 from training.checkpoints import new_run_id, save_checkpoint
 from training.datasets import DistortionPolicy, load_source
 
@@ -116,24 +115,17 @@ def main(args: argparse.Namespace) -> dict:
         f"fine-tuning the {args.distortion} expert's exits on {len(train_src)} images "
         f"(backbone {'frozen, BN adapting' if args.adapt_bn else 'and BN frozen'}), {device}"
     )
-    best_state, history = engine.fit(
+    history, calibration, val_accuracy = engine.fit_and_calibrate(
         model,
+        args,
         train_loader=train_loader,
         val_loader=val_loader,
         optimizer=optimizer,
         scheduler=scheduler,
-        epochs=args.epochs,
-        patience=args.patience,
-        weights=tuple(args.exit_weights),
         device=device,
-        quiet=args.quiet,
         freeze_backbone_bn=not args.adapt_bn,
         on_epoch_start=new_epoch,
-        max_minutes=args.max_minutes,
     )
-    model.load_state_dict(best_state)
-    logits, labels = engine.collect_logits(model, val_loader, device)
-    calibration = calibrate_exits(logits, labels)
     engine.log("temperatures per exit: " + " ".join(f"{t:.3f}" for t in calibration["temperatures"]))
     payload = engine.base_payload(
         model.cpu(),
@@ -154,7 +146,7 @@ def main(args: argparse.Namespace) -> dict:
             "history": history,
             "calibration": calibration,
             "temperatures": calibration["temperatures"],
-            "val_accuracy": engine.exit_accuracies(logits, labels),
+            "val_accuracy": val_accuracy,
         }
     )
     if not args.adapt_bn and payload["backbone_hash"] != backbone["backbone_hash"]:
