@@ -133,36 +133,26 @@ def experts(fake_fashion_root, backbone, checkpoint_dir):
     return paths
 
 
+def tiny_classifier_args(root: Path, out: Path, *, epochs: int, samples_per_epoch: int, extra=()):
+    """`python -m training.train_classifier` arguments for a 32-px classifier on the fake data."""
+    from training import train_classifier
+
+    return train_classifier.get_args_parser().parse_args(
+        [
+            *("--data-root", str(root), "--out", str(out)),
+            *("--input-size", "32", "--image-size", "32", "--photo-fraction", "0"),
+            *("--epochs", str(epochs), "--samples-per-epoch", str(samples_per_epoch)),
+            *("--val-limit", "20", "--workers", "0", "--quiet", *extra),
+        ]
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_classifier(fake_fashion_root, checkpoint_dir):
     from training import train_classifier
 
     out = checkpoint_dir / "classifier.pt"
-    train_classifier.main(
-        train_classifier.get_args_parser().parse_args(
-            [
-                "--data-root",
-                str(fake_fashion_root),
-                "--out",
-                str(out),
-                "--input-size",
-                "32",
-                "--image-size",
-                "32",
-                "--photo-fraction",
-                "0",
-                "--epochs",
-                "2",
-                "--samples-per-epoch",
-                "320",
-                "--val-limit",
-                "20",
-                "--workers",
-                "0",
-                "--quiet",
-            ]
-        )
-    )
+    train_classifier.main(tiny_classifier_args(fake_fashion_root, out, epochs=2, samples_per_epoch=320))
     return out
 
 

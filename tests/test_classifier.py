@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.imaging import encode_image
+from tests.conftest import tiny_classifier_args
 from training import eval_classifier, train_classifier
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.photos import PHOTOS, PhotoCrops, available_photos, group_of, is_heldout
@@ -32,32 +33,8 @@ def test_too_small_input_is_refused():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(fake_fashion_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "classifier.pt"
-    args = train_classifier.get_args_parser().parse_args(
-        [
-            "--data-root",
-            str(fake_fashion_root),
-            "--out",
-            str(out),
-            "--input-size",
-            "32",
-            "--image-size",
-            "32",
-            "--photo-fraction",
-            "0",
-            "--epochs",
-            "6",
-            "--samples-per-epoch",
-            "640",
-            "--val-limit",
-            "20",
-            "--workers",
-            "0",
-            "--quiet",
-            "--lr",
-            "3e-3",
-            "--dropout",
-            "0",
-        ]
+    args = tiny_classifier_args(
+        fake_fashion_root, out, epochs=6, samples_per_epoch=640, extra=("--lr", "3e-3", "--dropout", "0")
     )
     payload = train_classifier.main(args)
     return out, payload
