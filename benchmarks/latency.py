@@ -305,13 +305,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="archives incl. full_conventional (python -m export.archive --full; default: model_store)",
     )
     own.add_argument("--run-dir", default=None, help="working folders (default: run/latency)")
-    own.add_argument(
-        "--backend", default=None, choices=("auto", "netem", "tun"), help="link emulation (default: auto)"
-    )
+    target.add_backend_option(own, default=None)
     target.add_existing_options(p)
-    # the client half of the own-stack mode (runs inside the device namespace)
-    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--client-router", default=None, help=argparse.SUPPRESS)
+    target.add_client_half_options(p)
     p.add_argument("--profile", default=None, help=argparse.SUPPRESS)
     p.add_argument("--records", default=None, help=argparse.SUPPRESS)
     return p

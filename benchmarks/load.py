@@ -157,13 +157,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     own.add_argument("--model-store", default=None, help="archives (default: model_store)")
     own.add_argument("--run-dir", default=None, help="working folders (default: run/load)")
-    own.add_argument(
-        "--backend", default=None, choices=("auto", "netem", "tun"), help="link emulation (default: auto)"
-    )
+    target.add_backend_option(own, default=None)
     target.add_existing_options(p)
-    # the client half of the own-stack mode (runs inside the device namespace)
-    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--client-router", default=None, help=argparse.SUPPRESS)
+    target.add_client_half_options(p)
     p.add_argument("--results", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--threshold",

@@ -33,6 +33,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks import target
 from benchmarks.netem_link import (
     ADDR,
     SUBNET,  # noqa: F401 - re-exported (tests/test_netem.py)
@@ -209,7 +210,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("check", "profiles"))
     p.add_argument("--profiles", nargs="+", default=list(PROFILES))
     p.add_argument("--profiles-file", default=None, help="JSON of extra profiles")
-    p.add_argument("--backend", default="auto", choices=("auto", "netem", "tun"))
+    target.add_backend_option(p)
     p.add_argument("--seconds", type=float, default=12.0, help="goodput measurement length")
     p.add_argument(
         "--probes",

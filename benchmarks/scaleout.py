@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks import target
 from core.cli import command_line, run_cli, write_json
 from core.errors import UserInputError
 
@@ -58,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=int, default=3000, help="per concurrency level")
     p.add_argument("--model-store", default="model_store")
     p.add_argument("--run-dir", default="run/scaleout")
-    p.add_argument("--backend", default="auto", choices=("auto", "netem", "tun"))
+    target.add_backend_option(p)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="docs/results/scaleout")
     return p

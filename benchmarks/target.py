@@ -198,3 +198,19 @@ def describe(prov: dict | None) -> str:
     if prov.get("inferred"):
         details.append(prov["inferred"])
     return text + (f" ({'; '.join(details)})" if details else "")
+
+
+def add_backend_option(parser, *, default: str | None = "auto") -> None:
+    """--backend: how an emulated link is made (`benchmarks.netem_link.Link`)."""
+    parser.add_argument(
+        "--backend",
+        default=default,
+        choices=("auto", "netem", "tun"),
+        help="link emulation: tc netem, or the user-space delay line over TUN (auto: netem if it works)",
+    )
+
+
+def add_client_half_options(parser: argparse.ArgumentParser) -> None:
+    """The hidden options of a command's own-stack client half (it runs inside the device namespace)."""
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--client-router", default=None, help=argparse.SUPPRESS)
