@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core import operating_points
 from core.errors import UserInputError
 
 SCHEMA_VERSION = 1
@@ -62,6 +63,9 @@ class Manifest:
     run_id: str
     files: dict = field(default_factory=dict)  # file name -> sha256
     exporter: dict = field(default_factory=dict)
+    # edge only: accuracy against the exit threshold on the validation split (core.operating_points);
+    # empty for an export made before the tables existed (the router then serves fixed thresholds)
+    operating_points: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -100,6 +104,7 @@ class Manifest:
                 run_id=str(d["run_id"]),
                 files={str(k): str(v) for k, v in d.get("files", {}).items()},
                 exporter=dict(d.get("exporter", {})),
+                operating_points=dict(d.get("operating_points") or {}),
             )
         except ManifestError:
             raise
@@ -141,6 +146,13 @@ class Manifest:
         for name in (*self.stages, *(e.file for e in self.exits)):
             if name not in self.files:
                 raise ManifestError(f"file {name} is not listed with its hash")
+        if self.operating_points:
+            if self.role != "edge":
+                raise ManifestError(f"a {self.role} manifest carries no operating points")
+            try:
+                operating_points.validate(self.operating_points, len(self.exits))
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                raise ManifestError(f"{self.name}: {exc}") from None
 
     def verify_files(self, folder: str | Path) -> None:
         """Check that every listed file exists in `folder` with the recorded SHA-256."""

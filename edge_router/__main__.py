@@ -25,7 +25,9 @@ from core.cli import run_cli
 from core.errors import UserInputError
 from core.experts import CLASSIFIER
 from core.imaging import DEFAULT_MAX_BYTES
-from edge_router.app import LocalClassifier, Router, RouterConfig, make_server
+from edge_router import adaptive
+from edge_router.app import Router, RouterConfig, make_server
+from edge_router.classifier import LocalClassifier
 from edge_router.cloud import POLICIES
 from edge_router.discovery import Discovery, Endpoint
 from edge_router.tokens import KeyFile
@@ -112,6 +114,27 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=d.drain_s,
         help="on SIGTERM, how long the requests in progress may still take",
     )
+    p.add_argument(
+        "--offload-policy",
+        choices=adaptive.POLICIES,
+        default="fixed",
+        help="fixed: offload whenever no side branch reaches the threshold (the paper's rule); "
+        "adaptive: only when the offload can finish before the deadline and its expected accuracy "
+        "gain is worth its expected time (requests may choose with offload=)",
+    )
+    p.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="default accuracy target: each expert's threshold from its operating-point table "
+        "(requests may set min_accuracy=); default none, the --threshold serves",
+    )
+    p.add_argument(
+        "--min-gain-per-second",
+        type=float,
+        default=10.0,
+        help="adaptive: accuracy points (of 100) that one second of expected offload time must buy",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -156,6 +179,10 @@ def cloud_endpoints(args: argparse.Namespace) -> list[Endpoint]:
 def config_from(args: argparse.Namespace) -> RouterConfig:
     if not 0 < args.threshold <= 1:
         raise UserInputError("--threshold must be in (0, 1]")
+    if args.min_accuracy is not None and not 0 < args.min_accuracy <= 1:
+        raise UserInputError("--min-accuracy must be in (0, 1]")
+    if args.min_gain_per_second < 0:
+        raise UserInputError("--min-gain-per-second must not be negative")
     for name in (
         "deadline_ms",
         "refresh_s",
@@ -180,6 +207,9 @@ def config_from(args: argparse.Namespace) -> RouterConfig:
         keepalive_s=args.keepalive_s,
         drain_s=args.drain_s,
         cloud_policy=args.cloud_policy,
+        offload_policy=args.offload_policy,
+        min_accuracy=args.min_accuracy,
+        min_gain_per_second=args.min_gain_per_second,
     )
 
 

@@ -4,7 +4,9 @@
         query (all optional): threshold (p_tar in (0, 1]), compression (fp32|fp16|int8, the
         offloaded tensor's), deadline_ms, expert (force one instead of routing), mode
         (auto | edge_only: never offload, answer with the most confident branch |
-        cloud_only: send the image to the cloud's full_<expert> archive, default conventional)
+        cloud_only: send the image to the cloud's full_<expert> archive, default conventional),
+        min_accuracy (an accuracy target instead of a threshold), offload (fixed | adaptive:
+        offload only when it can finish in time and is worth it; edge_router.adaptive)
     GET  /v1/experts       the experts in use, the refused ones and why
     GET  /healthz          200 when the classifier and at least one expert are usable
     GET  /metrics          Prometheus text (prometheus-client)
@@ -36,12 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import uvicorn
@@ -51,23 +50,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from core.errors import UserInputError
-from core.experts import CLASSIFIER
-from core.imaging import DEFAULT_MAX_BYTES, decode_image
-from core.manifest import Manifest, ManifestError
+from core.imaging import DEFAULT_MAX_BYTES
+from edge_router.classifier import LocalClassifier
 from edge_router.cloud import CloudPool, CloudUpstream
-from edge_router.decisions import (
-    Decider,
-    Defaults,
-    Reply,
-    RouterError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-    parse_query,
-)
+from edge_router.decisions import Decider, Reply, UpstreamTimeout, UpstreamUnreachable
 from edge_router.discovery import Discovery, Endpoint
 from edge_router.metrics import CONTENT_TYPE, Metrics
-from handlers.runtime import DistortionClassifierRuntime
+from edge_router.options import Defaults, RouterError, parse_query
 
 log = logging.getLogger(__name__)
 
@@ -90,51 +79,10 @@ class RouterConfig:
     upstream_connections: int = 64  # pooled keep-alive connections to each TorchServe
     retry_after_s: int = 1
     cloud_policy: str = "least_outstanding"  # or round_robin (edge_router.cloud)
-
-
-# -- the classifier, in process ----------------------------------------------------------------------
-class LocalClassifier:
-    """The distortion classifier from its archive (`*.mar`) or an export folder.
-
-    An image up to `inline_bytes` is classified on the event loop itself (about 2 ms at 224 px;
-    a hand-off to a thread and back cost 0.5 ms more, a quarter of the work); a larger one, whose
-    decoding could hold the loop for tens of milliseconds, in a small thread pool."""
-
-    inline_bytes = 256 * 1024
-
-    def __init__(self, source: str | Path, *, threads: int = 1):
-        source = Path(source)
-        self._unpacked = None
-        if source.is_dir():
-            manifest_path, folder = source / f"{CLASSIFIER}.json", source
-        elif source.suffix == ".mar" and source.is_file():
-            from export.archive import extract
-            from handlers.service import MANIFEST_NAME
-
-            self._unpacked = tempfile.TemporaryDirectory(prefix="router_classifier_")
-            folder = extract(source, Path(self._unpacked.name))
-            manifest_path = folder / MANIFEST_NAME
-        else:
-            raise UserInputError(
-                f"{source}: neither {CLASSIFIER}.mar nor an export folder (run python -m export.archive)"
-            )
-        try:
-            self.manifest = Manifest.load(manifest_path)
-            self.runtime = DistortionClassifierRuntime(self.manifest, folder, threads=threads)
-        except (OSError, ManifestError) as exc:
-            raise UserInputError(f"{source}: not a usable distortion classifier: {exc}") from None
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classifier")
-
-    def distortion(self, body: bytes) -> tuple[str, dict[str, float]]:
-        return self.runtime.distortions([decode_image(body)])[0]
-
-    async def __call__(self, body: bytes) -> tuple[str, dict[str, float]]:
-        try:
-            if len(body) <= self.inline_bytes:
-                return self.distortion(body)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self.distortion, body)
-        except ValueError as exc:  # an image whose header looked fine but does not decode
-            raise RouterError(400, " ".join(str(exc).split())[:200]) from None
+    # when to offload (edge_router.adaptive): fixed is the paper's rule; adaptive weighs the link
+    offload_policy: str = "fixed"
+    min_accuracy: float | None = None  # a default accuracy target (requests may set their own)
+    min_gain_per_second: float = 10.0  # accuracy points one second of offloading must buy
 
 
 # -- the upstream TorchServe instances, over pooled keep-alive HTTP ------------------------------------
@@ -155,6 +103,9 @@ class HttpUpstream:
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+
+    def expected_offload_s(self, model: str) -> float | None:
+        return self.cloud.expected_offload_s(model)
 
     async def post(
         self, role: str, model: str, body: bytes, headers: dict[str, str], timeout_s: float
@@ -196,8 +147,14 @@ class Router:
             on_retry=lambda name: self.metrics.cloud_retries.labels(name).inc(),
         )
         self.upstream = HttpUpstream(discovery.edge, cloud, self.config)
+        c = self.config
         self.defaults = Defaults(
-            self.config.default_threshold, self.config.default_deadline_ms, self.config.max_body_bytes
+            c.default_threshold,
+            c.default_deadline_ms,
+            c.max_body_bytes,
+            c.min_accuracy,
+            c.offload_policy,
+            c.min_gain_per_second,
         )
         self.decider = Decider(self._catalogue, classifier, self.upstream, self.defaults)
         self.in_flight = 0
@@ -295,6 +252,7 @@ class Router:
         return JSONResponse({**self._catalogue().describe(), "clouds": self.pool.describe()})
 
     async def metrics_text(self, request: Request) -> Response:
+        self.metrics.observe_links(self.pool.links.describe())
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     def _shed(self, limit: str, why: str) -> Response:
@@ -326,9 +284,11 @@ class Router:
         @contextlib.asynccontextmanager
         async def lifespan(app):
             await self.upstream.open()
+            probes = asyncio.create_task(self.upstream.cloud.probe_loop(self.upstream.session))
             try:
                 yield
             finally:
+                probes.cancel()
                 await self.upstream.close()
 
         return Starlette(

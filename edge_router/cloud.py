@@ -15,6 +15,7 @@ handler's `predictions` so `edge_router.decisions` sees one shape.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from core import experts
+from edge_router.adaptive import LinkEstimates
 from edge_router.decisions import Reply, UpstreamTimeout, UpstreamUnreachable
 from edge_router.discovery import Catalogue, Endpoint
 
@@ -38,6 +40,8 @@ class _State:
 
 
 POLICIES = ("least_outstanding", "round_robin")
+PROBE_EVERY_S = 1.0
+PROBE_TIMEOUT_S = 2.0
 
 
 class CloudPool:
@@ -56,6 +60,7 @@ class CloudPool:
         self.state = {e.name: _State() for e in endpoints}
         self.down_s, self.clock = down_s, clock
         self._turn = itertools.count()
+        self.links = LinkEstimates(list(self.endpoints))  # offload times, for edge_router.adaptive
 
     def healthy(self, name: str, listed_at: float | None = None) -> bool:
         st = self.state[name]
@@ -95,12 +100,14 @@ class CloudPool:
             log.warning("cloud endpoint %s taken out", name)
 
     def describe(self) -> dict:
+        links = self.links.describe()
         return {
             n: {
                 "kind": self.endpoints[n].kind,
                 "url": self.endpoints[n].inference_url,
                 "outstanding": s.outstanding,
                 "up": s.down_since is None,
+                **links[n],
             }
             for n, s in self.state.items()
         }
@@ -149,6 +156,42 @@ class CloudUpstream:
             names = [n for n, e in self.pool.endpoints.items() if e.kind == "torchserve"]
         return self.pool.order(names, cat.listed_at)
 
+    def expected_offload_s(self, model: str) -> float | None:
+        """The expected time of an offload of `model` now: the best estimate among the healthy
+        endpoints that serve it (None while any of them has none: it is worth learning)."""
+        role, expert = experts.parse_archive_name(model) or ("", "")
+        cat = self.catalogue()
+        pair = cat.experts.get(expert) if role == "cloud" else None
+        names = [n for n in (pair.clouds if pair else ()) if n in self.pool.endpoints]
+        estimates = [
+            self.pool.links.expected_s(n) for n in names if self.pool.healthy(n, cat.listed_at.get(n))
+        ]
+        if not estimates or any(e is None for e in estimates):
+            return None
+        return min(estimates)
+
+    async def probe_loop(self, session: aiohttp.ClientSession, every_s: float = PROBE_EVERY_S) -> None:
+        """Probe every endpoint no offload or probe has timed for `every_s`: its round trip on a
+        light request (TorchServe `/ping`, OIP `/v2/health/live`), so the estimate follows a link
+        that changes while the router, seeing it slow, offloads nothing."""
+        while True:
+            await asyncio.sleep(every_s / 2)
+            idle = [ep for n, ep in self.pool.endpoints.items() if self.pool.links.idle(n, every_s)]
+            await asyncio.gather(*(self._probe(session, ep) for ep in idle))
+
+    async def _probe(self, session: aiohttp.ClientSession, ep: Endpoint) -> None:
+        url = f"{ep.inference_url}/v2/health/live" if ep.kind == "oip" else f"{ep.inference_url}/ping"
+        started = time.perf_counter()
+        try:
+            async with session.get(
+                url, headers=ep.auth("inference"), timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+            ) as r:
+                await r.read()
+                if r.status == 200:
+                    self.pool.links.observe_probe(ep.name, time.perf_counter() - started)
+        except (TimeoutError, aiohttp.ClientError):
+            self.pool.links.observe_probe(ep.name, PROBE_TIMEOUT_S)  # at least this slow
+
     async def post(
         self,
         session: aiohttp.ClientSession,
@@ -169,17 +212,19 @@ class CloudUpstream:
             if i:
                 self.on_retry(ep.name)
             self.pool.begin(ep.name)
-            failed = True
+            failed, started = True, time.perf_counter()
             try:
                 reply = await self._send(session, ep, model, body, headers, remaining)
                 failed = reply.status >= 500
                 if not failed:
+                    self.pool.links.observe_offload(ep.name, time.perf_counter() - started)
                     return reply
                 last = reply
             except UpstreamUnreachable as exc:
                 last = exc
             except UpstreamTimeout:
                 failed = False  # slow, not dead: the deadline is spent either way
+                self.pool.links.observe_offload(ep.name, time.perf_counter() - started, censored=True)
                 raise
             finally:
                 self.pool.end(ep.name, failed=failed)

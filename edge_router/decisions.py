@@ -28,108 +28,21 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import parse_qs
 
 import numpy as np
 
 from core import experts, wire
 from core.exits import decide
-from core.imaging import DEFAULT_MAX_BYTES, header_dimensions, image_format
+from edge_router import adaptive
 from edge_router.discovery import Catalogue, ExpertPair
-
-MIN_DEADLINE_MS = 50.0
-MODES = ("auto", "edge_only", "cloud_only")
-
-
-class RouterError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+from edge_router.options import (
+    Defaults,
+    Options,
+    RouterError,
+    check_image,
+)
 
 
-@dataclass
-class Options:
-    threshold: float
-    compression: str
-    deadline_s: float
-    expert: str | None
-    mode: str
-
-
-@dataclass
-class Defaults:
-    threshold: float = 0.8
-    deadline_ms: float = 2000.0
-    max_body_bytes: int = DEFAULT_MAX_BYTES
-
-
-def parse_options(params: Mapping[str, list[str]], defaults: Defaults) -> Options:
-    """Query parameters (name -> every value given) to Options; RouterError(400) on anything odd."""
-    known = {"threshold", "compression", "deadline_ms", "expert", "mode"}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise RouterError(400, f"unknown query parameter(s): {', '.join(repr(u[:30]) for u in unknown)}")
-
-    def one(name: str, default: str | None = None) -> str | None:
-        values = params.get(name)
-        if not values:
-            return default
-        if len(values) > 1:
-            raise RouterError(400, f"{name} given more than once")
-        return values[0]
-
-    def number(name: str, default: float, lo: float, hi: float) -> float:
-        raw = one(name)
-        if raw is None:
-            return default
-        try:
-            v = float(raw)
-        except ValueError:
-            raise RouterError(400, f"{name} is not a number") from None
-        if not lo < v <= hi:
-            raise RouterError(400, f"{name} must be in ({lo:g}, {hi:g}]")
-        return v
-
-    threshold = number("threshold", defaults.threshold, 0.0, 1.0)
-    deadline_ms = number("deadline_ms", defaults.deadline_ms, 0.0, 600_000.0)
-    if deadline_ms < MIN_DEADLINE_MS:  # no edge can answer sooner: refuse rather than time out
-        raise RouterError(400, f"deadline_ms must be at least {MIN_DEADLINE_MS:g}")
-    compression = (one("compression", "fp32") or "").lower()
-    if compression not in wire.COMPRESSIONS:
-        raise RouterError(400, "compression must be fp32, fp16 or int8")
-    mode = (one("mode", "auto") or "").lower()
-    if mode not in MODES:
-        raise RouterError(400, "mode must be auto, edge_only or cloud_only")
-    expert = one("expert")
-    if expert is not None and not experts.is_expert_name(expert):
-        raise RouterError(400, "expert must be a registered expert's name (ASCII letters, digits, _ or -)")
-    return Options(threshold, compression, deadline_ms / 1000.0, expert, mode)
-
-
-def parse_query(query: str, defaults: Defaults) -> Options:
-    """A URL query string to Options (at most 20 fields); RouterError(400) on anything odd."""
-    try:
-        params = parse_qs(query, keep_blank_values=True, strict_parsing=False, max_num_fields=20)
-    except ValueError:
-        raise RouterError(400, "too many query parameters") from None
-    return parse_options(params, defaults)
-
-
-def check_image(body: bytes, max_bytes: int) -> None:
-    """Cheap checks before any server is bothered: size, JPEG/PNG signature, sane header."""
-    if not body:
-        raise RouterError(400, "empty body: POST a JPEG or PNG image")
-    if len(body) > max_bytes:
-        raise RouterError(413, f"image of {len(body)} bytes exceeds the limit of {max_bytes}")
-    if image_format(body) is None:
-        raise RouterError(415, "not a JPEG or PNG image")
-    try:
-        header_dimensions(body)
-    except Exception as exc:  # noqa: BLE001 - any header problem is the client's
-        raise RouterError(400, " ".join(str(exc).split())[:200]) from None
-
-
-# -- the upstream TorchServe instances, as this module sees them -----------------------------------
 @dataclass
 class Reply:
     status: int
@@ -191,13 +104,16 @@ class Decider:
             return await self._cloud_only(body, options, started, deadline)
         timings: dict[str, float] = {}
         pair, distortion, probabilities = await self._expert(body, options, timings)
+        points = pair.edge.operating_points
+        target = adaptive.target_plan(points, options.min_accuracy)
+        threshold = target.threshold if target is not None else options.threshold
 
         t = time.perf_counter()
         reply = await self._call(
             "edge",
             experts.archive_name("edge", pair.name),
             body,
-            {"X-Exit-Threshold": repr(options.threshold), "X-Offload-Compression": options.compression},
+            {"X-Exit-Threshold": repr(threshold), "X-Offload-Compression": options.compression},
             deadline,
             "edge",
         )
@@ -206,11 +122,17 @@ class Decider:
             "expert": pair.name,
             "distortion": distortion,
             "distortion_probabilities": probabilities,
-            "threshold": options.threshold,
+            "threshold": threshold,
             "offloaded": False,
             "offloaded_bytes": 0,
             "degraded": False,
         }
+        if options.min_accuracy is not None:
+            out["target"] = (
+                {"min_accuracy": options.min_accuracy, **target.__dict__}
+                if target is not None
+                else {"min_accuracy": options.min_accuracy, "note": "no operating points: fixed threshold"}
+            )
         names = pair.edge.class_names
         head_len = reply.headers.get(wire.HEADER_LENGTH)
         if head_len is None:  # a side branch answered on the edge
@@ -235,10 +157,33 @@ class Decider:
                 _best_branch(out, conf, pred, names, pair)
                 out["exit_note"] = "edge_only: the most confident side branch"
             else:
-                await self._offload(out, reply, head_len, conf, pred, names, pair, options, deadline, timings)
+                decision = adaptive.decide_offload(
+                    policy=options.offload,
+                    points=points,
+                    threshold=threshold,
+                    target=target,
+                    expected_s=self._expected_offload_s(pair),
+                    time_left_s=deadline - time.perf_counter(),
+                    min_gain_per_second=self.defaults.min_gain_per_second,
+                )
+                out["offload_decision"] = decision.describe()
+                if decision.offload:
+                    await self._offload(
+                        out, reply, head_len, conf, pred, names, pair, options, deadline, timings
+                    )
+                else:
+                    _best_branch(out, conf, pred, names, pair)
+                    if decision.reason == "predicted_deadline":
+                        out.update(degraded=True, degraded_reason="predicted_deadline")
+                        out["degraded_kind"] = "predicted_deadline"
         timings["total_ms"] = _ms(started)
         out["timings_ms"] = {k: round(v, 3) for k, v in timings.items()}
         return out
+
+    def _expected_offload_s(self, pair: ExpertPair) -> float | None:
+        """The upstream's estimate of an offload's time for this expert (None: not known)."""
+        estimate = getattr(self.upstream, "expected_offload_s", None)
+        return estimate(experts.archive_name("cloud", pair.name)) if estimate is not None else None
 
     async def _expert(
         self, body: bytes, options: Options, timings: dict

@@ -45,6 +45,18 @@ class Metrics:
         self.cloud_retries = Counter(
             f"{p}_cloud_retries", "offloads retried on another cloud endpoint", ["endpoint"], registry=r
         )
+        self.offload_decisions = Counter(
+            f"{p}_offload_decisions",
+            "decisions on samples no side branch was sure of, by reason (edge_router.adaptive)",
+            ["reason"],
+            registry=r,
+        )
+        self.expected_offload = Gauge(
+            f"{p}_expected_offload_seconds",
+            "the router's estimate of an offload's time, by cloud endpoint (NaN: none yet)",
+            ["endpoint"],
+            registry=r,
+        )
         self.in_flight = Gauge(f"{p}_in_flight", "requests being answered now", registry=r)
         self.buffered_bytes = Gauge(f"{p}_buffered_body_bytes", "request body bytes held now", registry=r)
 
@@ -56,9 +68,17 @@ class Metrics:
         if answer["offloaded"] and not cloud_only:
             self.offloads.labels(answer["expert"]).inc()
             self.offloaded_bytes.inc(answer["offloaded_bytes"])
+        decision = answer.get("offload_decision")
+        if decision:
+            self.offload_decisions.labels(decision["reason"]).inc()
         if answer.get("degraded"):
             self.degraded.labels(answer.get("degraded_kind", "cloud_error")).inc()
         self.seconds.labels(str(bool(answer["offloaded"])).lower()).observe(seconds)
+
+    def observe_links(self, links: dict[str, dict]) -> None:
+        for name, link in links.items():
+            ms = link["expected_offload_ms"]
+            self.expected_offload.labels(name).set(float("nan") if ms is None else ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,6 +56,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=64,
         help="validation images (mixed distortions) run through both runtimes",
     )
+    p.add_argument(
+        "--operating-images",
+        type=int,
+        default=None,
+        help="validation images per expert for the operating-point tables (default: all; 0: none)",
+    )
     p.add_argument("--out", default="exported")
     return p
 
@@ -182,6 +188,21 @@ def main(args: argparse.Namespace) -> dict:
         f"exported {len(report['segments'])} segments and {len(report['manifests'])} manifests to "
         f"{out}; parity holds on {x.shape[0]} images (max |diff| {worst:.2e})"
     )
+    if args.operating_images != 0:  # what each expert's exits are worth, into its edge manifest
+        from export import operating_points
+
+        operating_points.main(
+            argparse.Namespace(
+                exported=str(out),
+                data=args.data,
+                data_root=args.data_root,
+                limit=args.operating_images,
+                split_seed=conventional[1].get("split_seed", 0),
+                batch_size=256,
+                threads=4,
+                quiet=True,
+            )
+        )
     return report
 
 

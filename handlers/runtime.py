@@ -70,8 +70,8 @@ class EdgeResult:
     exit_index: np.ndarray  # branch that answered, or -1 when offloaded
     prediction: np.ndarray  # class of the answering branch (-1 when offloaded)
     confidence: np.ndarray  # its confidence (nan when offloaded)
-    branch_confidence: np.ndarray  # N x 3, nan for branches a sample never reached
-    branch_prediction: np.ndarray  # N x 3, -1 where not reached
+    branch_confidence: np.ndarray  # N x side branches, nan for branches a sample never reached
+    branch_prediction: np.ndarray  # N x side branches, -1 where not reached
     split: np.ndarray | None  # M x C x H x W for the M offloaded samples, in order
     offloaded: np.ndarray  # indices of the offloaded samples
 
@@ -93,8 +93,8 @@ class EdgeExpert(_Segments):
         exit_index = np.full(n, -1)
         prediction = np.full(n, -1)
         confidence = np.full(n, np.nan)
-        branch_conf = np.full((n, 3), np.nan)
-        branch_pred = np.full((n, 3), -1)
+        branch_conf = np.full((n, len(self.heads)), np.nan)
+        branch_pred = np.full((n, len(self.heads)), -1)
         active = np.arange(n)  # samples no branch has answered yet
         h = x
         for k, (stage, head) in enumerate(zip(self.stages, self.heads, strict=True)):

@@ -11,17 +11,9 @@ import pytest
 from core import wire
 from core.imaging import encode_image
 from core.manifest import Manifest
-from edge_router.decisions import (
-    Decider,
-    Defaults,
-    Options,
-    Reply,
-    RouterError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-    parse_options,
-)
+from edge_router.decisions import Decider, Reply, UpstreamTimeout, UpstreamUnreachable
 from edge_router.discovery import Catalogue, ExpertPair
+from edge_router.options import Defaults, Options, RouterError, parse_options
 from tests.conftest import textured_image
 
 ONNX = Path(__file__).resolve().parents[1] / "models" / "onnx"

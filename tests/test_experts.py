@@ -8,7 +8,7 @@ from core import experts
 from core.errors import UserInputError
 from core.manifest import ManifestError
 from edge_router import register
-from edge_router.decisions import Defaults, RouterError, parse_options
+from edge_router.options import Defaults, RouterError, parse_options
 
 GOOD = ["pristine", "gaussian_blur", "gaussian_noise_adapt_bn", "a", "A-1", "x" * 64]
 BAD = ["", "x" * 65, "gaußian", "blur/../x", "a b", "a.b", "ñ", "edge\n", None, 3]
@@ -55,6 +55,8 @@ def test_export_filed_by_manifest(exported):
     assert set(registry.pairs()) == set(experts.standard_experts())
     for name, ((edge, _), (cloud, _)) in registry.pairs().items():
         assert (edge.role, edge.name, cloud.role, cloud.name) == ("edge", name, "cloud", name)
+        # python -m export measured what the expert's exits are worth (core.operating_points)
+        assert edge.operating_points["samples"] > 0 and not cloud.operating_points
     assert set(registry.manifests()) == {p.stem for p in out.glob("*.json")} - {"export_report"}
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from core.errors import UserInputError
 from core.imaging import Preprocessing, decode_image, encode_image
 from core.manifest import Manifest, ManifestError
-from edge_router.decisions import Defaults, RouterError, check_image, parse_query
+from edge_router.options import Defaults, RouterError, check_image, parse_query
 from tests.conftest import textured_image
 
 PNG = encode_image(textured_image(1, 24), "png")
