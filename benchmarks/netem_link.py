@@ -271,6 +271,30 @@ class Link:
             self.delay_line = DelayLine(fd_e, fd_c, p)
             self.delay_line.start()
 
+    def change(self, profile: Profile) -> None:
+        """Give the running link another profile (delay, jitter, loss, rate) without a restart: the
+        open connections and the live system stay, as when a real path changes under them."""
+        profile.validate()
+        p = profile
+        if self.backend == "netem":
+            jitter = f" {p.jitter_ms / 2:g}ms" if p.jitter_ms else ""
+            loss = f" loss {100 * p.loss:g}%" if p.loss else ""
+            for dev, role in (("ee-wan-e", "edge"), ("ee-wan-c", "cloud")):
+                sh(
+                    f"tc qdisc change dev {dev} root netem delay {p.rtt_ms / 2:g}ms{jitter}{loss} "
+                    f"rate {p.rate_mbit:g}mbit limit 100000",
+                    ns=NS[role],
+                )
+        else:
+            for dev, role in (("ee-tune", "edge"), ("ee-tunc", "cloud")):
+                burst = max(4 * 1514, int(p.rate_mbit * 1e6 / 8 / 250))
+                limit = max(64 * 1514, int(p.rate_mbit * 1e6 / 8 * max(0.2, p.rtt_ms / 1000)))
+                tbf = f"tbf rate {p.rate_mbit:g}mbit burst {burst} limit {limit}"
+                sh(f"tc qdisc change dev {dev} root {tbf}", ns=NS[role])
+            line = self.delay_line
+            line.delay, line.jitter, line.loss = p.rtt_ms / 2000.0, p.jitter_ms / 1000.0, p.loss
+        self.profile = profile
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
