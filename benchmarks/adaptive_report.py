@@ -15,7 +15,7 @@ from core.cli import run_cli, write_json
 from core.errors import UserInputError
 
 FAMILIES = ("pristine", "gaussian_blur", "gaussian_noise")
-TARGETS = (0.85, 0.90)
+TARGETS = (0.85, 0.90)  # the issue's; benchmarks.adaptive also runs 0.92, reported in the tables
 ACCURACY_SLACK = 0.005  # the target may be missed by half a point (sampling noise of the test set)
 DEADLINE_MS, DEADLINE_SLACK_MS = 150.0, 10.0
 SWITCH_WINDOW, SWITCH_BAND, SWITCH_LIMIT = 20, 0.1, 50
@@ -76,6 +76,20 @@ def target_checks(summary: dict) -> list[dict]:
                     continue
                 for family in FAMILIES:
                     got = configs[mode].get(family)
+                    if got is not None and got["accuracy"] is None:  # no answer at all: a miss
+                        checks.append(
+                            {
+                                "profile": profile,
+                                "mode": mode,
+                                "family": family,
+                                "target": a,
+                                "accuracy": None,
+                                "offload_rate": None,
+                                "fixed_offload_at_that_accuracy": None,
+                                "ok": False,
+                            }
+                        )
+                        continue
                     fixed = [
                         v[family] for v in curve.values() if family in v and v[family]["accuracy"] is not None
                     ]
@@ -104,6 +118,8 @@ def deadline_check(summary: dict) -> dict | None:
     net, fixed = paris.get("net@0.8/150ms", {}).get("all"), paris.get("fixed@0.8/150ms", {}).get("all")
     if not net or not fixed:
         return None
+    if net["mean_ms"] is None or fixed["mean_ms"] is None:
+        return {"net": net, "fixed": fixed, "ok": False, "note": "a configuration got no answer"}
     return {
         "net": net,
         "fixed": fixed,
@@ -122,6 +138,8 @@ def switch_check(out: Path) -> dict | None:
     if not path.is_file() or not meta.is_file():
         return None
     at = json.loads(meta.read_text())["switch_at"]
+    if at is None:
+        return {"ok": False, "note": "the link never switched (the client ended first)"}
     with path.open() as f:
         off = np.array([int(r["offloaded"]) for r in csv.DictReader(f)])
     if len(off) <= at + SWITCH_WINDOW:
@@ -156,7 +174,7 @@ def plots(summary: dict, out: Path) -> None:
         fixed = sorted(
             (v[family]["offload_rate"], v[family]["accuracy"], c)
             for c, v in lan.items()
-            if c.startswith("fixed@") and "/" not in c and family in v
+            if c.startswith("fixed@") and "/" not in c and family in v and v[family]["accuracy"] is not None
         )
         ax.plot(
             [100 * f[0] for f in fixed],
@@ -167,7 +185,7 @@ def plots(summary: dict, out: Path) -> None:
         )
         for profile, configs in summary.items():
             for c, v in configs.items():
-                if c.startswith("target@") and family in v:
+                if c.startswith("target@") and family in v and v[family]["accuracy"] is not None:
                     ax.scatter(100 * v[family]["offload_rate"], 100 * v[family]["accuracy"], marker="x")
                     ax.annotate(
                         f"{c} {profile}",
@@ -186,7 +204,7 @@ def plots(summary: dict, out: Path) -> None:
     plt.close(fig)
 
     path = out / "switch.csv"
-    if path.is_file():
+    if path.is_file() and json.loads((out / "switch_meta.json").read_text()).get("switch_at") is not None:
         with path.open() as f:
             rows = list(csv.DictReader(f))
         at = json.loads((out / "switch_meta.json").read_text())["switch_at"]
@@ -218,11 +236,13 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {c['mode']} on {c['profile']}, {c['family']}: accuracy >= "
             f"{c['target'] - ACCURACY_SLACK:.3f}, offload <= "
-            f"fixed's at that accuracy | {c['accuracy']:.4f}, offload {c['offload_rate']:.3f} vs "
+            f"fixed's at that accuracy | {c['accuracy']}, offload {c['offload_rate']} vs "
             f"{'n/a' if fixed is None else f'{fixed:.3f}'}: {'ok' if c['ok'] else 'MISSED'} |"
         )
     d = result["deadline_check"]
-    if d:
+    if d and "note" in d:
+        lines.append(f"| paris, deadline 150 ms | {d['note']}: MISSED |")
+    elif d:
         lines.append(
             "| paris, deadline 150 ms: max latency <= 160 ms, mean <= half the fixed rule's, "
             "accuracy within 0.5 pt | "
@@ -231,7 +251,9 @@ def markdown(result: dict) -> str:
             f"{'ok' if d['ok'] else 'MISSED'} |"
         )
     s = result["switch_check"]
-    if s:
+    if s and "note" in s:
+        lines.append(f"| link switch lan -> paris | {s['note']}: MISSED |")
+    elif s:
         lines.append(
             f"| link switch lan -> paris: offload rate settles within {s['limit']} requests | "
             f"{s['offload_rate_before']:.3f} -> {s['offload_rate_after']:.3f}, settled within "

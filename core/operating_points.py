@@ -97,10 +97,17 @@ def validate(points: dict, side_exits: int) -> None:
             v = row.get(name)
             if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 raise ValueError(f"operating_points {name} at {t} is not a fraction: {v!r}")
-        if row.get("edge_rate") is None or row.get("accuracy") is None:
-            raise ValueError(f"operating_points row {t} lacks edge_rate or accuracy")
-        if not isinstance(row.get("exits"), list) or len(row["exits"]) != side_exits:
+        for name in ("edge_rate", "accuracy", "accuracy_no_offload"):
+            if row.get(name) is None:
+                raise ValueError(f"operating_points row {t} lacks {name}")
+        exits = row.get("exits")
+        if not isinstance(exits, list) or len(exits) != side_exits:
             raise ValueError(f"operating_points row {t} must describe {side_exits} side exits")
+        for e in exits:
+            for name in ("rate", "accuracy"):
+                v = e.get(name) if isinstance(e, dict) else "missing"
+                if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                    raise ValueError(f"operating_points exit {name} at {t} is not a fraction: {v!r}")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ REASONS = (
     "worth_it",  # the expected gain pays for the expected time
     "unknown_link",  # no estimate yet: offload and learn (the deadline still bounds it)
     "edge_meets_target",  # the plan for the accuracy target needs no offload
+    "edge_is_best",  # the target is out of reach, and the edge alone comes closest
     "no_gain",  # offloading is not expected to be more accurate here
     "not_worth_it",  # the gain is too small for the time the link costs
     "predicted_deadline",  # it could not finish before the deadline
@@ -49,18 +50,24 @@ class LinkEstimate:
     probe_s: float | None = None
     probe_at: float = float("-inf")
     overhead_s: float = 0.0
+    overhead_known: bool = False
 
     def observe_offload(self, seconds: float, now: float, *, censored: bool = False) -> None:
         """An offload that took `seconds`; `censored`: it was cut off then (it would have taken longer)."""
-        if censored and self.offload_s is not None:
-            seconds = max(seconds, self.offload_s)
+        if censored and self.offload_s is not None and seconds <= self.offload_s:
+            self.offload_at = now  # cut off before the estimate: it says nothing new about the link
+            return
         if self.offload_s is None or seconds > 2 * self.offload_s + 0.005:  # much slower: believed at once
             self.offload_s, self.deviation_s = seconds, seconds / 4
         else:
             self.deviation_s += ALPHA * (abs(seconds - self.offload_s) - self.deviation_s)
             self.offload_s += ALPHA * (seconds - self.offload_s)
-        if self.probe_s is not None and now - self.probe_at < STALE_S:
-            self.overhead_s += ALPHA * (max(0.0, seconds - self.probe_s) - self.overhead_s)
+        if self.probe_s is not None and now - self.probe_at < STALE_S and not censored:
+            overhead = max(0.0, seconds - self.probe_s)
+            if self.overhead_known:
+                self.overhead_s += ALPHA * (overhead - self.overhead_s)
+            else:  # the first one is taken as it is: an estimate from probes must not start low
+                self.overhead_s, self.overhead_known = overhead, True
         self.offload_at = now
 
     def observe_probe(self, seconds: float, now: float) -> None:
@@ -122,7 +129,9 @@ def decide_offload(
     left_ms = round(1000 * time_left_s, 2)
     expected_ms = None if expected_s is None else round(1000 * expected_s, 2)
     if target is not None and not target.offload:
-        return OffloadDecision(False, "edge_meets_target", time_left_ms=left_ms)
+        return OffloadDecision(
+            False, "edge_meets_target" if target.met else "edge_is_best", time_left_ms=left_ms
+        )
     if policy == "fixed":
         return OffloadDecision(True, "fixed")
     gain = None

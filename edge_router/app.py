@@ -289,6 +289,8 @@ class Router:
                 yield
             finally:
                 probes.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probes
                 await self.upstream.close()
 
         return Starlette(

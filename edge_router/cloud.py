@@ -157,8 +157,9 @@ class CloudUpstream:
         return self.pool.order(names, cat.listed_at)
 
     def expected_offload_s(self, model: str) -> float | None:
-        """The expected time of an offload of `model` now: the best estimate among the healthy
-        endpoints that serve it (None while any of them has none: it is worth learning)."""
+        """The expected time of an offload of `model` now: the slowest estimate among the healthy
+        endpoints that serve it, since the pool may pick any of them (None while any of them has
+        none: it is worth learning)."""
         role, expert = experts.parse_archive_name(model) or ("", "")
         cat = self.catalogue()
         pair = cat.experts.get(expert) if role == "cloud" else None
@@ -168,7 +169,7 @@ class CloudUpstream:
         ]
         if not estimates or any(e is None for e in estimates):
             return None
-        return min(estimates)
+        return max(estimates)
 
     async def probe_loop(self, session: aiohttp.ClientSession, every_s: float = PROBE_EVERY_S) -> None:
         """Probe every endpoint no offload or probe has timed for `every_s`: its round trip on a
@@ -176,8 +177,11 @@ class CloudUpstream:
         that changes while the router, seeing it slow, offloads nothing."""
         while True:
             await asyncio.sleep(every_s / 2)
-            idle = [ep for n, ep in self.pool.endpoints.items() if self.pool.links.idle(n, every_s)]
-            await asyncio.gather(*(self._probe(session, ep) for ep in idle))
+            try:
+                idle = [ep for n, ep in self.pool.endpoints.items() if self.pool.links.idle(n, every_s)]
+                await asyncio.gather(*(self._probe(session, ep) for ep in idle))
+            except Exception:  # noqa: BLE001 - the estimates must outlive any single failure
+                log.exception("cloud probe failed")
 
     async def _probe(self, session: aiohttp.ClientSession, ep: Endpoint) -> None:
         url = f"{ep.inference_url}/v2/health/live" if ep.kind == "oip" else f"{ep.inference_url}/ping"
@@ -186,9 +190,8 @@ class CloudUpstream:
             async with session.get(
                 url, headers=ep.auth("inference"), timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
             ) as r:
-                await r.read()
-                if r.status == 200:
-                    self.pool.links.observe_probe(ep.name, time.perf_counter() - started)
+                await r.read()  # any answer is a round trip (a refused token too)
+                self.pool.links.observe_probe(ep.name, time.perf_counter() - started)
         except (TimeoutError, aiohttp.ClientError):
             self.pool.links.observe_probe(ep.name, PROBE_TIMEOUT_S)  # at least this slow
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -106,7 +106,9 @@ class Decider:
         pair, distortion, probabilities = await self._expert(body, options, timings)
         points = pair.edge.operating_points
         target = adaptive.target_plan(points, options.min_accuracy)
-        threshold = target.threshold if target is not None else options.threshold
+        if target is not None:  # the plan's threshold, for the edge and the final-exit rule alike
+            options = replace(options, threshold=target.threshold)
+        threshold = options.threshold
 
         t = time.perf_counter()
         reply = await self._call(

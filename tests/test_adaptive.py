@@ -132,9 +132,21 @@ def test_the_link_estimate_follows_offloads_probes_and_a_changed_link():
     for k in range(6):
         link.observe_probe(0.216, now=10 + k)
     assert 0.21 < link.expected_s(16.0) < 0.30
-    # a timed-out offload counts as at least what it took
-    link.observe_offload(0.15, now=16.5, censored=True)
-    assert link.offload_s >= 0.012
+    # a timed-out offload: at least what it took; one cut off before the estimate changes nothing
+    before = (link.offload_s, link.deviation_s)
+    link.observe_offload(0.005, now=16.5, censored=True)
+    assert (link.offload_s, link.deviation_s) == before
+    link.observe_offload(0.15, now=16.6, censored=True)
+    assert link.offload_s >= 0.15
+
+
+def test_an_estimate_from_probes_includes_the_first_overhead_in_full():
+    link = LinkEstimate()
+    link.observe_probe(0.2, now=0.0)
+    link.observe_offload(0.26, now=0.5)  # 60 ms of transfer and compute beyond the round trip
+    assert link.overhead_s == pytest.approx(0.06)
+    link.observe_probe(0.2, now=10.0)  # the last offload is stale: the estimate is built from probes
+    assert link.expected_s(10.0) >= 0.26
 
 
 def test_decisions_for_a_sample_the_edge_was_unsure_of():
@@ -205,7 +217,22 @@ def test_an_accuracy_target_sets_the_threshold_from_the_table():
     assert out["threshold"] == want.threshold and out["target"]["min_accuracy"] == 0.85
     assert out["target"]["offload"] is want.offload
     if not want.offload:
-        assert out["offload_decision"]["reason"] == "edge_meets_target" and len(up.calls) == 1
+        reason = "edge_meets_target" if want.met else "edge_is_best"
+        assert out["offload_decision"]["reason"] == reason and len(up.calls) == 1
+
+
+def test_an_offload_under_a_target_decides_the_final_exit_at_the_plans_threshold(monkeypatch):
+    """A target the edge alone cannot meet: the plan offloads, and the final-exit rule runs at the
+    plan's threshold, not the router's default (0.8)."""
+    plan = op.Plan(0.99, True, 0.9, 0.5, True)
+    monkeypatch.setattr(adaptive, "target_plan", lambda points, min_accuracy: plan)
+    # no branch reaches 0.99 (no edge exit); the final exit answers 0.9
+    up = EstimatingUpstream(0.01, split_reply((0.3, 0.85, 0.95), (1, 2, 3)), cloud_reply(7, 0.9))
+    out = run(up, min_accuracy=0.99)
+    assert up.calls[0].headers["X-Exit-Threshold"] == "0.99" and out["offloaded"]
+    # at 0.99 nobody reaches the threshold: the most confident exit (branch 2, 0.95) answers; at
+    # the default 0.8 the first branch past it (branch 1, 0.85) would have answered instead
+    assert (out["exit"], out["class"]) == (2, 3) and out["threshold"] == 0.99
 
 
 def test_query_parameters_of_the_new_modes():

@@ -117,6 +117,34 @@ def test_compression_and_edge_only_modes(system):
     assert r.status_code == 200 and not r.json()["offloaded"] and r.json()["exit"] in (0, 1, 2)
 
 
+def test_adaptive_offloading_and_targets_live(system):
+    """offload=adaptive and min_accuracy on the live system: the decision and its inputs are in the
+    answer and in the metrics, and the router learns the cloud's offload time."""
+    body = encode_image(images(1)[0], "png")
+    first = classify(system, body, threshold=1.0, expert="pristine", offload="adaptive")
+    assert first.status_code == 200, first.text
+    decision = first.json()["offload_decision"]
+    assert decision["reason"] in ("unknown_link", "worth_it", "no_gain", "not_worth_it")
+    # after an offload (or a probe), the router knows what one costs on this loopback link
+    assert wait_for(
+        lambda: (
+            requests.get(f"{system['url']}/v1/experts", timeout=10).json()["clouds"]["cloud"][
+                "expected_offload_ms"
+            ]
+            is not None
+        )
+    )
+    # a deadline the link is known to miss by far is not waited out (1 ms of link would do here:
+    # this checks the answer's shape; the emulated-link benchmark checks the timing)
+    r = classify(system, body, threshold=1.0, expert="pristine", offload="adaptive", deadline_ms=50)
+    assert r.status_code == 200 and "offload_decision" in r.json(), r.text
+    t = classify(system, body, min_accuracy=0.5, expert="pristine")
+    assert t.status_code == 200 and t.json()["target"]["min_accuracy"] == 0.5, t.text
+    text = requests.get(f"{system['url']}/metrics", timeout=10).text
+    assert "edge_router_offload_decisions_total" in text
+    assert 'edge_router_expected_offload_seconds{endpoint="cloud"}' in text
+
+
 @pytest.mark.parametrize(
     "body, params, status",
     [
@@ -133,6 +161,8 @@ def test_compression_and_edge_only_modes(system):
         ("png", {"deadline_ms": "-1"}, 400),
         ("png", {"deadline_ms": "10"}, 400),
         ("png", {"mode": "cloud_only"}, 404),  # no full_conventional archive registered here
+        ("png", {"offload": "maybe"}, 400),
+        ("png", {"min_accuracy": "0.9", "threshold": "0.8"}, 400),
     ],
 )
 def test_bad_input_gets_a_clear_4xx_and_the_router_keeps_serving(system, body, params, status):
