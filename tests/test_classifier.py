@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from core.imaging import encode_image
 from tests.conftest import tiny_classifier_args
 from training import eval_classifier, train_classifier
 from training.classifier import ClassifierConfig, DistortionClassifier
-from training.photos import PHOTOS, PhotoCrops, available_photos, group_of, is_heldout
+from training.photos import PHOTOS, PhotoCrops, PhotoFrames, available_photos, group_of, is_heldout
 
 
 @pytest.mark.parametrize("size,flat", [(64, 49), (224, 729), (32, 9)])
@@ -97,6 +98,26 @@ def test_photo_crops_when_photos_are_installed():
     a = crops.image(3)
     assert a.shape == (48, 48, 3)
     assert (crops.image(3) == a).all()
+
+
+def test_whole_frames_are_resized_as_the_router_resizes_them():
+    if not available_photos("heldout"):
+        pytest.skip("opencv-doc / scikit-image photos not installed")
+    from core.imaging import resize
+
+    frames = PhotoFrames("heldout", size=48)
+    assert len(frames) == len(available_photos("heldout")) and frames.name(0) == frames.files[0].name
+    assert (frames.image(0) == resize(frames._images[0], 48)).all()  # the whole picture, squashed
+    views = PhotoCrops("heldout", 40, size=48, seed=3, frame_fraction=1.0)
+    whole = [resize(im, 48) for im in views._images]
+    for i in range(8):  # every view is one photo's whole frame, flipped or not
+        v = views.image(i)
+        w = whole[i % len(whole)]
+        assert (v == w).all() or (
+            v == resize(np.ascontiguousarray(views._images[i % len(whole)][:, ::-1]), 48)
+        ).all()
+    crops = PhotoCrops("heldout", 40, size=48, seed=3, frame_fraction=0.0)
+    assert sum((crops.image(i) == whole[i % len(whole)]).all() for i in range(8)) < 8
 
 
 def _cli(*args):

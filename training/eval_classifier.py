@@ -2,7 +2,9 @@
 
 Reports overall accuracy over random types and levels (one seeded draw per test image), accuracy
 in every (type, level) cell (every test image at that fixed distortion), and the confusion matrix;
-the same for crops of the photos held out from the training pool (`photos`).
+the same for crops of the photos held out from the training pool (`photos`), and every held-out
+photo whole, resized as the router resizes a device's frame, at every condition (`frames`: per
+condition, per photo, and which expert the router would pick).
 
     python -m training.eval_classifier --checkpoint checkpoints/classifier.pt \
         --json docs/results/classifier.json
@@ -26,7 +28,7 @@ from core.manifest import Manifest, artifacts_entry
 from training.checkpoints import load_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource, load_source
-from training.photos import PhotoCrops, available_photos
+from training.photos import PhotoCrops, PhotoFrames, available_photos
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -117,6 +119,41 @@ def evaluate_source(
     return result
 
 
+def cells(classes: list[str]) -> list[tuple[int, str, float]]:
+    """(class index, distortion, level) of every evaluated condition: pristine, then each level."""
+    out = []
+    for k, name in enumerate(classes):
+        for level in distortions.get(name).levels if name != "pristine" else (0,):
+            out.append((k, name, level))
+    return out
+
+
+def evaluate_frames(model: DistortionClassifier, frames: PhotoFrames, *, seed: int, quiet: bool) -> dict:
+    """Every held-out photo whole (resized as the router resizes a frame) at every condition:
+    accuracy per condition, the class (= the expert the router would pick) per photo and condition,
+    and how often each expert is picked per condition."""
+    classes = list(model.config.classes)
+    result = {"files": [frames.name(i) for i in range(len(frames))], "per_level": {}, "per_level_n": {}}
+    result["per_photo"] = {name: {} for name in result["files"]}
+    result["routing"] = {}
+    for k, name, level in progress(cells(classes), desc="whole frames", quiet=quiet):
+        ds = DistortedDataset(
+            frames,
+            size=model.config.image_size,
+            policy=DistortionPolicy(fixed=(name, level), seed=seed + 2),
+            representation="spectrum",
+            spectrum_size=model.config.input_size,
+        )
+        pred, _, _ = predict(model, DataLoader(ds, batch_size=64, num_workers=0))
+        cell = f"{level:g}"
+        result["per_level"].setdefault(name, {})[cell] = float((pred == k).mean())
+        result["per_level_n"].setdefault(name, {})[cell] = int(len(pred))
+        result["routing"][f"{name} {cell}"] = {c: int((pred == j).sum()) for j, c in enumerate(classes)}
+        for photo, p in zip(result["files"], pred, strict=True):
+            result["per_photo"][photo][f"{name} {cell}"] = classes[int(p)]
+    return result
+
+
 def format_table(result: dict, title: str) -> str:
     lines = [f"{title}: accuracy {100 * result['accuracy']:.2f} % over {result['n']} random draws"]
     for name, cells in result["per_level"].items():
@@ -158,6 +195,11 @@ def main(args: argparse.Namespace) -> dict:
         )
         result["photos"]["files"] = [p.name for p in available_photos("heldout")]
         print(format_table(result["photos"], f"held-out photos ({len(photos.files)} files)"))
+        frames = PhotoFrames("heldout", size=model.config.image_size)
+        result["frames"] = evaluate_frames(model, frames, seed=args.seed, quiet=args.quiet)
+        print(f"held-out photos, whole frames ({len(frames)} photos), accuracy per condition:")
+        for name, row in result["frames"]["per_level"].items():
+            print(f"  {name:<15} " + "  ".join(f"{lvl:>3}: {100 * a:6.2f}" for lvl, a in row.items()))
     result.update(
         {
             "artifacts": artifacts,

@@ -9,7 +9,10 @@ The list is explicit (`PHOTOS`): synthetic drawings, logos and images that are a
 Photos are split into a training pool and a held-out pool by a stable hash of their group name
 (stereo pairs and sequences share a group, so near-duplicates never straddle the split).
 `PhotoCrops` serves random square crops (random scale and position, random horizontal flip),
-resized to the model size, reproducible per (seed, epoch, index).
+resized to the model size, and with `frame_fraction` whole frames, resized exactly as the router
+resizes a device's frame (`core.imaging.resize` of the whole picture, aspect not kept);
+reproducible per (seed, epoch, index). `PhotoFrames` serves every photo of a pool whole, for
+evaluation.
 """
 
 from __future__ import annotations
@@ -130,10 +133,11 @@ def available_photos(pool: str) -> list[Path]:
 
 @dataclass
 class PhotoCrops:
-    """`length` random crops of the photos in `pool`, at `size x size`; labels are -1 (no object).
+    """`length` random views of the photos in `pool`, at `size x size`; labels are -1 (no object).
 
-    Crop side is drawn uniformly between `size` and the photo's short side, so a crop shows the
-    photo anywhere from pixel scale to the whole frame.
+    A view is the whole frame with probability `frame_fraction` (what a device sends: the router
+    resizes the whole frame), else a square crop whose side is drawn uniformly between `size` and
+    the photo's short side (pixel scale to the short side's full width). Flipped half the time.
     """
 
     pool: str
@@ -142,6 +146,7 @@ class PhotoCrops:
     seed: int = 0
     epoch: int = 0
     classes: tuple[str, ...] = ()
+    frame_fraction: float = 0.0
 
     def __post_init__(self):
         self.files = available_photos(self.pool)
@@ -163,6 +168,9 @@ class PhotoCrops:
     def image(self, index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch, index, 7])
         photo = self._images[index % len(self._images)]
+        if self.frame_fraction and rng.random() < self.frame_fraction:
+            frame = photo[:, ::-1] if rng.random() < 0.5 else photo
+            return resize(np.ascontiguousarray(frame), self.size)
         h, w = photo.shape[:2]
         side = int(rng.integers(min(self.size, h, w), min(h, w) + 1))
         y = int(rng.integers(0, h - side + 1))
@@ -174,3 +182,17 @@ class PhotoCrops:
 
     def label(self, index: int) -> int:
         return -1
+
+
+class PhotoFrames(PhotoCrops):
+    """Every photo of `pool` once, whole, resized as the router resizes a frame (evaluation)."""
+
+    def __init__(self, pool: str, size: int = 64):
+        super().__init__(pool, 0, size=size)
+        self.length = len(self._images)
+
+    def image(self, index: int) -> np.ndarray:
+        return resize(self._images[index], self.size)
+
+    def name(self, index: int) -> str:
+        return self.files[index].name

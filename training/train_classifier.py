@@ -59,7 +59,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--photo-fraction",
         type=float,
         default=0.5,
-        help="share of samples that are natural-photo crops (0 disables photos)",
+        help="share of samples that are natural-photo views (0 disables photos)",
+    )
+    p.add_argument(
+        "--frame-fraction",
+        type=float,
+        default=0.3,
+        help="share of the photo views that are whole frames resized as the router resizes a "
+        "device's frame (the rest are random crops)",
     )
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--samples-per-epoch", type=int, default=20000)
@@ -90,6 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.photo_fraction <= 1.0:
         raise UserInputError("--photo-fraction must be in [0, 1]")
+    if not 0.0 <= args.frame_fraction <= 1.0:
+        raise UserInputError("--frame-fraction must be in [0, 1]")
     for name in ("epochs", "samples_per_epoch", "batch_size", "input_size", "image_size", "patience"):
         if getattr(args, name) <= 0:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
@@ -115,12 +124,14 @@ def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDa
     if args.photo_fraction > 0:
         # as many distinct crops per epoch as samples drawn from them
         n_crops = max(1, int(args.samples_per_epoch * args.photo_fraction))
-        photos = PhotoCrops("train", n_crops, size=size, seed=args.seed)
+        photos = PhotoCrops("train", n_crops, size=size, seed=args.seed, frame_fraction=args.frame_fraction)
         train_parts.append(
             DistortedDataset(photos, size=size, **spec, policy=DistortionPolicy(seed=args.seed + 2))
         )
         weights.append(np.full(n_crops, args.photo_fraction / n_crops))
-        val_photos = PhotoCrops("train", args.val_photo_crops, size=size, seed=args.seed + 100)
+        val_photos = PhotoCrops(
+            "train", args.val_photo_crops, size=size, seed=args.seed + 100, frame_fraction=args.frame_fraction
+        )
         val_parts.append(
             DistortedDataset(val_photos, size=size, **spec, policy=DistortionPolicy(seed=args.seed + 3))
         )
@@ -156,6 +167,7 @@ def main(args: argparse.Namespace) -> dict:
             "history": history,
             "data": args.data,
             "photo_fraction": args.photo_fraction,
+            "frame_fraction": args.frame_fraction,
             "split_seed": args.split_seed,
             "command": command_line(),
             "wall_time_s": round(time.time() - started, 1),
