@@ -100,6 +100,23 @@ def test_photo_crops_when_photos_are_installed():
     assert (crops.image(3) == a).all()
 
 
+def test_whole_frame_evaluation_reports_every_condition_and_photo(tiny_checkpoint):
+    if not available_photos("heldout"):
+        pytest.skip("opencv-doc / scikit-image photos not installed")
+    model, _ = eval_classifier.load_classifier(tiny_checkpoint[0])
+    frames = PhotoFrames("heldout", size=model.config.image_size)
+    got = eval_classifier.evaluate_frames(model, frames, seed=1, quiet=True)
+    conditions = [f"{name} {level:g}" for _, name, level in eval_classifier.cells(list(model.config.classes))]
+    assert len(conditions) == 11 and list(got["routing"]) == conditions
+    assert all(sum(counts.values()) == len(frames) for counts in got["routing"].values())
+    assert set(got["per_photo"]) == set(got["files"]) and len(got["files"]) == len(frames)
+    for photo in got["files"]:
+        assert list(got["per_photo"][photo]) == conditions
+    # the per-condition accuracy is the share of photos routed to the condition's own expert
+    noise5 = got["routing"]["gaussian_noise 5"]["gaussian_noise"] / len(frames)
+    assert got["per_level"]["gaussian_noise"]["5"] == pytest.approx(noise5)
+
+
 def test_whole_frames_are_resized_as_the_router_resizes_them():
     if not available_photos("heldout"):
         pytest.skip("opencv-doc / scikit-image photos not installed")
