@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,16 @@ from core.imaging import encode_image
 from tests.conftest import tiny_classifier_args
 from training import eval_classifier, train_classifier
 from training.classifier import ClassifierConfig, DistortionClassifier
-from training.photos import PHOTOS, PhotoCrops, PhotoFrames, available_photos, group_of, is_heldout
+from training.photos import (
+    HELDOUT_SOURCES,
+    OPENCV_DOC_HTML,
+    PHOTOS,
+    PhotoCrops,
+    PhotoFrames,
+    available_photos,
+    group_of,
+    is_heldout,
+)
 
 
 @pytest.mark.parametrize("size,flat", [(64, 49), (224, 729), (32, 9)])
@@ -86,6 +96,15 @@ def test_photo_pool_split_is_by_group():
         if "left" in rel or "right" in rel:
             assert is_heldout(rel) == is_heldout(rel.replace("left", "right"))
     assert group_of("data/aloeL.jpg") == group_of("data/aloeR.jpg")
+
+
+def test_a_held_out_source_is_never_trained_on():
+    held_sources = [rel for package, rel in PHOTOS if package in HELDOUT_SOURCES]
+    assert held_sources  # the tutorials' photos
+    train = {p.name for p in available_photos("train")}
+    assert not train & {Path(rel).name for rel in held_sources}
+    installed = {Path(rel).name for rel in held_sources if (OPENCV_DOC_HTML / rel).is_file()}
+    assert installed <= {p.name for p in available_photos("heldout")}
 
 
 def test_photo_crops_when_photos_are_installed():

@@ -2,7 +2,8 @@
 
 The classifier learns the distortion, not the object, so it can train on any image; but trained
 on upscaled Fashion-MNIST alone it takes every sharp natural photo for a noisy one. These photos
-fix that: scikit-image's bundled sample images and the sample photos of Debian's `opencv-doc`.
+fix that: scikit-image's bundled sample images and the sample photos of Debian's `opencv-doc`;
+the original photos of opencv-doc's HTML tutorials are a third source, held out whole.
 The list is explicit (`PHOTOS`): synthetic drawings, logos and images that are already blurred
 (`text_defocus`, `*_motion`) are left out on purpose, since their label would be wrong.
 
@@ -28,6 +29,10 @@ from core.errors import UserInputError
 from core.imaging import decode_image, resize
 
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples")
+OPENCV_DOC_HTML = Path("/usr/share/doc/opencv-doc/opencv4/html")
+# Sources the classifier never trains on: every photo of theirs is held out (a test on a source
+# unseen in training, not only on unseen scenes of the training sources).
+HELDOUT_SOURCES = ("opencv-doc-html",)
 
 # (package, path relative to its image folder)
 PHOTOS: tuple[tuple[str, str], ...] = (
@@ -69,6 +74,26 @@ PHOTOS: tuple[tuple[str, str], ...] = (
     *(("opencv-doc", f"text/scenetext0{i}.jpg") for i in range(1, 7)),
     *(("opencv-doc", f"hfs/data/00{i}.jpg") for i in range(3)),
     ("opencv-doc", "alphamat/input_images/plant.jpg"),
+    # the original photographs of opencv-doc's tutorials (not their processed outputs, drawings,
+    # screenshots, or copies of the examples' photos), picked by eye from the HTML tree
+    *(
+        ("opencv-doc-html", name)
+        for name in (
+            "227943776_1.jpg",
+            "230501201_1.jpg",
+            "Back_Projection1_Source_Image.jpg",
+            "Histogram_Calculation_Original_Image.jpg",
+            "Hough_Lines_Tutorial_Original_Image.jpg",
+            "Laplace_Operator_Tutorial_Original_Image.jpg",
+            "Morphology_1_Tutorial_Original_Image.jpg",
+            "Pyramids_Tutorial_Original_Image.jpg",
+            "Warp_Affine_Tutorial_Original_Image.jpg",
+            "bus_det.jpg",
+            "cat_det.jpg",
+            "detect_test1.jpg",
+            "detect_test2.jpg",
+        )
+    ),
     *(
         ("scikit-image", name)
         for name in (
@@ -97,6 +122,8 @@ HELDOUT_FRACTION = 0.25
 def _package_root(package: str) -> Path | None:
     if package == "opencv-doc":
         return OPENCV_DOC if OPENCV_DOC.is_dir() else None
+    if package == "opencv-doc-html":
+        return OPENCV_DOC_HTML if OPENCV_DOC_HTML.is_dir() else None
     if package == "scikit-image":
         try:
             import skimage.data
@@ -126,7 +153,8 @@ def available_photos(pool: str) -> list[Path]:
     found = []
     for package, rel in PHOTOS:
         root = _package_root(package)
-        if root is not None and (root / rel).is_file() and is_heldout(rel) == (pool == "heldout"):
+        heldout = package in HELDOUT_SOURCES or is_heldout(rel)
+        if root is not None and (root / rel).is_file() and heldout == (pool == "heldout"):
             found.append(root / rel)
     return found
 
