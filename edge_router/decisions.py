@@ -164,7 +164,7 @@ class Decider:
                     points=points,
                     threshold=threshold,
                     target=target,
-                    expected_s=self._expected_offload_s(pair),
+                    expected_s=self._expected_offload_s(pair) if options.offload == "adaptive" else None,
                     time_left_s=deadline - time.perf_counter(),
                     min_gain_per_second=self.defaults.min_gain_per_second,
                 )
