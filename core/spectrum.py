@@ -1,9 +1,20 @@
-"""The Fourier spectrum the distortion classifier sees (CollabAR, IPSN 2020, via the GLOBECOM 2021
-prototype), with the prototype's numerical bugs fixed.
+"""The Fourier spectra the distortion classifier sees (CollabAR, IPSN 2020, via the GLOBECOM 2021
+prototype), with the prototype's numerical bugs fixed, and a chroma spectrum beside CollabAR's.
 
-gray (Rec.601 luma, in float32) -> 2-D DFT (OpenCV, float32) -> fftshift (zero frequency in the
-centre) -> log(1 + |F|) -> min-max to [0, 1], float32 HxW. Training, evaluation and serving all call
-`spectrum`, so the classifier sees the same numbers everywhere. OpenCV's float32 DFT replaced
+`luma`: gray (Rec.601 luma, in float32) -> 2-D DFT (OpenCV, float32) -> fftshift (zero frequency in
+the centre) -> log(1 + |F|) -> min-max to [0, 1], float32 HxW. `chroma`: the same for the joint
+magnitude sqrt(|F(Cb)|^2 + |F(Cr)|^2) of the two Rec.601 colour-difference planes. Training,
+evaluation and serving all call `classifier_input`, so the classifier sees the same numbers
+everywhere.
+
+Why chroma. A whole camera frame shrunk to 64 px keeps a lot of fine detail, and in the luma
+spectrum fine detail and weak noise look alike: on the whole frames of 21 photos held out by
+source, a small network on ring averages of the luma spectrum got a third of the clean frames and a
+quarter of the sigma-5 noises wrong; with the chroma spectrum beside it, none
+(`python -m training.spectrum_probe`, docs/results/spectrum_probe.json). Detail in photographs lives
+mostly in luma, while noise drawn per pixel and colour channel (the reference paper's, and most of
+a camera sensor's) is as strong in chroma as anywhere; a gray image has no chroma at all, so any
+colour-difference energy in it is noise (README, "Distortion classifier"). OpenCV's float32 DFT replaced
 numpy's float64 FFT for speed (the classifier's whole input, 64 px to a 192-px spectrum: 0.51
 against 1.86 ms on one core here); the two agree within 1e-4 after the min-max, far below what the
 classifier resolves (docs/results/classifier.json was re-made with it). The prototype used
@@ -22,37 +33,98 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from core.errors import UserInputError
 from core.imaging import resize, to_rgb
 
 # ITU-R BT.601 luma weights, the same as OpenCV's RGB2GRAY but without rounding to uint8.
 REC601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# Its colour differences Cb and Cr, written on (R - G, B - G): their weights sum to zero, and in
+# this form a gray pixel gives exactly 0 (the RGB weights in float32 leave a rounding residue that
+# the min-max scaling would blow up to a full-range pattern).
+CB_ON_DIFFERENCES = (-0.168736, 0.5)
+CR_ON_DIFFERENCES = (0.5, -0.081312)
+
+# The spectra a classifier can be trained on, in the order they are stacked as input channels.
+SPECTRA = ("luma", "chroma")
+# What a checkpoint or manifest that names none was trained on (CollabAR's single gray spectrum).
+LEGACY_SPECTRA = ("luma",)
+
+
+def _weighted(rgb: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    # A weighted sum, not a matrix product: BLAS kernels may sum in an order that depends on the
+    # array's memory alignment, and training and serving must agree bit for bit.
+    return rgb[..., 0] * weights[0] + rgb[..., 1] * weights[1] + rgb[..., 2] * weights[2]
 
 
 def gray(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 HxWx3 to float32 HxW luma in [0, 255].
+    """RGB uint8 HxWx3 to float32 HxW luma in [0, 255]."""
+    return _weighted(to_rgb(image).astype(np.float32), REC601)
 
-    Written as a weighted sum, not a matrix product: BLAS kernels may sum in an order that depends
-    on the array's memory alignment, and training and serving must agree bit for bit."""
-    rgb = to_rgb(image).astype(np.float32)
-    return rgb[..., 0] * REC601[0] + rgb[..., 1] * REC601[1] + rgb[..., 2] * REC601[2]
+
+def _magnitude(plane: np.ndarray) -> np.ndarray:
+    """|DFT| of a float32 plane, zero frequency in the centre."""
+    f = cv2.dft(plane, flags=cv2.DFT_COMPLEX_OUTPUT)
+    # |F| by numpy's complex abs (element by element, libm's hypot): cv2.magnitude's result
+    # depended on its buffers' alignment, and training and serving must agree bit for bit.
+    return np.fft.fftshift(np.abs(f.view(np.complex64)[..., 0]))
+
+
+def _log_scaled(magnitude: np.ndarray) -> np.ndarray:
+    """log(1 + magnitude), min-max scaled to [0, 1] (all zeros for a flat magnitude)."""
+    m = np.log1p(magnitude)
+    lo, hi = float(m.min()), float(m.max())
+    if hi - lo <= 0.0:  # a constant image has one non-zero coefficient at most
+        return np.zeros(m.shape, dtype=np.float32)
+    return ((m - lo) / (hi - lo)).astype(np.float32)
 
 
 def spectrum(image: np.ndarray, size: int | None = None) -> np.ndarray:
-    """Log-magnitude spectrum of `image` (resized to `size x size` first when given), in [0, 1]."""
+    """Log-magnitude luma spectrum of `image` (resized to `size x size` first when given), in [0, 1]."""
     if size is not None:
         image = resize(to_rgb(image), size)
-    f = cv2.dft(gray(image), flags=cv2.DFT_COMPLEX_OUTPUT)
-    # |F| by numpy's complex abs (element by element, libm's hypot): cv2.magnitude's result
-    # depended on its buffers' alignment, and training and serving must agree bit for bit.
-    magnitude = np.log1p(np.fft.fftshift(np.abs(f.view(np.complex64)[..., 0])))
-    lo, hi = float(magnitude.min()), float(magnitude.max())
-    if hi - lo <= 0.0:  # a constant image has one non-zero coefficient at most
-        return np.zeros(magnitude.shape, dtype=np.float32)
-    return ((magnitude - lo) / (hi - lo)).astype(np.float32)
+    return _log_scaled(_magnitude(gray(image)))
 
 
-def classifier_input(image: np.ndarray, size: int, *, image_size: int | None = None) -> np.ndarray:
-    """The classifier's float32 1xSxS input for an RGB uint8 image of any size.
+def chroma_spectrum(image: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Log of the joint magnitude of the Cb and Cr planes' spectra, in [0, 1] (zeros for gray)."""
+    rgb = to_rgb(image if size is None else resize(to_rgb(image), size)).astype(np.float32)
+    r_g, b_g = rgb[..., 0] - rgb[..., 1], rgb[..., 2] - rgb[..., 1]  # exact: integers in float32
+    planes = [
+        np.float32(w_rg) * r_g + np.float32(w_bg) * b_g
+        for w_rg, w_bg in (CB_ON_DIFFERENCES, CR_ON_DIFFERENCES)
+    ]
+    cb, cr = (_magnitude(p) for p in planes)
+    return _log_scaled(np.sqrt(cb * cb + cr * cr))
+
+
+def parse_spectra(option: str) -> tuple[str, ...]:
+    """A `--spectra` option value ('luma,chroma') as a tuple, or a UserInputError for the CLI."""
+    try:
+        return check_spectra([name.strip() for name in option.split(",")])
+    except ValueError as exc:
+        raise UserInputError(f"--spectra: {exc}") from None
+
+
+_SPECTRUM_OF = {"luma": spectrum, "chroma": chroma_spectrum}
+
+
+def check_spectra(spectra: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`spectra` as a tuple, or ValueError naming the known ones."""
+    spectra = tuple(spectra)
+    unknown = [s for s in spectra if s not in SPECTRA]
+    if not spectra or unknown or len(set(spectra)) != len(spectra):
+        raise ValueError(f"spectra must be distinct names from {', '.join(SPECTRA)}, got {list(spectra)}")
+    return spectra
+
+
+def classifier_input(
+    image: np.ndarray,
+    size: int,
+    *,
+    image_size: int | None = None,
+    spectra: tuple[str, ...] = LEGACY_SPECTRA,
+) -> np.ndarray:
+    """The classifier's float32 CxSxS input for an RGB uint8 image of any size (C = len(spectra)).
 
     The image is first brought to `image_size` (the size at which the classifier's training
     distortions were applied, the backbone's input size), then to the spectrum size `size`: a
@@ -61,4 +133,5 @@ def classifier_input(image: np.ndarray, size: int, *, image_size: int | None = N
     image = to_rgb(image)
     if image_size is not None:
         image = resize(image, image_size)
-    return spectrum(image, size)[None, :, :]
+    image = resize(image, size)
+    return np.stack([_SPECTRUM_OF[name](image) for name in check_spectra(spectra)])

@@ -25,7 +25,6 @@ from core.cli import command_line, run_cli, write_json
 from core.errors import UserInputError
 from core.imaging import Preprocessing
 from core.manifest import EXPORT_REPORT, ExitSpec, Manifest, TensorSpec, sha256_file
-from core.spectrum import classifier_input
 from export.segments import OPSET, ExportParityError, check_parity, export_module
 from training.checkpoints import default_experts
 from training.datasets import DistortionPolicy, distorted_image, load_source
@@ -78,16 +77,7 @@ def parity_images(
     x = torch.from_numpy(np.stack([preprocessing.model_input(im) for im in images]))
     spectra = None
     if classifier_config is not None:
-        spectra = torch.from_numpy(
-            np.stack(
-                [
-                    classifier_input(
-                        im, classifier_config.input_size, image_size=classifier_config.image_size
-                    )
-                    for im in images
-                ]
-            )
-        )
+        spectra = torch.from_numpy(np.stack([classifier_config.model_input(im) for im in images]))
     return x, spectra
 
 
@@ -170,10 +160,14 @@ def main(args: argparse.Namespace) -> dict:
             name=experts.CLASSIFIER,
             distortion=None,
             class_names=tuple(payload["class_names"]),
-            preprocessing={**Preprocessing(size=model.config.image_size).to_dict(), "spectrum_size": size},
+            preprocessing={
+                **Preprocessing(size=model.config.image_size).to_dict(),
+                "spectrum_size": size,
+                "spectra": list(model.config.spectra),
+            },
             stages=(rel,),
             exits=(),
-            input=TensorSpec("spectrum", (None, 1, size, size)),
+            input=TensorSpec("spectrum", (None, len(model.config.spectra), size, size)),
             output=TensorSpec("logits", (None, len(payload["class_names"]))),
             backbone_hash="",
             run_id=payload["run_id"],

@@ -28,7 +28,6 @@ from core.errors import UserInputError
 from core.exits import decide
 from core.imaging import Preprocessing, decode_image
 from core.manifest import artifacts_entry
-from core.spectrum import classifier_input
 from handlers.runtime import CloudExpert, DistortionClassifierRuntime, EdgeExpert
 
 
@@ -150,16 +149,7 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
         images = [distorted_image(source, i, size, policy)[0] for i in idx]
         live = pipeline.infer(images, args.p_tar)
         with torch.no_grad():
-            spectra = torch.from_numpy(
-                np.stack(
-                    [
-                        classifier_input(
-                            im, classifier.config.input_size, image_size=classifier.config.image_size
-                        )
-                        for im in images
-                    ]
-                )
-            )
+            spectra = torch.from_numpy(np.stack([classifier.config.model_input(im) for im in images]))
             routes = classifier(spectra).argmax(dim=1).numpy()
             x = torch.from_numpy(np.stack([pre.model_input(im) for im in images]))
             for j, i in enumerate(idx):

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from core.exits import confidence_and_class, softmax
 from core.imaging import Preprocessing
 from core.manifest import Manifest, ManifestError
-from core.spectrum import classifier_input
+from core.spectrum import LEGACY_SPECTRA, check_spectra, classifier_input
 
 
 def make_session(
@@ -157,13 +157,14 @@ class DistortionClassifierRuntime:
         self.manifest = manifest
         self.size = int(manifest.preprocessing["spectrum_size"])
         self.image_size = int(manifest.preprocessing["size"])
+        # manifests from before the chroma spectrum name none: CollabAR's luma spectrum alone
+        self.spectra = check_spectra(manifest.preprocessing.get("spectra", LEGACY_SPECTRA))
         self.session = make_session(folder / manifest.stages[0], threads=threads, providers=providers)
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """N x 3 distortion probabilities for RGB uint8 images of any size."""
-        x = np.stack([classifier_input(im, self.size, image_size=self.image_size) for im in images]).astype(
-            np.float32
-        )
+        spec = {"image_size": self.image_size, "spectra": self.spectra}
+        x = np.stack([classifier_input(im, self.size, **spec) for im in images]).astype(np.float32)
         logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
         return softmax(logits)
 

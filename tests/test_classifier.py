@@ -26,14 +26,29 @@ from training.photos import (
 
 
 @pytest.mark.parametrize("size,flat", [(64, 49), (224, 729), (32, 9)])
-def test_architecture_follows_input_size(size, flat):
-    model = DistortionClassifier(ClassifierConfig(input_size=size))
+@pytest.mark.parametrize("spectra", [("luma",), ("luma", "chroma")])
+def test_architecture_follows_input_size(size, flat, spectra):
+    model = DistortionClassifier(ClassifierConfig(input_size=size, spectra=spectra))
     assert model.head[-1].in_features == flat  # 27 x 27 = 729 at 224 px, as in CollabAR
-    out = model(torch.rand(5, 1, size, size))
+    out = model(torch.rand(5, len(spectra), size, size))
     assert out.shape == (5, 3)
     kinds = [type(m).__name__ for m in model.features]
     assert kinds == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d"]
     assert model.features[5].out_channels == 1
+
+
+def test_config_spectra_round_trip_and_legacy_default():
+    config = ClassifierConfig(input_size=32, spectra=["luma", "chroma"])
+    assert config.spectra == ("luma", "chroma")
+    assert ClassifierConfig.from_dict(config.to_dict()) == config
+    legacy = config.to_dict()
+    del legacy["spectra"]  # a checkpoint from before the chroma spectrum
+    assert ClassifierConfig.from_dict(legacy).spectra == ("luma",)
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    assert config.model_input(image).shape == (2, 32, 32)
+    for bad in ((), ("luma", "luma"), ("hue",)):
+        with pytest.raises(ValueError, match="spectra"):
+            ClassifierConfig(spectra=bad)
 
 
 def test_too_small_input_is_refused():
@@ -57,8 +72,9 @@ def test_training_learns_and_checkpoint_records_config(tiny_checkpoint):
     assert payload["class_names"] == ["pristine", "gaussian_blur", "gaussian_noise"]
     assert payload["config"]["input_size"] == 32
     assert len(payload["history"]) >= 1 and payload["run_id"]
-    # 3 balanced classes: chance is 1/3; blur and noise leave clear marks in the spectrum
-    assert payload["val_accuracy"] > 0.6
+    # 3 balanced classes: chance is 1/3; at least 12 of the 20 validation images right happens by
+    # chance about once in 80 runs (binomial), and blur and noise leave clear marks in the spectrum
+    assert payload["val_accuracy"] >= 0.6
 
 
 def test_evaluation_writes_the_documented_json(tiny_checkpoint, fake_fashion_root, tmp_path):

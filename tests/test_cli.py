@@ -50,6 +50,8 @@ def _in_process(module: str, argv: list[str]) -> int:
         ),
         (["training.train_classifier", "--data", "/no/such/folder"], "neither 'fashion-mnist'"),
         (["training.train_classifier", "--photo-fraction", "2"], "--photo-fraction"),
+        (["training.train_classifier", "--spectra", "luma,hue"], "--spectra: spectra must be"),
+        (["training.distort", "--classifier-set", "--spectra", ""], "--spectra: spectra must be"),
         (["training.eval_classifier", "--checkpoint", "/no/such.pt"], "not found"),
         (["training.distort", "--distortion-type", "fog"], "unknown distortion type 'fog'"),
         (["training.distort", "--distortion-type", "gaussian_noise", "--levels", "3"], "not a level"),

@@ -3,7 +3,7 @@
 import numpy as np
 
 from core import distortions
-from core.spectrum import classifier_input, gray, spectrum
+from core.spectrum import chroma_spectrum, classifier_input, gray, spectrum
 from tests.conftest import textured_image
 
 
@@ -12,6 +12,10 @@ def test_range_dtype_and_shape():
     assert s.dtype == np.float32 and s.shape == (48, 48)
     assert s.min() == 0.0 and abs(s.max() - 1.0) < 1e-6
     assert classifier_input(textured_image(0), 32).shape == (1, 32, 32)
+    both = classifier_input(textured_image(0), 32, spectra=("luma", "chroma"))
+    assert both.shape == (2, 32, 32) and both.dtype == np.float32
+    np.testing.assert_array_equal(both[0], classifier_input(textured_image(0), 32)[0])
+    np.testing.assert_array_equal(both[1], chroma_spectrum(textured_image(0), 32))
 
 
 def test_zero_frequency_is_centred():
@@ -53,3 +57,57 @@ def test_blur_lowers_and_noise_raises_high_frequencies():
     base = _high_frequency_energy(image)
     assert _high_frequency_energy(distortions.apply(image, "gaussian_blur", 2)) < base
     assert _high_frequency_energy(distortions.apply(image, "gaussian_noise", 10, seed=0)) > base
+
+
+def _colour_texture(seed, size=64):
+    """A smooth colour image (low-frequency colour, no colour detail)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    import cv2
+
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def test_chroma_is_zero_for_gray_and_sees_per_channel_noise():
+    """A gray image has no colour difference at all; noise drawn per colour channel puts energy
+    into chroma at every frequency, which luma detail never does."""
+    gray_image = np.repeat(textured_image(4, 64)[..., :1], 3, axis=2)
+    assert (chroma_spectrum(gray_image) == 0).all()
+    noisy = distortions.apply(gray_image, "gaussian_noise", 5, seed=0)
+    assert chroma_spectrum(noisy).max() == 1.0
+
+    def outer_band(s):
+        c = s.shape[0] // 2
+        return s[c - 24 : c + 24, c - 24 : c + 24].copy().ravel()[::7].mean()
+
+    image = _colour_texture(5)
+    clean = chroma_spectrum(image, 128)
+    noisy = chroma_spectrum(distortions.apply(image, "gaussian_noise", 5, seed=1), 128)
+    assert outer_band(noisy) > outer_band(clean) + 0.05
+
+
+def test_chroma_spectrum_is_the_joint_colour_difference_magnitude():
+    image = textured_image(6, 48)
+    x = image.astype(np.float64)
+    cb = x @ np.array([-0.168736, -0.331264, 0.5])
+    cr = x @ np.array([0.5, -0.418688, -0.081312])
+    m = np.log1p(np.fft.fftshift(np.hypot(np.abs(np.fft.fft2(cb)), np.abs(np.fft.fft2(cr)))))
+    np.testing.assert_allclose(chroma_spectrum(image), (m - m.min()) / (m.max() - m.min()), atol=1e-4)
+
+
+def test_unknown_spectra_are_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="spectra"):
+        classifier_input(textured_image(0), 32, spectra=("luma", "hue"))
+
+
+def test_probe_ring_profiles_average_each_channel_over_rings():
+    from training.spectrum_probe import RINGS, ring_profiles
+
+    channels = np.stack([np.ones((32, 32), np.float32), np.zeros((32, 32), np.float32)])
+    channels[1, 16, 16] = 1.0  # only the centre of the second channel
+    profile = ring_profiles(channels)
+    assert profile.shape == (2 * RINGS,)
+    np.testing.assert_allclose(profile[:RINGS], 1.0)
+    assert profile[RINGS] > 0 and (profile[RINGS + 1 :] == 0).all()

@@ -1,5 +1,7 @@
 """The distortion classifier: CollabAR's CNN on the Fourier spectrum (Liu et al., IPSN 2020).
 
+Input: one channel per spectrum in `config.spectra` (`core.spectrum`: CollabAR's luma spectrum,
+and the chroma spectrum that tells a detailed clean frame from a noisy one); then
 conv 32@3x3 stride 2 -> ReLU -> conv 16@3x3 -> ReLU -> maxpool 2 -> conv 1@1x1 -> ReLU ->
 maxpool 2 -> dropout -> linear to the distortion classes. At 224 px the flattened map is 27x27 =
 729, as in CollabAR; the input size is a parameter and the linear layer follows it. The reference
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from core.distortions import DISTORTION_CLASSES
+from core.spectrum import LEGACY_SPECTRA, SPECTRA, check_spectra, classifier_input
 
 
 @dataclass
@@ -22,10 +26,19 @@ class ClassifierConfig:
     dropout: float = 0.5
     classes: tuple[str, ...] = DISTORTION_CLASSES
     image_size: int = 64  # side at which the training distortions were applied
+    spectra: tuple[str, ...] = SPECTRA  # input channels, in order (core.spectrum)
+
+    def __post_init__(self):
+        self.spectra = check_spectra(self.spectra)
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """The float32 CxSxS input of this classifier for an RGB uint8 image of any size."""
+        return classifier_input(image, self.input_size, image_size=self.image_size, spectra=self.spectra)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["classes"] = list(self.classes)
+        d["spectra"] = list(self.spectra)
         return d
 
     @classmethod
@@ -35,6 +48,7 @@ class ClassifierConfig:
             dropout=float(d["dropout"]),
             classes=tuple(d["classes"]),
             image_size=int(d.get("image_size", d["input_size"])),
+            spectra=tuple(d.get("spectra", LEGACY_SPECTRA)),  # checkpoints from before chroma
         )
 
 
@@ -53,7 +67,7 @@ class DistortionClassifier(nn.Module):
             raise ValueError(f"input size {config.input_size} too small for the classifier")
         self.config = config
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, stride=2),
+            nn.Conv2d(len(config.spectra), 32, 3, stride=2),
             nn.ReLU(inplace=True),
             nn.Conv2d(32, 16, 3),
             nn.ReLU(inplace=True),

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from core import distortions
 from core.errors import UserInputError
 from core.imaging import Preprocessing, decode_image, resize, to_rgb
-from core.spectrum import classifier_input
+from core.spectrum import LEGACY_SPECTRA, check_spectra, classifier_input
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -248,7 +248,8 @@ class DistortedDataset(Dataset):
     """A source with on-the-fly distortions, as backbone inputs or classifier spectra.
 
     Items: (input tensor, object label, distortion class index, level). `representation` is
-    'image' (3xSxS, normalised) or 'spectrum' (1xTxT in [0, 1], T = `spectrum_size`, default S).
+    'image' (3xSxS, normalised) or 'spectrum' (CxTxT in [0, 1], T = `spectrum_size`, default S, one
+    channel per name in `spectra`).
     Distortions always act at `size`, the backbone's input size, where their levels are defined;
     the spectrum is then taken by `core.spectrum.classifier_input`, the function the serving side
     calls on a received image.
@@ -264,6 +265,7 @@ class DistortedDataset(Dataset):
         preprocessing: Preprocessing | None = None,
         blur_border: str = "reflect",
         spectrum_size: int | None = None,
+        spectra: tuple[str, ...] = LEGACY_SPECTRA,
     ):
         if representation not in ("image", "spectrum"):
             raise ValueError(f"unknown representation {representation!r}")
@@ -274,6 +276,7 @@ class DistortedDataset(Dataset):
         self.preprocessing = preprocessing or Preprocessing(size=size)
         self.blur_border = blur_border
         self.spectrum_size = spectrum_size or size
+        self.spectra = check_spectra(spectra)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -287,7 +290,7 @@ class DistortedDataset(Dataset):
             self.source, index, self.size, self.policy, epoch=self.epoch, blur_border=self.blur_border
         )
         if self.representation == "spectrum":
-            x = classifier_input(image, self.spectrum_size, image_size=self.size)
+            x = classifier_input(image, self.spectrum_size, image_size=self.size, spectra=self.spectra)
         else:
             x = self.preprocessing.model_input(image)
         return (

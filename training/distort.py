@@ -5,8 +5,9 @@ For one distortion type, every image of the split is resized to `--size`, distor
 tree per level, with `OUT/<type>/labels.csv` keeping the object label, type, level and source index.
 
 `--classifier-set` instead writes the distortion classifier's data (the paper's classifier-dataset
-generator): each image gets a uniformly random distortion class and level, and its spectrum is
-written as a 16-bit PNG under `OUT/classifier_<split>/<distortion class>/`. Training does not need
+generator): each image gets a uniformly random distortion class and level, and its spectra
+(`--spectra`, the classifier's input channels side by side, luma first) are written as a 16-bit PNG
+under `OUT/classifier_<split>/<distortion class>/`. Training does not need
 these files (it works on the fly); they are for inspection and for other tools.
 
     python -m training.distort --split test --distortion-type gaussian_blur --out data/distorted
@@ -27,7 +28,7 @@ from core import distortions
 from core.cli import progress, run_cli
 from core.errors import UserInputError
 from core.imaging import encode_image
-from core.spectrum import classifier_input
+from core.spectrum import SPECTRA, classifier_input, parse_spectra
 from training.datasets import DistortionPolicy, distorted_image, load_source
 
 
@@ -67,6 +68,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=128,
         help="with --classifier-set: side of the spectra (the classifier's input size)",
+    )
+    p.add_argument(
+        "--spectra",
+        default=",".join(SPECTRA),
+        help="with --classifier-set: comma-separated spectra, written side by side",
     )
     p.add_argument(
         "--classifier-set",
@@ -110,10 +116,12 @@ def write_distorted(args: argparse.Namespace, source) -> int:
 def write_classifier_set(args: argparse.Namespace, source) -> int:
     root = Path(args.out) / f"classifier_{args.split}"
     policy = DistortionPolicy(seed=args.seed)
+    spectra = parse_spectra(args.spectra)
     rows = []
     for i in progress(range(len(source)), desc="spectra", quiet=args.quiet):
         image, name, level = distorted_image(source, i, args.size, policy, blur_border=args.blur_border)
-        spec = classifier_input(image, args.spectrum_size, image_size=args.size)[0]
+        channels = classifier_input(image, args.spectrum_size, image_size=args.size, spectra=spectra)
+        spec = np.hstack(list(channels))
         spec16 = np.round(spec * 65535.0).astype(np.uint16)
         rel = Path(name) / f"{i:06d}.png"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)

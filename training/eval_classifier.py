@@ -96,7 +96,12 @@ def evaluate_source(
 
     def run(policy: DistortionPolicy, desc: str):
         ds = DistortedDataset(
-            source, size=size, policy=policy, representation="spectrum", spectrum_size=model.config.input_size
+            source,
+            size=size,
+            policy=policy,
+            representation="spectrum",
+            spectrum_size=model.config.input_size,
+            spectra=model.config.spectra,
         )
         loader = DataLoader(ds, batch_size=256, num_workers=workers)
         return predict(model, loader, desc=None if quiet else desc)
@@ -143,6 +148,7 @@ def evaluate_frames(model: DistortionClassifier, frames: PhotoFrames, *, seed: i
             policy=DistortionPolicy(fixed=(name, level), seed=seed + 2),
             representation="spectrum",
             spectrum_size=model.config.input_size,
+            spectra=model.config.spectra,
         )
         pred, _, _ = predict(model, DataLoader(ds, batch_size=64, num_workers=0))
         cell = f"{level:g}"

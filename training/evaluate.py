@@ -146,6 +146,7 @@ def classifier_routes(classifier, source, policy: DistortionPolicy, image_size: 
         policy=policy,
         representation="spectrum",
         spectrum_size=classifier.config.input_size,
+        spectra=classifier.config.spectra,
     )
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
     return np.concatenate([classifier(x).argmax(dim=1).numpy() for x, _, _, _ in loader])

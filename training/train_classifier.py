@@ -26,6 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from core.cli import command_line, progress, run_cli
 from core.errors import UserInputError
+from core.spectrum import SPECTRA, parse_spectra
 from training.checkpoints import new_run_id, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
@@ -54,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="side of the classifier's spectrum; the image is resized to it first. Twice "
         "the image size keeps an empty band whose minimum anchors the min-max "
         "scaling, so a noise floor is not normalised away (see README)",
+    )
+    p.add_argument(
+        "--spectra",
+        default=",".join(SPECTRA),
+        help="comma-separated spectra the classifier sees, one input channel each: 'luma' "
+        "(CollabAR's) and 'chroma' (tells fine detail from noise on whole frames; see README)",
     )
     p.add_argument(
         "--photo-fraction",
@@ -104,6 +111,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise UserInputError("--max-minutes must be positive")
+    args.spectra = parse_spectra(args.spectra) if isinstance(args.spectra, str) else args.spectra
     if args.input_size < 13:
         raise UserInputError("--input-size must be at least 13 for the classifier's convolutions")
 
@@ -111,7 +119,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDataset]:
     """(train dataset, sampler weights, validation dataset) as described in the module docstring."""
     size = args.image_size
-    spec = {"representation": "spectrum", "spectrum_size": args.input_size}
+    spec = {"representation": "spectrum", "spectrum_size": args.input_size, "spectra": args.spectra}
     train_src = load_source(
         args.data, "train", seed=args.split_seed, limit=args.train_limit, data_root=args.data_root
     )
@@ -143,12 +151,15 @@ def main(args: argparse.Namespace) -> dict:
     started = time.time()
     device = device_from_arg(args.device)
     train_parts, weights, val_set = build_datasets(args)
-    config = ClassifierConfig(input_size=args.input_size, dropout=args.dropout, image_size=args.image_size)
+    config = ClassifierConfig(
+        input_size=args.input_size, dropout=args.dropout, image_size=args.image_size, spectra=args.spectra
+    )
     val_loader = DataLoader(val_set, batch_size=256, num_workers=args.workers)
     print(
         f"training the distortion classifier on {len(train_parts[0])} {args.data} images"
         f"{' + natural-photo crops' if len(train_parts) > 1 else ''}, "
-        f"{args.samples_per_epoch} samples/epoch, validation {len(val_set)} samples, {device}",
+        f"{args.samples_per_epoch} samples/epoch, spectra {'+'.join(args.spectra)}, "
+        f"validation {len(val_set)} samples, {device}",
         file=sys.stderr,
     )
     run_id = new_run_id()
