@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core import operating_points
 from core.errors import UserInputError
+from core.spectrum import LEGACY_SPECTRA, check_spectra
 
 SCHEMA_VERSION = 1
 ROLES = ("edge", "cloud", "classifier")
@@ -146,6 +147,16 @@ class Manifest:
         for name in (*self.stages, *(e.file for e in self.exits)):
             if name not in self.files:
                 raise ManifestError(f"file {name} is not listed with its hash")
+        if self.role == "classifier":
+            try:
+                spectra = check_spectra(self.preprocessing.get("spectra", LEGACY_SPECTRA))
+            except (ValueError, TypeError) as exc:
+                raise ManifestError(f"{self.name}: preprocessing.{exc}") from None
+            if len(self.input.shape) != 4 or self.input.shape[1] != len(spectra):
+                raise ManifestError(
+                    f"{self.name}: input shape {list(self.input.shape)} does not hold one channel per "
+                    f"spectrum of {list(spectra)}"
+                )
         if self.operating_points:
             if self.role != "edge":
                 raise ManifestError(f"a {self.role} manifest carries no operating points")

@@ -230,3 +230,39 @@ def test_pipeline_from_archives_equals_pipeline_from_export(model_store, exporte
     a = Pipeline(model_store).infer(images, 0.4)
     b = Pipeline(exported[0]).infer(images, 0.4)
     assert a == b
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_classifier_runtime_builds_the_input_its_manifest_names(exported, tiny_classifier, tmp_path, legacy):
+    """The exported classifier sees luma and chroma spectra; a manifest from before the chroma
+    spectrum (no `spectra`, a 1-channel model) is still served with the luma spectrum alone."""
+    import torch
+
+    from core.manifest import sha256_file
+    from export.segments import export_module
+    from handlers.runtime import DistortionClassifierRuntime
+    from training.classifier import ClassifierConfig, DistortionClassifier
+    from training.eval_classifier import load_classifier
+
+    folder = exported[0]
+    manifest = Manifest.load(folder / "distortion_classifier.json")
+    assert manifest.preprocessing["spectra"] == ["luma", "chroma"] and manifest.input.shape[1] == 2
+    model, _ = load_classifier(tiny_classifier)
+    if legacy:  # the same export, as the luma-only classifier of an earlier release would have it
+        torch.manual_seed(0)
+        model = DistortionClassifier(ClassifierConfig(**{**vars(model.config), "spectra": ("luma",)}))
+        size, rel, folder = model.config.input_size, manifest.stages[0], tmp_path
+        example = torch.rand(2, 1, size, size)
+        export_module(model.eval(), example, folder / rel, input_name="spectrum", output_name="logits")
+        d = json.loads(manifest.to_json())
+        del d["preprocessing"]["spectra"]
+        d.update(files={rel: sha256_file(folder / rel)})
+        d["input"]["shape"] = [None, 1, size, size]
+        manifest = Manifest.from_dict(d)
+    runtime = DistortionClassifierRuntime(manifest, folder)
+    assert runtime.spectra == model.config.spectra == (("luma",) if legacy else ("luma", "chroma"))
+    images = [textured_image(i, 50) for i in range(3)]
+    x = torch.from_numpy(np.stack([model.config.model_input(im) for im in images]))
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x), dim=1).numpy()
+    np.testing.assert_allclose(runtime.probabilities(images), expected, atol=1e-5)

@@ -111,3 +111,34 @@ def test_probe_ring_profiles_average_each_channel_over_rings():
     assert profile.shape == (2 * RINGS,)
     np.testing.assert_allclose(profile[:RINGS], 1.0)
     assert profile[RINGS] > 0 and (profile[RINGS + 1 :] == 0).all()
+
+
+def test_classifier_manifest_needs_one_input_channel_per_spectrum():
+    import pytest
+
+    from core.manifest import Manifest, ManifestError
+
+    d = {
+        "schema_version": 1,
+        "role": "classifier",
+        "name": "distortion_classifier",
+        "distortion": None,
+        "class_names": ["pristine", "gaussian_blur", "gaussian_noise"],
+        "preprocessing": {"size": 64, "mean": [0, 0, 0], "std": [1, 1, 1], "spectrum_size": 192},
+        "stages": ["c.onnx"],
+        "exits": [],
+        "input": {"name": "spectrum", "shape": [None, 1, 192, 192]},
+        "output": {"name": "logits", "shape": [None, 3]},
+        "backbone_hash": "",
+        "run_id": "r",
+        "files": {"c.onnx": "0" * 64},
+    }
+    Manifest.from_dict(d)  # no `spectra`: an earlier release's luma-only classifier
+    d["preprocessing"]["spectra"] = ["luma", "chroma"]
+    with pytest.raises(ManifestError, match="one channel per spectrum"):
+        Manifest.from_dict(d)
+    d["input"]["shape"][1] = 2
+    assert Manifest.from_dict(d).preprocessing["spectra"] == ["luma", "chroma"]
+    d["preprocessing"]["spectra"] = ["luma", "hue"]
+    with pytest.raises(ManifestError, match="spectra"):
+        Manifest.from_dict(d)
