@@ -21,7 +21,7 @@
 #   TRAIN_ARGS         extra options for every trainer, e.g. "--device cuda --workers 12"
 #   BACKBONE_EPOCHS    (default 15)   BACKBONE_MINUTES  wall-time budget (--max-minutes)
 #   EXPERT_EPOCHS      (default 5)    EXPERT_MINUTES    EXPERT_ARGS (e.g. "--train-limit 27000")
-#   CLASSIFIER_EPOCHS  (default 16)   CLASSIFIER_ARGS
+#   CLASSIFIER_EPOCHS  (default 8)    CLASSIFIER_MINUTES  CLASSIFIER_ARGS
 #   BATCH_SIZE         (default 128)
 #   EVAL_ARGS          extra options for training.evaluate (e.g. "--limit 2000")
 #   CLASSIFIER_EVAL_ARGS  extra options for training.eval_classifier (e.g. "--limit 5000")
@@ -42,7 +42,7 @@ read -r -a PARITY_EXTRA <<< "${PARITY_ARGS:-}"
 read -r -a CLASSIFIER_EVAL_EXTRA <<< "${CLASSIFIER_EVAL_ARGS:-}"
 BE=${BACKBONE_EPOCHS:-15}
 EE=${EXPERT_EPOCHS:-5}
-CE=${CLASSIFIER_EPOCHS:-16}
+CE=${CLASSIFIER_EPOCHS:-8}
 BS=${BATCH_SIZE:-128}
 budget() { if [ -n "${1:-}" ]; then echo "--max-minutes $1"; fi; }
 run() { echo "+ $*" >&2; "$@"; }
@@ -68,7 +68,8 @@ if [ "$STEP" = train ] || [ "$STEP" = all ]; then
       $(budget "${EXPERT_MINUTES:-}") ${flags[@]+"${flags[@]}"} ${EXPERT_EXTRA[@]+"${EXPERT_EXTRA[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
   done
   [ -f "$CK/classifier.pt" ] || run "$PY" -m training.train_classifier --out "$CK/classifier.pt" \
-    --input-size 192 --epochs "$CE" --patience "$CE" ${CLASSIFIER_EXTRA[@]+"${CLASSIFIER_EXTRA[@]}"}
+    --input-size 192 --epochs "$CE" --patience 5 $(budget "${CLASSIFIER_MINUTES:-}") \
+    ${CLASSIFIER_EXTRA[@]+"${CLASSIFIER_EXTRA[@]}"}
 fi
 
 if [ "$STEP" = export ] || [ "$STEP" = all ]; then
