@@ -97,12 +97,12 @@ def chroma_spectrum(image: np.ndarray, size: int | None = None) -> np.ndarray:
     return _log_scaled(np.sqrt(cb * cb + cr * cr))
 
 
-def parse_spectra(option: str) -> tuple[str, ...]:
-    """A `--spectra` option value ('luma,chroma') as a tuple, or a UserInputError for the CLI."""
+def parse_spectra(option: str, flag: str = "--spectra") -> tuple[str, ...]:
+    """A command-line value ('luma,chroma') as a tuple, or a UserInputError naming `flag`."""
     try:
         return check_spectra([name.strip() for name in option.split(",")])
     except ValueError as exc:
-        raise UserInputError(f"--spectra: {exc}") from None
+        raise UserInputError(f"{flag}: {exc}") from None
 
 
 _SPECTRUM_OF = {"luma": spectrum, "chroma": chroma_spectrum}

@@ -1,8 +1,8 @@
 """TorchServe handler of the distortion classifier: image in, distortion probabilities out.
 
 Request: a JPEG or PNG body. Response: JSON `distortion` (the most likely class) and
-`probabilities` (class name -> probability). The spectrum is computed by `core.spectrum`, the same
-code the classifier was trained with.
+`probabilities` (class name -> probability). The spectra the manifest names (luma, chroma) are
+computed by `core.spectrum`, the same code the classifier was trained with.
 """
 
 from __future__ import annotations

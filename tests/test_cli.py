@@ -23,6 +23,8 @@ MODULES = [
     "training.train_backbone",
     "training.train_expert",
     "training.evaluate",
+    "training.spectrum_probe",
+    "benchmarks.spectrum_cost",
     "export",
     "export.pipeline",
 ]
@@ -52,6 +54,9 @@ def _in_process(module: str, argv: list[str]) -> int:
         (["training.train_classifier", "--photo-fraction", "2"], "--photo-fraction"),
         (["training.train_classifier", "--spectra", "luma,hue"], "--spectra: spectra must be"),
         (["training.distort", "--classifier-set", "--spectra", ""], "--spectra: spectra must be"),
+        (["training.spectrum_probe", "--compare", "luma,hue"], "--compare: spectra must be"),
+        (["benchmarks.spectrum_cost", "--models", "/no/such/folder"], "not found"),
+        (["benchmarks.spectrum_cost", "--repeats", "1"], "--repeats must be"),
         (["training.eval_classifier", "--checkpoint", "/no/such.pt"], "not found"),
         (["training.distort", "--distortion-type", "fog"], "unknown distortion type 'fog'"),
         (["training.distort", "--distortion-type", "gaussian_noise", "--levels", "3"], "not a level"),

@@ -16,7 +16,7 @@ from core import distortions
 from core.cli import run_cli
 from core.errors import UserInputError
 from core.imaging import encode_image, resize
-from core.spectrum import spectrum
+from core.spectrum import SPECTRA, classifier_input
 from training.datasets import load_source
 
 
@@ -30,7 +30,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="which test image to show")
     p.add_argument("--size", type=int, default=64, help="model input size (distortions act here)")
     p.add_argument("--scale", type=int, default=2, help="magnification of each tile")
-    p.add_argument("--spectra", action="store_true", help="add each tile's classifier spectrum")
+    p.add_argument(
+        "--spectra", action="store_true", help="add each tile's classifier spectra (luma, then chroma)"
+    )
     p.add_argument("--out", default="demo_runs/distortions.png")
     return p
 
@@ -53,9 +55,11 @@ def contact_sheet(image: np.ndarray, *, scale: int = 2, spectra: bool = False) -
             out = distortions.apply(image, name, level, seed=0)
             tiles.append(_tile(out, f"{name.split('_')[-1]} {level:g}", scale))
             if spectra:
-                s = (spectrum(out) * 255).astype(np.uint8)
-                tiles.append(_tile(np.dstack([s, s, s]), "spectrum", scale))
-        per_row = width * (2 if spectra else 1)
+                channels = classifier_input(out, out.shape[0], spectra=SPECTRA)
+                for kind, s in zip(SPECTRA, channels, strict=True):
+                    s = (s * 255).astype(np.uint8)
+                    tiles.append(_tile(np.dstack([s, s, s]), kind, scale))
+        per_row = width * (1 + len(SPECTRA) if spectra else 1)
         tiles += [np.full_like(tiles[0], 255)] * (per_row - len(tiles))
         rows.append(np.hstack(tiles))
     return np.vstack(rows)

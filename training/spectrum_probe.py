@@ -105,7 +105,7 @@ def fit_and_test(train, test, seed: int) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> dict:
     started = time.time()
-    sets = [parse_spectra(s) for s in args.compare]
+    sets = [parse_spectra(s, "--compare") for s in args.compare]
     views = PhotoCrops(
         "train", args.train_views, size=args.image_size, seed=args.seed, frame_fraction=args.frame_fraction
     )
