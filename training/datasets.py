@@ -279,6 +279,19 @@ class DistortedDataset(Dataset):
         self.spectra = check_spectra(spectra)
         self.epoch = 0
 
+    @classmethod
+    def for_classifier(cls, source: ImageSource, config, policy: DistortionPolicy) -> DistortedDataset:
+        """What a distortion classifier with `config` (`training.classifier.ClassifierConfig`: image
+        size, spectrum size, spectra) sees of `source` under `policy`."""
+        return cls(
+            source,
+            size=config.image_size,
+            policy=policy,
+            representation="spectrum",
+            spectrum_size=config.input_size,
+            spectra=config.spectra,
+        )
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

@@ -91,18 +91,10 @@ def evaluate_source(
     model: DistortionClassifier, source: ImageSource, *, seed: int, workers: int, label: str, quiet: bool
 ) -> dict:
     """Random-draw accuracy and confusion, plus accuracy at every fixed (type, level)."""
-    size = model.config.image_size
     classes = list(model.config.classes)
 
     def run(policy: DistortionPolicy, desc: str):
-        ds = DistortedDataset(
-            source,
-            size=size,
-            policy=policy,
-            representation="spectrum",
-            spectrum_size=model.config.input_size,
-            spectra=model.config.spectra,
-        )
+        ds = DistortedDataset.for_classifier(source, model.config, policy)
         loader = DataLoader(ds, batch_size=256, num_workers=workers)
         return predict(model, loader, desc=None if quiet else desc)
 
@@ -142,13 +134,8 @@ def evaluate_frames(model: DistortionClassifier, frames: PhotoFrames, *, seed: i
     result["per_photo"] = {name: {} for name in result["files"]}
     result["routing"] = {}
     for k, name, level in progress(cells(classes), desc="whole frames", quiet=quiet):
-        ds = DistortedDataset(
-            frames,
-            size=model.config.image_size,
-            policy=DistortionPolicy(fixed=(name, level), seed=seed + 2),
-            representation="spectrum",
-            spectrum_size=model.config.input_size,
-            spectra=model.config.spectra,
+        ds = DistortedDataset.for_classifier(
+            frames, model.config, DistortionPolicy(fixed=(name, level), seed=seed + 2)
         )
         pred, _, _ = predict(model, DataLoader(ds, batch_size=64, num_workers=0))
         cell = f"{level:g}"

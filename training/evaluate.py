@@ -140,14 +140,7 @@ def classifier_routes(classifier, source, policy: DistortionPolicy, image_size: 
             f"the classifier was trained on {classifier.config.image_size}-px images, "
             f"the experts on {image_size}-px images"
         )
-    ds = DistortedDataset(
-        source,
-        size=image_size,
-        policy=policy,
-        representation="spectrum",
-        spectrum_size=classifier.config.input_size,
-        spectra=classifier.config.spectra,
-    )
+    ds = DistortedDataset.for_classifier(source, classifier.config, policy)
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
     return np.concatenate([classifier(x).argmax(dim=1).numpy() for x, _, _, _ in loader])
 
