@@ -126,6 +126,12 @@ class Manifest:
             raise ManifestError(f"manifest {path} is not a JSON object")
         return cls.from_dict(data)
 
+    @property
+    def spectra(self) -> tuple[str, ...]:
+        """A classifier's input channels; a manifest from before the chroma spectrum names none
+        and means CollabAR's luma spectrum alone."""
+        return check_spectra(self.preprocessing.get("spectra", list(LEGACY_SPECTRA)))
+
     def validate(self) -> None:
         if self.role not in ROLES:
             raise ManifestError(f"unknown manifest role {self.role!r}")
@@ -149,9 +155,9 @@ class Manifest:
                 raise ManifestError(f"file {name} is not listed with its hash")
         if self.role == "classifier":
             try:
-                spectra = check_spectra(self.preprocessing.get("spectra", LEGACY_SPECTRA))
-            except (ValueError, TypeError) as exc:
-                raise ManifestError(f"{self.name}: preprocessing.{exc}") from None
+                spectra = self.spectra
+            except ValueError as exc:
+                raise ManifestError(f"{self.name}: preprocessing: {exc}") from None
             if len(self.input.shape) != 4 or self.input.shape[1] != len(spectra):
                 raise ManifestError(
                     f"{self.name}: input shape {list(self.input.shape)} does not hold one channel per "

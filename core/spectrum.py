@@ -14,9 +14,11 @@ quarter of the sigma-5 noises wrong; with the chroma spectrum beside it, none
 (`python -m training.spectrum_probe`, docs/results/spectrum_probe.json). Detail in photographs lives
 mostly in luma, while noise drawn per pixel and colour channel (the reference paper's, and most of
 a camera sensor's) is as strong in chroma as anywhere; a gray image has no chroma at all, so any
-colour-difference energy in it is noise (README, "Distortion classifier"). OpenCV's float32 DFT replaced
-numpy's float64 FFT for speed (the classifier's whole input, 64 px to a 192-px spectrum: 0.51
-against 1.86 ms on one core here); the two agree within 1e-4 after the min-max, far below what the
+colour-difference energy in it is noise (README, "Distortion classifier").
+
+OpenCV's float32 DFT replaced numpy's float64 FFT for speed (the luma spectrum, 64 px to 192 px:
+0.51 against 1.86 ms on one core here; both spectra together about 1.3 ms,
+`benchmarks.spectrum_cost`); the two agree within 1e-4 after the min-max, far below what the
 classifier resolves (docs/results/classifier.json was re-made with it). The prototype used
 20*log|F| cast to uint8, which wraps around and gives -inf where |F| = 0.
 
@@ -44,7 +46,7 @@ REC601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 CB_ON_DIFFERENCES = (-0.168736, 0.5)
 CR_ON_DIFFERENCES = (0.5, -0.081312)
 
-# The spectra a classifier can be trained on, in the order they are stacked as input channels.
+# The spectra a classifier can be trained on; a classifier's input channels follow this order.
 SPECTRA = ("luma", "chroma")
 # What a checkpoint or manifest that names none was trained on (CollabAR's single gray spectrum).
 LEGACY_SPECTRA = ("luma",)
@@ -109,11 +111,16 @@ _SPECTRUM_OF = {"luma": spectrum, "chroma": chroma_spectrum}
 
 
 def check_spectra(spectra: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """`spectra` as a tuple, or ValueError naming the known ones."""
+    """`spectra` as a tuple, or ValueError: distinct known names, in the order of `SPECTRA` (the
+    order of the input channels, so one set of spectra has one layout)."""
+    if not isinstance(spectra, (list, tuple)):
+        raise ValueError(f"spectra must be a list of names from {', '.join(SPECTRA)}, got {spectra!r}")
     spectra = tuple(spectra)
-    unknown = [s for s in spectra if s not in SPECTRA]
-    if not spectra or unknown or len(set(spectra)) != len(spectra):
-        raise ValueError(f"spectra must be distinct names from {', '.join(SPECTRA)}, got {list(spectra)}")
+    known = all(isinstance(s, str) and s in SPECTRA for s in spectra)
+    if not spectra or not known or list(spectra) != [s for s in SPECTRA if s in spectra]:
+        raise ValueError(
+            f"spectra must be distinct names from {', '.join(SPECTRA)}, in that order, got {list(spectra)}"
+        )
     return spectra
 
 
@@ -122,7 +129,7 @@ def classifier_input(
     size: int,
     *,
     image_size: int | None = None,
-    spectra: tuple[str, ...] = LEGACY_SPECTRA,
+    spectra: tuple[str, ...],
 ) -> np.ndarray:
     """The classifier's float32 CxSxS input for an RGB uint8 image of any size (C = len(spectra)).
 

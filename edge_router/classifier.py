@@ -22,8 +22,9 @@ from handlers.runtime import DistortionClassifierRuntime
 class LocalClassifier:
     """The distortion classifier from its archive (`*.mar`) or an export folder.
 
-    An image up to `inline_bytes` is classified on the event loop itself (about 2 ms at 224 px;
-    a hand-off to a thread and back cost 0.5 ms more, a quarter of the work); a larger one, whose
+    An image up to `inline_bytes` is classified on the event loop itself (about 2 ms at 224 px
+    with the luma spectrum alone, about 3 ms with luma and chroma; a hand-off to a thread and back
+    cost 0.5 ms more); a larger one, whose
     decoding could hold the loop for tens of milliseconds, in a small thread pool."""
 
     inline_bytes = 256 * 1024

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from core.exits import confidence_and_class, softmax
 from core.imaging import Preprocessing
 from core.manifest import Manifest, ManifestError
-from core.spectrum import LEGACY_SPECTRA, check_spectra, classifier_input
+from core.spectrum import classifier_input
 
 
 def make_session(
@@ -157,9 +157,14 @@ class DistortionClassifierRuntime:
         self.manifest = manifest
         self.size = int(manifest.preprocessing["spectrum_size"])
         self.image_size = int(manifest.preprocessing["size"])
-        # manifests from before the chroma spectrum name none: CollabAR's luma spectrum alone
-        self.spectra = check_spectra(manifest.preprocessing.get("spectra", LEGACY_SPECTRA))
+        self.spectra = manifest.spectra
         self.session = make_session(folder / manifest.stages[0], threads=threads, providers=providers)
+        channels = self.session.get_inputs()[0].shape[1]
+        if channels != len(self.spectra):  # refused at load, not on the first request
+            raise ManifestError(
+                f"{manifest.name}: the network takes {channels} input channels, the manifest names "
+                f"{len(self.spectra)} spectra ({', '.join(self.spectra)})"
+            )
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """N x 3 distortion probabilities for RGB uint8 images of any size."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import UserInputError
 from core.imaging import encode_image
 from tests.conftest import tiny_classifier_args
 from training import eval_classifier, train_classifier
@@ -150,6 +151,68 @@ def test_whole_frame_evaluation_reports_every_condition_and_photo(tiny_checkpoin
     # the per-condition accuracy is the share of photos routed to the condition's own expert
     noise5 = got["routing"]["gaussian_noise 5"]["gaussian_noise"] / len(frames)
     assert got["per_level"]["gaussian_noise"]["5"] == pytest.approx(noise5)
+    as_jpeg = eval_classifier.evaluate_frames(model, frames, seed=1, quiet=True, jpeg_quality=90)
+    assert as_jpeg["jpeg_quality"] == 90 and got["jpeg_quality"] is None
+    assert list(as_jpeg["routing"]) == conditions
+
+
+def test_jpeg_round_trip_is_drawn_per_sample_and_reproducible():
+    """A share of the samples arrive as a device's JPEG would bring them; the rest are untouched,
+    and the draw is the same for the same (seed, epoch, index)."""
+    from core.imaging import decode_image, encode_image
+    from tests.conftest import textured_image
+    from training.datasets import DistortedDataset, DistortionPolicy, distorted_image
+
+    class Colour:
+        classes = ("x",)
+
+        def __len__(self):
+            return 40
+
+        def image(self, i):
+            return textured_image(i, 48)
+
+        def label(self, i):
+            return 0
+
+    config = ClassifierConfig(input_size=32, image_size=32)
+    policy = DistortionPolicy(fixed=("gaussian_noise", 10), seed=3)
+    plain = DistortedDataset.for_classifier(Colour(), config, policy)
+    every = DistortedDataset.for_classifier(Colour(), config, policy, jpeg_quality=90)
+    mixed = DistortedDataset(
+        Colour(),
+        size=32,
+        policy=policy,
+        representation="spectrum",
+        spectrum_size=32,
+        spectra=config.spectra,
+        jpeg_fraction=0.5,
+    )
+    image, _, _ = distorted_image(Colour(), 0, 32, policy)
+    expected = config.model_input(decode_image(encode_image(image, "jpeg", jpeg_quality=90)))
+    np.testing.assert_array_equal(every[0][0].numpy(), expected)
+    np.testing.assert_array_equal(plain[0][0].numpy(), config.model_input(image))
+    changed = [not np.array_equal(mixed[i][0].numpy(), plain[i][0].numpy()) for i in range(40)]
+    assert 10 <= sum(changed) <= 30  # about half, drawn per sample
+    assert [not np.array_equal(mixed[i][0].numpy(), plain[i][0].numpy()) for i in range(40)] == changed
+    with pytest.raises(ValueError, match="jpeg_fraction"):
+        DistortedDataset(Colour(), size=32, policy=policy, jpeg_fraction=1.5)
+
+
+def test_fine_tuning_starts_from_the_init_checkpoint(tiny_checkpoint, fake_fashion_root, tmp_path):
+    path, payload = tiny_checkpoint
+    args = tiny_classifier_args(
+        fake_fashion_root, tmp_path / "tuned.pt", epochs=1, samples_per_epoch=64, extra=("--init", str(path))
+    )
+    tuned = train_classifier.main(args)
+    assert tuned["init"] == {"checkpoint": str(path), "run_id": payload["run_id"]}
+    assert tuned["run_id"] != payload["run_id"] and tuned["jpeg_fraction"] == 0.0
+    luma_only = ("--init", str(path), "--spectra", "luma")
+    other = tiny_classifier_args(
+        fake_fashion_root, tmp_path / "x.pt", epochs=1, samples_per_epoch=64, extra=luma_only
+    )
+    with pytest.raises(UserInputError, match="its spectra is"):
+        train_classifier.main(other)
 
 
 def test_whole_frames_are_resized_as_the_router_resizes_them():

@@ -61,7 +61,9 @@ def test_load_source_errors(tmp_path):
 
 def test_random_policy_is_reproducible_and_changes_with_epoch(fake_fashion_root):
     source = FashionMNIST("test", root=fake_fashion_root)
-    ds = DistortedDataset(source, size=32, policy=DistortionPolicy(seed=5), representation="spectrum")
+    ds = DistortedDataset(
+        source, size=32, policy=DistortionPolicy(seed=5), representation="spectrum", spectra=("luma",)
+    )
     first = [ds[i][2:] for i in range(30)]
     assert first == [ds[i][2:] for i in range(30)]
     assert len({t for t, _ in first}) == 3
@@ -69,6 +71,8 @@ def test_random_policy_is_reproducible_and_changes_with_epoch(fake_fashion_root)
     assert first != [ds[i][2:] for i in range(30)]
     x, label, dclass, level = ds[0]
     assert tuple(x.shape) == (1, 32, 32) and label == source.label(0)
+    with pytest.raises(ValueError, match="needs the classifier's spectra"):
+        DistortedDataset(source, size=32, policy=DistortionPolicy(seed=5), representation="spectrum")
 
 
 def test_image_folder_limit_keeps_every_class(image_folder):

@@ -13,7 +13,7 @@ from core import wire
 from core.distortions import apply
 from core.experts import standard_experts
 from core.imaging import encode_image
-from core.manifest import Manifest
+from core.manifest import Manifest, ManifestError
 from export.archive import extract
 from export.pipeline import Pipeline
 from handlers.classifier_handler import DistortionClassifierHandler
@@ -259,6 +259,10 @@ def test_classifier_runtime_builds_the_input_its_manifest_names(exported, tiny_c
         d.update(files={rel: sha256_file(folder / rel)})
         d["input"]["shape"] = [None, 1, size, size]
         manifest = Manifest.from_dict(d)
+    if legacy:  # a manifest that names more spectra than the network takes is refused at load
+        d["preprocessing"]["spectra"], d["input"]["shape"][1] = ["luma", "chroma"], 2
+        with pytest.raises(ManifestError, match="takes 1 input channels"):
+            DistortionClassifierRuntime(Manifest.from_dict(d), folder)
     runtime = DistortionClassifierRuntime(manifest, folder)
     assert runtime.spectra == model.config.spectra == (("luma",) if legacy else ("luma", "chroma"))
     images = [textured_image(i, 50) for i in range(3)]

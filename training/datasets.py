@@ -27,8 +27,8 @@ from torch.utils.data import Dataset
 
 from core import distortions
 from core.errors import UserInputError
-from core.imaging import Preprocessing, decode_image, resize, to_rgb
-from core.spectrum import LEGACY_SPECTRA, check_spectra, classifier_input
+from core.imaging import Preprocessing, decode_image, encode_image, resize, to_rgb
+from core.spectrum import check_spectra, classifier_input
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -265,7 +265,9 @@ class DistortedDataset(Dataset):
         preprocessing: Preprocessing | None = None,
         blur_border: str = "reflect",
         spectrum_size: int | None = None,
-        spectra: tuple[str, ...] = LEGACY_SPECTRA,
+        spectra: tuple[str, ...] | None = None,
+        jpeg_fraction: float = 0.0,
+        jpeg_quality: tuple[int, int] = (60, 95),
     ):
         if representation not in ("image", "spectrum"):
             raise ValueError(f"unknown representation {representation!r}")
@@ -276,13 +278,31 @@ class DistortedDataset(Dataset):
         self.preprocessing = preprocessing or Preprocessing(size=size)
         self.blur_border = blur_border
         self.spectrum_size = spectrum_size or size
-        self.spectra = check_spectra(spectra)
+        if representation == "spectrum" and spectra is None:
+            raise ValueError("a spectrum dataset needs the classifier's spectra")
+        self.spectra = None if spectra is None else check_spectra(spectra)
+        if not 0.0 <= jpeg_fraction <= 1.0:
+            raise ValueError("jpeg_fraction must be in [0, 1]")
+        self.jpeg_fraction, self.jpeg_quality = jpeg_fraction, jpeg_quality
         self.epoch = 0
 
+    def _maybe_jpeg(self, image: np.ndarray, index: int) -> np.ndarray:
+        """With probability `jpeg_fraction`, the image as a device's JPEG would bring it (a quality
+        drawn from `jpeg_quality`, OpenCV's default 4:2:0 chroma subsampling): devices send JPEG,
+        and subsampling removes most of the chroma a noise draw put in."""
+        rng = np.random.default_rng([self.policy.seed, self.epoch, index, 0x4A5047])
+        if rng.random() >= self.jpeg_fraction:
+            return image
+        quality = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
+        return decode_image(encode_image(image, "jpeg", jpeg_quality=quality))
+
     @classmethod
-    def for_classifier(cls, source: ImageSource, config, policy: DistortionPolicy) -> DistortedDataset:
+    def for_classifier(
+        cls, source: ImageSource, config, policy: DistortionPolicy, *, jpeg_quality: int | None = None
+    ) -> DistortedDataset:
         """What a distortion classifier with `config` (`training.classifier.ClassifierConfig`: image
-        size, spectrum size, spectra) sees of `source` under `policy`."""
+        size, spectrum size, spectra) sees of `source` under `policy`; with `jpeg_quality`, every
+        distorted image after a JPEG round trip at that quality."""
         return cls(
             source,
             size=config.image_size,
@@ -290,6 +310,8 @@ class DistortedDataset(Dataset):
             representation="spectrum",
             spectrum_size=config.input_size,
             spectra=config.spectra,
+            jpeg_fraction=0.0 if jpeg_quality is None else 1.0,
+            jpeg_quality=(60, 95) if jpeg_quality is None else (jpeg_quality, jpeg_quality),
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -302,6 +324,8 @@ class DistortedDataset(Dataset):
         image, name, level = distorted_image(
             self.source, index, self.size, self.policy, epoch=self.epoch, blur_border=self.blur_border
         )
+        if self.jpeg_fraction:
+            image = self._maybe_jpeg(image, index)
         if self.representation == "spectrum":
             x = classifier_input(image, self.spectrum_size, image_size=self.size, spectra=self.spectra)
         else:

@@ -116,7 +116,7 @@ def write_distorted(args: argparse.Namespace, source) -> int:
 def write_classifier_set(args: argparse.Namespace, source) -> int:
     root = Path(args.out) / f"classifier_{args.split}"
     policy = DistortionPolicy(seed=args.seed)
-    spectra = parse_spectra(args.spectra)
+    spectra = parse_spectra(args.spectra) if isinstance(args.spectra, str) else args.spectra
     rows = []
     for i in progress(range(len(source)), desc="spectra", quiet=args.quiet):
         image, name, level = distorted_image(source, i, args.size, policy, blur_border=args.blur_border)
@@ -147,6 +147,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserInputError("give either --distortion-type or --classifier-set")
     if args.distortion_type is not None:
         distortions.get(args.distortion_type)  # fail before loading data
+    args.spectra = parse_spectra(args.spectra)
     source = load_source(
         args.data, args.split, limit=args.limit, data_root=args.data_root, seed=args.split_seed
     )

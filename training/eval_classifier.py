@@ -4,7 +4,8 @@ Reports overall accuracy over random types and levels (one seeded draw per test 
 in every (type, level) cell (every test image at that fixed distortion), and the confusion matrix;
 the same for crops of the photos held out from the training pool (`photos`), and every held-out
 photo whole, resized as the router resizes a device's frame, at every condition (`frames`: per
-condition, per photo, and which expert the router would pick).
+condition, per photo, and which expert the router would pick; `frames_jpeg`: the same after a JPEG
+round trip, as a device sending JPEG delivers them).
 
     python -m training.eval_classifier --checkpoint checkpoints/classifier.pt \
         --json docs/results/classifier.json
@@ -51,6 +52,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=3000,
         help="crops of the held-out photos per evaluation (0 skips photos)",
+    )
+    p.add_argument(
+        "--frames-jpeg-quality",
+        type=int,
+        default=90,
+        help="the whole frames are evaluated once more after a JPEG round trip at this quality",
     )
     p.add_argument("--seed", type=int, default=1234, help="seed of the distortion draws")
     p.add_argument("--workers", type=int, default=2)
@@ -125,18 +132,26 @@ def cells(classes: list[str]) -> list[tuple[int, str, float]]:
     return out
 
 
-def evaluate_frames(model: DistortionClassifier, frames: PhotoFrames, *, seed: int, quiet: bool) -> dict:
+def evaluate_frames(
+    model: DistortionClassifier,
+    frames: PhotoFrames,
+    *,
+    seed: int,
+    quiet: bool,
+    jpeg_quality: int | None = None,
+) -> dict:
     """Every held-out photo whole (resized as the router resizes a frame) at every condition:
     accuracy per condition, the class (= the expert the router would pick) per photo and condition,
-    and how often each expert is picked per condition."""
+    and how often each expert is picked per condition. With `jpeg_quality`, each distorted frame
+    goes through a JPEG round trip at that quality first (what a device sending JPEG delivers)."""
     classes = list(model.config.classes)
     result = {"files": [frames.name(i) for i in range(len(frames))], "per_level": {}, "per_level_n": {}}
+    result["jpeg_quality"] = jpeg_quality
     result["per_photo"] = {name: {} for name in result["files"]}
     result["routing"] = {}
     for k, name, level in progress(cells(classes), desc="whole frames", quiet=quiet):
-        ds = DistortedDataset.for_classifier(
-            frames, model.config, DistortionPolicy(fixed=(name, level), seed=seed + 2)
-        )
+        policy = DistortionPolicy(fixed=(name, level), seed=seed + 2)
+        ds = DistortedDataset.for_classifier(frames, model.config, policy, jpeg_quality=jpeg_quality)
         pred, _, _ = predict(model, DataLoader(ds, batch_size=64, num_workers=0))
         cell = f"{level:g}"
         result["per_level"].setdefault(name, {})[cell] = float((pred == k).mean())
@@ -190,9 +205,13 @@ def main(args: argparse.Namespace) -> dict:
         print(format_table(result["photos"], f"held-out photos ({len(photos.files)} files)"))
         frames = PhotoFrames("heldout", size=model.config.image_size)
         result["frames"] = evaluate_frames(model, frames, seed=args.seed, quiet=args.quiet)
-        print(f"held-out photos, whole frames ({len(frames)} photos), accuracy per condition:")
-        for name, row in result["frames"]["per_level"].items():
-            print(f"  {name:<15} " + "  ".join(f"{lvl:>3}: {100 * a:6.2f}" for lvl, a in row.items()))
+        result["frames_jpeg"] = evaluate_frames(
+            model, frames, seed=args.seed, quiet=args.quiet, jpeg_quality=args.frames_jpeg_quality
+        )
+        for key, what in (("frames", ""), ("frames_jpeg", f", as JPEG q{args.frames_jpeg_quality}")):
+            print(f"held-out photos, whole frames ({len(frames)} photos{what}), accuracy per condition:")
+            for name, row in result[key]["per_level"].items():
+                print(f"  {name:<15} " + "  ".join(f"{lvl:>3}: {100 * a:6.2f}" for lvl, a in row.items()))
     result.update(
         {
             "artifacts": artifacts,

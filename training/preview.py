@@ -31,7 +31,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="model input size (distortions act here)")
     p.add_argument("--scale", type=int, default=2, help="magnification of each tile")
     p.add_argument(
-        "--spectra", action="store_true", help="add each tile's classifier spectra (luma, then chroma)"
+        "--spectra",
+        action="store_true",
+        help="add each tile's spectra (luma, then chroma; at the tile's size, not the classifier's)",
     )
     p.add_argument("--out", default="demo_runs/distortions.png")
     return p

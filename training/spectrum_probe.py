@@ -4,7 +4,8 @@ A whole camera frame shrunk to the backbone's 64 px keeps much fine detail, and 
 classifier's luma spectrum confused it with weak noise. This probe measures how much of that is in
 the input itself: for each set of spectra (`core.spectrum`, exactly as the classifier gets them),
 each spectrum is averaged over rings (32 radii), and a small MLP on those profiles is trained on
-views of the training photos (crops and whole frames, the classifier's training pool) and tested
+views of the training photos (crops and, by default half of them, whole frames; the classifier's
+training pool) and tested
 on every held-out photo whole at the weak conditions (the ones the classifier got wrong) and the
 next level up. A probe that fails with luma alone and succeeds with chroma beside it says the
 information is in the chroma spectrum, whatever network reads it.
@@ -23,6 +24,7 @@ import torch
 
 from core import distortions
 from core.cli import command_line, progress, run_cli, write_json
+from core.errors import UserInputError
 from core.spectrum import classifier_input, parse_spectra
 from training.photos import PhotoCrops, PhotoFrames
 
@@ -105,6 +107,11 @@ def fit_and_test(train, test, seed: int) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> dict:
     started = time.time()
+    for name in ("image_size", "input_size", "train_views", "draws"):
+        if getattr(args, name) <= 0:
+            raise UserInputError(f"--{name.replace('_', '-')} must be positive")
+    if not 0.0 <= args.frame_fraction <= 1.0:
+        raise UserInputError("--frame-fraction must be in [0, 1]")
     sets = [parse_spectra(s, "--compare") for s in args.compare]
     views = PhotoCrops(
         "train", args.train_views, size=args.image_size, seed=args.seed, frame_fraction=args.frame_fraction

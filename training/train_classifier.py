@@ -27,7 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 from core.cli import command_line, progress, run_cli
 from core.errors import UserInputError
 from core.spectrum import SPECTRA, parse_spectra
-from training.checkpoints import new_run_id, save_checkpoint
+from training.checkpoints import load_checkpoint, new_run_id, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
 from training.engine import add_runtime_args, device_from_arg, epoch_would_overrun
@@ -75,6 +75,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="share of the photo views that are whole frames resized as the router resizes a "
         "device's frame (the rest are random crops)",
     )
+    p.add_argument(
+        "--jpeg-fraction",
+        type=float,
+        default=0.0,
+        help="share of samples passed through a JPEG round trip (quality 60-95, 4:2:0) after the "
+        "distortion, as a device's JPEG frame arrives",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from this classifier checkpoint (same input size and spectra) instead of a "
+        "random initialisation: fine-tuning",
+    )
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--samples-per-epoch", type=int, default=20000)
     p.add_argument("--train-limit", type=int, default=None, help="use the first N training images")
@@ -106,6 +119,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserInputError("--photo-fraction must be in [0, 1]")
     if not 0.0 <= args.frame_fraction <= 1.0:
         raise UserInputError("--frame-fraction must be in [0, 1]")
+    if not 0.0 <= args.jpeg_fraction <= 1.0:
+        raise UserInputError("--jpeg-fraction must be in [0, 1]")
     for name in ("epochs", "samples_per_epoch", "batch_size", "input_size", "image_size", "patience"):
         if getattr(args, name) <= 0:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
@@ -119,7 +134,12 @@ def _check_args(args: argparse.Namespace) -> None:
 def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDataset]:
     """(train dataset, sampler weights, validation dataset) as described in the module docstring."""
     size = args.image_size
-    spec = {"representation": "spectrum", "spectrum_size": args.input_size, "spectra": args.spectra}
+    spec = {
+        "representation": "spectrum",
+        "spectrum_size": args.input_size,
+        "spectra": args.spectra,
+        "jpeg_fraction": args.jpeg_fraction,
+    }
     train_src = load_source(
         args.data, "train", seed=args.split_seed, limit=args.train_limit, data_root=args.data_root
     )
@@ -163,6 +183,7 @@ def main(args: argparse.Namespace) -> dict:
         file=sys.stderr,
     )
     run_id = new_run_id()
+    init = _initial_state(args.init, config)
 
     def checkpoint(state: dict, epoch: int, acc: float, history: list, attempt: int) -> dict:
         """Write the best model so far: an interrupted run still leaves a usable checkpoint."""
@@ -179,6 +200,8 @@ def main(args: argparse.Namespace) -> dict:
             "data": args.data,
             "photo_fraction": args.photo_fraction,
             "frame_fraction": args.frame_fraction,
+            "jpeg_fraction": args.jpeg_fraction,
+            "init": None if init is None else {"checkpoint": str(args.init), "run_id": init[1]},
             "split_seed": args.split_seed,
             "command": command_line(),
             "wall_time_s": round(time.time() - started, 1),
@@ -191,7 +214,10 @@ def main(args: argparse.Namespace) -> dict:
     # fresh initialisation (up to --restarts times) instead of training a dead network.
     for attempt in range(args.restarts + 1):
         torch.manual_seed(args.seed + 7919 * attempt)
-        model = DistortionClassifier(config).to(device)
+        model = DistortionClassifier(config)
+        if init is not None:
+            model.load_state_dict(init[0])
+        model = model.to(device)
         outcome = _fit(
             model,
             args,
@@ -221,6 +247,21 @@ def main(args: argparse.Namespace) -> dict:
         file=sys.stderr,
     )
     return payload
+
+
+def _initial_state(path: str | None, config: ClassifierConfig) -> tuple[dict, str] | None:
+    """(state dict, run id) of the `--init` checkpoint, refused unless its network matches."""
+    if path is None:
+        return None
+    payload = load_checkpoint(path, "distortion_classifier")
+    theirs = ClassifierConfig.from_dict(payload["config"])
+    for field in ("input_size", "image_size", "spectra", "classes"):
+        if getattr(theirs, field) != getattr(config, field):
+            raise UserInputError(
+                f"--init {path}: its {field} is {getattr(theirs, field)}, "
+                f"this run's is {getattr(config, field)}"
+            )
+    return payload["state_dict"], payload["run_id"]
 
 
 def _fit(model, args, train_parts, weights, val_set, val_loader, device, on_best):
