@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.cli import command_line, run_cli, write_json
+from core.cli import command_line, run_cli, write_result
 from core.errors import UserInputError
 from core.imaging import resize
 from core.manifest import Manifest
@@ -81,9 +81,7 @@ def main(args: argparse.Namespace) -> dict:
         "run_id": runtime.manifest.run_id,
         "command": command_line(),
     }
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_result(args.json, result)
     return result
 
 

@@ -80,3 +80,10 @@ def write_json(path: str | Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_result(path: str | Path | None, data) -> None:
+    """A CLI's `--json` option: write the result file when a path is given, and say where."""
+    if path:
+        write_json(path, data)
+        print(f"wrote {path}", file=sys.stderr)

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import distortions
-from core.cli import command_line, progress, run_cli, write_json
+from core.cli import command_line, progress, run_cli, write_result
 from core.errors import UserInputError
 from core.manifest import Manifest, artifacts_entry
 from training.checkpoints import load_checkpoint
@@ -223,9 +223,7 @@ def main(args: argparse.Namespace) -> dict:
             "wall_time_s": round(time.time() - started, 1),
         }
     )
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_result(args.json, result)
     return result
 
 

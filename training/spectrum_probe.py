@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from core import distortions
-from core.cli import command_line, progress, run_cli, write_json
+from core.cli import command_line, progress, run_cli, write_result
 from core.errors import UserInputError
 from core.spectrum import classifier_input, parse_spectra
 from training.photos import PhotoCrops, PhotoFrames
@@ -136,9 +136,7 @@ def main(args: argparse.Namespace) -> dict:
         result["probes"]["+".join(spectra)] = per
         print(f"{'+'.join(spectra):<12} " + "  ".join(f"{c}: {100 * a:5.1f}" for c, a in per.items()))
     result.update({"command": command_line(), "wall_time_s": round(time.time() - started, 1)})
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_result(args.json, result)
     return result
 
 
