@@ -116,7 +116,7 @@ def write_distorted(args: argparse.Namespace, source) -> int:
 def write_classifier_set(args: argparse.Namespace, source) -> int:
     root = Path(args.out) / f"classifier_{args.split}"
     policy = DistortionPolicy(seed=args.seed)
-    spectra = parse_spectra(args.spectra) if isinstance(args.spectra, str) else args.spectra
+    spectra = args.spectra  # parsed by main, before any data is loaded
     rows = []
     for i in progress(range(len(source)), desc="spectra", quiet=args.quiet):
         image, name, level = distorted_image(source, i, args.size, policy, blur_border=args.blur_border)

@@ -126,7 +126,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise UserInputError("--max-minutes must be positive")
-    args.spectra = parse_spectra(args.spectra) if isinstance(args.spectra, str) else args.spectra
+    args.spectra = parse_spectra(args.spectra)
     if args.input_size < 13:
         raise UserInputError("--input-size must be at least 13 for the classifier's convolutions")
 
