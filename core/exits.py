@@ -7,7 +7,8 @@ the final exit answers when its confidence reaches `p_tar`; if that one is also 
 the most confident exit of all answers.
 
 Used by the PyTorch evaluation (on logits it computed), by the in-process ONNX pipeline, the edge
-handler (side branches only, with masks) and the router (final decision after the cloud).
+runtime (`exit_here`, one side branch at a time, with masks) and the router (final decision after
+the cloud). `confident` is the one comparison with the threshold: change the rule there.
 """
 
 from __future__ import annotations
@@ -31,6 +32,21 @@ def confidence_and_class(logits: np.ndarray, temperature: float = 1.0) -> tuple[
     return p.max(axis=-1), p.argmax(axis=-1)
 
 
+def confident(confidence: np.ndarray, p_tar: float | np.ndarray) -> np.ndarray:
+    """Boolean mask: the exit's confidence reaches `p_tar` (inclusive; per-sample thresholds
+    broadcast against the confidences)."""
+    return np.asarray(confidence, dtype=np.float64) >= np.asarray(p_tar, dtype=np.float64)
+
+
+def exit_here(
+    logits: np.ndarray, temperature: float, p_tar: float | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One exit over a batch of (N, C) logits: (confidence, class, answers-here mask) per sample,
+    the confidence taken at the exit's temperature and compared with each sample's `p_tar`."""
+    conf, cls = confidence_and_class(logits, temperature)
+    return conf, cls, confident(conf, p_tar)
+
+
 @dataclass(frozen=True)
 class ExitDecision:
     """Per-sample outcome of the exit rule over a batch (arrays of length N)."""
@@ -46,7 +62,7 @@ def decide(confidences: np.ndarray, predictions: np.ndarray, p_tar: float) -> Ex
     confidences = np.asarray(confidences, dtype=np.float64)
     predictions = np.asarray(predictions)
     n, k = confidences.shape
-    reached = confidences >= p_tar
+    reached = confident(confidences, p_tar)
     side = reached[:, :-1]
     at_edge = side.any(axis=1)
     first_side = np.argmax(side, axis=1)  # index of the first True (0 where none: masked below)

@@ -21,10 +21,10 @@ lives in `edge_router.decisions`; this module is the HTTP around it:
   with `Retry-After` (a request counts once its body has arrived, so slow uploads cannot take the
   slots). Request bodies need a `Content-Length` no larger than `max_body_bytes`, are
   read as they arrive within `body_timeout_s`, and all bodies held at once stay under
-  `max_buffered_bytes` (else 503). A connection must deliver a request's headers within
-  `header_timeout_s` of its first byte (or of connecting), whatever it trickles: slowloris and idle
-  sockets are closed by the server (`ReceiptDeadlineProtocol`); idle keep-alive connections close
-  after `keepalive_s`.
+  `max_buffered_bytes` (else 503 with `Retry-After`). A connection must deliver a request's
+  headers within `header_timeout_s` of its first byte (or of connecting), whatever it trickles:
+  slowloris and idle sockets are closed by the server (`ReceiptDeadlineProtocol`); idle keep-alive
+  connections close after `keepalive_s`.
 - **Pooled async upstream.** One aiohttp client session with keep-alive connections to the edge
   TorchServe and every cloud endpoint (TorchServe, KServe or Triton: `edge_router.cloud` spreads
   offloads over the healthy ones and retries a failed one on the next); every call gets what is
@@ -70,7 +70,7 @@ class RouterConfig:
     # request is about max_in_flight / throughput: 16 at the ~150 answers/s of one edge core keeps
     # it near 0.1 s, where 32 let it reach 0.5 s under a burst (docs/results/reliability.md).
     max_in_flight: int = 16
-    max_buffered_bytes: int = 96 * 2**20  # request bodies held at once; beyond: 503
+    max_buffered_bytes: int = 96 * 2**20  # request bodies held at once; beyond: 503 + Retry-After
     header_timeout_s: float = 5.0  # a request's headers must arrive within this
     body_timeout_s: float = 15.0  # and its body within this after the headers
     keepalive_s: float = 5.0  # an idle keep-alive connection is closed after this
@@ -83,6 +83,13 @@ class RouterConfig:
     offload_policy: str = "fixed"
     min_accuracy: float | None = None  # a default accuracy target (requests may set their own)
     min_gain_per_second: float = 10.0  # accuracy points one second of offloading must buy
+
+
+class Shed(RouterError):
+    """A request refused for the router's load, not its content: 503 with `Retry-After`."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message)
 
 
 # -- the upstream TorchServe instances, over pooled keep-alive HTTP ------------------------------------
@@ -188,6 +195,8 @@ class Router:
                 str(exc),
                 close=exc.status in (408, 411, 413)
                 or (exc.status == 503 and held < int(request.headers.get("content-length") or 0)),
+                # a shed request may come back as it is: say when, as the in-flight limit does
+                headers={"Retry-After": str(self.config.retry_after_s)} if isinstance(exc, Shed) else None,
             )
         except ClientDisconnect:
             self.metrics.requests.labels("499").inc()
@@ -223,7 +232,7 @@ class Router:
                 async for chunk in request.stream():
                     if self.buffered + len(chunk) > self.config.max_buffered_bytes:
                         self.metrics.shed.labels("buffered_bytes").inc()
-                        raise RouterError(503, "too many request bodies in progress; retry")
+                        raise Shed("too many request bodies in progress; retry")
                     self.buffered += len(chunk)
                     held += len(chunk)
                     chunks.append(chunk)

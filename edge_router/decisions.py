@@ -149,6 +149,13 @@ class Decider:
                 )
             except KeyError as exc:
                 raise RouterError(502, f"edge answer lacks {exc}") from None
+            # the exit and class index the manifest's names: an edge out of step must not pass on
+            if not _index_in(out["exit"], len(pair.edge.exits)):
+                raise RouterError(
+                    502, f"edge answered exit {str(out['exit'])[:20]} of {len(pair.edge.exits)}"
+                )
+            if not _index_in(out["class"], len(names)):
+                raise RouterError(502, f"edge answered class {str(out['class'])[:20]} of {len(names)}")
         else:
             try:
                 message = wire.decode(reply.content, head_len)
@@ -335,9 +342,16 @@ def _branches(branches: object, count: int, classes: int) -> tuple[list[float], 
         pred = [int(b["class"]) for b in branches]
     except (KeyError, TypeError, ValueError):
         raise RouterError(502, "edge offloaded with malformed branch answers") from None
-    if len(conf) != count or not all(0 <= c < classes for c in pred):
+    if len(conf) != count:
         raise RouterError(502, f"edge offloaded with {len(conf)} branch answers, not {count}")
+    if not all(0 <= c < classes for c in pred):
+        raise RouterError(502, f"edge offloaded with a branch class outside 0..{classes - 1}: {pred}")
     return conf, pred
+
+
+def _index_in(value: object, n: int) -> bool:
+    """A JSON integer (not a bool or a float) in 0..n-1."""
+    return type(value) is int and 0 <= value < n
 
 
 def _best_branch(out: dict, conf: list, pred: list, names: list[str], pair: ExpertPair) -> None:

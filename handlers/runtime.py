@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from core.exits import confidence_and_class, softmax
+from core.exits import confidence_and_class, exit_here, softmax
 from core.imaging import Preprocessing
 from core.manifest import Manifest, ManifestError
 from core.spectrum import classifier_input
@@ -99,10 +99,10 @@ class EdgeExpert(_Segments):
         h = x
         for k, (stage, head) in enumerate(zip(self.stages, self.heads, strict=True)):
             h = self.run(stage, h)
-            conf, pred = confidence_and_class(self.run(head, h), self.temperatures[k])
+            # the rule itself (temperature, inclusive threshold) lives in core.exits alone
+            conf, pred, done = exit_here(self.run(head, h), self.temperatures[k], p_tar[active])
             branch_conf[active, k] = conf
             branch_pred[active, k] = pred
-            done = conf >= p_tar[active]
             exit_index[active[done]] = k
             prediction[active[done]] = pred[done]
             confidence[active[done]] = conf[done]

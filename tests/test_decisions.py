@@ -360,3 +360,130 @@ def test_a_cloud_that_names_no_exit_gets_a_name_from_its_position():
     plain = json_reply(predictions=[{"class": 7, "confidence": 0.99}])  # e.g. a Triton model of ours
     out = answer(FakeUpstream(split_reply([0.1, 0.2, 0.3]), plain))
     assert (out["exit"], out["exit_name"]) == (len(EXITS) - 1, f"exit{len(EXITS) - 1}")
+
+
+# -- one focused test per check of what the edge and the cloud answered ----------------------------
+def edge_answer(**fields):
+    data = {"exited": True, "exit": 1, "exit_name": "branch1", "class": 3, "class_name": NAMES[3]}
+    return json_reply(**{**data, "confidence": 0.93, **fields})
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"not json", "edge returned no JSON"), (b"[1, 2]", "edge returned unexpected JSON")],
+)
+def test_an_edge_answer_that_is_not_a_json_object_is_a_502(content, reason):
+    exc = refusal(FakeUpstream(Reply(200, {}, content)))
+    assert exc.status == 502 and str(exc) == reason
+
+
+@pytest.mark.parametrize("key", ["exit", "exit_name", "class", "class_name", "confidence"])
+def test_an_edge_answer_lacking_a_field_is_a_502(key):
+    reply = edge_answer()
+    data = json.loads(reply.content)
+    del data[key]
+    exc = refusal(FakeUpstream(json_reply(**data)))
+    assert exc.status == 502 and str(exc) == f"edge answer lacks '{key}'"
+
+
+@pytest.mark.parametrize("exit_", [-1, 3, "1", 1.0, True, None])
+def test_an_edge_exit_outside_the_side_branches_is_a_502(exit_):
+    exc = refusal(FakeUpstream(edge_answer(exit=exit_)))
+    assert exc.status == 502 and str(exc).startswith(f"edge answered exit {str(exit_)[:20]} of 3")
+
+
+@pytest.mark.parametrize("cls", [-1, len(NAMES), "3", 3.0, False, None])
+def test_an_edge_class_outside_the_manifests_classes_is_a_502(cls):
+    exc = refusal(FakeUpstream(edge_answer(**{"class": cls})))
+    assert exc.status == 502 and str(exc) == f"edge answered class {str(cls)[:20]} of {len(NAMES)}"
+
+
+@pytest.mark.parametrize("exit_, cls", [(0, 0), (2, len(NAMES) - 1)])
+def test_an_edge_answer_at_the_ends_of_the_ranges_is_served(exit_, cls):
+    out = answer(FakeUpstream(edge_answer(exit=exit_, **{"class": cls})))
+    assert (out["exit"], out["class"]) == (exit_, cls)
+
+
+def test_a_malformed_edge_tensor_is_a_502():
+    exc = refusal(FakeUpstream(Reply(200, {wire.HEADER_LENGTH: "9"}, b"{garbage}xx")))
+    assert exc.status == 502 and str(exc).startswith("edge returned a malformed tensor: ")
+
+
+@pytest.mark.parametrize(
+    "branches",
+    [
+        None,  # the tensor's parameters name no branches
+        "branches",
+        [{"exit": 0, "class": 1}] * 3,  # no confidence
+        [{"exit": 0, "confidence": 0.3}] * 3,  # no class
+        [{"exit": 0, "confidence": "high", "class": 1}] * 3,
+        [{"exit": 0, "confidence": 0.3, "class": "one"}] * 3,
+        [7, 8, 9],
+    ],
+)
+def test_malformed_branch_answers_are_a_502(branches):
+    reply = split_reply(branches=branches)
+    if branches is None:  # an offloaded tensor whose parameters lack `branches` altogether
+        body, n = wire.encode(
+            np.ones((1, 160, 2, 2), np.float32), name="stage2", parameters={"exited": False}
+        )
+        reply = Reply(200, {wire.HEADER_LENGTH: str(n)}, body)
+    exc = refusal(FakeUpstream(reply, cloud_reply()))
+    assert exc.status == 502 and str(exc) == "edge offloaded with malformed branch answers"
+
+
+@pytest.mark.parametrize("count", [0, 2, 4])
+def test_an_offload_without_one_answer_per_side_branch_is_a_502(count):
+    branches = [{"exit": k, "confidence": 0.3, "class": 1} for k in range(count)]
+    exc = refusal(FakeUpstream(split_reply(branches=branches), cloud_reply()))
+    assert exc.status == 502 and str(exc) == f"edge offloaded with {count} branch answers, not 3"
+
+
+@pytest.mark.parametrize("cls", [-1, len(NAMES)])
+def test_an_offloaded_branch_class_out_of_range_is_a_502(cls):
+    up = FakeUpstream(split_reply(pred=(1, cls, 2)), cloud_reply())
+    exc = refusal(up)
+    assert exc.status == 502 and str(exc).startswith(
+        f"edge offloaded with a branch class outside 0..{len(NAMES) - 1}"
+    )
+    assert len(up.calls) == 1  # refused before the cloud
+
+
+def test_offloaded_branch_classes_at_the_ends_of_the_range_are_served():
+    out = answer(FakeUpstream(split_reply((0.3, 0.9, 0.4), (0, len(NAMES) - 1, 2)), cloud_reply(7, 0.1)))
+    assert (out["exit"], out["class"], out["degraded"]) == (1, len(NAMES) - 1, False)
+
+
+@pytest.mark.parametrize(
+    "cloud, reason",
+    [
+        (json_reply(predictions=[]), "cloud answer lacks predictions[0]"),
+        (json_reply(predictions="x"), "cloud answer lacks predictions[0]"),
+        (json_reply(predictions=[{"class": 1}]), "cloud answer lacks predictions[0]"),
+        (json_reply(predictions=[{"confidence": 0.9}]), "cloud answer lacks predictions[0]"),
+        (json_reply(predictions=[{"class": "one", "confidence": 0.9}]), "cloud answer lacks predictions[0]"),
+        (json_reply(predictions=[{"class": 1, "confidence": "high"}]), "cloud answer lacks predictions[0]"),
+        (Reply(200, {}, b"[]"), "cloud returned unexpected JSON"),
+        (Reply(200, {}, b"<html>"), "cloud returned no JSON"),
+        (cloud_reply(cls=len(NAMES), conf=0.95), f"cloud answered class {len(NAMES)} of {len(NAMES)}"),
+        (cloud_reply(cls=-1, conf=0.95), f"cloud answered class -1 of {len(NAMES)}"),
+    ],
+)
+def test_a_cloud_answer_that_does_not_check_out_degrades_with_its_reason(cloud, reason):
+    out = answer(FakeUpstream(split_reply((0.7, 0.5, 0.6), (4, 2, 3)), cloud))
+    assert out["degraded"] is True and out["degraded_reason"] == reason
+    assert out["degraded_kind"] == "cloud_error" and (out["exit"], out["class"]) == (0, 4)
+
+
+@pytest.mark.parametrize("cls", [0, len(NAMES) - 1])
+def test_a_cloud_class_at_the_ends_of_the_range_is_served(cls):
+    out = answer(FakeUpstream(split_reply(), cloud_reply(cls=cls, conf=0.95)))
+    assert out["degraded"] is False and (out["exit"], out["class"]) == (3, cls)
+
+
+@pytest.mark.parametrize("missing", ["exit", "exit_name", "class", "class_name", "confidence"])
+def test_a_cloud_only_answer_lacking_a_field_is_a_502(missing):
+    fields = {"exit": 3, "exit_name": "final", "class": 2, "class_name": NAMES[2], "confidence": 0.8}
+    del fields[missing]
+    exc = refusal(FakeUpstream(json_reply(**fields)), mode="cloud_only")
+    assert exc.status == 502 and str(exc) == f"cloud answer lacks '{missing}'"
