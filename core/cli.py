@@ -87,3 +87,16 @@ def write_result(path: str | Path | None, data) -> None:
     if path:
         write_json(path, data)
         print(f"wrote {path}", file=sys.stderr)
+
+
+def parse_wires(texts: list[str], flag: str = "--wires") -> list:
+    """Distinct `core.imaging.ImageWire`s from the command line, or a UserInputError naming `flag`."""
+    try:
+        from core.imaging import ImageWire  # numpy + OpenCV: only for the CLIs that take wires
+
+        wires = [ImageWire.parse(t) for t in texts]
+    except ValueError as exc:
+        raise UserInputError(f"{flag}: {exc}") from None
+    if len({str(w) for w in wires}) != len(wires):
+        raise UserInputError(f"{flag}: a wire is named twice")
+    return wires

@@ -112,18 +112,80 @@ def decode_image(
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def encode_image(image: np.ndarray, fmt: str = "png", *, jpeg_quality: int = 95) -> bytes:
-    """RGB uint8 image to PNG (lossless) or JPEG bytes."""
+# Chroma subsampling of a JPEG encoder: 4:2:0 (OpenCV's and most cameras' default: the two colour
+# planes at half resolution both ways) or 4:4:4 (full-resolution colour, some apps and encoders).
+JPEG_SUBSAMPLING = {"420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
+
+
+def encode_image(
+    image: np.ndarray, fmt: str = "png", *, jpeg_quality: int = 95, subsampling: str = "420"
+) -> bytes:
+    """RGB uint8 image to PNG (lossless) or JPEG bytes (`jpeg_quality`, chroma `subsampling`)."""
     bgr = cv2.cvtColor(to_rgb(image), cv2.COLOR_RGB2BGR)
     if fmt == "png":
         ok, buf = cv2.imencode(".png", bgr)
     elif fmt in ("jpg", "jpeg"):
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        if subsampling not in JPEG_SUBSAMPLING:
+            raise ValueError(
+                f"unknown chroma subsampling {subsampling!r} (known: {', '.join(JPEG_SUBSAMPLING)})"
+            )
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, JPEG_SUBSAMPLING[subsampling]]
+        ok, buf = cv2.imencode(".jpg", bgr, params)
     else:
         raise ValueError(f"unknown image format {fmt!r}")
     if not ok:
         raise ValueError("OpenCV could not encode the image")
     return buf.tobytes()
+
+
+@dataclass(frozen=True)
+class ImageWire:
+    """How a device puts an image on the wire: lossless PNG, or JPEG at a quality and subsampling.
+
+    Written `png`, `jpeg:QUALITY` (4:2:0, as OpenCV and most cameras encode) or
+    `jpeg:QUALITY:444`. Every accuracy figure names its wire: the classifier and the experts see
+    what the encoder left of an image, and JPEG removes exactly the fine detail and the colour noise
+    a lossless image keeps.
+    """
+
+    format: str = "png"
+    quality: int | None = None
+    subsampling: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ImageWire:
+        """`png`, `jpeg:90` or `jpeg:90:444`; ValueError with the accepted forms otherwise."""
+        parts = str(text).strip().lower().split(":")
+        if parts == ["png"]:
+            return cls()
+        if parts[0] in ("jpeg", "jpg") and len(parts) in (2, 3) and parts[1].isdigit():
+            quality = int(parts[1])
+            subsampling = parts[2] if len(parts) == 3 else "420"
+            if 1 <= quality <= 100 and subsampling in JPEG_SUBSAMPLING:
+                return cls("jpeg", quality, subsampling)
+        raise ValueError(
+            f"unknown image wire {text!r}: use png, jpeg:QUALITY (1-100, 4:2:0) or jpeg:QUALITY:444"
+        )
+
+    def __str__(self) -> str:
+        if self.format == "png":
+            return "png"
+        return f"jpeg:{self.quality}" + ("" if self.subsampling == "420" else f":{self.subsampling}")
+
+    @property
+    def lossless(self) -> bool:
+        return self.format == "png"
+
+    def encode(self, image: np.ndarray) -> bytes:
+        """The bytes a device on this wire sends for `image`."""
+        if self.lossless:
+            return encode_image(image, "png")
+        return encode_image(image, "jpeg", jpeg_quality=self.quality, subsampling=self.subsampling)
+
+    def round_trip(self, image: np.ndarray) -> np.ndarray:
+        """What the server decodes from this wire's bytes for `image` (lossless: `image` itself)."""
+        return image if self.lossless else decode_image(self.encode(image))
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:

@@ -5,7 +5,9 @@ parse, rather than serving with wrong preprocessing or temperatures). Roles:
 
 - `edge`:  stages 0-2 and the three side branches of one expert; ends with the split tensor;
 - `cloud`: stage 3 and the final exit of one expert; starts from the split tensor;
-- `classifier`: the distortion classifier on the spectrum.
+- `classifier`: the distortion classifier on the spectrum; one network, or one per image format of
+  the request body (`preprocessing.formats`, aligned with `stages`: a JPEG body is answered by the
+  network trained for what a JPEG encoder leaves of an image, see `Manifest.classifier_stage`).
 
 An edge and a cloud archive pair only when their `split` contract and `run_id` agree
 (`check_pair`).
@@ -27,6 +29,10 @@ SCHEMA_VERSION = 1
 ROLES = ("edge", "cloud", "classifier")
 DTYPES = ("FP32", "FP16", "INT8")
 EXPORT_REPORT = "export_report.json"  # written beside the manifests by python -m export; not one
+# The body formats a classifier network can be kept for ('any': every body without its own network;
+# 'png' and 'jpeg' as core.imaging.image_format names them).
+FORMAT_ANY = "any"
+CLASSIFIER_FORMATS = (FORMAT_ANY, "png", "jpeg")
 
 
 class ManifestError(UserInputError):
@@ -132,6 +138,18 @@ class Manifest:
         and means CollabAR's luma spectrum alone."""
         return check_spectra(self.preprocessing.get("spectra", list(LEGACY_SPECTRA)))
 
+    @property
+    def classifier_formats(self) -> tuple[str, ...]:
+        """The image format each of a classifier's networks answers, aligned with `stages`; a
+        manifest that names none has one network for every body."""
+        return tuple(self.preprocessing.get("formats", [FORMAT_ANY]))
+
+    def classifier_stage(self, body_format: str | None) -> int:
+        """Index into `stages` of the network that answers a body of `body_format` ('png',
+        'jpeg', or None when unknown): its own network if the manifest has one, else the first."""
+        formats = self.classifier_formats
+        return formats.index(body_format) if body_format in formats else 0
+
     def validate(self) -> None:
         if self.role not in ROLES:
             raise ManifestError(f"unknown manifest role {self.role!r}")
@@ -158,6 +176,17 @@ class Manifest:
                 spectra = self.spectra
             except ValueError as exc:
                 raise ManifestError(f"{self.name}: preprocessing: {exc}") from None
+            formats = self.preprocessing.get("formats", [FORMAT_ANY])
+            if (
+                not isinstance(formats, list)
+                or len(formats) != len(self.stages)
+                or len(set(formats)) != len(formats)
+                or not set(formats) <= set(CLASSIFIER_FORMATS)
+            ):
+                raise ManifestError(
+                    f"{self.name}: preprocessing.formats must name one distinct format of "
+                    f"{', '.join(CLASSIFIER_FORMATS)} per network ({len(self.stages)}), got {formats!r}"
+                )
             if len(self.input.shape) != 4 or self.input.shape[1] != len(spectra):
                 raise ManifestError(
                     f"{self.name}: input shape {list(self.input.shape)} does not hold one channel per "

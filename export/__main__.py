@@ -26,7 +26,7 @@ from core.errors import UserInputError
 from core.imaging import Preprocessing
 from core.manifest import EXPORT_REPORT, ExitSpec, Manifest, TensorSpec, sha256_file
 from export.segments import OPSET, ExportParityError, check_parity, export_module
-from training.checkpoints import default_experts
+from training.checkpoints import default_experts, jpeg_classifier_path
 from training.datasets import DistortionPolicy, distorted_image, load_source
 from training.early_exit import EXIT_NAMES
 from training.engine import load_early_exit
@@ -47,6 +47,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="expert checkpoints (default: expert_*.pt beside --backbone)",
     )
     p.add_argument("--classifier", default="models/torch/classifier.pt")
+    p.add_argument(
+        "--classifier-jpeg",
+        default=None,
+        help="a second classifier network that answers JPEG bodies (trained on JPEG round trips); "
+        "default: classifier_jpeg.pt beside --classifier when it exists; 'none': one network for all",
+    )
     p.add_argument("--data", default="fashion-mnist", help="where the parity images come from")
     p.add_argument("--data-root", default=None)
     p.add_argument(
@@ -81,6 +87,22 @@ def parity_images(
     return x, spectra
 
 
+def _jpeg_classifier(args: argparse.Namespace, classifier: tuple | None) -> tuple | None:
+    """The network for JPEG bodies (`--classifier-jpeg`), refused unless it takes the same input
+    and answers the same classes as the main classifier."""
+    path = jpeg_classifier_path(args.classifier, args.classifier_jpeg)
+    if path is None or classifier is None:
+        return None
+    jpeg = load_classifier(path)
+    for field in ("input_size", "image_size", "spectra", "classes"):
+        if getattr(jpeg[0].config, field) != getattr(classifier[0].config, field):
+            raise UserInputError(
+                f"--classifier-jpeg {path}: its {field} is {getattr(jpeg[0].config, field)}, "
+                f"the classifier's is {getattr(classifier[0].config, field)}"
+            )
+    return jpeg
+
+
 def main(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     conventional = load_early_exit(args.backbone, role="backbone")
@@ -94,6 +116,7 @@ def main(args: argparse.Namespace) -> dict:
         models[name] = (model, payload)
     preprocessing = Preprocessing.from_dict(conventional[1]["preprocessing"])
     classifier = load_classifier(args.classifier) if args.classifier != "none" else None
+    classifier_jpeg = _jpeg_classifier(args, classifier)
     if args.parity_images < 2:
         raise UserInputError("--parity-images must be at least 2 (the batch axis is exported dynamic)")
     x, spectra = parity_images(
@@ -150,10 +173,13 @@ def main(args: argparse.Namespace) -> dict:
 
     if classifier is not None:
         model, payload = classifier
-        rel = "classifier/classifier.onnx"
-        export_module(model, spectra[:2], out / rel, input_name="spectrum", output_name="logits")
-        rep, _ = check_parity(model, out / rel, spectra, is_logits=True, segment=rel)
-        report["segments"].append(asdict(rep))
+        networks = [("any", "classifier/classifier.onnx", classifier)]
+        if classifier_jpeg is not None:
+            networks.append(("jpeg", "classifier/classifier_jpeg.onnx", classifier_jpeg))
+        for _, rel, (net, _) in networks:
+            export_module(net, spectra[:2], out / rel, input_name="spectrum", output_name="logits")
+            rep, _ = check_parity(net, out / rel, spectra, is_logits=True, segment=rel)
+            report["segments"].append(asdict(rep))
         size = model.config.input_size
         manifest = Manifest(
             role="classifier",
@@ -164,14 +190,17 @@ def main(args: argparse.Namespace) -> dict:
                 **Preprocessing(size=model.config.image_size).to_dict(),
                 "spectrum_size": size,
                 "spectra": list(model.config.spectra),
+                # one network per body format; the run ids of all of them (the first is `run_id`)
+                "formats": [fmt for fmt, _, _ in networks],
+                "run_ids": [p["run_id"] for _, _, (_, p) in networks],
             },
-            stages=(rel,),
+            stages=tuple(rel for _, rel, _ in networks),
             exits=(),
             input=TensorSpec("spectrum", (None, len(model.config.spectra), size, size)),
             output=TensorSpec("logits", (None, len(payload["class_names"]))),
             backbone_hash="",
             run_id=payload["run_id"],
-            files={rel: sha256_file(out / rel)},
+            files={rel: sha256_file(out / rel) for _, rel, _ in networks},
             exporter=exporter,
         )
         (out / f"{experts.CLASSIFIER}.json").write_text(manifest.to_json())

@@ -2,14 +2,15 @@
 
 Request: a JPEG or PNG body. Response: JSON `distortion` (the most likely class) and
 `probabilities` (class name -> probability). The spectra the manifest names (luma, chroma) are
-computed by `core.spectrum`, the same code the classifier was trained with.
+computed by `core.spectrum`, the same code the classifier was trained with; the body's format picks
+the network where the manifest keeps one per format (JPEG bodies: the one trained on JPEG frames).
 """
 
 from __future__ import annotations
 
 import json
 
-from core.imaging import decode_image
+from core.imaging import decode_image, image_format
 from handlers.runtime import DistortionClassifierRuntime
 from handlers.service import Service, body_bytes
 
@@ -23,13 +24,15 @@ class DistortionClassifierHandler(Service):
         )
 
     def parse(self, request: dict, context: object, idx: int) -> object:
-        return decode_image(body_bytes(request))
+        body = body_bytes(request)
+        return decode_image(body), image_format(body)
 
     def run(self, items: dict[int, object], context: object) -> dict[int, str]:
         order = list(items)
         answers = {}
+        images, formats = [items[i][0] for i in order], [items[i][1] for i in order]
         for i, (distortion, probabilities) in zip(
-            order, self.classifier.distortions([items[i] for i in order]), strict=True
+            order, self.classifier.distortions(images, formats), strict=True
         ):
             self.metric("DistortionRoutes", 1, dimensions={"Distortion": distortion})
             answers[i] = json.dumps({"distortion": distortion, "probabilities": probabilities})

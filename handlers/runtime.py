@@ -158,26 +158,37 @@ class DistortionClassifierRuntime:
         self.size = int(manifest.preprocessing["spectrum_size"])
         self.image_size = int(manifest.preprocessing["size"])
         self.spectra = manifest.spectra
-        self.session = make_session(folder / manifest.stages[0], threads=threads, providers=providers)
-        channels = self.session.get_inputs()[0].shape[1]
-        if channels != len(self.spectra):  # refused at load, not on the first request
-            raise ManifestError(
-                f"{manifest.name}: the network takes {channels} input channels, the manifest names "
-                f"{len(self.spectra)} spectra ({', '.join(self.spectra)})"
-            )
+        # one network, or one per body format (the JPEG one trained on what the encoder leaves)
+        self.sessions = [
+            make_session(folder / stage, threads=threads, providers=providers) for stage in manifest.stages
+        ]
+        for stage, session in zip(manifest.stages, self.sessions, strict=True):
+            channels = session.get_inputs()[0].shape[1]
+            if channels != len(self.spectra):  # refused at load, not on the first request
+                raise ManifestError(
+                    f"{manifest.name}: {stage} takes {channels} input channels, the manifest names "
+                    f"{len(self.spectra)} spectra ({', '.join(self.spectra)})"
+                )
 
-    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        """N x 3 distortion probabilities for RGB uint8 images of any size."""
+    def probabilities(self, images: list[np.ndarray], formats: list[str | None] | None = None) -> np.ndarray:
+        """N x 3 distortion probabilities for RGB uint8 images of any size; `formats` names each
+        image's body format ('png', 'jpeg'; None or missing: unknown), which picks its network."""
         spec = {"image_size": self.image_size, "spectra": self.spectra}
         x = np.stack([classifier_input(im, self.size, **spec) for im in images]).astype(np.float32)
-        logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+        stage = np.array([self.manifest.classifier_stage(f) for f in formats or [None] * len(images)])
+        logits = np.empty((len(images), len(self.manifest.class_names)), dtype=np.float32)
+        for k in np.unique(stage):  # one run per network, over the images it answers
+            session = self.sessions[k]
+            logits[stage == k] = session.run(None, {session.get_inputs()[0].name: x[stage == k]})[0]
         return softmax(logits)
 
-    def distortions(self, images: list[np.ndarray]) -> list[tuple[str, dict[str, float]]]:
-        """(most likely distortion, class name -> probability) for each image: the classifier's
-        answer as its TorchServe handler and the router both give it."""
+    def distortions(
+        self, images: list[np.ndarray], formats: list[str | None] | None = None
+    ) -> list[tuple[str, dict[str, float]]]:
+        """(most likely distortion, class name -> probability) for each image (body formats as in
+        `probabilities`): the classifier's answer as its TorchServe handler and the router give it."""
         names = self.manifest.class_names
         return [
             (names[int(p.argmax())], {n: float(v) for n, v in zip(names, p, strict=True)})
-            for p in self.probabilities(images)
+            for p in self.probabilities(images, formats)
         ]

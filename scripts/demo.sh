@@ -6,9 +6,11 @@
 #   1. TorchServe archives built from the shipped exports,
 #   2. edge and cloud TorchServe instances and the edge router on loopback,
 #   3. a stream of 100 pristine, blurred and noisy test images per type and level through the
-#      router, with a table of accuracy, exits, offload rate and latency per cell, and beside
-#      each live accuracy the value docs/results/accuracy.csv holds for the same models and
-#      p_tar; the demo fails if a cell is more than three binomial standard errors away,
+#      router, sent twice: as PNG and as JPEG quality 90 (how cameras send them, DEMO_WIRES to
+#      change), with a table of accuracy, routing, exits, offload rate and latency per wire and
+#      cell, and beside each live accuracy the value docs/results/accuracy.csv holds for the same
+#      models, wire and p_tar; the demo fails if a cell is more than three binomial standard
+#      errors away,
 #   4. everything it started is stopped again (also on Ctrl-C or failure).
 # DEMO_TRAIN=1 (`make demo-train`, about 7 minutes) first trains demo-sized models on subsets
 # (a contact sheet of the distortions, classifier, conventional model, three experts, ONNX export
@@ -21,6 +23,7 @@ OUT=${DEMO_OUT:-demo_runs}
 RUN="$OUT/run"
 PORT=${DEMO_ROUTER_PORT:-8000}
 PER_CELL=${DEMO_PER_CELL:-100}
+read -r -a WIRES <<< "${DEMO_WIRES:-png jpeg:90}"
 TRAIN=${DEMO_TRAIN:-0}
 mkdir -p "$OUT"
 started=$(date +%s)
@@ -68,11 +71,11 @@ get() {  # GET a router URL with Python (no curl needed); prints the body, fails
   $PY -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"
 }
 
-step "3/4 $PER_CELL test images per cell through the router (live exits and offloads, p_tar 0.8)"
-[ ${#EXPECTED[@]} -gt 0 ] && echo "csv %: docs/results/accuracy.csv (expert_routed, p_tar 0.8, same models); 3 SE: three binomial standard errors of a cell of this size; ok: live within that band"
+step "3/4 $PER_CELL test images per cell through the router, sent as ${WIRES[*]} (live exits and offloads, p_tar 0.8)"
+[ ${#EXPECTED[@]} -gt 0 ] && echo "csv %: docs/results/accuracy.csv (expert_routed, same wire, p_tar 0.8, same models); 3 SE: three binomial standard errors of a cell of this size; ok: live within that band; routed %: answers from the expert of the true distortion; gap: accuracy minus the PNG run's on the same images"
 status=0
 $PY -m benchmarks.stream --router "http://127.0.0.1:$PORT" --threshold 0.8 --per-cell "$PER_CELL" \
-  --cells "${CELLS[@]}" --max-seconds 300 --quiet --json "$OUT/stream.json" "${EXPECTED[@]}" || status=$?
+  --cells "${CELLS[@]}" --wires "${WIRES[@]}" --max-seconds 300 --quiet --json "$OUT/stream.json" "${EXPECTED[@]}" || status=$?
 echo
 echo "router metrics (excerpt):"
 get "http://127.0.0.1:$PORT/metrics" | grep -E '^edge_router_(requests|offloads|degraded)_total' || true

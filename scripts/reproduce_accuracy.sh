@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The shipped bundle, end to end, with one command: train the conventional early-exit
 # MobileNetV2, five experts (frozen-BN pristine / blur / noise, BN-adapted blur / noise) and the
-# distortion classifier; export them to the shipped ONNX tree; evaluate accuracy; check parity.
+# distortion classifier's two networks (lossless bodies; JPEG bodies); export them to the shipped
+# ONNX tree; evaluate accuracy; check parity.
 # Every step records the command exactly as it ran (relative paths, every option) and the
 # SHA-256 of the artifacts it used. A benchmark, not a test.
 #
@@ -22,6 +23,7 @@
 #   BACKBONE_EPOCHS    (default 15)   BACKBONE_MINUTES  wall-time budget (--max-minutes)
 #   EXPERT_EPOCHS      (default 5)    EXPERT_MINUTES    EXPERT_ARGS (e.g. "--train-limit 27000")
 #   CLASSIFIER_EPOCHS  (default 8)    CLASSIFIER_MINUTES  CLASSIFIER_ARGS
+#   JPEG_CLASSIFIER_EPOCHS (default 10)  JPEG_CLASSIFIER_MINUTES
 #   BATCH_SIZE         (default 128)
 #   EVAL_ARGS          extra options for training.evaluate (e.g. "--limit 2000")
 #   CLASSIFIER_EVAL_ARGS  extra options for training.eval_classifier (e.g. "--limit 5000")
@@ -43,6 +45,7 @@ read -r -a CLASSIFIER_EVAL_EXTRA <<< "${CLASSIFIER_EVAL_ARGS:-}"
 BE=${BACKBONE_EPOCHS:-15}
 EE=${EXPERT_EPOCHS:-5}
 CE=${CLASSIFIER_EPOCHS:-8}
+JE=${JPEG_CLASSIFIER_EPOCHS:-10}
 BS=${BATCH_SIZE:-128}
 budget() { if [ -n "${1:-}" ]; then echo "--max-minutes $1"; fi; }
 run() { echo "+ $*" >&2; "$@"; }
@@ -67,9 +70,21 @@ if [ "$STEP" = train ] || [ "$STEP" = all ]; then
       --out "$out" --epochs "$EE" --cosine-t "$EE" --batch-size "$BS" --lr-heads 1e-3 \
       $(budget "${EXPERT_MINUTES:-}") ${flags[@]+"${flags[@]}"} ${EXPERT_EXTRA[@]+"${EXPERT_EXTRA[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
   done
+  # the network for lossless bodies: trained on lossless images, CollabAR's 1-channel bottleneck
   [ -f "$CK/classifier.pt" ] || run "$PY" -m training.train_classifier --out "$CK/classifier.pt" \
-    --input-size 192 --epochs "$CE" --patience 5 $(budget "${CLASSIFIER_MINUTES:-}") \
-    ${CLASSIFIER_EXTRA[@]+"${CLASSIFIER_EXTRA[@]}"}
+    --input-size 192 --epochs "$CE" --patience 5 --jpeg-fraction 0 --bottleneck 1 --lossless-only \
+    $(budget "${CLASSIFIER_MINUTES:-}") ${CLASSIFIER_EXTRA[@]+"${CLASSIFIER_EXTRA[@]}"}
+  # the network for JPEG bodies: half the samples through a JPEG round trip (the defaults), then
+  # its output bias moved towards the answers a misroute costs least (on validation data)
+  if [ ! -f "$CK/classifier_jpeg.pt" ]; then
+    # shellcheck disable=SC2046
+    run "$PY" -m training.train_classifier --out "$CK/classifier_jpeg_raw.pt" --input-size 192 \
+      --epochs "$JE" --samples-per-epoch 24000 --frame-fraction 0.5 --patience 5 \
+      $(budget "${JPEG_CLASSIFIER_MINUTES:-}") ${CLASSIFIER_EXTRA[@]+"${CLASSIFIER_EXTRA[@]}"}
+    run "$PY" -m training.route_bias --checkpoint "$CK/classifier_jpeg_raw.pt" \
+      --wires jpeg:90 jpeg:75 jpeg:90:444 --out "$CK/classifier_jpeg.pt"
+    rm -f "$CK/classifier_jpeg_raw.pt"
+  fi
 fi
 
 if [ "$STEP" = export ] || [ "$STEP" = all ]; then

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.errors import UserInputError
-from core.imaging import encode_image
+from core.imaging import ImageWire, encode_image
 from tests.conftest import tiny_classifier_args
 from training import eval_classifier, train_classifier
 from training.classifier import ClassifierConfig, DistortionClassifier
@@ -28,14 +28,24 @@ from training.photos import (
 
 @pytest.mark.parametrize("size,flat", [(64, 49), (224, 729), (32, 9)])
 @pytest.mark.parametrize("spectra", [("luma",), ("luma", "chroma")])
-def test_architecture_follows_input_size(size, flat, spectra):
-    model = DistortionClassifier(ClassifierConfig(input_size=size, spectra=spectra))
-    assert model.head[-1].in_features == flat  # 27 x 27 = 729 at 224 px, as in CollabAR
+@pytest.mark.parametrize("bottleneck", [1, 4])
+def test_architecture_follows_input_size(size, flat, spectra, bottleneck):
+    model = DistortionClassifier(ClassifierConfig(input_size=size, spectra=spectra, bottleneck=bottleneck))
+    # 27 x 27 = 729 at 224 px with CollabAR's 1-channel bottleneck; one map per bottleneck channel
+    assert model.head[-1].in_features == flat * bottleneck
     out = model(torch.rand(5, len(spectra), size, size))
     assert out.shape == (5, 3)
     kinds = [type(m).__name__ for m in model.features]
     assert kinds == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d"]
-    assert model.features[5].out_channels == 1
+    assert model.features[5].out_channels == bottleneck
+
+
+def test_config_from_before_the_bottleneck_option_is_collabar_s():
+    old = ClassifierConfig(bottleneck=4).to_dict()
+    del old["bottleneck"]
+    assert ClassifierConfig.from_dict(old).bottleneck == 1
+    with pytest.raises(ValueError, match="bottleneck"):
+        DistortionClassifier(ClassifierConfig(bottleneck=0))
 
 
 def test_config_spectra_round_trip_and_legacy_default():
@@ -98,13 +108,15 @@ def test_evaluation_writes_the_documented_json(tiny_checkpoint, fake_fashion_roo
     )
     result = eval_classifier.main(args)
     saved = json.loads(out.read_text())
-    assert saved["accuracy"] == result["accuracy"] and 0 <= saved["accuracy"] <= 1
-    assert saved["n"] == 60 and saved["run_id"] == payload["run_id"]
-    assert set(saved["per_level"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
-    assert list(saved["per_level"]["gaussian_noise"]) == ["5", "10", "20", "30", "40"]
-    matrix = saved["confusion"]["matrix"]
-    assert sum(map(sum, matrix)) == 60
-    assert sum(matrix[k][k] for k in range(3)) / 60 == pytest.approx(saved["accuracy"])
+    assert saved["run_id"] == payload["run_id"] and list(saved["wires"]) == ["png", "jpeg:90"]
+    for wire, got in saved["wires"].items():
+        assert got["accuracy"] == result["wires"][wire]["accuracy"] and 0 <= got["accuracy"] <= 1
+        assert got["n"] == 60
+        assert set(got["per_level"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
+        assert list(got["per_level"]["gaussian_noise"]) == ["5", "10", "20", "30", "40"]
+        matrix = got["confusion"]["matrix"]
+        assert sum(map(sum, matrix)) == 60
+        assert sum(matrix[k][k] for k in range(3)) / 60 == pytest.approx(got["accuracy"])
     assert saved["command"].startswith("python -m ")  # the command that made the file
 
 
@@ -151,14 +163,17 @@ def test_whole_frame_evaluation_reports_every_condition_and_photo(tiny_checkpoin
     # the per-condition accuracy is the share of photos routed to the condition's own expert
     noise5 = got["routing"]["gaussian_noise 5"]["gaussian_noise"] / len(frames)
     assert got["per_level"]["gaussian_noise"]["5"] == pytest.approx(noise5)
-    as_jpeg = eval_classifier.evaluate_frames(model, frames, seed=1, quiet=True, jpeg_quality=90)
-    assert as_jpeg["jpeg_quality"] == 90 and got["jpeg_quality"] is None
+    as_jpeg = eval_classifier.evaluate_frames(
+        model, frames, seed=1, quiet=True, wire=ImageWire.parse("jpeg:75")
+    )
+    assert as_jpeg["wire"] == "jpeg:75" and got["wire"] == "png"
     assert list(as_jpeg["routing"]) == conditions
 
 
 def test_jpeg_round_trip_is_drawn_per_sample_and_reproducible():
-    """A share of the samples arrive as a device's JPEG would bring them; the rest are untouched,
-    and the draw is the same for the same (seed, epoch, index)."""
+    """A share of the samples arrive as a device's JPEG would bring them (a drawn quality and chroma
+    subsampling); the rest are untouched, and the draw is the same for the same (seed, epoch,
+    index)."""
     from core.imaging import decode_image, encode_image
     from tests.conftest import textured_image
     from training.datasets import DistortedDataset, DistortionPolicy, distorted_image
@@ -178,7 +193,7 @@ def test_jpeg_round_trip_is_drawn_per_sample_and_reproducible():
     config = ClassifierConfig(input_size=32, image_size=32)
     policy = DistortionPolicy(fixed=("gaussian_noise", 10), seed=3)
     plain = DistortedDataset.for_classifier(Colour(), config, policy)
-    every = DistortedDataset.for_classifier(Colour(), config, policy, jpeg_quality=90)
+    every = DistortedDataset.for_classifier(Colour(), config, policy, wire=ImageWire.parse("jpeg:90"))
     mixed = DistortedDataset(
         Colour(),
         size=32,
@@ -187,6 +202,8 @@ def test_jpeg_round_trip_is_drawn_per_sample_and_reproducible():
         spectrum_size=32,
         spectra=config.spectra,
         jpeg_fraction=0.5,
+        jpeg_quality=(70, 80),
+        jpeg_444_fraction=0.5,
     )
     image, _, _ = distorted_image(Colour(), 0, 32, policy)
     expected = config.model_input(decode_image(encode_image(image, "jpeg", jpeg_quality=90)))
@@ -195,8 +212,19 @@ def test_jpeg_round_trip_is_drawn_per_sample_and_reproducible():
     changed = [not np.array_equal(mixed[i][0].numpy(), plain[i][0].numpy()) for i in range(40)]
     assert 10 <= sum(changed) <= 30  # about half, drawn per sample
     assert [not np.array_equal(mixed[i][0].numpy(), plain[i][0].numpy()) for i in range(40)] == changed
+    wires = [mixed.wire_of(i) for i in range(40)]
+    assert [not w.lossless for w in wires] == changed  # what changed is what crossed a JPEG wire
+    jpegs = [w for w in wires if not w.lossless]
+    assert {w.subsampling for w in jpegs} == {"420", "444"} and all(70 <= w.quality <= 80 for w in jpegs)
+    i = changed.index(True)
+    sent = distorted_image(Colour(), i, 32, policy)[0]
+    np.testing.assert_array_equal(mixed[i][0].numpy(), config.model_input(wires[i].round_trip(sent)))
     with pytest.raises(ValueError, match="jpeg_fraction"):
         DistortedDataset(Colour(), size=32, policy=policy, jpeg_fraction=1.5)
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        DistortedDataset(Colour(), size=32, policy=policy, jpeg_fraction=0.5, jpeg_quality=(90, 60))
+    with pytest.raises(ValueError, match="exclude each other"):
+        DistortedDataset(Colour(), size=32, policy=policy, wire=ImageWire.parse("png"), jpeg_fraction=0.5)
 
 
 def test_fine_tuning_starts_from_the_init_checkpoint(tiny_checkpoint, fake_fashion_root, tmp_path):
@@ -206,7 +234,10 @@ def test_fine_tuning_starts_from_the_init_checkpoint(tiny_checkpoint, fake_fashi
     )
     tuned = train_classifier.main(args)
     assert tuned["init"] == {"checkpoint": str(path), "run_id": payload["run_id"]}
-    assert tuned["run_id"] != payload["run_id"] and tuned["jpeg_fraction"] == 0.0
+    assert tuned["run_id"] != payload["run_id"] and tuned["jpeg_fraction"] == 0.5
+    assert (
+        tuned["jpeg_quality"] == [60, 98] and tuned["config"]["bottleneck"] == payload["config"]["bottleneck"]
+    )
     luma_only = ("--init", str(path), "--spectra", "luma")
     other = tiny_classifier_args(
         fake_fashion_root, tmp_path / "x.pt", epochs=1, samples_per_epoch=64, extra=luma_only
@@ -269,3 +300,57 @@ def test_cli_unreadable_image_in_dataset(tmp_path):
         "--quiet",
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr and ".jpg" in r.stderr
+
+
+def test_lossless_only_levels_never_cross_a_jpeg_wire():
+    """Weak noise on a detailed photo is not sent as JPEG in training (the encoder hides it); every
+    other level is, in the drawn share."""
+    from tests.conftest import textured_image
+    from training.datasets import DistortedDataset, DistortionPolicy
+
+    class Colour:
+        classes = ("x",)
+
+        def __len__(self):
+            return 60
+
+        def image(self, i):
+            return textured_image(i, 40)
+
+        def label(self, i):
+            return 0
+
+    def wires(level):
+        ds = DistortedDataset(
+            Colour(),
+            size=32,
+            policy=DistortionPolicy(fixed=("gaussian_noise", level), seed=5),
+            jpeg_fraction=1.0,
+            lossless_only=(("gaussian_noise", 5), ("gaussian_noise", 10)),
+        )
+        return [ds.wire_of(i, ("gaussian_noise", level)) for i in range(len(ds))]
+
+    assert all(w.lossless for w in wires(5)) and all(w.lossless for w in wires(10))
+    assert not any(w.lossless for w in wires(20))
+    with pytest.raises(ValueError, match="not a level of gaussian_noise"):
+        DistortedDataset(Colour(), size=32, policy=DistortionPolicy(), lossless_only=(("gaussian_noise", 7),))
+
+
+def test_only_the_photo_views_keep_weak_noise_lossless(fake_fashion_root, monkeypatch):
+    import numpy as np
+
+    from training import photos
+
+    class FakePhotos(photos.PhotoCrops):
+        def __post_init__(self):
+            self._images = [np.full((40, 40, 3), 100, np.uint8)]
+
+    monkeypatch.setattr(train_classifier, "PhotoCrops", FakePhotos)
+    args = tiny_classifier_args(fake_fashion_root, Path("unused.pt"), epochs=1, samples_per_epoch=64)
+    args.photo_fraction = 0.5
+    train_classifier._check_args(args)
+    train_parts, _, val = train_classifier.build_datasets(args)
+    fashion, photo_views = train_parts
+    assert fashion.lossless_only == frozenset() and fashion.jpeg_fraction == 0.5
+    assert photo_views.lossless_only == {("gaussian_noise", 5.0), ("gaussian_noise", 10.0)}
+    assert [part.lossless_only for part in val.datasets] == [fashion.lossless_only, photo_views.lossless_only]

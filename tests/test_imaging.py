@@ -9,6 +9,7 @@ import pytest
 
 from core.errors import ImageDecodeError
 from core.imaging import (
+    ImageWire,
     Preprocessing,
     decode_image,
     encode_image,
@@ -34,6 +35,44 @@ def test_jpeg_decodes_close_and_header_dimensions():
     out = decode_image(data)
     assert out.shape == (48, 30, 3)
     assert np.abs(out.astype(int) - image).mean() < 4
+
+
+def _luma_sampling(jpeg: bytes) -> int:
+    """The luma component's sampling byte (H << 4 | V) of a baseline JPEG's frame header."""
+    pos = jpeg.index(b"\xff\xc0")
+    assert jpeg[pos + 9] == 3  # three components: Y, Cb, Cr
+    return jpeg[pos + 11]
+
+
+@pytest.mark.parametrize(
+    "text,canonical,subsampling",
+    [("png", "png", None), ("jpeg:90", "jpeg:90", "420"), ("JPG:75:444", "jpeg:75:444", "444")],
+)
+def test_image_wire_names(text, canonical, subsampling):
+    wire = ImageWire.parse(text)
+    assert str(wire) == canonical and ImageWire.parse(str(wire)) == wire
+    assert wire.subsampling == subsampling and wire.lossless == (canonical == "png")
+
+
+@pytest.mark.parametrize("text", ["", "webp", "jpeg", "jpeg:0", "jpeg:101", "jpeg:x", "jpeg:90:422", "png:9"])
+def test_image_wire_refuses_what_it_cannot_send(text):
+    with pytest.raises(ValueError, match="png, jpeg:QUALITY"):
+        ImageWire.parse(text)
+
+
+def test_image_wires_send_what_they_say():
+    image = textured_image(3)
+    assert ImageWire.parse("png").round_trip(image) is image
+    np.testing.assert_array_equal(decode_image(ImageWire().encode(image)), image)
+    q90, q30 = ImageWire.parse("jpeg:90"), ImageWire.parse("jpeg:30")
+    assert q90.encode(image)[:2] == b"\xff\xd8"
+    assert _luma_sampling(q90.encode(image)) == 0x22  # 4:2:0: luma sampled twice each way
+    assert _luma_sampling(ImageWire.parse("jpeg:90:444").encode(image)) == 0x11
+    assert len(q30.encode(image)) < len(q90.encode(image))  # the quality reaches the encoder
+    error = {w: np.abs(w.round_trip(image).astype(int) - image).mean() for w in (q90, q30)}
+    assert 0 < error[q90] < error[q30]
+    with pytest.raises(ValueError, match="subsampling"):
+        encode_image(image, "jpeg", subsampling="422")
 
 
 def test_gray_and_rgba_png_become_rgb():

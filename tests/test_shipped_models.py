@@ -32,6 +32,7 @@ EXPERTS = ("pristine", "gaussian_blur", "gaussian_noise", "gaussian_blur_adapt_b
 CHECKPOINT_MANIFESTS = {
     "backbone.pt": "edge_conventional.json",
     "classifier.pt": "distortion_classifier.json",
+    "classifier_jpeg.pt": "distortion_classifier.json",  # the network that answers JPEG bodies
     **{f"expert_{e}.pt": f"edge_{e}.json" for e in EXPERTS},
 }
 
@@ -82,9 +83,13 @@ def test_backbone_segments_stored_once():
 def test_checkpoints_load_and_match_the_export(name):
     from training.checkpoints import load_checkpoint
 
-    kind = "distortion_classifier" if name == "classifier.pt" else "early_exit"
+    kind = "distortion_classifier" if name.startswith("classifier") else "early_exit"
     payload = load_checkpoint(CHECKPOINTS / name, kind)  # slim experts are rebuilt from backbone.pt
     manifest = Manifest.load(MODELS / CHECKPOINT_MANIFESTS[name])
+    if name == "classifier_jpeg.pt":  # the manifest's second network, the one for JPEG bodies
+        assert manifest.classifier_formats == ("any", "jpeg")
+        assert payload["run_id"] == manifest.preprocessing["run_ids"][1]
+        return
     assert payload["run_id"] == manifest.run_id, f"{name} is not the run exported to {manifest.name}"
     if kind == "early_exit":
         assert payload["backbone_hash"] == manifest.backbone_hash

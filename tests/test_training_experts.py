@@ -142,8 +142,15 @@ def test_evaluate_writes_table_csv_and_plots(
     assert run["artifacts"]["sha256"] == export_file_hashes(exported[0])
     assert set(run["artifacts"]["checkpoints"]) == {str(backbone), str(tiny_classifier), *experts}
     rows = list(csv.DictReader(open(tmp_path / "accuracy.csv")))
-    assert len(rows) == 11 * 5 * 3  # cells x p_tar x (conventional, oracle, routed)
+    assert len(rows) == 2 * 11 * 5 * 3  # wires x cells x p_tar x (conventional, oracle, routed)
     assert {r["model"] for r in rows} == {"conventional", "expert_oracle", "expert_routed"}
+    assert [r["wire"] for r in rows[:: 11 * 5 * 3]] == ["png", "jpeg:90"] and run["wires"] == [
+        "png",
+        "jpeg:90",
+    ]
+    # the same cell on the two wires: the same images, and JPEG changes what the models see
+    cell = [(r["model"], r["distortion"], r["level"], r["p_tar"]) for r in rows]
+    assert cell[: 11 * 5 * 3] == cell[11 * 5 * 3 :]
     for r in rows:
         p_edge, overall = float(r["p_edge"]), float(r["overall_acc"])
         assert 0 <= p_edge <= 1 and 0 <= overall <= 1
@@ -157,11 +164,15 @@ def test_evaluate_writes_table_csv_and_plots(
         p = [
             float(r["p_edge"])
             for r in rows
-            if r["model"] == model and r["distortion"] == "gaussian_noise" and r["level"] == "20"
+            if r["model"] == model
+            and r["wire"] == "png"
+            and r["distortion"] == "gaussian_noise"
+            and r["level"] == "20"
         ]
         assert p == sorted(p, reverse=True)
     md = (tmp_path / "accuracy.md").read_text()
     assert "| gaussian_blur | 3 |" in md and "ECE before" in md
+    assert "## Sent as png" in md and "## Sent as jpeg:90" in md
     assert (tmp_path / "accuracy_vs_level.png").stat().st_size > 1000
     assert (tmp_path / "p_edge_vs_ptar.png").stat().st_size > 1000
 

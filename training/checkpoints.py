@@ -27,6 +27,15 @@ def default_experts(backbone: str | Path) -> list[str]:
     return sorted(str(p) for p in Path(backbone).parent.glob("expert_*.pt"))
 
 
+def jpeg_classifier_path(classifier: str | Path, option: str | None) -> str | None:
+    """The checkpoint of the classifier network for JPEG bodies: `option` as given ('none': no
+    such network), or by default `classifier_jpeg.pt` beside the classifier when it exists."""
+    if option is not None:
+        return None if option == "none" else str(option)
+    beside = Path(classifier).with_name("classifier_jpeg.pt")
+    return str(beside) if beside.is_file() else None
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

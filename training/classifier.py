@@ -2,10 +2,17 @@
 
 Input: one channel per spectrum in `config.spectra` (`core.spectrum`: CollabAR's luma spectrum,
 and the chroma spectrum that tells a detailed clean frame from a noisy one); then
-conv 32@3x3 stride 2 -> ReLU -> conv 16@3x3 -> ReLU -> maxpool 2 -> conv 1@1x1 -> ReLU ->
-maxpool 2 -> dropout -> linear to the distortion classes. At 224 px the flattened map is 27x27 =
-729, as in CollabAR; the input size is a parameter and the linear layer follows it. The reference
-prototype's port had no ReLU; CollabAR's has, and so does this one.
+conv 32@3x3 stride 2 -> ReLU -> conv 16@3x3 -> ReLU -> maxpool 2 -> conv B@1x1 -> ReLU ->
+maxpool 2 -> dropout -> linear to the distortion classes. At 224 px and B = 1 (CollabAR's
+bottleneck) the flattened map is 27x27 = 729, as in CollabAR; the input size and the bottleneck's
+width B are parameters and the linear layer follows them. The reference prototype's port had no
+ReLU; CollabAR's has, and so does this one.
+
+Why a wider bottleneck can be needed. Each position of the bottleneck map is one frequency band,
+and the linear layer adds the bands up. With one channel per band the network can only add
+evidence; a frame that arrives as JPEG needs it to weigh luma differently once the encoder has
+removed the colour noise (which it can see: block-grid peaks in the luma spectrum, an empty outer
+band in the chroma one), and a few channels per band let it (README, "Distortion classifier").
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ class ClassifierConfig:
     classes: tuple[str, ...] = DISTORTION_CLASSES
     image_size: int = 64  # side at which the training distortions were applied
     spectra: tuple[str, ...] = SPECTRA  # input channels, in order (core.spectrum)
+    bottleneck: int = 1  # channels of the 1x1 conv (CollabAR: 1)
 
     def __post_init__(self):
         self.spectra = check_spectra(self.spectra)
@@ -49,6 +57,7 @@ class ClassifierConfig:
             classes=tuple(d["classes"]),
             image_size=int(d.get("image_size", d["input_size"])),
             spectra=tuple(d.get("spectra", LEGACY_SPECTRA)),  # checkpoints from before chroma
+            bottleneck=int(d.get("bottleneck", 1)),  # checkpoints from before it was a parameter
         )
 
 
@@ -65,6 +74,8 @@ class DistortionClassifier(nn.Module):
         side = _flat_side(config.input_size)
         if side < 1:
             raise ValueError(f"input size {config.input_size} too small for the classifier")
+        if config.bottleneck < 1:
+            raise ValueError(f"bottleneck width must be at least 1, got {config.bottleneck}")
         self.config = config
         self.features = nn.Sequential(
             nn.Conv2d(len(config.spectra), 32, 3, stride=2),
@@ -72,19 +83,21 @@ class DistortionClassifier(nn.Module):
             nn.Conv2d(32, 16, 3),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(16, 1, 1),
+            nn.Conv2d(16, config.bottleneck, 1),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(side * side, len(config.classes))
+            nn.Flatten(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.bottleneck * side * side, len(config.classes)),
         )
-        # The single-channel 1x1 conv feeds everything through one ReLU: a positive bias keeps it
-        # from starting dead (a dead unit collapses the classifier to one class).
+        # The narrow 1x1 conv feeds everything through a few ReLUs: a positive bias keeps them
+        # from starting dead (a dead bottleneck collapses the classifier to one class).
         nn.init.constant_(self.features[5].bias, 0.1)
 
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of the 1-channel ReLU, to check that it is alive."""
+        """Output of the bottleneck's ReLU, to check that it is alive."""
         return self.features[:6](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

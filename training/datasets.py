@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from core import distortions
 from core.errors import UserInputError
-from core.imaging import Preprocessing, decode_image, encode_image, resize, to_rgb
+from core.imaging import ImageWire, Preprocessing, decode_image, resize, to_rgb
 from core.spectrum import check_spectra, classifier_input
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -251,8 +251,9 @@ class DistortedDataset(Dataset):
     'image' (3xSxS, normalised) or 'spectrum' (CxTxT in [0, 1], T = `spectrum_size`, default S, one
     channel per name in `spectra`).
     Distortions always act at `size`, the backbone's input size, where their levels are defined;
-    the spectrum is then taken by `core.spectrum.classifier_input`, the function the serving side
-    calls on a received image.
+    the distorted image then crosses a wire (`wire_of`: lossless, or a JPEG round trip as a
+    device's camera encoder makes it) and the input is taken by the functions the serving side
+    calls on a received image (`core.spectrum.classifier_input`, `Preprocessing.model_input`).
     """
 
     def __init__(
@@ -266,8 +267,11 @@ class DistortedDataset(Dataset):
         blur_border: str = "reflect",
         spectrum_size: int | None = None,
         spectra: tuple[str, ...] | None = None,
+        wire: ImageWire | None = None,
         jpeg_fraction: float = 0.0,
         jpeg_quality: tuple[int, int] = (60, 95),
+        jpeg_444_fraction: float = 0.0,
+        lossless_only: tuple[tuple[str, float], ...] = (),
     ):
         if representation not in ("image", "spectrum"):
             raise ValueError(f"unknown representation {representation!r}")
@@ -281,28 +285,47 @@ class DistortedDataset(Dataset):
         if representation == "spectrum" and spectra is None:
             raise ValueError("a spectrum dataset needs the classifier's spectra")
         self.spectra = None if spectra is None else check_spectra(spectra)
-        if not 0.0 <= jpeg_fraction <= 1.0:
-            raise ValueError("jpeg_fraction must be in [0, 1]")
+        for name, fraction in (("jpeg_fraction", jpeg_fraction), ("jpeg_444_fraction", jpeg_444_fraction)):
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
+            raise ValueError(f"jpeg_quality must be a range within 1-100, got {jpeg_quality}")
+        if wire is not None and jpeg_fraction:
+            raise ValueError("a fixed wire and drawn JPEG round trips exclude each other")
+        self.wire = wire
         self.jpeg_fraction, self.jpeg_quality = jpeg_fraction, jpeg_quality
+        self.jpeg_444_fraction = jpeg_444_fraction
+        for name, level in lossless_only:
+            if float(level) not in distortions.get(name).levels:
+                raise ValueError(f"lossless_only: {level:g} is not a level of {name}")
+        self.lossless_only = frozenset((name, float(level)) for name, level in lossless_only)
         self.epoch = 0
 
-    def _maybe_jpeg(self, image: np.ndarray, index: int) -> np.ndarray:
-        """With probability `jpeg_fraction`, the image as a device's JPEG would bring it (a quality
-        drawn from `jpeg_quality`, OpenCV's default 4:2:0 chroma subsampling): devices send JPEG,
-        and subsampling removes most of the chroma a noise draw put in."""
+    def wire_of(self, index: int, distortion: tuple[str, float] | None = None) -> ImageWire:
+        """The wire sample `index` (distorted as `distortion`) arrives on: the fixed `wire`
+        (evaluation), else lossless or, with probability `jpeg_fraction`, JPEG at a quality drawn
+        from `jpeg_quality` with 4:4:4 chroma in `jpeg_444_fraction` of them and 4:2:0 otherwise
+        (training on what devices send). A distortion in `lossless_only` always arrives lossless:
+        a level whose evidence the encoder removes would teach the classifier to read any fine
+        detail of a JPEG frame as that distortion."""
+        if self.wire is not None:
+            return self.wire
         rng = np.random.default_rng([self.policy.seed, self.epoch, index, 0x4A5047])
         if rng.random() >= self.jpeg_fraction:
-            return image
+            return ImageWire()
+        if distortion is not None and (distortion[0], float(distortion[1])) in self.lossless_only:
+            return ImageWire()
         quality = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
-        return decode_image(encode_image(image, "jpeg", jpeg_quality=quality))
+        subsampling = "444" if rng.random() < self.jpeg_444_fraction else "420"
+        return ImageWire("jpeg", quality, subsampling)
 
     @classmethod
     def for_classifier(
-        cls, source: ImageSource, config, policy: DistortionPolicy, *, jpeg_quality: int | None = None
+        cls, source: ImageSource, config, policy: DistortionPolicy, *, wire: ImageWire | None = None
     ) -> DistortedDataset:
         """What a distortion classifier with `config` (`training.classifier.ClassifierConfig`: image
-        size, spectrum size, spectra) sees of `source` under `policy`; with `jpeg_quality`, every
-        distorted image after a JPEG round trip at that quality."""
+        size, spectrum size, spectra) sees of `source` under `policy`, every distorted image sent
+        on `wire` (default lossless)."""
         return cls(
             source,
             size=config.image_size,
@@ -310,8 +333,7 @@ class DistortedDataset(Dataset):
             representation="spectrum",
             spectrum_size=config.input_size,
             spectra=config.spectra,
-            jpeg_fraction=0.0 if jpeg_quality is None else 1.0,
-            jpeg_quality=(60, 95) if jpeg_quality is None else (jpeg_quality, jpeg_quality),
+            wire=wire,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -324,8 +346,7 @@ class DistortedDataset(Dataset):
         image, name, level = distorted_image(
             self.source, index, self.size, self.policy, epoch=self.epoch, blur_border=self.blur_border
         )
-        if self.jpeg_fraction:
-            image = self._maybe_jpeg(image, index)
+        image = self.wire_of(index, (name, level)).round_trip(image)
         if self.representation == "spectrum":
             x = classifier_input(image, self.spectrum_size, image_size=self.size, spectra=self.spectra)
         else:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from core.cli import progress
 from core.errors import UserInputError
-from core.imaging import Preprocessing
+from core.imaging import ImageWire, Preprocessing
 from training.calibration import calibrate_exits
 from training.checkpoints import load_checkpoint
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource
@@ -48,9 +48,15 @@ def image_loader(
     workers: int,
     shuffle: bool,
     seed: int = 0,
+    wire: ImageWire | None = None,
 ) -> DataLoader:
     ds = DistortedDataset(
-        source, size=preprocessing.size, policy=policy, representation="image", preprocessing=preprocessing
+        source,
+        size=preprocessing.size,
+        policy=policy,
+        representation="image",
+        preprocessing=preprocessing,
+        wire=wire,
     )
     return DataLoader(
         ds,

@@ -1,11 +1,13 @@
-"""Evaluate the distortion classifier on the test split and on held-out natural photos.
+"""Evaluate the distortion classifier on the test split and on held-out natural photos, per wire.
 
-Reports overall accuracy over random types and levels (one seeded draw per test image), accuracy
-in every (type, level) cell (every test image at that fixed distortion), and the confusion matrix;
-the same for crops of the photos held out from the training pool (`photos`), and every held-out
-photo whole, resized as the router resizes a device's frame, at every condition (`frames`: per
-condition, per photo, and which expert the router would pick; `frames_jpeg`: the same after a JPEG
-round trip, as a device sending JPEG delivers them).
+For every image wire in `--wires` (`png`, `jpeg:QUALITY`: how the device sends the distorted
+image), reports overall accuracy over random types and levels (one seeded draw per test image),
+accuracy in every (type, level) cell (every test image at that fixed distortion), and the confusion
+matrix; the same for crops of the photos held out from the training pool (`photos`). For every wire
+in `--frame-wires`, every held-out photo whole, resized as the router resizes a device's frame, at
+every condition (`frames`: per condition, per photo, and which expert the router would pick).
+Results sit under `wires[WIRE]`. Where a second network answers JPEG bodies (`--jpeg-checkpoint`,
+as the router picks it by the body's format), the JPEG wires are evaluated with it.
 
     python -m training.eval_classifier --checkpoint checkpoints/classifier.pt \
         --json docs/results/classifier.json
@@ -23,10 +25,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import distortions
-from core.cli import command_line, progress, run_cli, write_result
+from core.cli import command_line, parse_wires, progress, run_cli, write_result
 from core.errors import UserInputError
+from core.imaging import ImageWire
 from core.manifest import Manifest, artifacts_entry
-from training.checkpoints import load_checkpoint
+from training.checkpoints import jpeg_classifier_path, load_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource, load_source
 from training.photos import PhotoCrops, PhotoFrames, available_photos
@@ -37,6 +40,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--checkpoint", default="models/torch/classifier.pt")
+    p.add_argument(
+        "--jpeg-checkpoint",
+        default=None,
+        help="the network that answers JPEG bodies (the router picks it by the body's format); "
+        "default: classifier_jpeg.pt beside --checkpoint when it exists; 'none': one for all",
+    )
     p.add_argument(
         "--models",
         default=None,
@@ -54,10 +63,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="crops of the held-out photos per evaluation (0 skips photos)",
     )
     p.add_argument(
-        "--frames-jpeg-quality",
-        type=int,
-        default=90,
-        help="the whole frames are evaluated once more after a JPEG round trip at this quality",
+        "--wires",
+        nargs="+",
+        default=["png", "jpeg:90"],
+        help="wires the test split and the photo crops are sent on: png, jpeg:QUALITY (4:2:0) "
+        "or jpeg:QUALITY:444",
+    )
+    p.add_argument(
+        "--frame-wires",
+        nargs="+",
+        default=["png", "jpeg:90", "jpeg:75"],
+        help="wires the whole held-out frames are sent on",
     )
     p.add_argument("--seed", type=int, default=1234, help="seed of the distortion draws")
     p.add_argument("--workers", type=int, default=2)
@@ -71,6 +87,25 @@ def load_classifier(path: str | Path) -> tuple[DistortionClassifier, dict]:
     model = DistortionClassifier(ClassifierConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload
+
+
+def load_classifiers(path: str | Path, jpeg_path: str | Path | None) -> dict[str, tuple]:
+    """{'any': (model, payload)}, plus 'jpeg' when a network for JPEG bodies is given; refused
+    unless both take the same input and answer the same classes."""
+    out = {"any": load_classifier(path)}
+    if jpeg_path is not None:
+        out["jpeg"] = load_classifier(jpeg_path)
+        for field in ("input_size", "image_size", "spectra", "classes"):
+            theirs, ours = (getattr(out[k][0].config, field) for k in ("jpeg", "any"))
+            if theirs != ours:
+                raise UserInputError(f"{jpeg_path}: its {field} is {theirs}, {path}'s is {ours}")
+    return out
+
+
+def for_wire(classifiers: dict[str, tuple], wire: ImageWire) -> tuple:
+    """(model, payload) that answers images sent on `wire`, as the serving side picks it by the
+    body's format (`core.manifest.Manifest.classifier_stage`)."""
+    return classifiers.get(wire.format, classifiers["any"])
 
 
 @torch.no_grad()
@@ -95,13 +130,21 @@ def confusion(pred: np.ndarray, target: np.ndarray, n: int) -> list[list[int]]:
 
 
 def evaluate_source(
-    model: DistortionClassifier, source: ImageSource, *, seed: int, workers: int, label: str, quiet: bool
+    model: DistortionClassifier,
+    source: ImageSource,
+    *,
+    seed: int,
+    workers: int,
+    label: str,
+    quiet: bool,
+    wire: ImageWire | None = None,
 ) -> dict:
-    """Random-draw accuracy and confusion, plus accuracy at every fixed (type, level)."""
+    """Random-draw accuracy and confusion, plus accuracy at every fixed (type, level), every image
+    sent on `wire` (default lossless)."""
     classes = list(model.config.classes)
 
     def run(policy: DistortionPolicy, desc: str):
-        ds = DistortedDataset.for_classifier(source, model.config, policy)
+        ds = DistortedDataset.for_classifier(source, model.config, policy, wire=wire)
         loader = DataLoader(ds, batch_size=256, num_workers=workers)
         return predict(model, loader, desc=None if quiet else desc)
 
@@ -138,20 +181,20 @@ def evaluate_frames(
     *,
     seed: int,
     quiet: bool,
-    jpeg_quality: int | None = None,
+    wire: ImageWire | None = None,
 ) -> dict:
     """Every held-out photo whole (resized as the router resizes a frame) at every condition:
     accuracy per condition, the class (= the expert the router would pick) per photo and condition,
-    and how often each expert is picked per condition. With `jpeg_quality`, each distorted frame
-    goes through a JPEG round trip at that quality first (what a device sending JPEG delivers)."""
+    and how often each expert is picked per condition. Each distorted frame is sent on `wire`
+    (default lossless): a JPEG wire decodes what the device's encoder left of it."""
     classes = list(model.config.classes)
     result = {"files": [frames.name(i) for i in range(len(frames))], "per_level": {}, "per_level_n": {}}
-    result["jpeg_quality"] = jpeg_quality
+    result["wire"] = str(wire or ImageWire())
     result["per_photo"] = {name: {} for name in result["files"]}
     result["routing"] = {}
     for k, name, level in progress(cells(classes), desc="whole frames", quiet=quiet):
         policy = DistortionPolicy(fixed=(name, level), seed=seed + 2)
-        ds = DistortedDataset.for_classifier(frames, model.config, policy, jpeg_quality=jpeg_quality)
+        ds = DistortedDataset.for_classifier(frames, model.config, policy, wire=wire)
         pred, _, _ = predict(model, DataLoader(ds, batch_size=64, num_workers=0))
         cell = f"{level:g}"
         result["per_level"].setdefault(name, {})[cell] = float((pred == k).mean())
@@ -176,49 +219,63 @@ def format_table(result: dict, title: str) -> str:
 
 def main(args: argparse.Namespace) -> dict:
     started = time.time()
-    model, payload = load_classifier(args.checkpoint)
+    wires = parse_wires(args.wires)
+    frame_wires = parse_wires(args.frame_wires, "--frame-wires")
+    jpeg_path = jpeg_classifier_path(args.checkpoint, args.jpeg_checkpoint)
+    classifiers = load_classifiers(args.checkpoint, jpeg_path)
+    model, payload = classifiers["any"]
+    run_ids = [p["run_id"] for _, p in classifiers.values()]
     # checked before the long evaluation: the result must name the files it really used
-    artifacts = artifacts_entry(None, [args.checkpoint])
+    artifacts = artifacts_entry(None, [args.checkpoint, *([jpeg_path] if jpeg_path else [])])
     if args.models is not None:
         manifest = Manifest.load(Path(args.models) / "distortion_classifier.json")
         manifest.verify_files(args.models)
-        if manifest.run_id != payload["run_id"]:
+        shipped = manifest.preprocessing.get("run_ids", [manifest.run_id])
+        if shipped != run_ids:
             raise UserInputError(
-                f"{args.models} holds classifier run {manifest.run_id}, "
-                f"{args.checkpoint} is run {payload['run_id']}"
+                f"{args.models} holds classifier runs {shipped}, the checkpoints are {run_ids}"
             )
         artifacts.update(models=str(args.models), sha256=dict(manifest.files))
     source = load_source(
         args.data, args.split, limit=args.limit, data_root=args.data_root, seed=payload.get("split_seed", 0)
     )
-    result = evaluate_source(
-        model, source, seed=args.seed, workers=args.workers, label=args.split, quiet=args.quiet
-    )
-    result.update({"data": args.data, "split": args.split})
-    print(format_table(result, f"{args.data} {args.split}"))
+    result = {"data": args.data, "split": args.split, "wires": {}}
+    for wire in wires:
+        net, net_payload = for_wire(classifiers, wire)
+        common = {"seed": args.seed, "workers": args.workers, "quiet": args.quiet, "wire": wire}
+        entry = evaluate_source(net, source, label=f"{args.split} {wire}", **common)
+        entry["run_id"] = net_payload["run_id"]
+        print(format_table(entry, f"{args.data} {args.split}, sent as {wire}"))
+        if args.photo_crops > 0:
+            photos = PhotoCrops("heldout", args.photo_crops, size=model.config.image_size, seed=args.seed)
+            entry["photos"] = evaluate_source(net, photos, label=f"photos {wire}", **common)
+            entry["photos"]["files"] = [p.name for p in available_photos("heldout")]
+            print(
+                format_table(entry["photos"], f"held-out photos ({len(photos.files)} files), sent as {wire}")
+            )
+        result["wires"][str(wire)] = entry
     if args.photo_crops > 0:
-        photos = PhotoCrops("heldout", args.photo_crops, size=model.config.image_size, seed=args.seed)
-        result["photos"] = evaluate_source(
-            model, photos, seed=args.seed, workers=args.workers, label="photos", quiet=args.quiet
-        )
-        result["photos"]["files"] = [p.name for p in available_photos("heldout")]
-        print(format_table(result["photos"], f"held-out photos ({len(photos.files)} files)"))
         frames = PhotoFrames("heldout", size=model.config.image_size)
-        result["frames"] = evaluate_frames(model, frames, seed=args.seed, quiet=args.quiet)
-        result["frames_jpeg"] = evaluate_frames(
-            model, frames, seed=args.seed, quiet=args.quiet, jpeg_quality=args.frames_jpeg_quality
-        )
-        for key, what in (("frames", ""), ("frames_jpeg", f", as JPEG q{args.frames_jpeg_quality}")):
-            print(f"held-out photos, whole frames ({len(frames)} photos{what}), accuracy per condition:")
-            for name, row in result[key]["per_level"].items():
+        for wire in frame_wires:
+            net, net_payload = for_wire(classifiers, wire)
+            entry = result["wires"].setdefault(str(wire), {"run_id": net_payload["run_id"]})
+            entry["frames"] = evaluate_frames(net, frames, seed=args.seed, quiet=args.quiet, wire=wire)
+            print(
+                f"held-out photos, whole frames ({len(frames)} photos), sent as {wire}, "
+                "accuracy per condition:"
+            )
+            for name, row in entry["frames"]["per_level"].items():
                 print(f"  {name:<15} " + "  ".join(f"{lvl:>3}: {100 * a:6.2f}" for lvl, a in row.items()))
     result.update(
         {
             "artifacts": artifacts,
             "checkpoint": str(args.checkpoint),
+            "jpeg_checkpoint": jpeg_path,
             "run_id": payload["run_id"],
+            "run_ids": run_ids,
             "train_command": payload.get("command"),
             "train_wall_time_s": payload.get("wall_time_s"),
+            "jpeg_train_command": classifiers["jpeg"][1].get("command") if jpeg_path else None,
             "command": command_line(),
             "wall_time_s": round(time.time() - started, 1),
         }

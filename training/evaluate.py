@@ -1,17 +1,19 @@
 """The paper's accuracy experiment: conventional early exit vs expert branches, per distortion.
 
 For every distortion type and level (level 0 = pristine) the test split is distorted on the fly
-(seeded), every model's four exits are computed once, and the exit rule of `core.exits` is replayed
-for each p_tar. Models:
+(seeded) and sent on each image wire of `--wires` (`png`; `jpeg:90`, as a camera encodes it), every
+model's four exits are computed once, and the exit rule of `core.exits` is replayed for each p_tar.
+Models:
 
 - `conventional`: the pristine-trained early-exit network for every input;
 - `expert_oracle`: the expert of the image's true distortion type;
 - `expert_routed`: the expert the distortion classifier picks from the image's spectrum (the
-  live system's behaviour);
+  live system's behaviour: a JPEG wire is routed by the classifier network for JPEG bodies when
+  there is one);
 - with `--adapt-bn` experts (own BN statistics) the same two rows again, suffixed `_adapt_bn`.
 
 Experts that share the conventional model's backbone (BN frozen) are evaluated from one pass of
-the shared stages. Writes `accuracy.csv` (one row per model, distortion, level, p_tar), `accuracy.md`
+the shared stages. Writes `accuracy.csv` (one row per model, wire, distortion, level, p_tar), `accuracy.md`
 (the seed's table form, plus calibration) and plots into `--out`.
 
     python -m training.evaluate --backbone checkpoints/backbone.pt \
@@ -31,19 +33,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import distortions
-from core.cli import command_line, progress, run_cli, write_json
+from core.cli import command_line, parse_wires, progress, run_cli, write_json
 from core.errors import UserInputError
 from core.exits import confidence_and_class, decide
-from core.imaging import Preprocessing
+from core.imaging import ImageWire, Preprocessing
 from core.manifest import Manifest, artifacts_entry
 from training import engine
-from training.checkpoints import default_experts
+from training.checkpoints import default_experts, jpeg_classifier_path
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
-from training.eval_classifier import load_classifier
+from training.eval_classifier import for_wire, load_classifiers
 
 P_TARS = (0.7, 0.75, 0.8, 0.85, 0.9)
 CSV_COLUMNS = (
     "model",
+    "wire",
     "distortion",
     "level",
     "p_tar",
@@ -77,6 +80,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="distortion classifier for the routed rows ('none' to skip them)",
     )
     p.add_argument(
+        "--classifier-jpeg",
+        default=None,
+        help="the classifier network that routes JPEG wires, as the router picks it by the body's "
+        "format; default: classifier_jpeg.pt beside --classifier when it exists; 'none': one for all",
+    )
+    p.add_argument(
         "--models",
         default=None,
         help="the ONNX export made from these checkpoints (e.g. models/onnx): its file "
@@ -87,6 +96,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--limit", type=int, default=None, help="first N images of the split")
     p.add_argument("--p-tar", type=float, nargs="+", default=P_TARS)
+    p.add_argument(
+        "--wires",
+        nargs="+",
+        default=["png", "jpeg:90"],
+        help="wires every distorted image is sent on, each a set of rows: png, jpeg:QUALITY "
+        "(4:2:0, as cameras encode) or jpeg:QUALITY:444",
+    )
     p.add_argument("--seed", type=int, default=2021, help="seed of the distortion draws")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
@@ -134,13 +150,15 @@ def all_exit_logits(
 
 
 @torch.no_grad()
-def classifier_routes(classifier, source, policy: DistortionPolicy, image_size: int, args) -> np.ndarray:
+def classifier_routes(
+    classifier, source, policy: DistortionPolicy, image_size: int, args, wire: ImageWire
+) -> np.ndarray:
     if classifier.config.image_size != image_size:
         raise UserInputError(
             f"the classifier was trained on {classifier.config.image_size}-px images, "
             f"the experts on {image_size}-px images"
         )
-    ds = DistortedDataset.for_classifier(source, classifier.config, policy)
+    ds = DistortedDataset.for_classifier(source, classifier.config, policy, wire=wire)
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
     return np.concatenate([classifier(x).argmax(dim=1).numpy() for x, _, _, _ in loader])
 
@@ -200,7 +218,7 @@ def load_models(args) -> tuple[dict[str, tuple], dict[str, dict[str, str]]]:
     return models, {s: e for s, e in experts.items() if e}
 
 
-def check_export_matches(models: dict[str, tuple], classifier_run: str | None, export: str) -> None:
+def check_export_matches(models: dict[str, tuple], classifier_runs: list[str] | None, export: str) -> None:
     """Refuse to record an export's hashes for results that came from other checkpoints."""
     exported = {Manifest.load(p).run_id for p in Path(export).glob("edge_*.json")}
     for name, (_, payload) in models.items():
@@ -209,26 +227,29 @@ def check_export_matches(models: dict[str, tuple], classifier_run: str | None, e
                 f"{export} holds no export of {name} (run {payload['run_id']}): "
                 f"re-run python -m export on these checkpoints"
             )
-    if classifier_run is not None:
-        shipped = Manifest.load(Path(export) / "distortion_classifier.json").run_id
-        if shipped != classifier_run:
-            raise UserInputError(f"{export} holds classifier run {shipped}, not {classifier_run}")
+    if classifier_runs is not None:
+        manifest = Manifest.load(Path(export) / "distortion_classifier.json")
+        shipped = manifest.preprocessing.get("run_ids", [manifest.run_id])
+        if shipped != classifier_runs:
+            raise UserInputError(f"{export} holds classifier runs {shipped}, not {classifier_runs}")
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     started = time.time()
+    wires = parse_wires(args.wires)
     device = engine.device_from_arg(args.device)
     models, experts = load_models(args)
     for model, _ in models.values():
         model.to(device).eval()
     conventional = models["conventional"][1]
     preprocessing = Preprocessing.from_dict(conventional["preprocessing"])
-    classifier, classifier_run = None, None
+    classifiers, classifier_runs, jpeg_path = None, None, None
     if args.classifier != "none":
-        classifier, classifier_payload = load_classifier(args.classifier)
-        classifier_run = classifier_payload["run_id"]
+        jpeg_path = jpeg_classifier_path(args.classifier, args.classifier_jpeg)
+        classifiers = load_classifiers(args.classifier, jpeg_path)
+        classifier_runs = [p["run_id"] for _, p in classifiers.values()]
     if args.models is not None:
-        check_export_matches(models, classifier_run, args.models)
+        check_export_matches(models, classifier_runs, args.models)
     source = load_source(
         args.data,
         args.split,
@@ -239,17 +260,27 @@ def main(args: argparse.Namespace) -> list[dict]:
     classes = list(distortions.DISTORTION_CLASSES)
 
     rows, exit_accuracy = [], {}
-    for name, level in cells() if args.cells == "all" else [("pristine", 0)]:
+    todo = [(w, c) for w in wires for c in (cells() if args.cells == "all" else [("pristine", 0)])]
+    for wire, (name, level) in todo:
         policy = DistortionPolicy(fixed=(name, level), seed=args.seed)
         loader = engine.image_loader(
-            source, policy, preprocessing, batch_size=args.batch_size, workers=args.workers, shuffle=False
+            source,
+            policy,
+            preprocessing,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            shuffle=False,
+            wire=wire,
         )
-        logits, labels = all_exit_logits(models, loader, device, None if args.quiet else f"{name} {level:g}")
+        desc = None if args.quiet else f"{wire} {name} {level:g}"
+        logits, labels = all_exit_logits(models, loader, device, desc)
         conf = {k: confidences(z, models[k][1]["temperatures"]) for k, z in logits.items()}
-        exit_accuracy[f"{name}:{level:g}"] = {k: engine.exit_accuracies(z, labels) for k, z in logits.items()}
+        exit_accuracy.setdefault(str(wire), {})[f"{name}:{level:g}"] = {
+            k: engine.exit_accuracies(z, labels) for k, z in logits.items()
+        }
         routes = (
-            classifier_routes(classifier, source, policy, preprocessing.size, args)
-            if classifier is not None
+            classifier_routes(for_wire(classifiers, wire)[0], source, policy, preprocessing.size, args, wire)
+            if classifiers is not None
             else None
         )
         variants = [("conventional", conf["conventional"], None)]
@@ -271,6 +302,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                 rows.append(
                     {
                         "model": model_name,
+                        "wire": str(wire),
                         "distortion": name,
                         "level": level,
                         "p_tar": p_tar,
@@ -286,12 +318,14 @@ def main(args: argparse.Namespace) -> list[dict]:
         "wall_time_s": round(time.time() - started, 1),
         "n_images": int(len(source)),
         "split": args.split,
+        "wires": [str(w) for w in wires],
         "artifacts": artifacts_entry(
             args.models,
             [
                 args.backbone,
                 *(args.experts or default_experts(args.backbone)),
                 *([args.classifier] if args.classifier != "none" else []),
+                *([jpeg_path] if jpeg_path else []),
             ],
         ),
         "exit_accuracy": exit_accuracy,

@@ -24,8 +24,19 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _index(rows: list[dict]) -> dict:
-    return {(r["model"], r["distortion"], float(r["level"]), float(r["p_tar"])): r for r in rows}
+def _index(rows: list[dict], wire: str) -> dict:
+    """The rows of one wire by (model, distortion, level, p_tar); rows from before the wire
+    column are lossless (PNG)."""
+    return {
+        (r["model"], r["distortion"], float(r["level"]), float(r["p_tar"])): r
+        for r in rows
+        if r.get("wire", "png") == wire
+    }
+
+
+def wires_of(rows: list[dict]) -> list[str]:
+    """The wires the rows cover, in the order they first appear."""
+    return list(dict.fromkeys(r.get("wire", "png") for r in rows))
 
 
 def _levels(name: str) -> list[float]:
@@ -33,12 +44,12 @@ def _levels(name: str) -> list[float]:
 
 
 def markdown(rows: list[dict], summary: dict, p_tar: float = 0.8) -> str:
-    idx = _index(rows)
-    models = [m for m in STYLE if any(r["model"] == m for r in rows)]
+    wires = wires_of(rows)
     lines = [
         f"# Accuracy experiment: expert branches vs conventional early exit (p_tar {p_tar})",
         "",
-        f"{summary['n_images']} {summary['split']} images per cell; command:",
+        f"{summary['n_images']} {summary['split']} images per cell, sent on each wire "
+        f"({', '.join(wires)}: the distorted image as the device encodes it); command:",
         "",
         f"    {summary['command']}",
         "",
@@ -46,6 +57,29 @@ def markdown(rows: list[dict], summary: dict, p_tar: float = 0.8) -> str:
         f"in %; `routing` is how often the classifier picked the expert of the true distortion.",
         "",
     ]
+    for wire in wires:
+        lines += [f"## Sent as {wire}", "", *_table(rows, wire, p_tar), ""]
+    lines += [
+        "## Calibration on the validation split (ECE per exit, before -> after)",
+        "",
+        "| model | temperatures | ECE before | ECE after |",
+        "|---|---|---|---|",
+    ]
+    for name, m in summary["models"].items():
+        c = m["calibration"]
+        lines.append(
+            f"| {name} | {' '.join(f'{t:.2f}' for t in c['temperatures'])} | "
+            f"{' '.join(f'{e:.3f}' for e in c['ece_before'])} | "
+            f"{' '.join(f'{e:.3f}' for e in c['ece_after'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict], wire: str, p_tar: float) -> list[str]:
+    """The seed's table form for the rows of one wire."""
+    idx = _index(rows, wire)
+    models = [m for m in STYLE if any(r["model"] == m for r in rows)]
+    lines = []
     head = ["distortion", "level"]
     for m in models:
         short = m.replace("expert_", "").replace("conventional", "conv")
@@ -64,46 +98,38 @@ def markdown(rows: list[dict], summary: dict, p_tar: float = 0.8) -> str:
                 r = idx.get(("expert_routed", key_type, level, p_tar))
                 cells.append(_pct(r and r["routing_acc"]))
             lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Calibration on the validation split (ECE per exit, before -> after)",
-        "",
-        "| model | temperatures | ECE before | ECE after |",
-        "|---|---|---|---|",
-    ]
-    for name, m in summary["models"].items():
-        c = m["calibration"]
-        lines.append(
-            f"| {name} | {' '.join(f'{t:.2f}' for t in c['temperatures'])} | "
-            f"{' '.join(f'{e:.3f}' for e in c['ece_before'])} | "
-            f"{' '.join(f'{e:.3f}' for e in c['ece_after'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_accuracy_vs_level(rows: list[dict], path: Path, p_tar: float = 0.8) -> None:
-    idx = _index(rows)
+    """Overall accuracy per level, one line per model; the first wire solid, the others dashed."""
+    wires = wires_of(rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, name in zip(axes, distortions.DISTORTION_CLASSES[1:], strict=True):
-        for model, (color, marker, label) in STYLE.items():
-            pts = [
-                (lvl, idx.get((model, "pristine" if lvl == 0 else name, lvl, p_tar))) for lvl in _levels(name)
-            ]
-            pts = [(lvl, r["overall_acc"]) for lvl, r in pts if r]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), color=color, marker=marker, label=label)
+        for wire, style in zip(wires, ("-", "--", ":", "-."), strict=False):
+            idx = _index(rows, wire)
+            for model, (color, marker, label) in STYLE.items():
+                pts = [
+                    (lvl, idx.get((model, "pristine" if lvl == 0 else name, lvl, p_tar)))
+                    for lvl in _levels(name)
+                ]
+                pts = [(lvl, r["overall_acc"]) for lvl, r in pts if r]
+                if pts:
+                    tag = label if len(wires) == 1 else f"{label}, {wire}"
+                    ax.plot(*zip(*pts, strict=True), style, color=color, marker=marker, label=tag)
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("sigma (0 = pristine)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"overall accuracy at p_tar {p_tar}")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=6 if len(wires) > 1 else 8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_p_edge_vs_ptar(rows: list[dict], path: Path) -> None:
-    idx = _index(rows)
+    """P(edge) against p_tar on the first wire (lossless when it was evaluated)."""
+    idx = _index(rows, wires_of(rows)[0])
     p_tars = sorted({float(r["p_tar"]) for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, name in zip(axes, distortions.DISTORTION_CLASSES[1:], strict=True):

@@ -2,7 +2,9 @@
 
 Each sample is an image (Fashion-MNIST, or a random crop of a natural photo with probability
 `--photo-fraction`) with a uniformly random distortion class (pristine / gaussian_blur /
-gaussian_noise) at a uniformly random level of it, drawn anew every epoch. Validation uses a fixed
+gaussian_noise) at a uniformly random level of it, drawn anew every epoch, and arrives as a device
+would send it: lossless, or (`--jpeg-fraction`) after a JPEG round trip at a drawn quality and
+chroma subsampling. Validation uses a fixed
 draw over the Fashion-MNIST validation split and crops of the training photos (the held-out photos
 are kept for `training.eval_classifier`). Adam with a cosine learning-rate schedule,
 cross-entropy, early stopping on validation accuracy; the best epoch is saved (after every
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
+from core import distortions
 from core.cli import command_line, progress, run_cli
 from core.errors import UserInputError
 from core.spectrum import SPECTRA, parse_spectra
@@ -78,9 +81,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jpeg-fraction",
         type=float,
-        default=0.0,
-        help="share of samples passed through a JPEG round trip (quality 60-95, 4:2:0) after the "
-        "distortion, as a device's JPEG frame arrives",
+        default=0.5,
+        help="share of samples passed through a JPEG round trip after the distortion, as a "
+        "device's JPEG frame arrives (the rest arrive lossless, as PNG)",
+    )
+    p.add_argument(
+        "--jpeg-quality",
+        default="60-98",
+        help="range LO-HI of the JPEG qualities drawn for those samples (cameras and apps: 70-95)",
+    )
+    p.add_argument(
+        "--jpeg-444-fraction",
+        type=float,
+        default=0.25,
+        help="share of the JPEG samples encoded with full-resolution colour (4:4:4); the rest "
+        "4:2:0, as OpenCV and most cameras encode",
+    )
+    p.add_argument(
+        "--lossless-only",
+        nargs="*",
+        default=["gaussian_noise:5", "gaussian_noise:10"],
+        metavar="TYPE:LEVEL",
+        help="distortion levels the natural-photo views are never sent as JPEG at: on a detailed "
+        "photo the encoder removes most of their evidence (weak noise), and learning them from "
+        "such JPEG frames teaches the classifier to call a detailed clean JPEG frame noisy (a "
+        "misroute at these levels costs about nothing); the smooth Fashion-MNIST images keep them",
+    )
+    p.add_argument(
+        "--bottleneck",
+        type=int,
+        default=4,
+        help="channels of the classifier's 1x1 bottleneck (CollabAR: 1); more let it weigh luma "
+        "against chroma evidence per frequency band",
     )
     p.add_argument(
         "--init",
@@ -108,7 +140,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--restarts",
         type=int,
         default=3,
-        help="fresh initialisations to try if the 1-channel bottleneck dies",
+        help="fresh initialisations to try if the narrow bottleneck dies",
     )
     add_runtime_args(p)
     return p
@@ -119,9 +151,20 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserInputError("--photo-fraction must be in [0, 1]")
     if not 0.0 <= args.frame_fraction <= 1.0:
         raise UserInputError("--frame-fraction must be in [0, 1]")
-    if not 0.0 <= args.jpeg_fraction <= 1.0:
-        raise UserInputError("--jpeg-fraction must be in [0, 1]")
-    for name in ("epochs", "samples_per_epoch", "batch_size", "input_size", "image_size", "patience"):
+    for name in ("jpeg_fraction", "jpeg_444_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UserInputError(f"--{name.replace('_', '-')} must be in [0, 1]")
+    args.jpeg_quality = parse_quality_range(args.jpeg_quality)
+    args.lossless_only = parse_levels(args.lossless_only)
+    for name in (
+        "epochs",
+        "samples_per_epoch",
+        "batch_size",
+        "input_size",
+        "image_size",
+        "patience",
+        "bottleneck",
+    ):
         if getattr(args, name) <= 0:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
     if args.max_minutes is not None and args.max_minutes <= 0:
@@ -129,6 +172,29 @@ def _check_args(args: argparse.Namespace) -> None:
     args.spectra = parse_spectra(args.spectra)
     if args.input_size < 13:
         raise UserInputError("--input-size must be at least 13 for the classifier's convolutions")
+
+
+def parse_quality_range(text: str) -> tuple[int, int]:
+    """'60-98' as (60, 98), or a UserInputError naming --jpeg-quality."""
+    lo, sep, hi = str(text).partition("-")
+    if not (sep and lo.strip().isdigit() and hi.strip().isdigit() and 1 <= int(lo) <= int(hi) <= 100):
+        raise UserInputError(f"--jpeg-quality: expected a range LO-HI within 1-100, got {text!r}")
+    return int(lo), int(hi)
+
+
+def parse_levels(texts: list[str]) -> tuple[tuple[str, float], ...]:
+    """['gaussian_noise:5'] as (('gaussian_noise', 5.0),), or a UserInputError naming --lossless-only."""
+    out = []
+    for text in texts:
+        name, _, level = text.partition(":")
+        try:
+            value = float(level)
+        except ValueError:
+            raise UserInputError(f"--lossless-only: {text!r} is not TYPE:LEVEL") from None
+        if value not in distortions.get(name).levels:  # an unknown type raises its own error
+            raise UserInputError(f"--lossless-only: {value:g} is not a level of {name}")
+        out.append((name, value))
+    return tuple(out)
 
 
 def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDataset]:
@@ -139,7 +205,12 @@ def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDa
         "spectrum_size": args.input_size,
         "spectra": args.spectra,
         "jpeg_fraction": args.jpeg_fraction,
+        "jpeg_quality": args.jpeg_quality,
+        "jpeg_444_fraction": args.jpeg_444_fraction,
     }
+    # weak noise on a detailed photo does not survive the encoder; on an upsampled Fashion-MNIST
+    # image (smooth, no fine detail) it does, and the classifier must still learn it there
+    photo_spec = {**spec, "lossless_only": args.lossless_only}
     train_src = load_source(
         args.data, "train", seed=args.split_seed, limit=args.train_limit, data_root=args.data_root
     )
@@ -154,14 +225,14 @@ def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDa
         n_crops = max(1, int(args.samples_per_epoch * args.photo_fraction))
         photos = PhotoCrops("train", n_crops, size=size, seed=args.seed, frame_fraction=args.frame_fraction)
         train_parts.append(
-            DistortedDataset(photos, size=size, **spec, policy=DistortionPolicy(seed=args.seed + 2))
+            DistortedDataset(photos, size=size, **photo_spec, policy=DistortionPolicy(seed=args.seed + 2))
         )
         weights.append(np.full(n_crops, args.photo_fraction / n_crops))
         val_photos = PhotoCrops(
             "train", args.val_photo_crops, size=size, seed=args.seed + 100, frame_fraction=args.frame_fraction
         )
         val_parts.append(
-            DistortedDataset(val_photos, size=size, **spec, policy=DistortionPolicy(seed=args.seed + 3))
+            DistortedDataset(val_photos, size=size, **photo_spec, policy=DistortionPolicy(seed=args.seed + 3))
         )
     return train_parts, np.concatenate(weights), ConcatDataset(val_parts)
 
@@ -172,7 +243,11 @@ def main(args: argparse.Namespace) -> dict:
     device = device_from_arg(args.device)
     train_parts, weights, val_set = build_datasets(args)
     config = ClassifierConfig(
-        input_size=args.input_size, dropout=args.dropout, image_size=args.image_size, spectra=args.spectra
+        input_size=args.input_size,
+        dropout=args.dropout,
+        image_size=args.image_size,
+        spectra=args.spectra,
+        bottleneck=args.bottleneck,
     )
     val_loader = DataLoader(val_set, batch_size=256, num_workers=args.workers)
     print(
@@ -201,6 +276,9 @@ def main(args: argparse.Namespace) -> dict:
             "photo_fraction": args.photo_fraction,
             "frame_fraction": args.frame_fraction,
             "jpeg_fraction": args.jpeg_fraction,
+            "jpeg_quality": list(args.jpeg_quality),
+            "jpeg_444_fraction": args.jpeg_444_fraction,
+            "lossless_only": [f"{name}:{level:g}" for name, level in args.lossless_only],
             "init": None if init is None else {"checkpoint": str(args.init), "run_id": init[1]},
             "split_seed": args.split_seed,
             "command": command_line(),
@@ -209,7 +287,7 @@ def main(args: argparse.Namespace) -> dict:
         save_checkpoint(args.out, payload)
         return payload
 
-    # CollabAR's 1-channel 1x1 conv feeds everything through a single ReLU, which can die and
+    # CollabAR's narrow 1x1 conv feeds everything through a few ReLUs, which can die and
     # collapse the classifier to one class. Detect it after each epoch and start over from a
     # fresh initialisation (up to --restarts times) instead of training a dead network.
     for attempt in range(args.restarts + 1):
@@ -231,7 +309,7 @@ def main(args: argparse.Namespace) -> dict:
         if outcome is not None:
             break
         print(
-            f"the 1-channel bottleneck died (attempt {attempt + 1}); restarting from a new initialisation",
+            f"the bottleneck died (attempt {attempt + 1}); restarting from a new initialisation",
             file=sys.stderr,
         )
     else:
@@ -255,7 +333,7 @@ def _initial_state(path: str | None, config: ClassifierConfig) -> tuple[dict, st
         return None
     payload = load_checkpoint(path, "distortion_classifier")
     theirs = ClassifierConfig.from_dict(payload["config"])
-    for field in ("input_size", "image_size", "spectra", "classes"):
+    for field in ("input_size", "image_size", "spectra", "classes", "bottleneck"):
         if getattr(theirs, field) != getattr(config, field):
             raise UserInputError(
                 f"--init {path}: its {field} is {getattr(theirs, field)}, "
@@ -338,7 +416,7 @@ def _fit(model, args, train_parts, weights, val_set, val_loader, device, on_best
 
 @torch.no_grad()
 def _bottleneck_alive(model: DistortionClassifier, val_set, device: torch.device) -> float:
-    """Fraction of validation samples whose 1-channel bottleneck has any non-zero activation."""
+    """Fraction of validation samples whose bottleneck has any non-zero activation."""
     model.eval()
     xs = torch.stack([val_set[i][0] for i in range(min(64, len(val_set)))]).to(device)
     return float((model.bottleneck(xs).flatten(1).amax(dim=1) > 0).float().mean())
