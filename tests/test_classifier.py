@@ -170,25 +170,33 @@ def test_whole_frame_evaluation_reports_every_condition_and_photo(tiny_checkpoin
     assert list(as_jpeg["routing"]) == conditions
 
 
-def test_jpeg_round_trip_is_drawn_per_sample_and_reproducible():
-    """A share of the samples arrive as a device's JPEG would bring them (a drawn quality and chroma
-    subsampling); the rest are untouched, and the draw is the same for the same (seed, epoch,
-    index)."""
-    from core.imaging import decode_image, encode_image
+def colour_source(n: int, size: int) -> type:
+    """A tiny image source of `n` textured colour images of `size` px (no object labels)."""
     from tests.conftest import textured_image
-    from training.datasets import DistortedDataset, DistortionPolicy, distorted_image
 
     class Colour:
         classes = ("x",)
 
         def __len__(self):
-            return 40
+            return n
 
         def image(self, i):
-            return textured_image(i, 48)
+            return textured_image(i, size)
 
         def label(self, i):
             return 0
+
+    return Colour
+
+
+def test_jpeg_round_trip_is_drawn_per_sample_and_reproducible():
+    """A share of the samples arrive as a device's JPEG would bring them (a drawn quality and chroma
+    subsampling); the rest are untouched, and the draw is the same for the same (seed, epoch,
+    index)."""
+    from core.imaging import decode_image, encode_image
+    from training.datasets import DistortedDataset, DistortionPolicy, distorted_image
+
+    Colour = colour_source(40, 48)
 
     config = ClassifierConfig(input_size=32, image_size=32)
     policy = DistortionPolicy(fixed=("gaussian_noise", 10), seed=3)
@@ -305,20 +313,9 @@ def test_cli_unreadable_image_in_dataset(tmp_path):
 def test_lossless_only_levels_never_cross_a_jpeg_wire():
     """Weak noise on a detailed photo is not sent as JPEG in training (the encoder hides it); every
     other level is, in the drawn share."""
-    from tests.conftest import textured_image
     from training.datasets import DistortedDataset, DistortionPolicy
 
-    class Colour:
-        classes = ("x",)
-
-        def __len__(self):
-            return 60
-
-        def image(self, i):
-            return textured_image(i, 40)
-
-        def label(self, i):
-            return 0
+    Colour = colour_source(60, 40)
 
     def wires(level):
         ds = DistortedDataset(
