@@ -247,9 +247,11 @@ class Decider:
             ).json("cloud")
             try:
                 final = cloud["predictions"][0]
-                final_conf, final_class = float(final["confidence"]), int(final["class"])
+                final_conf, final_class = _json_number(final["confidence"]), _json_int(final["class"])
             except (KeyError, IndexError, TypeError, ValueError):
                 raise RouterError(502, "cloud answer lacks predictions[0]") from None
+            if not 0.0 <= final_conf <= 1.0:  # NaN fails too
+                raise RouterError(502, f"cloud answered confidence {str(final_conf)[:20]}")
             if not 0 <= final_class < len(names):
                 raise RouterError(502, f"cloud answered class {final_class} of {len(names)}")
         except RouterError as exc:
@@ -338,15 +340,31 @@ def _branches(branches: object, count: int, classes: int) -> tuple[list[float], 
     """The side branches' (confidence, class) from an offloading edge answer: one per side branch
     of the expert, in order (the final-exit rule and the exit names count on their positions)."""
     try:
-        conf = [float(b["confidence"]) for b in branches]
-        pred = [int(b["class"]) for b in branches]
+        conf = [_json_number(b["confidence"]) for b in branches]
+        pred = [_json_int(b["class"]) for b in branches]
     except (KeyError, TypeError, ValueError):
         raise RouterError(502, "edge offloaded with malformed branch answers") from None
+    if not all(0.0 <= c <= 1.0 for c in conf):  # NaN fails too: the exit rule must compare real numbers
+        raise RouterError(502, "edge offloaded with a branch confidence outside [0, 1]")
     if len(conf) != count:
         raise RouterError(502, f"edge offloaded with {len(conf)} branch answers, not {count}")
     if not all(0 <= c < classes for c in pred):
         raise RouterError(502, f"edge offloaded with a branch class outside 0..{classes - 1}: {pred}")
     return conf, pred
+
+
+def _json_number(value: object) -> float:
+    """A JSON number (not a bool or a string) as a float; TypeError otherwise."""
+    if type(value) not in (int, float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _json_int(value: object) -> int:
+    """A JSON integer (not a bool, a float or a string); TypeError otherwise."""
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
 
 
 def _index_in(value: object, n: int) -> bool:

@@ -418,6 +418,10 @@ def test_a_malformed_edge_tensor_is_a_502():
         [{"exit": 0, "confidence": 0.3}] * 3,  # no class
         [{"exit": 0, "confidence": "high", "class": 1}] * 3,
         [{"exit": 0, "confidence": 0.3, "class": "one"}] * 3,
+        [{"exit": 0, "confidence": 0.3, "class": "1"}] * 3,
+        [{"exit": 0, "confidence": 0.3, "class": 1.5}] * 3,
+        [{"exit": 0, "confidence": 0.3, "class": True}] * 3,
+        [{"exit": 0, "confidence": "0.3", "class": 1}] * 3,
         [7, 8, 9],
     ],
 )
@@ -430,6 +434,14 @@ def test_malformed_branch_answers_are_a_502(branches):
         reply = Reply(200, {wire.HEADER_LENGTH: str(n)}, body)
     exc = refusal(FakeUpstream(reply, cloud_reply()))
     assert exc.status == 502 and str(exc) == "edge offloaded with malformed branch answers"
+
+
+@pytest.mark.parametrize("conf", [-0.1, 1.5])
+def test_an_offloaded_branch_confidence_outside_0_1_is_a_502(conf):
+    up = FakeUpstream(split_reply(conf=(0.3, conf, 0.6)), cloud_reply())
+    exc = refusal(up)
+    assert exc.status == 502 and str(exc) == "edge offloaded with a branch confidence outside [0, 1]"
+    assert len(up.calls) == 1  # refused before the cloud
 
 
 @pytest.mark.parametrize("count", [0, 2, 4])
@@ -463,6 +475,11 @@ def test_offloaded_branch_classes_at_the_ends_of_the_range_are_served():
         (json_reply(predictions=[{"confidence": 0.9}]), "cloud answer lacks predictions[0]"),
         (json_reply(predictions=[{"class": "one", "confidence": 0.9}]), "cloud answer lacks predictions[0]"),
         (json_reply(predictions=[{"class": 1, "confidence": "high"}]), "cloud answer lacks predictions[0]"),
+        (json_reply(predictions=[{"class": "1", "confidence": 0.9}]), "cloud answer lacks predictions[0]"),
+        (json_reply(predictions=[{"class": 1.0, "confidence": 0.9}]), "cloud answer lacks predictions[0]"),
+        (json_reply(predictions=[{"class": 1, "confidence": "0.9"}]), "cloud answer lacks predictions[0]"),
+        (cloud_reply(cls=1, conf=1.5), "cloud answered confidence 1.5"),
+        (cloud_reply(cls=1, conf=-0.5), "cloud answered confidence -0.5"),
         (Reply(200, {}, b"[]"), "cloud returned unexpected JSON"),
         (Reply(200, {}, b"<html>"), "cloud returned no JSON"),
         (cloud_reply(cls=len(NAMES), conf=0.95), f"cloud answered class {len(NAMES)} of {len(NAMES)}"),
