@@ -35,6 +35,13 @@ FORMAT_ANY = "any"
 CLASSIFIER_FORMATS = (FORMAT_ANY, "png", "jpeg")
 
 
+def network_for_format(formats: tuple[str, ...] | list[str], body_format: str | None) -> int:
+    """Which of a classifier's networks, kept for `formats` in order, answers a body of
+    `body_format` ('png', 'jpeg', or None when unknown): its own network if there is one, else the
+    first. The one rule for serving (manifests) and evaluation (checkpoints) alike."""
+    return list(formats).index(body_format) if body_format in formats else 0
+
+
 class ManifestError(UserInputError):
     """A manifest that is missing, malformed or inconsistent."""
 
@@ -145,10 +152,8 @@ class Manifest:
         return tuple(self.preprocessing.get("formats", [FORMAT_ANY]))
 
     def classifier_stage(self, body_format: str | None) -> int:
-        """Index into `stages` of the network that answers a body of `body_format` ('png',
-        'jpeg', or None when unknown): its own network if the manifest has one, else the first."""
-        formats = self.classifier_formats
-        return formats.index(body_format) if body_format in formats else 0
+        """Index into `stages` of the network that answers a body of `body_format`."""
+        return network_for_format(self.classifier_formats, body_format)
 
     def validate(self) -> None:
         if self.role not in ROLES:

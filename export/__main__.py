@@ -30,7 +30,7 @@ from training.checkpoints import default_experts, jpeg_classifier_path
 from training.datasets import DistortionPolicy, distorted_image, load_source
 from training.early_exit import EXIT_NAMES
 from training.engine import load_early_exit
-from training.eval_classifier import load_classifier
+from training.eval_classifier import load_classifiers
 
 DEFAULT_THRESHOLD = 0.8
 
@@ -87,22 +87,6 @@ def parity_images(
     return x, spectra
 
 
-def _jpeg_classifier(args: argparse.Namespace, classifier: tuple | None) -> tuple | None:
-    """The network for JPEG bodies (`--classifier-jpeg`), refused unless it takes the same input
-    and answers the same classes as the main classifier."""
-    path = jpeg_classifier_path(args.classifier, args.classifier_jpeg)
-    if path is None or classifier is None:
-        return None
-    jpeg = load_classifier(path)
-    for field in ("input_size", "image_size", "spectra", "classes"):
-        if getattr(jpeg[0].config, field) != getattr(classifier[0].config, field):
-            raise UserInputError(
-                f"--classifier-jpeg {path}: its {field} is {getattr(jpeg[0].config, field)}, "
-                f"the classifier's is {getattr(classifier[0].config, field)}"
-            )
-    return jpeg
-
-
 def main(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     conventional = load_early_exit(args.backbone, role="backbone")
@@ -115,8 +99,12 @@ def main(args: argparse.Namespace) -> dict:
         name = experts.check_expert_name(payload["expert"] + ("_adapt_bn" if payload["adapt_bn"] else ""))
         models[name] = (model, payload)
     preprocessing = Preprocessing.from_dict(conventional[1]["preprocessing"])
-    classifier = load_classifier(args.classifier) if args.classifier != "none" else None
-    classifier_jpeg = _jpeg_classifier(args, classifier)
+    classifier, classifier_jpeg = None, None
+    if args.classifier != "none":  # with the network for JPEG bodies, refused unless it fits
+        networks = load_classifiers(
+            args.classifier, jpeg_classifier_path(args.classifier, args.classifier_jpeg)
+        )
+        classifier, classifier_jpeg = networks["any"], networks.get("jpeg")
     if args.parity_images < 2:
         raise UserInputError("--parity-images must be at least 2 (the batch axis is exported dynamic)")
     x, spectra = parity_images(

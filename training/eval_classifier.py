@@ -28,7 +28,7 @@ from core import distortions
 from core.cli import command_line, parse_wires, progress, run_cli, write_result
 from core.errors import UserInputError
 from core.imaging import ImageWire
-from core.manifest import Manifest, artifacts_entry
+from core.manifest import Manifest, artifacts_entry, network_for_format
 from training.checkpoints import jpeg_classifier_path, load_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource, load_source
@@ -103,9 +103,10 @@ def load_classifiers(path: str | Path, jpeg_path: str | Path | None) -> dict[str
 
 
 def for_wire(classifiers: dict[str, tuple], wire: ImageWire) -> tuple:
-    """(model, payload) that answers images sent on `wire`, as the serving side picks it by the
-    body's format (`core.manifest.Manifest.classifier_stage`)."""
-    return classifiers.get(wire.format, classifiers["any"])
+    """(model, payload) that answers images sent on `wire`, by the serving side's rule
+    (`core.manifest.network_for_format`)."""
+    formats = list(classifiers)
+    return classifiers[formats[network_for_format(formats, wire.format)]]
 
 
 @torch.no_grad()
