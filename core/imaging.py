@@ -42,6 +42,30 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
+def _jpeg_segments(data: bytes):
+    """(marker, payload) of every JPEG header segment up to the start of scan; the payload may be
+    cut short when the body is. Raises ImageDecodeError on a corrupt marker stream. The one walk
+    over a JPEG header: the frame size and the quantisation tables are both read through it."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ImageDecodeError("corrupt JPEG marker stream")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length field
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            raise ImageDecodeError("corrupt JPEG segment length")
+        if marker == 0xDA:  # start of scan: the header is over
+            return
+        yield marker, data[pos + 4 : pos + 2 + length]
+        pos += 2 + length
+
+
 def header_dimensions(data: bytes) -> tuple[int, int]:
     """(height, width) read from a PNG or JPEG header without decoding the pixels."""
     fmt = image_format(data)
@@ -51,30 +75,77 @@ def header_dimensions(data: bytes) -> tuple[int, int]:
         width, height = struct.unpack(">II", data[16:24])
         return height, width
     if fmt == "jpeg":
-        pos = 2
-        while pos + 4 <= len(data):
-            if data[pos] != 0xFF:
-                raise ImageDecodeError("corrupt JPEG marker stream")
-            marker = data[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-                continue
-            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length field
-                pos += 2
-                continue
-            (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-            if length < 2:
-                raise ImageDecodeError("corrupt JPEG segment length")
+        for marker, payload in _jpeg_segments(data):
             if marker in _JPEG_SOF:
-                if pos + 9 > len(data):
+                if len(payload) < 5:
                     break
-                height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+                height, width = struct.unpack(">HH", payload[1:5])
                 return height, width
-            if marker == 0xDA:  # start of scan before any frame header
-                break
-            pos += 2 + length
         raise ImageDecodeError("JPEG without a frame header (truncated?)")
     raise ImageDecodeError("not a JPEG or PNG image")
+
+
+# The JPEG standard's example luminance quantisation table (ITU-T T.81 Annex K, table K.1), in
+# natural (row-major) order; the IJG library (libjpeg, libjpeg-turbo: OpenCV, Pillow and most
+# cameras' firmware) scales it by the quality setting.
+_JPEG_LUMA_TABLE = np.array(
+    [
+        [16, 11, 10, 16, 24, 40, 51, 61],
+        [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56],
+        [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77],
+        [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101],
+        [72, 92, 95, 98, 112, 100, 103, 99],
+    ]
+).ravel()
+# DQT segments list a table in zigzag order: along the anti-diagonals, alternating direction.
+_ZIGZAG = np.array(
+    sorted(range(64), key=lambda k: (k // 8 + k % 8, k // 8 if (k // 8 + k % 8) % 2 else k % 8))
+)
+
+
+def _ijg_luma_tables() -> np.ndarray:
+    """100 x 64: the luminance table (zigzag order) the IJG library writes at quality 1..100."""
+    quality = np.arange(1, 101)
+    scale = np.where(quality < 50, 5000 // quality, 200 - 2 * quality)
+    tables = (_JPEG_LUMA_TABLE[_ZIGZAG][None, :] * scale[:, None] + 50) // 100
+    return np.clip(tables, 1, 255)
+
+
+_IJG_LUMA_TABLES = _ijg_luma_tables()
+
+
+def jpeg_quality(data: bytes) -> int | None:
+    """The IJG quality (1-100) whose luminance table is nearest the body's, read from its DQT
+    segment without decoding; None for a body that is not a JPEG or has no readable luminance table.
+
+    Exact for the IJG encoders (OpenCV, Pillow, libjpeg-based cameras); for an encoder with its own
+    tables, the IJG quality that quantises most alike. How much of an image's fine detail (and of
+    its noise) survived the encoder, which the classifier's decision is tuned by
+    (`core.manifest.band_offsets`).
+    """
+    if image_format(data) != "jpeg":
+        return None
+    try:
+        for marker, payload in _jpeg_segments(data):
+            if marker != 0xDB:  # define quantisation tables: one or more per segment
+                continue
+            pos = 0
+            while pos < len(payload):
+                precision, table_id = payload[pos] >> 4, payload[pos] & 0x0F
+                size = 64 * (2 if precision else 1)
+                values = payload[pos + 1 : pos + 1 + size]
+                if len(values) < size:
+                    return None
+                if table_id == 0:  # luminance, by the JFIF convention
+                    table = np.frombuffer(values, dtype=">u2" if precision else np.uint8).astype(np.int64)
+                    return int(np.abs(_IJG_LUMA_TABLES - table[None, :]).sum(axis=1).argmin()) + 1
+                pos += 1 + size
+    except ImageDecodeError:
+        return None
+    return None
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -168,10 +239,24 @@ class ImageWire:
             f"unknown image wire {text!r}: use png, jpeg:QUALITY (1-100, 4:2:0) or jpeg:QUALITY:444"
         )
 
+    @classmethod
+    def of_body(cls, data: bytes) -> ImageWire | None:
+        """The wire a request body came on, as far as its header tells: PNG, or JPEG with the
+        quality its quantisation table shows (`jpeg_quality`; None when unreadable) and the
+        subsampling left unknown (None); None for a body that is neither."""
+        fmt = image_format(data)
+        if fmt == "png":
+            return cls()
+        if fmt == "jpeg":
+            return cls("jpeg", jpeg_quality(data), None)
+        return None
+
     def __str__(self) -> str:
         if self.format == "png":
             return "png"
-        return f"jpeg:{self.quality}" + ("" if self.subsampling == "420" else f":{self.subsampling}")
+        return ("jpeg" if self.quality is None else f"jpeg:{self.quality}") + (
+            ":444" if self.subsampling == "444" else ""
+        )
 
     @property
     def lossless(self) -> bool:

@@ -7,7 +7,9 @@ parse, rather than serving with wrong preprocessing or temperatures). Roles:
 - `cloud`: stage 3 and the final exit of one expert; starts from the split tensor;
 - `classifier`: the distortion classifier on the spectrum; one network, or one per image format of
   the request body (`preprocessing.formats`, aligned with `stages`: a JPEG body is answered by the
-  network trained for what a JPEG encoder leaves of an image, see `Manifest.classifier_stage`).
+  network trained for what a JPEG encoder leaves of an image, see `Manifest.classifier_stage`), and
+  per network a low-quality band whose logit offsets settle its doubt where the JPEG encoder left
+  less evidence (`preprocessing.quality_offsets`, keyed like `formats`; `band_offsets`).
 
 An edge and a cloud archive pair only when their `split` contract and `run_id` agree
 (`check_pair`).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +43,44 @@ def network_for_format(formats: tuple[str, ...] | list[str], body_format: str | 
     `body_format` ('png', 'jpeg', or None when unknown): its own network if there is one, else the
     first. The one rule for serving (manifests) and evaluation (checkpoints) alike."""
     return list(formats).index(body_format) if body_format in formats else 0
+
+
+def band_offsets(band: dict | None, quality: int | None) -> list[float] | None:
+    """The logit offsets (one per class) a classifier network adds for a JPEG body encoded at
+    `quality`, or None. `band` is the network's low-quality band, {"below": Q, "offsets": [...]}:
+    a JPEG encoded below quality Q keeps less of weak noise, so the network's doubt there is
+    settled differently (`training.route_bias` fits both bands on validation data). No band, an
+    unknown quality (a PNG body, an unreadable table) or one at Q or above gets no offsets. The one
+    rule for serving (manifests) and evaluation (checkpoints) alike."""
+    if band is None or quality is None or quality >= band["below"]:
+        return None
+    return band["offsets"]
+
+
+def check_quality_offsets(quality_offsets: object, formats: list[str], n_classes: int) -> None:
+    """ValueError unless `quality_offsets` is a {format: {"below": 2..100, "offsets": [n finite
+    numbers]}} over the formats of the manifest's networks."""
+    if not isinstance(quality_offsets, dict):
+        raise ValueError(f"quality_offsets must be an object, got {quality_offsets!r}")
+    for fmt, band in quality_offsets.items():
+        if fmt not in formats:
+            raise ValueError(f"quality_offsets names {fmt!r}, which no network is kept for ({formats})")
+        below = band.get("below") if isinstance(band, dict) else None
+        offsets = band.get("offsets") if isinstance(band, dict) else None
+        if (
+            not isinstance(band, dict)
+            or set(band) != {"below", "offsets"}
+            or not (isinstance(below, int) and not isinstance(below, bool) and 2 <= below <= 100)
+            or not isinstance(offsets, list)
+            or len(offsets) != n_classes
+            or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in offsets
+            )
+        ):
+            raise ValueError(
+                f"quality_offsets[{fmt!r}] must be {{'below': 2..100, 'offsets': "
+                f"{n_classes} finite numbers}}, got {band!r}"
+            )
 
 
 class ManifestError(UserInputError):
@@ -155,6 +196,11 @@ class Manifest:
         """Index into `stages` of the network that answers a body of `body_format`."""
         return network_for_format(self.classifier_formats, body_format)
 
+    def logit_offsets(self, body_format: str | None, quality: int | None) -> list[float] | None:
+        """Offsets the network answering such a body adds to its logits (`band_offsets`)."""
+        network = self.classifier_formats[self.classifier_stage(body_format)]
+        return band_offsets(self.preprocessing.get("quality_offsets", {}).get(network), quality)
+
     def validate(self) -> None:
         if self.role not in ROLES:
             raise ManifestError(f"unknown manifest role {self.role!r}")
@@ -192,6 +238,12 @@ class Manifest:
                     f"{self.name}: preprocessing.formats must name one distinct format of "
                     f"{', '.join(CLASSIFIER_FORMATS)} per network ({len(self.stages)}), got {formats!r}"
                 )
+            try:
+                check_quality_offsets(
+                    self.preprocessing.get("quality_offsets", {}), formats, len(self.class_names)
+                )
+            except ValueError as exc:
+                raise ManifestError(f"{self.name}: preprocessing.{exc}") from None
             if len(self.input.shape) != 4 or self.input.shape[1] != len(spectra):
                 raise ManifestError(
                     f"{self.name}: input shape {list(self.input.shape)} does not hold one channel per "

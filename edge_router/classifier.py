@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import UserInputError
 from core.experts import CLASSIFIER
-from core.imaging import decode_image, image_format
+from core.imaging import ImageWire, decode_image
 from core.manifest import Manifest, ManifestError
 from edge_router.options import RouterError
 from handlers.runtime import DistortionClassifierRuntime
@@ -53,7 +53,7 @@ class LocalClassifier:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classifier")
 
     def distortion(self, body: bytes) -> tuple[str, dict[str, float]]:
-        return self.runtime.distortions([decode_image(body)], [image_format(body)])[0]
+        return self.runtime.distortions([decode_image(body)], [ImageWire.of_body(body)])[0]
 
     async def __call__(self, body: bytes) -> tuple[str, dict[str, float]]:
         try:

@@ -181,6 +181,8 @@ def main(args: argparse.Namespace) -> dict:
                 # one network per body format; the run ids of all of them (the first is `run_id`)
                 "formats": [fmt for fmt, _, _ in networks],
                 "run_ids": [p["run_id"] for _, _, (_, p) in networks],
+                # a network's offsets for JPEG bodies below a quality (training.route_bias)
+                **quality_offsets(networks),
             },
             stages=tuple(rel for _, rel, _ in networks),
             exits=(),
@@ -215,6 +217,18 @@ def main(args: argparse.Namespace) -> dict:
             )
         )
     return report
+
+
+def quality_offsets(networks: list[tuple[str, str, tuple]]) -> dict:
+    """{'quality_offsets': {format: band}} for the classifier networks whose checkpoint carries a
+    low-quality band (`training.route_bias`), or nothing when none does (older manifests stay
+    byte-identical)."""
+    bands = {
+        fmt: payload["route_bias"]["low_quality"]
+        for fmt, _, (_, payload) in networks
+        if payload.get("route_bias", {}).get("low_quality")
+    }
+    return {"quality_offsets": bands} if bands else {}
 
 
 def _expert_manifest(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from core.imaging import decode_image, image_format
+from core.imaging import ImageWire, decode_image
 from handlers.runtime import DistortionClassifierRuntime
 from handlers.service import Service, body_bytes
 
@@ -25,14 +25,14 @@ class DistortionClassifierHandler(Service):
 
     def parse(self, request: dict, context: object, idx: int) -> object:
         body = body_bytes(request)
-        return decode_image(body), image_format(body)
+        return decode_image(body), ImageWire.of_body(body)
 
     def run(self, items: dict[int, object], context: object) -> dict[int, str]:
         order = list(items)
         answers = {}
-        images, formats = [items[i][0] for i in order], [items[i][1] for i in order]
+        images, wires = [items[i][0] for i in order], [items[i][1] for i in order]
         for i, (distortion, probabilities) in zip(
-            order, self.classifier.distortions(images, formats), strict=True
+            order, self.classifier.distortions(images, wires), strict=True
         ):
             self.metric("DistortionRoutes", 1, dimensions={"Distortion": distortion})
             answers[i] = json.dumps({"distortion": distortion, "probabilities": probabilities})

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core.exits import confidence_and_class, exit_here, softmax
-from core.imaging import Preprocessing
+from core.imaging import ImageWire, Preprocessing
 from core.manifest import Manifest, ManifestError
 from core.spectrum import classifier_input
 
@@ -170,25 +170,33 @@ class DistortionClassifierRuntime:
                     f"{len(self.spectra)} spectra ({', '.join(self.spectra)})"
                 )
 
-    def probabilities(self, images: list[np.ndarray], formats: list[str | None] | None = None) -> np.ndarray:
-        """N x 3 distortion probabilities for RGB uint8 images of any size; `formats` names each
-        image's body format ('png', 'jpeg'; None or missing: unknown), which picks its network."""
+    def probabilities(
+        self, images: list[np.ndarray], wires: list[ImageWire | None] | None = None
+    ) -> np.ndarray:
+        """N x 3 distortion probabilities for RGB uint8 images of any size; `wires` names the wire
+        each image's body came on (`ImageWire.of_body`; None or missing: unknown): its format picks
+        the network, its JPEG quality the network's low-quality offsets (`Manifest.logit_offsets`)."""
         spec = {"image_size": self.image_size, "spectra": self.spectra}
         x = np.stack([classifier_input(im, self.size, **spec) for im in images]).astype(np.float32)
-        stage = np.array([self.manifest.classifier_stage(f) for f in formats or [None] * len(images)])
+        wires = wires or [None] * len(images)
+        stage = np.array([self.manifest.classifier_stage(w.format if w else None) for w in wires])
         logits = np.empty((len(images), len(self.manifest.class_names)), dtype=np.float32)
         for k in np.unique(stage):  # one run per network, over the images it answers
             session = self.sessions[k]
             logits[stage == k] = session.run(None, {session.get_inputs()[0].name: x[stage == k]})[0]
+        for i, w in enumerate(wires):
+            offsets = self.manifest.logit_offsets(w.format, w.quality) if w else None
+            if offsets is not None:
+                logits[i] += np.asarray(offsets, dtype=np.float32)
         return softmax(logits)
 
     def distortions(
-        self, images: list[np.ndarray], formats: list[str | None] | None = None
+        self, images: list[np.ndarray], wires: list[ImageWire | None] | None = None
     ) -> list[tuple[str, dict[str, float]]]:
-        """(most likely distortion, class name -> probability) for each image (body formats as in
+        """(most likely distortion, class name -> probability) for each image (body wires as in
         `probabilities`): the classifier's answer as its TorchServe handler and the router give it."""
         names = self.manifest.class_names
         return [
             (names[int(p.argmax())], {n: float(v) for n, v in zip(names, p, strict=True)})
-            for p in self.probabilities(images, formats)
+            for p in self.probabilities(images, wires)
         ]

@@ -75,14 +75,14 @@ if [ "$STEP" = train ] || [ "$STEP" = all ]; then
     --input-size 192 --epochs "$CE" --patience 5 --jpeg-fraction 0 --bottleneck 1 --lossless-only \
     $(budget "${CLASSIFIER_MINUTES:-}") ${CLASSIFIER_EXTRA[@]+"${CLASSIFIER_EXTRA[@]}"}
   # the network for JPEG bodies: half the samples through a JPEG round trip (the defaults), then
-  # its output bias moved towards the answers a misroute costs least (on validation data)
+  # its output bias moved towards the answers a misroute costs least (on validation data; JPEG
+  # bodies below quality 85 get offsets of their own)
   if [ ! -f "$CK/classifier_jpeg.pt" ]; then
     # shellcheck disable=SC2046
     run "$PY" -m training.train_classifier --out "$CK/classifier_jpeg_raw.pt" --input-size 192 \
       --epochs "$JE" --samples-per-epoch 24000 --frame-fraction 0.5 --patience 5 \
       $(budget "${JPEG_CLASSIFIER_MINUTES:-}") ${CLASSIFIER_EXTRA[@]+"${CLASSIFIER_EXTRA[@]}"}
-    run "$PY" -m training.route_bias --checkpoint "$CK/classifier_jpeg_raw.pt" \
-      --wires jpeg:90 jpeg:75 jpeg:90:444 --out "$CK/classifier_jpeg.pt"
+    run "$PY" -m training.route_bias --checkpoint "$CK/classifier_jpeg_raw.pt" --out "$CK/classifier_jpeg.pt"
     rm -f "$CK/classifier_jpeg_raw.pt"
   fi
 fi

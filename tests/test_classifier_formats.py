@@ -1,6 +1,7 @@
 """A classifier with one network per body format: a JPEG body is answered by the network trained on
-JPEG frames, everything else by the first one. Export, manifest, runtime, router and evaluation
-agree on the choice."""
+JPEG frames, everything else by the first one; a JPEG body encoded below the network's low-quality
+band gets the band's logit offsets. Export, manifest, runtime, router and evaluation agree on the
+choice."""
 
 from __future__ import annotations
 
@@ -16,19 +17,23 @@ from core.manifest import Manifest, ManifestError
 from tests.conftest import textured_image
 from training.checkpoints import load_checkpoint, new_run_id, save_checkpoint
 
-NOISE = 2  # index of gaussian_noise among the classes
+BLUR, NOISE = 1, 2  # indices of gaussian_blur and gaussian_noise among the classes
+# the second network's low-quality band: below JPEG quality 85 its answers turn to gaussian_blur
+BAND = {"below": 85, "offsets": [0.0, 200.0, 0.0]}
 
 
 @pytest.fixture(scope="module")
 def always_noise(tiny_classifier, tmp_path_factory):
-    """The tiny classifier with its output bias pushed so that it always answers gaussian_noise:
-    a second network whose answers cannot be mistaken for the first one's."""
+    """The tiny classifier with its output bias pushed so that it always answers gaussian_noise,
+    and always gaussian_blur below its low-quality band: a second network whose answers cannot be
+    mistaken for the first one's, nor its band's for its own."""
     payload = load_checkpoint(tiny_classifier, "distortion_classifier")
     state = {k: v.clone() for k, v in payload["state_dict"].items()}
     bias = [k for k in state if k.startswith("head.") and k.endswith("bias")][-1]
     state[bias][NOISE] += 100.0
     out = tmp_path_factory.mktemp("jpeg_classifier") / "classifier_jpeg.pt"
-    save_checkpoint(out, {**payload, "state_dict": state, "run_id": new_run_id()})
+    record = {"offsets": {}, "low_quality": BAND}
+    save_checkpoint(out, {**payload, "state_dict": state, "run_id": new_run_id(), "route_bias": record})
     return out
 
 
@@ -52,6 +57,7 @@ def test_export_writes_one_network_per_format(two_network_export, tiny_classifie
     assert manifest.classifier_formats == ("any", "jpeg")
     runs = [load_checkpoint(p, "distortion_classifier")["run_id"] for p in (tiny_classifier, always_noise)]
     assert manifest.preprocessing["run_ids"] == runs and manifest.run_id == runs[0]
+    assert manifest.preprocessing["quality_offsets"] == {"jpeg": BAND}
     parity = {s["segment"]: s for s in report["segments"]}
     assert parity["classifier/classifier_jpeg.onnx"]["argmax_mismatches"] == 0
 
@@ -70,24 +76,36 @@ def test_the_body_format_picks_the_network(two_network_export, tiny_classifier):
             model(torch.stack([torch.from_numpy(model.config.model_input(im)) for im in images])), 1
         )
     # a mixed batch: PNG and unknown bodies go to the first network, JPEG ones to the second, in order
-    got = runtime.probabilities(images, ["png", "jpeg", None, "jpeg"])
+    png, q90, q75 = ImageWire(), ImageWire.parse("jpeg:90"), ImageWire.parse("jpeg:75")
+    got = runtime.probabilities(images, [png, q90, None, q75])
     np.testing.assert_allclose(got[[0, 2]], first.numpy()[[0, 2]], atol=1e-5)
-    assert (got[[1, 3]].argmax(axis=1) == NOISE).all() and (got[[1, 3], NOISE] > 0.99).all()
+    assert got[1, NOISE] > 0.99 and got[3, BLUR] > 0.99  # q75 is below the band's quality 85
     np.testing.assert_allclose(runtime.probabilities(images), first.numpy(), atol=1e-5)
+    # the router reads the wire from the body: format from the magic bytes, quality from its table
     router = LocalClassifier(folder)
     image = textured_image(7, 40)
-    assert router.distortion(ImageWire.parse("jpeg:90").encode(image))[0] == "gaussian_noise"
-    png = router.distortion(encode_image(image, "png"))
-    assert png == runtime.distortions([image], ["png"])[0]
+    for wire, expected in [
+        ("jpeg:90", "gaussian_noise"),
+        ("jpeg:85", "gaussian_noise"),
+        ("jpeg:84", "gaussian_blur"),
+    ]:
+        assert router.distortion(ImageWire.parse(wire).encode(image))[0] == expected, wire
+    assert router.distortion(encode_image(image, "png")) == runtime.distortions([image], [png])[0]
 
 
 def test_evaluation_routes_each_wire_with_its_network(tiny_classifier, always_noise):
     from training.eval_classifier import for_wire, load_classifiers
 
     classifiers = load_classifiers(tiny_classifier, always_noise)
-    assert for_wire(classifiers, ImageWire.parse("jpeg:75")) is classifiers["jpeg"]
     assert for_wire(classifiers, ImageWire.parse("jpeg:90:444")) is classifiers["jpeg"]
+    assert for_wire(classifiers, ImageWire.parse("jpeg:85")) is classifiers["jpeg"]
     assert for_wire(classifiers, ImageWire.parse("png")) is classifiers["any"]
+    # below the band: the same network with the band's offsets in its output layer
+    model, payload = for_wire(classifiers, ImageWire.parse("jpeg:75"))
+    assert payload is classifiers["jpeg"][1] and model is not classifiers["jpeg"][0]
+    x = torch.from_numpy(model.config.model_input(textured_image(3, 40)))[None]
+    with torch.no_grad():
+        assert model(x).argmax().item() == BLUR and classifiers["jpeg"][0](x).argmax().item() == NOISE
     single = load_classifiers(tiny_classifier, None)
     assert for_wire(single, ImageWire.parse("jpeg:90")) is single["any"]
 
@@ -115,3 +133,33 @@ def test_manifest_refuses_formats_that_do_not_name_each_network_once(two_network
     d["preprocessing"]["formats"] = formats
     with pytest.raises(ManifestError, match="preprocessing.formats"):
         Manifest.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    "bands",
+    [
+        {"png": BAND},  # no network is kept for png
+        {"jpeg": {"below": 85}},
+        {"jpeg": {"below": 101, "offsets": [0, 0, 0]}},
+        {"jpeg": {"below": True, "offsets": [0, 0, 0]}},
+        {"jpeg": {"below": 85, "offsets": [0, 0]}},
+        {"jpeg": {"below": 85, "offsets": [0, "1", 0]}},
+        {"jpeg": {"below": 85, "offsets": [0, float("inf"), 0]}},
+        {"jpeg": {"below": 85, "offsets": [0, 0, 0], "above": 95}},
+        {"jpeg": [85, [0, 0, 0]]},
+        [BAND],
+    ],
+)
+def test_manifest_refuses_malformed_quality_offsets(two_network_export, bands):
+    d = json.loads((two_network_export[0] / "distortion_classifier.json").read_text())
+    d["preprocessing"]["quality_offsets"] = bands
+    with pytest.raises(ManifestError, match="quality_offsets"):
+        Manifest.from_dict(d)
+
+
+def test_the_band_rule():
+    from core.manifest import band_offsets
+
+    assert band_offsets(BAND, 84) == BAND["offsets"] and band_offsets(BAND, 1) == BAND["offsets"]
+    assert band_offsets(BAND, 85) is None and band_offsets(BAND, 100) is None
+    assert band_offsets(BAND, None) is None and band_offsets(None, 50) is None

@@ -14,6 +14,7 @@ from core.imaging import (
     decode_image,
     encode_image,
     header_dimensions,
+    jpeg_quality,
     normalize,
     resize,
 )
@@ -73,6 +74,61 @@ def test_image_wires_send_what_they_say():
     assert 0 < error[q90] < error[q30]
     with pytest.raises(ValueError, match="subsampling"):
         encode_image(image, "jpeg", subsampling="422")
+
+
+def _dqt(table_id: int, values: np.ndarray, *, sixteen_bits: bool = False) -> bytes:
+    """A DQT segment holding one table (given in zigzag order)."""
+    body = bytes([(0x10 if sixteen_bits else 0) | table_id])
+    body += values.astype(">u2" if sixteen_bits else np.uint8).tobytes()
+    return b"\xff\xdb" + struct.pack(">H", 2 + len(body)) + body
+
+
+def test_jpeg_quality_reads_the_encoders_table():
+    image = textured_image(5)
+    for quality in range(1, 101):
+        for subsampling in ("420", "444"):
+            body = encode_image(image, "jpeg", jpeg_quality=quality, subsampling=subsampling)
+            assert jpeg_quality(body) == quality, (quality, subsampling)
+    pil = pytest.importorskip("PIL.Image")
+    import io
+
+    for quality in (20, 50, 75, 95):
+        buf = io.BytesIO()
+        pil.fromarray(image).save(buf, "JPEG", quality=quality)
+        assert jpeg_quality(buf.getvalue()) == quality
+
+
+def test_jpeg_quality_of_handmade_headers():
+    from core.imaging import _IJG_LUMA_TABLES
+
+    q40, q80 = _IJG_LUMA_TABLES[39], _IJG_LUMA_TABLES[79]
+    soi, sos = b"\xff\xd8", b"\xff\xda\x00\x02"
+    assert jpeg_quality(soi + _dqt(0, q40, sixteen_bits=True) + sos) == 40  # 16-bit precision
+    assert jpeg_quality(soi + _dqt(1, q80) + _dqt(0, q40) + sos) == 40  # the luminance table, not the first
+    nearest = q80.copy()
+    nearest[5] += 1  # not an IJG table: the nearest IJG quality
+    assert jpeg_quality(soi + _dqt(0, nearest) + sos) == 80
+    assert jpeg_quality(soi + _dqt(0, q40)[:30]) is None  # cut short
+    assert jpeg_quality(soi + sos + _dqt(0, q40)) is None  # after the start of scan: pixel data
+    assert jpeg_quality(soi + b"\x00\x00" + _dqt(0, q40)) is None  # corrupt marker stream
+    assert jpeg_quality(encode_image(textured_image(1), "png")) is None
+    assert jpeg_quality(b"") is None
+    body = encode_image(textured_image(1), "jpeg", jpeg_quality=90)
+    rng = np.random.default_rng(0)
+    for cut in rng.integers(0, len(body), 200):  # any prefix, any byte flipped: an answer, never a raise
+        broken = bytearray(body[:cut])
+        if broken:
+            broken[rng.integers(len(broken))] ^= 0xFF
+        assert jpeg_quality(bytes(broken)) in (None, *range(1, 101))
+
+
+def test_the_wire_of_a_body():
+    image = textured_image(4)
+    assert ImageWire.of_body(encode_image(image, "png")) == ImageWire()
+    wire = ImageWire.of_body(ImageWire.parse("jpeg:70:444").encode(image))
+    assert wire == ImageWire("jpeg", 70, None) and str(wire) == "jpeg:70"  # subsampling not read
+    assert str(ImageWire("jpeg", None, None)) == "jpeg"
+    assert ImageWire.of_body(b"GIF89a") is None
 
 
 def test_gray_and_rgba_png_become_rgb():

@@ -81,3 +81,26 @@ def test_the_shipped_jpeg_network_records_its_bias():
     assert record["command"].startswith("python -m training.route_bias")
     assert record["mean_cost_points"]["after"] <= record["mean_cost_points"]["before"]
     assert set(record["offsets"]) == set(CLASSES) and record["offsets"]["pristine"] == 0.0
+    band = record["low_quality"]  # JPEG bodies below a quality: offsets of their own, on top
+    assert band["below"] == 85 and len(band["offsets"]) == len(CLASSES)
+    fit = record["low_quality_fit"]
+    assert fit["wires"] and all(int(w.split(":")[1]) < band["below"] for w in fit["wires"])
+    assert all(int(w.split(":")[1]) >= band["below"] for w in record["wires"])
+
+
+def test_wires_below_the_quality_form_their_own_band():
+    from core.cli import parse_wires
+
+    wires = parse_wires(["jpeg:90", "jpeg:75", "png", "jpeg:85:444", "jpeg:84:444"])
+    baked, low = route_bias.split_bands(wires, 85)
+    assert [str(w) for w in baked] == ["jpeg:90", "png", "jpeg:85:444"]
+    assert [str(w) for w in low] == ["jpeg:75", "jpeg:84:444"]
+    assert route_bias.split_bands(wires, 0) == (wires, [])
+
+
+def test_a_band_alone_is_refused(tmp_path):
+    args = route_bias.get_args_parser().parse_args(
+        ["--checkpoint", "x.pt", "--out", str(tmp_path / "y.pt"), "--wires", "jpeg:60", "jpeg:75"]
+    )
+    with pytest.raises(UserInputError, match="at least one at or above"):
+        route_bias.main(args)

@@ -1,13 +1,16 @@
 """The live system: real edge and cloud TorchServe on loopback, the router, real HTTP.
 
-Starts both instances on test ports with the tiny archives and the router (`benchmarks.live`), and holds
-the router's answers against the in-process reference pipeline; then bad input, registration,
-token auth and a cloud outage.
+Starts both instances on test ports with the tiny archives and the router (`benchmarks.live`), plus
+a hand-made toy expert with known logits (`tests.toy_expert`): the router's exit decisions on it are
+held against the exit rule written out here (every side exit, the final exit and the fallback
+occur); then the tiny experts' routing, bad input, registration, token auth and a cloud outage.
 """
 
 import json
+import shutil
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +25,26 @@ from core.imaging import DEFAULT_MAX_BYTES, encode_image
 from edge_router import register
 from edge_router.tokens import STAT_EVERY_S
 from export.pipeline import Pipeline
+from tests import toy_expert as toy
 from tests.conftest import textured_image
 
 pytestmark = pytest.mark.integration
 
-# The distortion experts (the conventional one is registered by a test, then removed).
-MODELS = {role: [archive_name(role, d) for d in DISTORTION_CLASSES] for role in ("edge", "cloud")}
+# The distortion experts and the toy (the conventional one is registered by a test, then removed).
+EXPERTS = {*DISTORTION_CLASSES, toy.NAME}
+MODELS = {role: [archive_name(role, d) for d in sorted(EXPERTS)] for role in ("edge", "cloud")}
 
 
 @pytest.fixture(scope="module")
 def system(model_store, tmp_path_factory):
+    """The live system on a copy of the tiny model store with the toy expert's archives added."""
+    served = tmp_path_factory.mktemp("served_store")
+    for mar in model_store.glob("*.mar"):
+        shutil.copy2(mar, served / mar.name)
+    toy.build_archives(tmp_path_factory.mktemp("toy_export"), served)
     run_dir = tmp_path_factory.mktemp("run")
     live = LiveSystem(
-        model_store,
+        served,
         run_dir,
         edge_models=MODELS["edge"],
         cloud_models=MODELS["cloud"],
@@ -76,11 +86,99 @@ def answered_200(system) -> float:
     return 0.0
 
 
-def test_router_agrees_with_the_reference_pipeline(system):
+# The toy's images: exit k sees a margin of margins[k] pixel levels (`toy_expert.image`), with two
+# live classes (a confidence of at least 0.5) or four; the outcome each is made for at 0.5 and 0.8
+# (confidences rounded: branch0 to branch2, final). The "tie" is exactly 0.5 (two equal logits, the
+# others dead): at threshold 0.5 it checks that the comparison is inclusive. Other margins are far
+# from both thresholds.
+TOY_THRESHOLDS = (0.5, 0.8)
+TOY_IMAGES = [
+    ((60, 6, 10, 12), False, "exit0", "exit0"),  # .935 .268 .313 .300
+    ((6, 110, 10, 15), False, "exit1", "fallback"),  # .327 .652 .313 .313: at 0.8 branch1 falls back
+    ((6, 20, 100, 15), False, "exit2", "exit2"),  # .327 .313 .885 .313
+    ((6, 20, 10, 160), False, "final", "final"),  # .327 .313 .313 .905
+    ((6, 40, 10, 12), False, "fallback", "fallback"),  # .327 .384 .313 .300: branch1, not the final
+    ((0, 160, 0, 0), True, "exit0", "exit1"),  # exactly .5 (tie) .925 .5 .5
+    ((10, -50, -100, 0), True, "exit0", "exit2"),  # .652 .675 (class 1) .958 (class 1) .5
+    ((-10, 50, 25, -150), True, "exit0", "final"),  # .652 (class 1) .675 .687 .958 (class 3)
+    ((10, -60, 25, 35), True, "exit0", "fallback"),  # .652 .719 (class 1) .687 .675
+]
+EXIT_NAMES = ("branch0", "branch1", "branch2", "final")
+
+
+def toy_rule(image: np.ndarray, threshold: float) -> dict:
+    """The exit rule written out on the toy's logits: an exit's confidence is the max softmax of
+    its logits / its temperature; the first side branch whose confidence reaches the threshold
+    answers on the edge; otherwise the sample is offloaded and the final exit answers if it reaches
+    the threshold, else the most confident of all four exits does (the fallback)."""
+    z = toy.logits(image) / np.array(toy.TEMPERATURES)[:, None]
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    conf, cls = p.max(axis=1), p.argmax(axis=1)
+    side = [k for k in range(3) if conf[k] >= threshold]
+    if side:
+        k, outcome, offloaded = side[0], f"exit{side[0]}", False
+    elif conf[3] >= threshold:
+        k, outcome, offloaded = 3, "final", True
+    else:
+        k, outcome, offloaded = int(np.argmax(conf)), "fallback", True
+    return {
+        "exit": k,
+        "class": int(cls[k]),
+        "confidence": float(conf[k]),
+        "offloaded": offloaded,
+        "outcome": outcome,
+    }
+
+
+def test_router_exit_decisions_follow_the_rule_written_out_on_the_toy_expert(system):
+    """Every side exit, the final exit and the fallback answer through the real edge and cloud
+    TorchServe and the router, at two thresholds; each answer's exit, class, offload and confidence
+    are the rule's (`toy_rule`, numpy on the toy's known logits, no serving code). Each image goes
+    as a 2x2 PNG and as a 4x4 one of 2x2 blocks (the edge's area resize gives the 2x2 back)."""
+    mix = {}
+    for threshold in TOY_THRESHOLDS:
+        mix[threshold] = Counter()
+        for margins, two_class, *made_for in TOY_IMAGES:
+            im = toy.image(margins, two_class)
+            want = toy_rule(im, threshold)
+            assert want["outcome"] == made_for[TOY_THRESHOLDS.index(threshold)], (margins, want)
+            mix[threshold][want["outcome"]] += 1
+            for body in (encode_image(im, "png"), encode_image(toy.blocks(im), "png")):
+                r = classify(system, body, threshold=threshold, expert=toy.NAME, compression="fp32")
+                assert r.status_code == 200, r.text
+                got = r.json()
+                where = (threshold, margins, got)
+                assert (got["expert"], got["exit"], got["class"], got["offloaded"], got["degraded"]) == (
+                    toy.NAME,
+                    want["exit"],
+                    want["class"],
+                    want["offloaded"],
+                    False,
+                ), where
+                assert got["exit_name"] == EXIT_NAMES[want["exit"]], where
+                assert got["class_name"] == toy.CLASSES[want["class"]], where
+                assert abs(got["confidence"] - want["confidence"]) < 1e-5, where
+                if got["offloaded"]:  # the split tensor: (1, 3, 2, 2) float32
+                    assert got["offloaded_bytes"] == 4 * toy.FEATURES, where
+                    assert "cloud_ms" in got["timings_ms"], where
+                else:
+                    assert got["offloaded_bytes"] == 0 and "cloud_ms" not in got["timings_ms"], where
+    for threshold, counts in mix.items():
+        missing = {"exit0", "exit1", "exit2", "final", "fallback"} - set(counts)
+        assert not missing, (threshold, counts)
+
+
+def test_router_routes_the_tiny_experts_like_the_reference_pipeline(system):
+    """The tiny trained experts, routed by the distortion classifier: the expert the router picks
+    and its answer are the in-process pipeline's. These tiny models are collapsed (measured: every
+    exit says the same for every image, far below these thresholds), so every answer here is a
+    fallback after an offload, and the pipeline shares the serving code: this checks the
+    classifier's routing and the answer's plumbing, not the exit decision (the toy test does)."""
     before = answered_200(system)
     h = requests.get(f"{system['url']}/healthz", timeout=10)
     assert h.status_code == 200, h.text
-    assert set(h.json()["experts"]) == set(DISTORTION_CLASSES)
+    assert set(h.json()["experts"]) == EXPERTS
     reference = Pipeline(system["store"])
     ims = images(12)
     for threshold in (0.3, 0.6):
@@ -404,6 +502,6 @@ def cloud_outage(system):
     # discovery notices the outage but keeps the experts: the edge goes on answering, degraded
     info = lambda: json.loads(requests.get(f"{system['url']}/v1/experts", timeout=10).text)  # noqa: E731
     assert wait_for(lambda: "cloud" in info()["errors"])
-    assert set(info()["experts"]) == set(DISTORTION_CLASSES)
+    assert set(info()["experts"]) == EXPERTS
     r = classify(system, body, threshold=1.0)
     assert r.status_code == 200 and r.json()["degraded"]

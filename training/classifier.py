@@ -17,6 +17,7 @@ band in the chroma one), and a few channels per band let it (README, "Distortion
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -95,6 +96,14 @@ class DistortionClassifier(nn.Module):
         # The narrow 1x1 conv feeds everything through a few ReLUs: a positive bias keeps them
         # from starting dead (a dead bottleneck collapses the classifier to one class).
         nn.init.constant_(self.features[5].bias, 0.1)
+
+    def with_logit_offsets(self, offsets) -> DistortionClassifier:
+        """A copy whose output layer adds `offsets` (one per class) to the logits: the network with
+        its doubt settled as `training.route_bias` chose, in the form the ONNX export carries."""
+        biased = copy.deepcopy(self)
+        with torch.no_grad():
+            biased.head[-1].bias += torch.as_tensor(offsets, dtype=biased.head[-1].bias.dtype)
+        return biased
 
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         """Output of the bottleneck's ReLU, to check that it is alive."""

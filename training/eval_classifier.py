@@ -28,7 +28,7 @@ from core import distortions
 from core.cli import command_line, parse_wires, progress, run_cli, write_result
 from core.errors import UserInputError
 from core.imaging import ImageWire
-from core.manifest import Manifest, artifacts_entry, network_for_format
+from core.manifest import Manifest, artifacts_entry, band_offsets, network_for_format
 from training.checkpoints import jpeg_classifier_path, load_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 from training.datasets import DistortedDataset, DistortionPolicy, ImageSource, load_source
@@ -103,10 +103,14 @@ def load_classifiers(path: str | Path, jpeg_path: str | Path | None) -> dict[str
 
 
 def for_wire(classifiers: dict[str, tuple], wire: ImageWire) -> tuple:
-    """(model, payload) that answers images sent on `wire`, by the serving side's rule
-    (`core.manifest.network_for_format`)."""
+    """(model, payload) that answers images sent on `wire`, by the serving side's rules: the
+    network kept for the wire's format (`core.manifest.network_for_format`), with its low-quality
+    offsets when the wire's JPEG quality falls in that band (`core.manifest.band_offsets`)."""
     formats = list(classifiers)
-    return classifiers[formats[network_for_format(formats, wire.format)]]
+    fmt = formats[network_for_format(formats, wire.format)]
+    model, payload = entry = classifiers[fmt]
+    offsets = band_offsets(payload.get("route_bias", {}).get("low_quality"), wire.quality)
+    return entry if offsets is None else (model.with_logit_offsets(offsets), payload)
 
 
 @torch.no_grad()

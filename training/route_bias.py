@@ -14,12 +14,19 @@ own figures report). Offsets are searched on a grid relative to the first class;
 offsets within `--tolerance` of the least cost the smallest (in the sum of their absolute values)
 wins, so a flat cost keeps the network as it was.
 
+How much evidence survives depends on the encoder's quality: below about quality 85 a JPEG
+encoder quantises much of sigma-20 noise away, and the best offsets there differ from those at
+quality 90 and up. So the wires below `--low-quality-below` are fitted as a band of their own; its
+offsets (relative to the baked ones) travel in the checkpoint (`route_bias.low_quality`) and the
+export's manifest (`preprocessing.quality_offsets`), and the serving side adds them when the body's
+quantisation table shows such a quality (`core.imaging.jpeg_quality`, `core.manifest.band_offsets`).
+
 Validation data, never the evaluation's: the Fashion-MNIST validation split and whole frames and
 crops of the training pool's photos (the held-out photos stay for `training.eval_classifier`), at
 every distortion type and level.
 
-    python -m training.route_bias --checkpoint checkpoints/classifier_jpeg_raw.pt \\
-        --wires jpeg:90 jpeg:75 jpeg:90:444 --out models/torch/classifier_jpeg.pt
+    python -m training.route_bias --checkpoint checkpoints/classifier_jpeg_tuned.pt \\
+        --out models/torch/classifier_jpeg.pt
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from core.cli import command_line, parse_wires, progress, run_cli
 from core.errors import UserInputError
+from core.imaging import ImageWire
 from training.checkpoints import save_checkpoint
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
 from training.eval_classifier import cells, load_classifier
@@ -48,7 +56,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="the classifier network to bias")
     p.add_argument("--out", required=True, help="the biased checkpoint to write")
-    p.add_argument("--wires", nargs="+", default=["jpeg:90", "jpeg:75", "jpeg:90:444"])
+    p.add_argument(
+        "--wires",
+        nargs="+",
+        default=["jpeg:90", "jpeg:90:444", "jpeg:98", "jpeg:75", "jpeg:75:444", "jpeg:60"],
+        help="validation wires; those below --low-quality-below are fitted as their own band",
+    )
+    p.add_argument(
+        "--low-quality-below",
+        type=int,
+        default=85,
+        help="JPEG quality below which the network gets offsets of its own, applied by the serving "
+        "side from the body's quantisation table (0: one set of offsets for every wire)",
+    )
     p.add_argument(
         "--costs", default="docs/results/misroute.json", help="each expert's accuracy per condition"
     )
@@ -156,13 +176,15 @@ def validation_logits(model, args, wires) -> tuple[np.ndarray, list[str]]:
     return np.concatenate(logits), conditions
 
 
-def main(args: argparse.Namespace) -> dict:
-    started = time.time()
-    wires = parse_wires(args.wires)
-    grid = parse_grid(args.grid)
-    model, payload = load_classifier(args.checkpoint)
-    classes = list(model.config.classes)
-    costs = misroute_costs(args.costs, classes)
+def split_bands(wires: list[ImageWire], below: int) -> tuple[list[ImageWire], list[ImageWire]]:
+    """(wires whose offsets are baked into the network, wires of the low-quality band): JPEG wires
+    encoded below quality `below` form the band (`below` 0: no band)."""
+    low = [w for w in wires if not w.lossless and w.quality < below]
+    return [w for w in wires if w not in low], low
+
+
+def fit(model, args, wires, costs, grid, classes) -> tuple[np.ndarray, float, float, int]:
+    """(offsets, mean cost with them, mean cost without, validation images) on `wires`."""
     logits, conditions = validation_logits(model, args, wires)
     missing = sorted(set(conditions) - set(costs))
     if missing:
@@ -176,24 +198,63 @@ def main(args: argparse.Namespace) -> dict:
         tolerance=args.tolerance,
         max_label_loss=args.max_label_loss,
     )
-    state = {k: v.clone() for k, v in payload["state_dict"].items()}
-    bias = "head.2.bias"  # the output layer: Flatten, Dropout, Linear
-    state[bias] += torch.as_tensor(offsets, dtype=state[bias].dtype)
+    return offsets, cost, before, len(conditions)
+
+
+def main(args: argparse.Namespace) -> dict:
+    started = time.time()
+    wires = parse_wires(args.wires)
+    grid = parse_grid(args.grid)
+    baked_wires, low_wires = split_bands(wires, args.low_quality_below)
+    if not baked_wires:
+        raise UserInputError(
+            f"--wires: every wire is below --low-quality-below {args.low_quality_below}; "
+            "give at least one at or above it"
+        )
+    model, payload = load_classifier(args.checkpoint)
+    classes = list(model.config.classes)
+    costs = misroute_costs(args.costs, classes)
+    offsets, cost, before, n = fit(model, args, baked_wires, costs, grid, classes)
     record = {
         "offsets": {c: float(o) for c, o in zip(classes, offsets, strict=True)},
-        "wires": [str(w) for w in wires],
-        "validation_images": len(conditions),
+        "wires": [str(w) for w in baked_wires],
+        "validation_images": n,
         "mean_cost_points": {"before": before, "after": cost},
+    }
+    if low_wires:
+        # fitted from the unbiased network like the baked offsets; stored relative to them
+        low, low_cost, low_before, low_n = fit(model, args, low_wires, costs, grid, classes)
+        record["low_quality"] = {
+            "below": args.low_quality_below,
+            "offsets": [float(v) for v in low - offsets],
+        }
+        record["low_quality_fit"] = {
+            "offsets": {c: float(o) for c, o in zip(classes, low, strict=True)},
+            "wires": [str(w) for w in low_wires],
+            "validation_images": low_n,
+            "mean_cost_points": {"before": low_before, "after": low_cost},
+        }
+    record |= {
         "max_label_loss_points": args.max_label_loss,
         "costs": args.costs,
         "from_checkpoint": str(args.checkpoint),
         "command": command_line(),
         "wall_time_s": round(time.time() - started, 1),
     }
+    state = model.with_logit_offsets(offsets).state_dict()
     save_checkpoint(args.out, {**payload, "state_dict": state, "route_bias": record})
+    band = record.get("low_quality_fit")
     print(
-        f"offsets {record['offsets']}: mean misroute cost on {len(conditions)} validation images "
-        f"{before:.4f} -> {cost:.4f} accuracy points; wrote {args.out}",
+        f"offsets {record['offsets']} (on {', '.join(record['wires'])}): mean misroute cost on {n} "
+        f"validation images {before:.4f} -> {cost:.4f} accuracy points"
+        + (
+            f"; below quality {args.low_quality_below} ({', '.join(band['wires'])}) offsets "
+            f"{band['offsets']}: {band['mean_cost_points']['before']:.4f} -> "
+            f"{band['mean_cost_points']['after']:.4f}"
+            if band
+            else ""
+        )
+        + f"; wrote {args.out}",
         file=sys.stderr,
     )
     return record
