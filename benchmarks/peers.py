@@ -11,7 +11,9 @@ to CPU 0 and this client to CPU 1:
 - (b) `minimal`: the same onnxruntime pipeline in one uvicorn process (`benchmarks.peers_minimal`),
   what a user would write instead of this bundle;
 - (c) `torchserve_eager` (224 px only: its stock transforms crop to 224): the whole MobileNetV2 in
-  one archive behind TorchServe's stock `image_classifier` handler, PyTorch eager, 1 thread;
+  one archive behind TorchServe's stock `image_classifier` handler, PyTorch eager, 1 thread, with
+  this stack's TorchServe batching (batch size and delay); compared with this stack's offload
+  path, so both sides run the whole network;
 - (d) `this_stack`: the router (classifier inside) with the edge and cloud TorchServe on loopback
   (`benchmarks.live`).
 
@@ -21,8 +23,11 @@ discarded 4-client load (the same for every server: a deployed server is warm, a
 after 20 requests): single-client p50/p99 over `--requests` sequential requests, then throughput
 and p99 with 1, 4, 16 and 32 keep-alive clients (`benchmarks.loadgen`, `--seconds` a level), and
 the RSS of every server process. The answers of (b) and (d) are checked against (a) (expert, exit,
-class) on the same images. Writes peers.json (with the `ratios` the project tracks), peers.csv,
-peers.md and peers.png under `--out`.
+class) on the same images. The machine's noise is large at this scale, so every contender is
+measured `--repeats` times, the runs one after another (each a pass over every size and
+contender), and each ratio is reported as the median of its per-run values with the spread. Writes
+peers.json (every run, the `ratios` the project tracks), peers.csv, peers.md and peers.png (the
+medians) under `--out`.
 
 Here: the contenders and the run; how each is measured: `benchmarks.peers_measure`; the ratios and
 the CSV, Markdown and plot: `benchmarks.peers_report`.
@@ -54,7 +59,7 @@ from benchmarks.peers_measure import (
     pin,
     pin_client,
 )
-from benchmarks.peers_report import plot, ratios, write_csv, write_markdown
+from benchmarks.peers_report import median_run, plot, ratios, summarise_ratios, write_csv, write_markdown
 from benchmarks.synthetic import build_store
 from core.cli import progress, run_cli, write_json
 from core.errors import UserInputError
@@ -90,6 +95,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "is measured warm (TorchServe's JVM compiles its hot paths under load)",
     )
     p.add_argument("--seconds", type=float, default=6.0, help="length of each concurrency level")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of every contender; each ratio is the median over them (at least 3 for a median "
+        "that one slow run cannot move)",
+    )
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     p.add_argument("--max-requests", type=int, default=20000, help="cap per concurrency level")
     p.add_argument(
@@ -179,13 +191,30 @@ def run_stack(store: Path, run_dir: Path, bodies, reference, args) -> dict:
         return result
 
 
-def build_eager_archive(folder: Path) -> Path:
-    """The whole torchvision MobileNetV2 (10 classes) for TorchServe's stock image_classifier."""
+def batching(args: argparse.Namespace) -> dict:
+    """This stack's TorchServe batching: the flags given, else `export.archive`'s defaults."""
+    from export.archive import get_args_parser as archive_args
+
+    defaults = archive_args()
+    return {
+        "batchSize": args.batch_size if args.batch_size is not None else defaults.get_default("batch_size"),
+        "maxBatchDelay": args.max_batch_delay
+        if args.max_batch_delay is not None
+        else defaults.get_default("max_batch_delay"),
+    }
+
+
+def build_eager_archive(folder: Path, args: argparse.Namespace) -> Path:
+    """The whole torchvision MobileNetV2 (10 classes) for TorchServe's stock image_classifier, one
+    worker with this stack's batching."""
     import torch
+    import yaml
     from torchvision.models import mobilenet_v2
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.py").write_text(EAGER_MODEL_FILE)
+    config = {"minWorkers": 1, "maxWorkers": 1, **batching(args), "responseTimeout": 30}
+    (folder / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     torch.manual_seed(0)
     torch.save(mobilenet_v2(num_classes=10).state_dict(), folder / "weights.pth")
     store = folder / "store"
@@ -203,6 +232,8 @@ def build_eager_archive(folder: Path) -> Path:
             str(folder / "weights.pth"),
             "--handler",
             "image_classifier",
+            "--config-file",
+            str(folder / "model-config.yaml"),
             "--export-path",
             str(store),
             "--force",
@@ -215,7 +246,11 @@ def build_eager_archive(folder: Path) -> Path:
 def run_eager(folder: Path, bodies, args) -> dict:
     from edge_router.torchserve import Ports, instance
 
-    store = build_eager_archive(folder)
+    store = (
+        folder / "store"
+        if (folder / "store" / f"{EAGER}.mar").is_file()
+        else build_eager_archive(folder, args)
+    )
     inst = instance("edge", run_dir=folder / "run", ports=Ports(*EAGER_PORTS))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     ts = [sys.executable, "-m", "edge_router.torchserve"]
@@ -261,6 +296,8 @@ def main(args: argparse.Namespace) -> dict:
 
     if not Path(args.classifier).is_file():
         raise UserInputError(f"{args.classifier} not found: train the distortion classifier first")
+    if args.repeats < 1:
+        raise UserInputError(f"--repeats must be at least 1, got {args.repeats}")
     started = time.time()
     result = {
         **pin_client(),
@@ -269,10 +306,11 @@ def main(args: argparse.Namespace) -> dict:
         "on the weights)",
         "sizes": {},
     }
+    runs = []
     with tempfile.TemporaryDirectory(prefix="peers_") as tmp:
         tmp = Path(tmp)
-        for size in progress(args.sizes, desc="sizes", quiet=True):
-            print(f"{size} px:", flush=True)
+        stores = {}
+        for size in args.sizes:
             store = build_store(
                 size,
                 tmp / str(size),
@@ -286,17 +324,29 @@ def main(args: argparse.Namespace) -> dict:
             reference = {
                 p: pipeline.infer([decode_image(b) for b in bodies[:16]], t) for p, t in PATHS.items()
             }
-            r = {"in_process": in_process(pipeline, bodies, args)}
-            del pipeline
-            r["minimal"] = run_minimal(store, bodies, reference, args)
-            r["this_stack"] = run_stack(store, tmp / str(size) / "run", bodies, reference, args)
-            if size == 224:
-                r["torchserve_eager"] = run_eager(tmp / "eager", bodies, args)
-            result["sizes"][str(size)] = r
-    result["ratios"] = ratios(result["sizes"])
+            stores[size] = (store, bodies, reference)
+        for run in progress(range(args.repeats), desc="runs", quiet=True):
+            sizes = {}
+            for size, (store, bodies, reference) in stores.items():
+                print(f"run {run + 1}/{args.repeats}, {size} px:", flush=True)
+                pipeline = Pipeline(store)
+                r = {"in_process": in_process(pipeline, bodies, args)}
+                del pipeline
+                r["minimal"] = run_minimal(store, bodies, reference, args)
+                r["this_stack"] = run_stack(store, tmp / str(size) / f"run{run}", bodies, reference, args)
+                if size == 224:
+                    r["torchserve_eager"] = run_eager(tmp / "eager", bodies, args)
+                sizes[str(size)] = r
+            runs.append(sizes)
+            print("  ratios of this run:", ratios(sizes), flush=True)
+    result["batching"] = batching(args)
+    result["runs"] = runs
+    result["sizes"] = median_run(runs)
+    result.update(summarise_ratios(runs))
     result["agreement_ok"] = all(
         a["same"] == a["of"]
-        for r in result["sizes"].values()
+        for sizes in runs
+        for r in sizes.values()
         for c in ("minimal", "this_stack")
         for a in r[c]["agreement"].values()
     )
@@ -307,7 +357,14 @@ def main(args: argparse.Namespace) -> dict:
     write_csv(result, out / "peers.csv")
     write_markdown(result, out / "peers.md")
     plot(result, out / "peers.png")
-    print("ratios:", result["ratios"], "| answers agree:", result["agreement_ok"])
+    print(
+        f"ratios (median of {args.repeats} runs):",
+        result["ratios"],
+        "| spread:",
+        result["ratio_spread"],
+        "| answers agree:",
+        result["agreement_ok"],
+    )
     return result
 
 

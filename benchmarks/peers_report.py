@@ -4,6 +4,7 @@ peer), peers.csv, peers.md and peers.png."""
 from __future__ import annotations
 
 import csv
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,9 @@ def peak(r: dict, contender: str, path: str) -> float:
 
 
 def ratios(sizes: dict) -> dict:
+    """This stack / peer, for one run of every contender. Against TorchServe eager, the same work on
+    both sides: the whole network (this stack's offload path: every stage, the classifier and two
+    TorchServe hops; eager: the whole MobileNetV2), with the same TorchServe batching."""
     out = {}
     for size, r in sizes.items():
         out[f"edge_exit_p50_vs_minimal_{size}"] = round(
@@ -32,12 +36,41 @@ def ratios(sizes: dict) -> dict:
         )
         if "torchserve_eager" in r:
             out[f"throughput_vs_torchserve_eager_{size}"] = round(
-                peak(r, "this_stack", "edge_exit") / peak(r, "torchserve_eager", "whole_network"), 2
+                peak(r, "this_stack", "offload") / peak(r, "torchserve_eager", "whole_network"), 2
             )
-            out[f"edge_exit_p50_vs_torchserve_eager_{size}"] = round(
-                p50(r, "this_stack", "edge_exit") / p50(r, "torchserve_eager", "whole_network"), 2
+            out[f"offload_p50_vs_torchserve_eager_{size}"] = round(
+                p50(r, "this_stack", "offload") / p50(r, "torchserve_eager", "whole_network"), 2
             )
     return out
+
+
+SUMMED = ("errors", "same", "of", "n")  # counts add up over runs; every other figure is a median
+
+
+def median_run(runs: list) -> object:
+    """One run's shape with every figure the median over `runs` (counts summed): what the tables
+    and the plot show when every contender was measured several times."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {
+            k: (sum(r[k] for r in runs) if k in SUMMED else median_run([r[k] for r in runs])) for k in first
+        }
+    if isinstance(first, list):
+        return [median_run(list(items)) for items in zip(*runs, strict=True)]
+    if isinstance(first, bool) or not isinstance(first, int | float) or all(r == first for r in runs):
+        return first  # labels, flags, and figures every run agrees on (a concurrency level) as they are
+    return round(float(statistics.median(runs)), 2)
+
+
+def summarise_ratios(runs: list[dict]) -> dict:
+    """Every ratio over the runs: its median (the figure the project tracks), each run's value and
+    the spread (min, max)."""
+    per_run = [ratios(run) for run in runs]
+    return {
+        "ratios": {k: round(statistics.median(r[k] for r in per_run), 2) for k in per_run[0]},
+        "ratio_runs": {k: [r[k] for r in per_run] for k in per_run[0]},
+        "ratio_spread": {k: [min(r[k] for r in per_run), max(r[k] for r in per_run)] for k in per_run[0]},
+    }
 
 
 def rows(result: dict) -> Iterator[dict]:
@@ -75,6 +108,8 @@ def write_markdown(result: dict, path: Path) -> None:
         f"`{result['command']}` ({result['machine']}; servers on "
         f"CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}; {result['weights']}; {result['seconds']} s).",
         "",
+        "Every figure is the median over the runs (counts summed); `peers.json` keeps each run.",
+        "",
         "| size | contender | path | single p50 ms | single p99 ms | peak req/s | p99 ms at peak |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -94,8 +129,19 @@ def write_markdown(result: dict, path: Path) -> None:
             if "rss_mb" in paths:
                 total = round(sum(paths["rss_mb"].values()), 1)
                 lines.append(f"- {size} px {contender}: {total} MB in all ({paths['rss_mb']})")
-    lines += ["", "Ratios (this stack / peer):", ""]
-    lines += [f"- `{k}`: {v}" for k, v in result["ratios"].items()]
+    runs = len(result.get("runs", [None]))
+    lines += [
+        "",
+        f"Ratios (this stack / peer; median of {runs} runs of every contender in this invocation, "
+        "each run's value and the spread):",
+        "",
+    ]
+    lines += [
+        f"- `{k}`: **{v}** (runs {result['ratio_runs'][k]}, spread {result['ratio_spread'][k]})"
+        if "ratio_runs" in result
+        else f"- `{k}`: {v}"
+        for k, v in result["ratios"].items()
+    ]
     lines += [
         "",
         f"Answers of `minimal` and `this_stack` equal to `in_process` (expert, exit, class) on the "
