@@ -31,8 +31,11 @@ from tests.conftest import textured_image
 pytestmark = pytest.mark.integration
 
 # The distortion experts and the toy (the conventional one is registered by a test, then removed).
+# The tiny store's distortion experts (test_scaleout serves these too), and here the toy besides
+# (the conventional one is registered by a test, then removed).
+MODELS = {role: [archive_name(role, d) for d in DISTORTION_CLASSES] for role in ("edge", "cloud")}
 EXPERTS = {*DISTORTION_CLASSES, toy.NAME}
-MODELS = {role: [archive_name(role, d) for d in sorted(EXPERTS)] for role in ("edge", "cloud")}
+SERVED = {role: [archive_name(role, d) for d in sorted(EXPERTS)] for role in ("edge", "cloud")}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +49,8 @@ def system(model_store, tmp_path_factory):
     live = LiveSystem(
         served,
         run_dir,
-        edge_models=MODELS["edge"],
-        cloud_models=MODELS["cloud"],
+        edge_models=SERVED["edge"],
+        cloud_models=SERVED["cloud"],
         router_options=[
             "--deadline-ms",
             "10000",
