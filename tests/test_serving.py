@@ -30,7 +30,6 @@ from tests.conftest import textured_image
 
 pytestmark = pytest.mark.integration
 
-# The distortion experts and the toy (the conventional one is registered by a test, then removed).
 # The tiny store's distortion experts (test_scaleout serves these too), and here the toy besides
 # (the conventional one is registered by a test, then removed).
 MODELS = {role: [archive_name(role, d) for d in DISTORTION_CLASSES] for role in ("edge", "cloud")}
