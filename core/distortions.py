@@ -31,11 +31,19 @@ DistortionFn = Callable[..., np.ndarray]
 
 @dataclass(frozen=True)
 class Distortion:
-    """A registered distortion type: its name, its levels (paper's units) and the function."""
+    """A registered distortion type: its name, its levels (paper's units) and the function.
+
+    `routed`: the distortion classifier learns this type as a class of its own and the edge routes
+    it to an expert named after it. `fallback`: the type whose expert answers when this type's own
+    expert is not registered (written into the classifier's manifest at export, so the router
+    follows data, not code); None falls back to nothing (503 when the expert is missing).
+    """
 
     name: str
     levels: tuple[float, ...]
     fn: DistortionFn
+    routed: bool = True
+    fallback: str | None = None
 
     def __call__(
         self, image: np.ndarray, level: float, rng: np.random.Generator | None = None, **options
@@ -53,13 +61,17 @@ class Distortion:
 REGISTRY: dict[str, Distortion] = {}
 
 
-def register(name: str, *, levels: tuple[float, ...]) -> Callable[[DistortionFn], DistortionFn]:
+def register(
+    name: str, *, levels: tuple[float, ...], routed: bool = True, fallback: str | None = None
+) -> Callable[[DistortionFn], DistortionFn]:
     """Decorator: add `fn(image, level, rng, **options)` to the registry under `name`."""
 
     def wrap(fn: DistortionFn) -> DistortionFn:
         if name in REGISTRY:
             raise ValueError(f"distortion {name!r} registered twice")
-        REGISTRY[name] = Distortion(name=name, levels=tuple(levels), fn=fn)
+        if fallback is not None and fallback not in REGISTRY:
+            raise ValueError(f"distortion {name!r} falls back to {fallback!r}, which is not registered")
+        REGISTRY[name] = Distortion(name=name, levels=tuple(levels), fn=fn, routed=routed, fallback=fallback)
         return fn
 
     return wrap
@@ -91,14 +103,15 @@ def apply(
 
 
 def sample(rng: np.random.Generator, types: tuple[str, ...] | None = None) -> tuple[str, float]:
-    """A uniformly random type from `types` (default: all), then a uniformly random level of it."""
-    types = tuple(types or REGISTRY)
+    """A uniformly random type from `types` (default: the routed ones), then a random level of it."""
+    types = tuple(types or routed_classes())
     name = types[int(rng.integers(len(types)))]
     levels = get(name).levels
     return name, levels[int(rng.integers(len(levels)))]
 
 
 # ----------------------------------------------------------------------------------- registry
+MOTION_BLUR_LENGTHS = (5, 9, 13, 17, 21)  # kernel lengths in pixels at the model's input size
 _BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
 
 
@@ -131,5 +144,40 @@ def gaussian_noise(image: np.ndarray, level: float, rng: np.random.Generator) ->
     return np.clip(np.rint(image.astype(np.float64) + noise), 0, 255).astype(np.uint8)
 
 
-# The classifier's class order: fixed here so checkpoints, manifests and handlers agree.
-DISTORTION_CLASSES: tuple[str, ...] = ("pristine", "gaussian_blur", "gaussian_noise")
+def motion_blur_kernel(length: float, angle_deg: float) -> np.ndarray:
+    """A line of `length` pixels through the centre at `angle_deg`, anti-aliased, summing to 1."""
+    k = int(length)
+    kernel = np.zeros((k, k), dtype=np.float32)
+    kernel[k // 2, :] = 1.0
+    rotation = cv2.getRotationMatrix2D(((k - 1) / 2.0, (k - 1) / 2.0), float(angle_deg), 1.0)
+    kernel = cv2.warpAffine(kernel, rotation, (k, k), flags=cv2.INTER_LINEAR)
+    return kernel / kernel.sum()
+
+
+@register("motion_blur", levels=MOTION_BLUR_LENGTHS, routed=False, fallback="gaussian_blur")
+def motion_blur(image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    angle = float(rng.uniform(0.0, 180.0))
+    out = cv2.filter2D(image, -1, motion_blur_kernel(level, angle), borderType=cv2.BORDER_REFLECT_101)
+    return out.reshape(image.shape)
+
+
+def fallbacks(classes) -> dict[str, str]:
+    """{type: its fallback} for the types among `classes` whose fallback is among them too: the
+    table a classifier of those classes carries in its manifest (`Manifest.fallbacks`)."""
+    out = {}
+    for name in classes:
+        d = REGISTRY.get(name)
+        if d is not None and d.fallback in classes:
+            out[name] = d.fallback
+    return out
+
+
+def routed_classes() -> tuple[str, ...]:
+    """The registered types the classifier learns as classes, in registration order."""
+    return tuple(name for name, d in REGISTRY.items() if d.routed)
+
+
+# The classifier's class order: fixed here so checkpoints, manifests and handlers agree. A
+# checkpoint records its own class list (`training.classifier`), and the served classifier's
+# manifest carries it, so a model trained before a type was added keeps working.
+DISTORTION_CLASSES: tuple[str, ...] = routed_classes()

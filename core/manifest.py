@@ -121,10 +121,16 @@ class Manifest:
     # edge only: accuracy against the exit threshold on the validation split (core.operating_points);
     # empty for an export made before the tables existed (the router then serves fixed thresholds)
     operating_points: dict = field(default_factory=dict)
+    # classifier only: class -> the class whose expert answers when its own is not registered
+    # (`core.distortions.Distortion.fallback`, written at export; the router follows it)
+    fallbacks: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        d = asdict(self)
+        if not d["fallbacks"]:  # only a classifier of types with a fallback carries them
+            del d["fallbacks"]
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
@@ -160,6 +166,7 @@ class Manifest:
                 files={str(k): str(v) for k, v in d.get("files", {}).items()},
                 exporter=dict(d.get("exporter", {})),
                 operating_points=dict(d.get("operating_points") or {}),
+                fallbacks=dict(d.get("fallbacks") or {}),
             )
         except ManifestError:
             raise
@@ -249,6 +256,15 @@ class Manifest:
                     f"{self.name}: input shape {list(self.input.shape)} does not hold one channel per "
                     f"spectrum of {list(spectra)}"
                 )
+        if self.fallbacks:
+            if self.role != "classifier":
+                raise ManifestError(f"a {self.role} manifest carries no fallbacks")
+            for name, to in self.fallbacks.items():
+                if name not in self.class_names or to not in self.class_names or name == to:
+                    raise ManifestError(
+                        f"{self.name}: fallbacks must map a class to another class of "
+                        f"{list(self.class_names)}, got {name!r} -> {to!r}"
+                    )
         if self.operating_points:
             if self.role != "edge":
                 raise ManifestError(f"a {self.role} manifest carries no operating points")

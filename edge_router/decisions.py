@@ -5,7 +5,9 @@ TorchServe instances are reached through an `Upstream` (the app's pooled async H
 fake one in the unit tests). The decisions, in order:
 
 1. **Expert**: the one the request names (`expert=`), else the expert of the distortion the
-   classifier (run in process, `classify_distortion`) finds most likely.
+   classifier (run in process, `classify_distortion`) finds most likely. With that expert not
+   registered, the classifier manifest's fallback table names the next type to try (data, written
+   at export from `core.distortions`); the answer's `fallback` says whose expert answered instead.
 2. **Edge**: the expert's edge segments on the edge TorchServe, with the request's exit threshold.
    A side branch confident enough answers there.
 3. **Offload**: otherwise the split tensor goes unchanged to the cloud expert, and the final-exit
@@ -103,7 +105,7 @@ class Decider:
         if options.mode == "cloud_only":
             return await self._cloud_only(body, options, started, deadline)
         timings: dict[str, float] = {}
-        pair, distortion, probabilities = await self._expert(body, options, timings)
+        pair, distortion, probabilities, fallback = await self._expert(body, options, timings)
         points = pair.edge.operating_points
         target = adaptive.target_plan(points, options.min_accuracy)
         if target is not None:  # the plan's threshold, for the edge and the final-exit rule alike
@@ -124,6 +126,7 @@ class Decider:
             "expert": pair.name,
             "distortion": distortion,
             "distortion_probabilities": probabilities,
+            **({"fallback": fallback} if fallback else {}),
             "threshold": threshold,
             "offloaded": False,
             "offloaded_bytes": 0,
@@ -196,7 +199,7 @@ class Decider:
 
     async def _expert(
         self, body: bytes, options: Options, timings: dict
-    ) -> tuple[ExpertPair, str | None, dict | None]:
+    ) -> tuple[ExpertPair, str | None, dict | None, dict | None]:
         cat = self.catalogue()
         if options.expert is not None:
             pair = cat.experts.get(options.expert)
@@ -206,16 +209,19 @@ class Decider:
                     f"expert {options.expert!r} is not registered on both edge and "
                     f"cloud (known: {', '.join(sorted(cat.experts)) or 'none'})",
                 )
-            return pair, None, None
+            return pair, None, None, None
         if self.classify_distortion is None:
             raise RouterError(503, "no distortion classifier loaded on the router")
         t = time.perf_counter()
         distortion, probabilities = await self.classify_distortion(body)
         timings["classifier_ms"] = _ms(t)
-        pair = cat.expert_for(distortion)
+        pair, passed_over = cat.route(distortion)
         if pair is None:
-            raise RouterError(503, f"no expert registered for {distortion}")
-        return pair, distortion, probabilities
+            raise RouterError(503, f"no expert registered for {' or '.join(passed_over)}")
+        fallback = None
+        if passed_over:  # said in the answer: another type's expert answered
+            fallback = {"from": distortion, "reason": f"no expert registered for {' or '.join(passed_over)}"}
+        return pair, distortion, probabilities, fallback
 
     async def _offload(
         self,

@@ -76,6 +76,20 @@ class Catalogue:
                 return pair
         return None
 
+    def route(self, distortion: str) -> tuple[ExpertPair | None, list[str]]:
+        """(the expert that answers `distortion`, the types passed over on the way): its own
+        expert, else the classifier manifest's fallback of it, and so on along that table (data
+        written at export, `Manifest.fallbacks`); (None, tried) when the chain runs out."""
+        fallbacks = self.classifier.fallbacks if self.classifier is not None else {}
+        tried: list[str] = []
+        while distortion not in tried:
+            pair = self.expert_for(distortion)
+            if pair is not None:
+                return pair, tried
+            tried.append(distortion)
+            distortion = fallbacks.get(distortion, distortion)
+        return None, tried
+
     def describe(self) -> dict:
         return {
             "classifier": self.classifier.run_id if self.classifier else None,

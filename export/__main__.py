@@ -192,6 +192,7 @@ def main(args: argparse.Namespace) -> dict:
             run_id=payload["run_id"],
             files={rel: sha256_file(out / rel) for _, rel, _ in networks},
             exporter=exporter,
+            fallbacks=distortions.fallbacks(payload["class_names"]),
         )
         (out / f"{experts.CLASSIFIER}.json").write_text(manifest.to_json())
         report["manifests"].append(f"{experts.CLASSIFIER}.json")
@@ -258,7 +259,7 @@ def _expert_manifest(
     return Manifest(
         role=role,
         name=name,
-        distortion=distortion if distortion in distortions.DISTORTION_CLASSES else None,
+        distortion=distortion if distortion in distortions.REGISTRY else None,
         class_names=tuple(payload["class_names"]),
         preprocessing=preprocessing.to_dict(),
         stages=tuple(stages),

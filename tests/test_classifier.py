@@ -254,6 +254,38 @@ def test_fine_tuning_starts_from_the_init_checkpoint(tiny_checkpoint, fake_fashi
         train_classifier.main(other)
 
 
+def test_a_type_added_at_the_end_keeps_the_trained_rows(tiny_checkpoint, fake_fashion_root, tmp_path):
+    from training.classifier import widened
+
+    path, payload = tiny_checkpoint
+    old = payload["state_dict"]
+    fresh = {
+        k: torch.full((v.shape[0] + 1, *v.shape[1:]), 7.0) if k.startswith("head.") else v
+        for k, v in old.items()
+    }
+    grown = widened(old, fresh)
+    for key, value in old.items():
+        assert torch.equal(grown[key][: value.shape[0]], value)  # what it knew stays where it was
+        if key.startswith("head."):
+            assert grown[key].shape[0] == value.shape[0] + 1 and (grown[key][-1] == 7.0).all()
+    classes = ",".join(payload["config"]["classes"])
+    for listed, match in (
+        (f"{classes},motion_blur", None),
+        ("pristine,gaussian_noise,gaussian_blur,motion_blur", "do not begin --classes"),
+        ("pristine,fog", "unknown distortion type 'fog'"),
+        ("gaussian_blur,pristine", "pristine first"),
+    ):
+        extra = ("--init", str(path), "--classes", listed)
+        args = tiny_classifier_args(
+            fake_fashion_root, tmp_path / "w.pt", epochs=1, samples_per_epoch=32, extra=extra
+        )
+        if match is None:
+            assert train_classifier.main(args)["class_names"] == listed.split(",")
+        else:
+            with pytest.raises(UserInputError, match=match):
+                train_classifier.main(args)
+
+
 def test_whole_frames_are_resized_as_the_router_resizes_them():
     if not available_photos("heldout"):
         pytest.skip("opencv-doc / scikit-image photos not installed")

@@ -163,3 +163,18 @@ def test_the_band_rule():
     assert band_offsets(BAND, 84) == BAND["offsets"] and band_offsets(BAND, 1) == BAND["offsets"]
     assert band_offsets(BAND, 85) is None and band_offsets(BAND, 100) is None
     assert band_offsets(BAND, None) is None and band_offsets(None, 50) is None
+
+
+@pytest.mark.parametrize(
+    "fallbacks",
+    [{"motion_blur": "gaussian_blur"}, {"gaussian_blur": "fog"}, {"gaussian_blur": "gaussian_blur"}],
+)
+def test_manifest_refuses_fallbacks_outside_its_classes(two_network_export, fallbacks):
+    d = json.loads((two_network_export[0] / "distortion_classifier.json").read_text())
+    assert "fallbacks" not in d  # this classifier's classes declare none among them
+    Manifest.from_dict({**d, "fallbacks": {"gaussian_noise": "gaussian_blur"}})  # a valid table
+    with pytest.raises(ManifestError, match="fallbacks must map a class to another class"):
+        Manifest.from_dict({**d, "fallbacks": fallbacks})
+    edge = json.loads((two_network_export[0] / "edge_pristine.json").read_text())
+    with pytest.raises(ManifestError, match="edge manifest carries no fallbacks"):
+        Manifest.from_dict({**edge, "fallbacks": {"gaussian_noise": "gaussian_blur"}})

@@ -504,3 +504,44 @@ def test_a_cloud_only_answer_lacking_a_field_is_a_502(missing):
     del fields[missing]
     exc = refusal(FakeUpstream(json_reply(**fields)), mode="cloud_only")
     assert exc.status == 502 and str(exc) == f"cloud answer lacks '{missing}'"
+
+
+def _with_fallbacks(**fallbacks) -> Catalogue:
+    """CATALOGUE, its classifier knowing motion blur, with the fallback table given."""
+    shipped = Manifest.load(ONNX / "distortion_classifier.json")
+    names = (*shipped.class_names, "motion_blur")
+    classifier = replace(shipped, class_names=names, fallbacks=fallbacks)
+    return replace(CATALOGUE, classifier=classifier, experts=dict(CATALOGUE.experts))
+
+
+def test_a_type_without_its_expert_falls_back_as_the_classifier_manifest_says():
+    catalogue = _with_fallbacks(motion_blur="gaussian_blur")
+    up = FakeUpstream(edge_exit())
+    decider = Decider(lambda: catalogue, classifier("motion_blur"), up)
+    out = asyncio.run(decider.answer(IMAGE, OPTIONS))
+    assert (out["expert"], out["distortion"]) == ("gaussian_blur", "motion_blur")
+    assert out["fallback"] == {"from": "motion_blur", "reason": "no expert registered for motion_blur"}
+    assert up.calls[0].model == "edge_gaussian_blur"
+    # with its own expert registered, it answers and no fallback is said
+    catalogue.experts["motion_blur"] = replace(expert_pair("gaussian_blur"), name="motion_blur")
+    out = asyncio.run(
+        Decider(lambda: catalogue, classifier("motion_blur"), FakeUpstream(edge_exit())).answer(
+            IMAGE, OPTIONS
+        )
+    )
+    assert out["expert"] == "motion_blur" and "fallback" not in out
+
+
+def test_a_fallback_chain_that_runs_out_is_a_503_naming_every_type_tried():
+    no_table = _with_fallbacks()
+    err = refusal_with(no_table, "motion_blur")
+    assert err.status == 503 and str(err) == "no expert registered for motion_blur"
+    chain = _with_fallbacks(motion_blur="gaussian_noise", gaussian_noise="motion_blur")  # a cycle ends
+    err = refusal_with(chain, "motion_blur")
+    assert err.status == 503 and str(err) == "no expert registered for motion_blur or gaussian_noise"
+
+
+def refusal_with(catalogue, distortion) -> RouterError:
+    with pytest.raises(RouterError) as info:
+        asyncio.run(Decider(lambda: catalogue, classifier(distortion), FakeUpstream()).answer(IMAGE, OPTIONS))
+    return info.value

@@ -1,5 +1,6 @@
 """The distortion module: the paper's levels, clipping, shapes, determinism, the registry."""
 
+import cv2
 import numpy as np
 import pytest
 
@@ -118,3 +119,50 @@ def test_sample_is_uniform_over_types_then_levels():
     blur_levels = [lvl for t, lvl in draws if t == "gaussian_blur"]
     assert set(blur_levels) == {1, 2, 3, 4, 5}
     assert min(blur_levels.count(v) for v in range(1, 6)) > 0.15 * len(blur_levels)
+
+
+@pytest.mark.parametrize("length", distortions.MOTION_BLUR_LENGTHS)
+@pytest.mark.parametrize("angle", [0, 37, 90, 135])
+def test_motion_blur_kernel_is_a_line_of_that_length_at_that_angle(length, angle):
+    kernel = distortions.motion_blur_kernel(length, angle)
+    assert kernel.shape == (length, length) and abs(kernel.sum() - 1) < 1e-5
+    # the kernel's mass lies along the line: its second moments give the direction and the length
+    # (a uniform line of length L has a variance of (L^2 - 1) / 12 along it)
+    ys, xs = np.mgrid[:length, :length] - (length - 1) / 2
+    cov = np.cov(np.stack([xs.ravel(), -ys.ravel()]), aweights=kernel.ravel(), bias=True)
+    values, vectors = np.linalg.eigh(cov)
+    direction = np.degrees(np.arctan2(vectors[1, 1], vectors[0, 1])) % 180
+    assert min(abs(direction - angle), 180 - abs(direction - angle)) < 4
+    assert values[1] == pytest.approx((length**2 - 1) / 12, rel=0.2)
+    assert values[0] < 0.1 * values[1]
+
+
+def test_motion_blur_smears_along_its_direction_only():
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[::4] = 255  # horizontal lines
+
+    def blur(angle):
+        kernel = distortions.motion_blur_kernel(9, angle)
+        return cv2.filter2D(stripes, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+
+    assert np.abs(blur(0).astype(int) - stripes).max() <= 1  # motion along the lines: untouched
+    assert blur(90).std() < 0.2 * stripes.std()  # motion across them: smeared flat
+    # the registered function draws its angle from the generator it is given
+    angle = float(np.random.default_rng(0).uniform(0, 180))
+    np.testing.assert_array_equal(distortions.apply(stripes, "motion_blur", 9, seed=0), blur(angle))
+
+
+def test_motion_blur_levels_and_fallback_are_data_of_its_entry():
+    entry = distortions.get("motion_blur")
+    assert entry.levels == (5, 9, 13, 17, 21) and entry.fallback == "gaussian_blur"
+    assert distortions.fallbacks(("pristine", "gaussian_blur", "motion_blur")) == {
+        "motion_blur": "gaussian_blur"
+    }
+    # a fallback the classifier does not know is left out: the router could never reach it
+    assert distortions.fallbacks(("pristine", "motion_blur")) == {}
+
+
+def test_a_fallback_must_be_registered_first(monkeypatch):
+    monkeypatch.setattr(distortions, "REGISTRY", dict(distortions.REGISTRY))
+    with pytest.raises(ValueError, match="falls back to 'fog', which is not registered"):
+        distortions.register("haze", levels=(1,), fallback="fog")(lambda image, level, rng: image)

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from core.distortions import DISTORTION_CLASSES
+from core.errors import UserInputError
 from core.spectrum import LEGACY_SPECTRA, SPECTRA, check_spectra, classifier_input
+from training.checkpoints import load_checkpoint
 
 
 @dataclass
@@ -111,3 +113,37 @@ class DistortionClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def initial_state(path: str | None, config: ClassifierConfig) -> tuple[dict, str] | None:
+    """(state dict, run id) of the checkpoint at `path` (`train_classifier --init`), refused
+    unless its network matches `config`; its classes may be a prefix of `config`'s (`widened`)."""
+    if path is None:
+        return None
+    payload = load_checkpoint(path, "distortion_classifier")
+    theirs = ClassifierConfig.from_dict(payload["config"])
+    for field in ("input_size", "image_size", "spectra", "bottleneck"):
+        if getattr(theirs, field) != getattr(config, field):
+            raise UserInputError(
+                f"--init {path}: its {field} is {getattr(theirs, field)}, "
+                f"this run's is {getattr(config, field)}"
+            )
+    if config.classes[: len(theirs.classes)] != theirs.classes:
+        raise UserInputError(
+            f"--init {path}: its classes {', '.join(theirs.classes)} do not begin --classes "
+            f"{', '.join(config.classes)} (types may only be added at the end)"
+        )
+    return payload["state_dict"], payload["run_id"]
+
+
+def widened(init: dict, fresh: dict) -> dict:
+    """`init`, its output layer grown to `fresh`'s classes: the rows of the classes it knew keep
+    their trained weights, the added rows keep `fresh`'s initialisation."""
+    out = dict(init)
+    for key, new in fresh.items():
+        old = init[key]
+        if old.shape != new.shape:  # the output layer's weight and bias: more rows
+            grown = new.clone()
+            grown[: old.shape[0]] = old
+            out[key] = grown
+    return out

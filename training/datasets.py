@@ -247,7 +247,9 @@ def distorted_image(
 class DistortedDataset(Dataset):
     """A source with on-the-fly distortions, as backbone inputs or classifier spectra.
 
-    Items: (input tensor, object label, distortion class index, level). `representation` is
+    Items: (input tensor, object label, distortion class index, level); the index is into `classes`
+    (default the routed types, `core.distortions.DISTORTION_CLASSES`), -1 for a type not among
+    them. `representation` is
     'image' (3xSxS, normalised) or 'spectrum' (CxTxT in [0, 1], T = `spectrum_size`, default S, one
     channel per name in `spectra`).
     Distortions always act at `size`, the backbone's input size, where their levels are defined;
@@ -272,12 +274,14 @@ class DistortedDataset(Dataset):
         jpeg_quality: tuple[int, int] = (60, 95),
         jpeg_444_fraction: float = 0.0,
         lossless_only: tuple[tuple[str, float], ...] = (),
+        classes: tuple[str, ...] = distortions.DISTORTION_CLASSES,
     ):
         if representation not in ("image", "spectrum"):
             raise ValueError(f"unknown representation {representation!r}")
         self.source = source
         self.size = size
         self.policy = policy
+        self.classes = tuple(classes)
         self.representation = representation
         self.preprocessing = preprocessing or Preprocessing(size=size)
         self.blur_border = blur_border
@@ -334,6 +338,7 @@ class DistortedDataset(Dataset):
             spectrum_size=config.input_size,
             spectra=config.spectra,
             wire=wire,
+            classes=config.classes,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -354,6 +359,6 @@ class DistortedDataset(Dataset):
         return (
             torch.from_numpy(x),
             self.source.label(index),
-            distortions.DISTORTION_CLASSES.index(name) if name in distortions.DISTORTION_CLASSES else -1,
+            self.classes.index(name) if name in self.classes else -1,
             float(level),
         )

@@ -160,6 +160,7 @@ def evaluate_source(
         "confusion": {"labels": classes, "matrix": confusion(pred, target, len(classes))},
         "per_level": {},
         "per_level_n": {},
+        "per_level_routes": {},
     }
     for k, name in enumerate(classes):
         for level in (0, *distortions.get(name).levels) if name != "pristine" else (0,):
@@ -168,7 +169,24 @@ def evaluate_source(
             p, _, _ = run(DistortionPolicy(fixed=(name, level), seed=seed + 1), f"{label} {name} {level:g}")
             result["per_level"].setdefault(name, {})[f"{level:g}"] = float((p == k).mean())
             result["per_level_n"].setdefault(name, {})[f"{level:g}"] = int(len(p))
+            result["per_level_routes"].setdefault(name, {})[f"{level:g}"] = {
+                c: int((p == j).sum()) for j, c in enumerate(classes)
+            }
+    result["fallback_confusion"] = fallback_confusion(result["per_level_routes"], classes)
     return result
+
+
+def fallback_confusion(routes: dict, classes: list[str]) -> dict[str, float]:
+    """{'a->b': share}: for each type `a` and its fallback `b` (`core.distortions`), both ways,
+    the share of images of `a` from its second level up that the classifier called `b`. Types
+    close enough to share an expert are the ones worth telling apart; the first level of each is
+    too faint to hold to it."""
+    out = {}
+    for a, b in distortions.fallbacks(classes).items():
+        for src, dst in ((a, b), (b, a)):
+            cells = [routes[src][f"{level:g}"] for level in distortions.get(src).levels[1:]]
+            out[f"{src}->{dst}"] = sum(c[dst] for c in cells) / max(1, sum(sum(c.values()) for c in cells))
+    return out
 
 
 def cells(classes: list[str]) -> list[tuple[int, str, float]]:

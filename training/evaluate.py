@@ -10,7 +10,10 @@ Models:
 - `expert_routed`: the expert the distortion classifier picks from the image's spectrum (the
   live system's behaviour: a JPEG wire is routed by the classifier network for JPEG bodies when
   there is one);
-- with `--adapt-bn` experts (own BN statistics) the same two rows again, suffixed `_adapt_bn`.
+- `expert_fallback`: on the cells of a type with a fallback (`core.distortions`: motion blur's is
+  Gaussian blur), the fallback type's expert: what the edge answers while the type's own expert is
+  not registered;
+- with `--adapt-bn` experts (own BN statistics) the same rows again, suffixed `_adapt_bn`.
 
 Experts that share the conventional model's backbone (BN frozen) are evaluated from one pass of
 the shared stages. Writes `accuracy.csv` (one row per model, wire, distortion, level, p_tar), `accuracy.md`
@@ -257,7 +260,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         data_root=args.data_root,
         seed=conventional.get("split_seed", 0),
     )
-    classes = list(distortions.DISTORTION_CLASSES)
+    # the classifier's own classes, in its output order (a route is an index into them)
+    classes = list(classifiers["any"][0].config.classes if classifiers else distortions.DISTORTION_CLASSES)
 
     rows, exit_accuracy = [], {}
     todo = [(w, c) for w in wires for c in (cells() if args.cells == "all" else [("pristine", 0)])]
@@ -284,10 +288,13 @@ def main(args: argparse.Namespace) -> list[dict]:
             else None
         )
         variants = [("conventional", conf["conventional"], None)]
+        fallback = distortions.fallbacks(classes).get(name)
         for suffix, by_type in experts.items():
             variants.append((f"expert_oracle{suffix}", conf[by_type[name]], None))
+            if fallback is not None:  # what the edge answers while this type's expert is away
+                variants.append((f"expert_fallback{suffix}", conf[by_type[fallback]], None))
             if routes is not None:
-                stacked_c = np.stack([conf[by_type[c]][0] for c in classes])  # (3, N, K)
+                stacked_c = np.stack([conf[by_type[c]][0] for c in classes])  # (classes, N, K)
                 stacked_p = np.stack([conf[by_type[c]][1] for c in classes])
                 n = np.arange(len(labels))
                 variants.append(

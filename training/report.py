@@ -59,6 +59,17 @@ def markdown(rows: list[dict], summary: dict, p_tar: float = 0.8) -> str:
     ]
     for wire in wires:
         lines += [f"## Sent as {wire}", "", *_table(rows, wire, p_tar), ""]
+    if any(r["model"] == "expert_fallback" for r in rows):
+        lines += [
+            "## A type's own expert against its fallback's",
+            "",
+            "Overall accuracy in %: the type's expert routed by the classifier, the expert the edge "
+            "falls back to while the type's own is not registered (`core.distortions`), and the "
+            "conventional model.",
+            "",
+        ]
+        for wire in wires:
+            lines += [f"### Sent as {wire}", "", *_fallback_table(rows, wire, p_tar), ""]
     lines += [
         "## Calibration on the validation split (ECE per exit, before -> after)",
         "",
@@ -73,6 +84,25 @@ def markdown(rows: list[dict], summary: dict, p_tar: float = 0.8) -> str:
             f"{' '.join(f'{e:.3f}' for e in c['ece_after'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _fallback_table(rows: list[dict], wire: str, p_tar: float) -> list[str]:
+    idx = _index(rows, wire)
+    lines = [
+        "| distortion | level | routed | fallback | conventional | routed - fallback |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["distortion"] for r in rows if r["model"] == "expert_fallback"):
+        for level in map(float, distortions.get(name).levels):
+            got = [
+                idx.get((m, name, level, p_tar)) for m in ("expert_routed", "expert_fallback", "conventional")
+            ]
+            if None in got:
+                continue
+            acc = [float(r["overall_acc"]) for r in got]
+            cells = [name, f"{level:g}", *map(_pct, acc), f"{100 * (acc[0] - acc[1]):+.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _table(rows: list[dict], wire: str, p_tar: float) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import sys
 import time
 
@@ -30,8 +31,8 @@ from core import distortions
 from core.cli import command_line, progress, run_cli
 from core.errors import UserInputError
 from core.spectrum import SPECTRA, parse_spectra
-from training.checkpoints import load_checkpoint, new_run_id, save_checkpoint
-from training.classifier import ClassifierConfig, DistortionClassifier
+from training.checkpoints import new_run_id, save_checkpoint
+from training.classifier import ClassifierConfig, DistortionClassifier, initial_state, widened
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
 from training.engine import add_runtime_args, device_from_arg, epoch_would_overrun
 from training.eval_classifier import predict
@@ -115,10 +116,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         "against chroma evidence per frequency band",
     )
     p.add_argument(
+        "--classes",
+        default=",".join(distortions.DISTORTION_CLASSES),
+        help="comma-separated distortion types the classifier tells apart, in output order (each "
+        "registered in core.distortions; the router sends each to the expert named after it)",
+    )
+    p.add_argument(
         "--init",
         default=None,
         help="start from this classifier checkpoint (same input size and spectra) instead of a "
-        "random initialisation: fine-tuning",
+        "random initialisation: fine-tuning. Its classes may be a prefix of --classes: the "
+        "output rows of the added types start from a fresh initialisation (a type added)",
     )
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--samples-per-epoch", type=int, default=20000)
@@ -155,6 +163,7 @@ def _check_args(args: argparse.Namespace) -> None:
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise UserInputError(f"--{name.replace('_', '-')} must be in [0, 1]")
     args.jpeg_quality = parse_quality_range(args.jpeg_quality)
+    args.classes = parse_classes(args.classes)
     args.lossless_only = parse_levels(args.lossless_only)
     for name in (
         "epochs",
@@ -182,6 +191,19 @@ def parse_quality_range(text: str) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def parse_classes(text: str) -> tuple[str, ...]:
+    """'pristine,gaussian_blur' as a tuple of registered types, pristine first, no repeats."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        distortions.get(name)  # an unknown type raises its own one-line error
+    if len(set(names)) != len(names) or len(names) < 2 or names[0] != "pristine":
+        raise UserInputError(
+            f"--classes: expected distinct registered types, pristine first and at least one "
+            f"distortion, got {text!r}"
+        )
+    return names
+
+
 def parse_levels(texts: list[str]) -> tuple[tuple[str, float], ...]:
     """['gaussian_noise:5'] as (('gaussian_noise', 5.0),), or a UserInputError naming --lossless-only."""
     out = []
@@ -200,7 +222,9 @@ def parse_levels(texts: list[str]) -> tuple[tuple[str, float], ...]:
 def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDataset]:
     """(train dataset, sampler weights, validation dataset) as described in the module docstring."""
     size = args.image_size
+    policy = functools.partial(DistortionPolicy, types=args.classes)
     spec = {
+        "classes": args.classes,
         "representation": "spectrum",
         "spectrum_size": args.input_size,
         "spectra": args.spectra,
@@ -217,22 +241,22 @@ def build_datasets(args: argparse.Namespace) -> tuple[list, np.ndarray, ConcatDa
     val_src = load_source(
         args.data, "val", seed=args.split_seed, limit=args.val_limit, data_root=args.data_root
     )
-    train_parts = [DistortedDataset(train_src, size=size, **spec, policy=DistortionPolicy(seed=args.seed))]
-    val_parts = [DistortedDataset(val_src, size=size, **spec, policy=DistortionPolicy(seed=args.seed + 1))]
+    train_parts = [DistortedDataset(train_src, size=size, **spec, policy=policy(seed=args.seed))]
+    val_parts = [DistortedDataset(val_src, size=size, **spec, policy=policy(seed=args.seed + 1))]
     weights = [np.full(len(train_src), (1.0 - args.photo_fraction) / len(train_src))]
     if args.photo_fraction > 0:
         # as many distinct crops per epoch as samples drawn from them
         n_crops = max(1, int(args.samples_per_epoch * args.photo_fraction))
         photos = PhotoCrops("train", n_crops, size=size, seed=args.seed, frame_fraction=args.frame_fraction)
         train_parts.append(
-            DistortedDataset(photos, size=size, **photo_spec, policy=DistortionPolicy(seed=args.seed + 2))
+            DistortedDataset(photos, size=size, **photo_spec, policy=policy(seed=args.seed + 2))
         )
         weights.append(np.full(n_crops, args.photo_fraction / n_crops))
         val_photos = PhotoCrops(
             "train", args.val_photo_crops, size=size, seed=args.seed + 100, frame_fraction=args.frame_fraction
         )
         val_parts.append(
-            DistortedDataset(val_photos, size=size, **photo_spec, policy=DistortionPolicy(seed=args.seed + 3))
+            DistortedDataset(val_photos, size=size, **photo_spec, policy=policy(seed=args.seed + 3))
         )
     return train_parts, np.concatenate(weights), ConcatDataset(val_parts)
 
@@ -248,6 +272,7 @@ def main(args: argparse.Namespace) -> dict:
         image_size=args.image_size,
         spectra=args.spectra,
         bottleneck=args.bottleneck,
+        classes=args.classes,
     )
     val_loader = DataLoader(val_set, batch_size=256, num_workers=args.workers)
     print(
@@ -258,7 +283,7 @@ def main(args: argparse.Namespace) -> dict:
         file=sys.stderr,
     )
     run_id = new_run_id()
-    init = _initial_state(args.init, config)
+    init = initial_state(args.init, config)
 
     def checkpoint(state: dict, epoch: int, acc: float, history: list, attempt: int) -> dict:
         """Write the best model so far: an interrupted run still leaves a usable checkpoint."""
@@ -294,7 +319,7 @@ def main(args: argparse.Namespace) -> dict:
         torch.manual_seed(args.seed + 7919 * attempt)
         model = DistortionClassifier(config)
         if init is not None:
-            model.load_state_dict(init[0])
+            model.load_state_dict(widened(init[0], model.state_dict()))
         model = model.to(device)
         outcome = _fit(
             model,
@@ -325,21 +350,6 @@ def main(args: argparse.Namespace) -> dict:
         file=sys.stderr,
     )
     return payload
-
-
-def _initial_state(path: str | None, config: ClassifierConfig) -> tuple[dict, str] | None:
-    """(state dict, run id) of the `--init` checkpoint, refused unless its network matches."""
-    if path is None:
-        return None
-    payload = load_checkpoint(path, "distortion_classifier")
-    theirs = ClassifierConfig.from_dict(payload["config"])
-    for field in ("input_size", "image_size", "spectra", "classes", "bottleneck"):
-        if getattr(theirs, field) != getattr(config, field):
-            raise UserInputError(
-                f"--init {path}: its {field} is {getattr(theirs, field)}, "
-                f"this run's is {getattr(config, field)}"
-            )
-    return payload["state_dict"], payload["run_id"]
 
 
 def _fit(model, args, train_parts, weights, val_set, val_loader, device, on_best):

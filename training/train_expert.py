@@ -39,7 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--distortion",
         required=True,
-        help=f"distortion type of the expert: {', '.join(distortions.DISTORTION_CLASSES)}",
+        help=f"distortion type of the expert, one registered in core.distortions: "
+        f"{', '.join(distortions.REGISTRY)}",
     )
     p.add_argument("--out", default=None, help="default: checkpoints/expert_<distortion>.pt")
     p.add_argument(
@@ -60,12 +61,8 @@ def expert_policy(distortion: str, seed: int) -> DistortionPolicy:
 
 def main(args: argparse.Namespace) -> dict:
     engine.check_common_args(args)
-    if args.distortion not in distortions.DISTORTION_CLASSES:
-        distortions.get(args.distortion)  # unknown: one-line error listing the known types
-        raise UserInputError(
-            f"no classifier class for {args.distortion!r}: experts exist for "
-            f"{', '.join(distortions.DISTORTION_CLASSES)}"
-        )
+    # a registered type: the classifier learns to route to it when trained with it in --classes
+    distortions.get(args.distortion)  # unknown: one-line error listing the known types
     out = args.out or f"checkpoints/expert_{args.distortion}.pt"
     started = time.time()
     torch.manual_seed(args.seed)
