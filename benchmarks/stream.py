@@ -157,6 +157,7 @@ def ask(session: requests.Session, url: str, body: bytes, params: dict) -> dict:
         "latency_ms": (time.perf_counter() - t) * 1000,
         "bytes_sent": len(body),
         "routed_distortion": answer.get("distortion"),
+        "fallback": bool(answer.get("fallback")),
         **{k: answer.get(k) for k in ("class", "exit", "expert", "offloaded", "degraded", "offloaded_bytes")},
     }
 
@@ -181,6 +182,8 @@ def summarise(cell: list[dict], **key) -> dict:
         "p50_ms": float(np.median([r["latency_ms"] for r in ok])) if ok else None,
         "mean_bytes": float(np.mean([r["bytes_sent"] for r in cell])) if cell else None,
         "expert": Counter(r["expert"] for r in ok).most_common(1)[0][0] if ok else None,
+        # answers from the expert the classifier manifest names while the routed one is away
+        "fallbacks": sum(r.get("fallback", False) for r in ok),
     }
 
 
@@ -249,6 +252,8 @@ def print_table(rows: list[dict]) -> None:
         off = "-" if r["offload_rate"] is None else f"{100 * r['offload_rate']:.0f}"
         p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.1f}"
         errors = f"  ({r['errors']} errors)" if r["errors"] else ""
+        if r.get("fallbacks"):
+            errors = f" (fallback for {r['fallbacks']}){errors}"
         g = ""
         if gaps:
             g = f" {r['gap_points']:+5.1f}" if "gap_points" in r else f" {'':>5s}"

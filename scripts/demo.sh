@@ -11,7 +11,13 @@
 #      cell, and beside each live accuracy the value docs/results/accuracy.csv holds for the same
 #      models, wire and p_tar; the demo fails if a cell is more than three binomial standard
 #      errors away,
-#   4. everything it started is stopped again (also on Ctrl-C or failure).
+#   4. each type whose classifier manifest names a fallback (motion blur: Gaussian blur) is
+#      unplugged live through the management API (its frames then answered by the fallback's
+#      expert, compared with the CSV's expert_fallback rows) and plugged in again (its own expert,
+#      expert_routed rows), with no restart,
+#   5. everything it started is stopped again (also on Ctrl-C or failure).
+# DEMO_MODELS serves another export instead of models/onnx (DEMO_EXPECTED= skips the comparison
+# with the CSV, which holds the shipped models' figures).
 # DEMO_TRAIN=1 (`make demo-train`, about 7 minutes) first trains demo-sized models on subsets
 # (a contact sheet of the distortions, classifier, conventional model, three experts, ONNX export
 # with parity checks) and serves those instead; their accuracy is not compared with the CSV.
@@ -53,34 +59,63 @@ if [ "$TRAIN" = 1 ]; then
   EXPECTED=()
   CELLS=(pristine:0 gaussian_blur:1 gaussian_blur:3 gaussian_blur:5 gaussian_noise:10 gaussian_noise:20 gaussian_noise:40)
 else
-  MODELS=models/onnx
+  MODELS=${DEMO_MODELS:-models/onnx}
   [ -f "$MODELS/distortion_classifier.json" ] || { echo "error: no shipped models in $MODELS" >&2; exit 1; }
-  EXPECTED=(--expected docs/results/accuracy.csv)
-  CELLS=(pristine:0 gaussian_blur:1 gaussian_blur:2 gaussian_blur:3 gaussian_blur:4 gaussian_blur:5
-         gaussian_noise:5 gaussian_noise:10 gaussian_noise:20 gaussian_noise:30 gaussian_noise:40)
+  EXPECTED=(--expected "${DEMO_EXPECTED-docs/results/accuracy.csv}")
+  [ -n "${DEMO_EXPECTED-docs/results/accuracy.csv}" ] || EXPECTED=()
+  # every level of every type the shipped classifier routes (core.distortions.DISTORTION_CLASSES)
+  read -r -a CELLS <<< "$($PY -c "from core import distortions as d
+print(' '.join(['pristine:0'] + [f'{n}:{v:g}' for n in d.DISTORTION_CLASSES[1:] for v in d.get(n).levels]))")"
 fi
+# the experts served: one per class of the classifier in $MODELS; and the types its manifest names
+# a fallback for (each is unplugged and plugged in again live in step 4)
+read -r -a TYPES <<< "$($PY -c "import json, sys; print(' '.join(json.load(open(sys.argv[1]))['class_names']))" "$MODELS/distortion_classifier.json")"
+read -r -a PLUGGABLE <<< "$($PY -c "import json, sys; print(' '.join(json.load(open(sys.argv[1])).get('fallbacks', {})))" "$MODELS/distortion_classifier.json")"
 
-step "1/4 TorchServe archives from $MODELS"
+step "1/5 TorchServe archives from $MODELS"
 $PY -m export.archive --exported "$MODELS" --model-store "$OUT/model_store"
 
-step "2/4 edge and cloud TorchServe (token auth, loopback), then the edge router on :$PORT (classifier inside)"
+step "2/5 edge and cloud TorchServe (token auth, loopback), then the edge router on :$PORT (classifier inside)"
 $PY -m benchmarks.live up --run-dir "$RUN" --model-store "$OUT/model_store" --port "$PORT" \
-  --edge-models edge_pristine edge_gaussian_blur edge_gaussian_noise \
-  --cloud-models cloud_pristine cloud_gaussian_blur cloud_gaussian_noise
+  --edge-models "${TYPES[@]/#/edge_}" --cloud-models "${TYPES[@]/#/cloud_}"
 get() {  # GET a router URL with Python (no curl needed); prints the body, fails on non-2xx
   $PY -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"
 }
+serving() {  # wait until the router's experts do (yes) or do not (no) include $1
+  for _ in $(seq 60); do
+    if get "http://127.0.0.1:$PORT/v1/experts" | $PY -c "import json, sys; sys.exit(('$1' in json.load(sys.stdin)['experts']) != ('$2' == 'yes'))"; then return 0; fi
+    sleep 0.5
+  done
+  echo "error: the router did not $([ "$2" = yes ] && echo pick up || echo drop) $1 within 30 s" >&2; return 1
+}
 
-step "3/4 $PER_CELL test images per cell through the router, sent as ${WIRES[*]} (live exits and offloads, p_tar 0.8)"
-[ ${#EXPECTED[@]} -gt 0 ] && echo "csv %: docs/results/accuracy.csv (expert_routed, same wire, p_tar 0.8, same models); 3 SE: three binomial standard errors of a cell of this size; ok: live within that band; routed %: answers from the expert of the true distortion; gap: accuracy minus the PNG run's on the same images"
+step "3/5 $PER_CELL test images per cell through the router, sent as ${WIRES[*]} (live exits and offloads, p_tar 0.8)"
+[ ${#EXPECTED[@]} -gt 0 ] && echo "csv %: docs/results/accuracy.csv (expert_routed, same wire, p_tar 0.8, same models); 3 SE: three binomial standard errors of a cell of this size; ok: live within that band; routed %: answers the classifier routed to the true distortion (its expert, or its fallback where that answered: said after the expert); gap: accuracy minus the PNG run's on the same images"
 status=0
 $PY -m benchmarks.stream --router "http://127.0.0.1:$PORT" --threshold 0.8 --per-cell "$PER_CELL" \
   --cells "${CELLS[@]}" --wires "${WIRES[@]}" --max-seconds 300 --quiet --json "$OUT/stream.json" "${EXPECTED[@]}" || status=$?
+
+for type in ${PLUGGABLE[@]+"${PLUGGABLE[@]}"}; do
+  step "4/5 $type unplugged and plugged in again while everything runs (management API, no restart)"
+  read -r -a PLUG_CELLS <<< "$($PY -c "from core import distortions as d; print(' '.join(f'$type:{v:g}' for v in d.get('$type').levels))")"
+  $PY -m edge_router.register remove "$type" --run-dir "$RUN"
+  serving "$type" no
+  echo "without its expert: answered by the fallback the classifier's manifest names (csv: expert_fallback rows)"
+  $PY -m benchmarks.stream --router "http://127.0.0.1:$PORT" --threshold 0.8 --per-cell "$PER_CELL" \
+    --cells "${PLUG_CELLS[@]}" --wires png --max-seconds 120 --quiet --json "$OUT/stream_${type}_fallback.json" \
+    ${EXPECTED[@]+"${EXPECTED[@]}" --expected-model expert_fallback} || status=$?
+  $PY -m edge_router.register add "$type" --run-dir "$RUN"
+  serving "$type" yes
+  echo "its own expert again (csv: expert_routed rows)"
+  $PY -m benchmarks.stream --router "http://127.0.0.1:$PORT" --threshold 0.8 --per-cell "$PER_CELL" \
+    --cells "${PLUG_CELLS[@]}" --wires png --max-seconds 120 --quiet --json "$OUT/stream_${type}_plugged.json" \
+    ${EXPECTED[@]+"${EXPECTED[@]}"} || status=$?
+done
 echo
 echo "router metrics (excerpt):"
 get "http://127.0.0.1:$PORT/metrics" | grep -E '^edge_router_(requests|offloads|degraded)_total' || true
 
-step "4/4 stopping the router and both TorchServe instances"
+step "5/5 stopping the router and both TorchServe instances"
 cleanup
 echo "artifacts: $MODELS/, $OUT/model_store/, $OUT/stream.json; logs: $RUN/edge/logs, $RUN/cloud/logs"
 echo "demo wall time: $(( $(date +%s) - started )) s"

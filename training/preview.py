@@ -55,7 +55,7 @@ def contact_sheet(image: np.ndarray, *, scale: int = 2, spectra: bool = False) -
         tiles = []
         for level in (0, *dist.levels):
             out = distortions.apply(image, name, level, seed=0)
-            tiles.append(_tile(out, f"{name.split('_')[-1]} {level:g}", scale))
+            tiles.append(_tile(out, f"{name.replace('gaussian_', '').replace('_', ' ')} {level:g}", scale))
             if spectra:
                 channels = classifier_input(out, out.shape[0], spectra=SPECTRA)
                 for kind, s in zip(SPECTRA, channels, strict=True):
