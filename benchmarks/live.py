@@ -83,12 +83,14 @@ class LiveSystem:
         wait_s: float = 240,
         cloud_engine: str = "torchserve",
         cloud_replicas: int = 1,
+        worker_torch: str = "stub",
     ):
         from benchmarks import netem
 
         self.store = Path(model_store).resolve()
         self.run_dir = Path(run_dir).resolve()
         self.models = {"edge": edge_models or ["all"], "cloud": cloud_models or ["all"]}
+        self.worker_torch = worker_torch  # what TorchServe's workers import as torch (edge_router.torchserve)
         self.link, self.cpus = link, dict(cpus or {})
         self.router_options, self.log_level, self.wait_s = list(router_options or []), log_level, wait_s
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
@@ -141,7 +143,7 @@ class LiveSystem:
 
     def start_ts(self, role: str, inst=None) -> None:
         inst = inst or self.insts[role]
-        cmd = torchserve_start_argv(role, inst, self.store, self.wait_s, self.models[role])
+        cmd = torchserve_start_argv(role, inst, self.store, self.wait_s, self.models[role], self.worker_torch)
         r = subprocess.run(
             self._argv(role, cmd), env=self.env, timeout=self.wait_s + 120, capture_output=True, text=True
         )

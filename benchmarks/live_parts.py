@@ -105,7 +105,9 @@ def ports_args(ports: Ports) -> list[str]:
     ]
 
 
-def torchserve_start_argv(role: str, inst, store: Path, wait_s: float, models: list[str]) -> list[str]:
+def torchserve_start_argv(
+    role: str, inst, store: Path, wait_s: float, models: list[str], worker_torch: str = "stub"
+) -> list[str]:
     """Starts one TorchServe instance (`edge_router.torchserve.instance`) with `models` of `store`."""
     return [
         sys.executable,
@@ -121,6 +123,8 @@ def torchserve_start_argv(role: str, inst, store: Path, wait_s: float, models: l
         str(store),
         "--wait-s",
         str(wait_s),
+        "--worker-torch",
+        worker_torch,
         *ports_args(inst.ports),
         "--models",
         *models,

@@ -33,6 +33,9 @@ from edge_router.tokens import KINDS, parse_key_file
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "config.properties"
 LOG_CONFIG = ROOT / "log4j2.xml"
+# the workers' stand-in for PyTorch (handlers/worker_env/torch/__init__.py says why)
+WORKER_ENV = ROOT / "handlers" / "worker_env"
+WORKER_TORCH = ("stub", "real")
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,15 @@ def instance(
     )
 
 
+def template_value(key: str) -> str:
+    """A setting of the repository's config.properties ('' when it sets none)."""
+    for line in TEMPLATE.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#") and name.strip() == key:
+            return value.strip()
+    return ""
+
+
 def render_config(inst: Instance, model_store: Path) -> str:
     """The repository's config.properties with this instance's addresses and paths."""
     values = {
@@ -119,8 +131,9 @@ def render_config(inst: Instance, model_store: Path) -> str:
         "model_store": str(model_store),
         # Java's own temp folder (model extraction) per instance, beside TMPDIR's pid file; the
         # repository's log4j2.xml (no per-request DEBUG/INFO lines, each written twice, on the hop).
-        "vmargs": f"-Xmx1g -XX:+ExitOnOutOfMemoryError -Djava.io.tmpdir={inst.workdir / 'tmp'} "
-        f"-Dlog4j.configurationFile={LOG_CONFIG.as_uri()}",
+        # the JVM's sizing from the template (an edge box's), plus this instance's folders
+        "vmargs": f"{template_value('vmargs')} -Djava.io.tmpdir={inst.workdir / 'tmp'} "
+        f"-Dlog4j.configurationFile={LOG_CONFIG.as_uri()}".strip(),
     }
     lines, seen = [], set()
     for line in TEMPLATE.read_text().splitlines():
@@ -174,7 +187,15 @@ def start(
     *,
     wait_s: float = 120,
     extra_env: dict[str, str] | None = None,
+    worker_torch: str = "stub",
 ) -> Instance:
+    """Start `inst` with `models` of `model_store` registered, and wait until they are READY.
+
+    `worker_torch`: 'stub' puts `handlers/worker_env` first on the workers' PYTHONPATH, so that
+    TorchServe's `import torch` in each worker finds the stand-in there (0.1 MB instead of about
+    480 MB RSS per worker; see that module); 'real' leaves the installed PyTorch to it."""
+    if worker_torch not in WORKER_TORCH:
+        raise UserInputError(f"worker torch {worker_torch!r}: one of {', '.join(WORKER_TORCH)}")
     store = Path(model_store).resolve()
     if not store.is_dir():
         raise UserInputError(f"model store {store} does not exist (run python -m export.archive)")
@@ -190,6 +211,8 @@ def start(
         cmd += ["--models", *[f"{m}={m}.mar" for m in chosen]]
     env = inst.env()
     env.update(extra_env or {})
+    if worker_torch == "stub":  # the workers inherit the frontend's environment
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(WORKER_ENV), env.get("PYTHONPATH")) if p)
     with open(inst.workdir / "logs" / "launcher.log", "ab") as out:
         subprocess.run(
             cmd, cwd=inst.workdir, env=env, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=60
@@ -261,6 +284,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--wait-s", type=float, default=120, help="how long start waits for Healthy")
     p.add_argument(
+        "--worker-torch",
+        choices=WORKER_TORCH,
+        default="stub",
+        help="what TorchServe's `import torch` finds in a worker: 'stub', the stand-in of "
+        "handlers/worker_env (our handlers never use torch; about 480 MB less per worker), or "
+        "'real', the installed PyTorch (for handlers of your own that need it)",
+    )
+    p.add_argument(
         "--ports",
         type=int,
         nargs=5,
@@ -280,7 +311,7 @@ def main(args: argparse.Namespace) -> int:
             role, run_dir=args.run_dir, host=args.host, ports=Ports(*args.ports) if args.ports else None
         )
         if args.action == "start":
-            start(inst, args.model_store, args.models, wait_s=args.wait_s)
+            start(inst, args.model_store, args.models, wait_s=args.wait_s, worker_torch=args.worker_torch)
             print(
                 f"{role}: healthy at {inst.inference_url} (management {inst.management_url}, "
                 f"metrics {inst.metrics_url}); tokens in {inst.key_file}"

@@ -1,9 +1,11 @@
 """Archives and the TorchServe handlers, in process (the live servers are tested in test_serving)."""
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,8 @@ from handlers.edge_handler import EdgeExpertHandler
 from handlers.runtime import EdgeExpert
 from handlers.service import MANIFEST_NAME
 from tests.conftest import textured_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EXPERTS = standard_experts()
 
@@ -131,6 +135,30 @@ def test_serving_side_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_workers_torch_stand_in_satisfies_torchserves_codec_and_nothing_else():
+    """What a TorchServe worker started by edge_router.torchserve imports as torch: enough for the
+    worker's response codec (which only asks isinstance(answer, torch.Tensor)), nothing more."""
+    from edge_router.torchserve import WORKER_ENV
+
+    code = """
+import torch, ts.protocol.otf_message_handler as codec
+assert torch.__file__.startswith(WORKER_ENV) and torch.__version__ == "0+stub", torch.__file__
+assert not isinstance(object(), torch.Tensor)
+reply = codec.create_predict_response([b"bytes", {"k": 1}], {0: "a", 1: "b"}, "ok", 200)
+assert b"bytes" in reply and b'"k": 1' in reply
+for call in (lambda: torch.zeros(1), lambda: torch.save(1, "x")):
+    try:
+        call()
+    except (AttributeError, RuntimeError) as exc:
+        assert "worker_env" in str(exc) or "stand-in" in str(exc), exc
+    else:
+        raise AssertionError("the stand-in did something")
+"""
+    env = {**os.environ, "PYTHONPATH": f"{WORKER_ENV}{os.pathsep}{ROOT}"}
+    code = f"WORKER_ENV = {str(WORKER_ENV)!r}\n{code}"
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_edge_batch_one_response_per_request_bad_ones_isolated(unpacked):

@@ -393,6 +393,16 @@ def wait_for(predicate, timeout=30.0):
     return False
 
 
+def test_torchserve_workers_run_without_pytorch(system):
+    """The instances start their workers with the torch stand-in (handlers/worker_env): PyTorch's
+    libraries are not mapped and a worker stays far below the ~570 MB it took with them."""
+    workers = {n: p for n, p in system["live"].processes().items() if "_worker_" in n}
+    assert {n.split("_")[0] for n in workers} == {"edge", "cloud"}
+    for name, proc in workers.items():
+        assert not any("libtorch" in m.path for m in proc.memory_maps()), name
+        assert proc.memory_info().rss < 250 * 2**20, (name, proc.memory_info().rss)
+
+
 def test_tokens_never_appear_in_logs_or_answers(system):
     tokens = [v for inst in system["insts"].values() for v in inst.keys().values()]
     assert all(len(t) >= 8 for t in tokens)
