@@ -270,6 +270,9 @@ def run_eager(folder: Path, bodies, args) -> dict:
             EAGER,
             "--wait-s",
             "240",
+            # TorchServe's stock image classifier runs eager PyTorch: its worker needs the real one
+            "--worker-torch",
+            "real",
         ],
         check=True,
         env=env,

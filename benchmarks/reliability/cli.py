@@ -123,6 +123,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--fuzz-inputs", type=int, default=10000, help="in all; a quarter go to the cloud handler")
     p.add_argument("--soak-minutes", type=float, default=10.0)
+    p.add_argument(
+        "--soak-warmup-minutes",
+        type=float,
+        default=1.0,
+        help="RSS growth is measured from this minute of the soak to its end (a JVM's heap and a "
+        "worker's allocator settle in the first minutes)",
+    )
     p.add_argument("--abuse-seconds", type=float, default=20.0, help="how long each abuse scenario is held")
     p.add_argument(
         "--abuse-scale",

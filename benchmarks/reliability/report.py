@@ -94,7 +94,8 @@ def write_markdown(r: dict, path: Path) -> None:
     if "soak" in r:
         s = r["soak"]
         rss = (
-            f"RSS growth after warm-up at most **{100 * (s['rss_growth_max'] or 0):.1f} %**"
+            f"RSS growth from minute {s.get('rss_growth_from_s', 60) / 60:g} to the end at most "
+            f"**{100 * (s['rss_growth_max'] or 0):.1f} %**"
             if s["rss"]
             else f"RSS {s.get('rss_note', 'not sampled')}"
         )

@@ -17,7 +17,7 @@ def run_soak(system, args) -> dict:
     bodies = labelled_bodies(60, seed=4)
     rss: dict[str, list[float]] = {}
     minutes: list[dict] = []
-    warmup_s = 60.0
+    warmup_s = 60.0 * getattr(args, "soak_warmup_minutes", 1.0)
     with (
         sampling_router(system) as sampler,
         fault_load(system.url, bodies, args.deadline_ms, clients=4) as load,
@@ -72,6 +72,7 @@ def run_soak(system, args) -> dict:
         "degraded": table["degraded"],
         "per_minute": minutes,
         "rss": growth,
+        "rss_growth_from_s": warmup_s,
         "rss_growth_max": max((g["growth"] for g in growth.values()), default=None),
         "p99_first_last_ms": [p99s[0], p99s[-1]] if p99s else None,
         **sampler.summary(),
