@@ -7,12 +7,17 @@ option only. Gaussian noise: sigma in {5, 10, 20, 30, 40} on the 0-255 scale, dr
 per pixel and channel, added in floating point, then **clipped** to [0, 255] and rounded (the
 prototype's uint8 addition wrapped around).
 
+Motion blur: a straight line of 5, 9, 13, 17 or 21 pixels at an angle drawn from the generator,
+anti-aliased, reflected border (the blur of a shaking camera or a moving object; the levels come
+from the measured cost to the conventional model, `python -m training.level_curve`).
+
 Level 0 of any type is the pristine image. Distortions act on RGB uint8 HxWx3 images at the size
 the model sees (resize first, then distort) and return a new array of the same shape and dtype.
 
-A new distortion is one function and one `@register(...)` line:
+A new distortion is one function and one `@register(...)` line, then training commands
+(docs/adding-a-distortion.md):
 
-    @register("motion_blur", levels=(5, 9, 13))
+    @register("motion_blur", levels=MOTION_BLUR_LENGTHS, routed=False, fallback="gaussian_blur")
     def motion_blur(image, level, rng): ...
 """
 
