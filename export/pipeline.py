@@ -119,7 +119,6 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
     """Agreement (same exit, same class) with the PyTorch early-exit evaluation at one p_tar."""
     import torch
 
-    from core import distortions
     from training import evaluate
     from training.datasets import DistortionPolicy, distorted_image, load_source
     from training.engine import load_early_exit
@@ -127,11 +126,9 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
 
     folder = Path(args.checkpoints)
     conventional = load_early_exit(folder / "backbone.pt", role="backbone")
-    experts = {
-        name: load_early_exit(folder / f"expert_{name}.pt", role="expert")
-        for name in distortions.DISTORTION_CLASSES
-    }
     classifier, _ = load_classifier(folder / "classifier.pt")
+    classes = classifier.config.classes  # its routes index these, in its output order
+    experts = {name: load_early_exit(folder / f"expert_{name}.pt", role="expert") for name in classes}
     source = load_source(
         args.data,
         "test",
@@ -141,7 +138,7 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
     )
     pre = Preprocessing.from_dict(conventional[1]["preprocessing"])
     size = pre.size
-    policy = DistortionPolicy(types=distortions.DISTORTION_CLASSES, seed=args.seed)
+    policy = DistortionPolicy(types=classes, seed=args.seed)
     agree, n, disagreements = 0, 0, []
     batch = 64
     for start in progress(range(0, len(source), batch), desc="parity", quiet=args.quiet):
@@ -153,7 +150,7 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
             routes = classifier(spectra).argmax(dim=1).numpy()
             x = torch.from_numpy(np.stack([pre.model_input(im) for im in images]))
             for j, i in enumerate(idx):
-                name = distortions.DISTORTION_CLASSES[routes[j]]
+                name = classes[routes[j]]
                 model, payload = experts[name]
                 logits = [z.numpy() for z in model(x[j : j + 1])]
                 conf, pred = evaluate.confidences(logits, payload["temperatures"])
@@ -180,7 +177,7 @@ def compare_with_pytorch(args: argparse.Namespace, pipeline: Pipeline) -> dict:
     used = [
         folder / "backbone.pt",
         folder / "classifier.pt",
-        *(folder / f"expert_{name}.pt" for name in distortions.DISTORTION_CLASSES),
+        *(folder / f"expert_{name}.pt" for name in classes),
     ]
     return {
         "agreement": agree / max(n, 1),

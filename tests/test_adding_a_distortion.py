@@ -23,7 +23,7 @@ from edge_router import register
 from export import __main__ as export_cli
 from export import archive
 from tests.conftest import COMMON, textured_image, tiny_classifier_args
-from training import train_classifier, train_expert
+from training import evaluate, train_classifier, train_expert
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
 
@@ -73,7 +73,12 @@ def toy_store(toy_type, fake_fashion_root, backbone, experts, tiny_classifier, t
     archive.main(
         archive.get_args_parser().parse_args(["--exported", str(exported), "--model-store", str(store)])
     )
-    return exported, store
+    # step 7: the accuracy experiment over the classifier's classes, the toy's cells included
+    argv = ["--backbone", str(backbone), "--experts", *experts, str(expert), "--classifier", str(classifier)]
+    argv += ["--data-root", str(fake_fashion_root), "--limit", "12", "--wires", "png", "--workers", "0"]
+    argv += ["--out", str(work / "results"), "--quiet"]
+    rows = evaluate.main(evaluate.get_args_parser().parse_args(argv))
+    return exported, store, rows
 
 
 def always_toy(path) -> None:
@@ -89,7 +94,7 @@ def always_toy(path) -> None:
 
 
 def test_the_guide_makes_a_classifier_that_knows_the_type_and_its_fallback(toy_store, tiny_classifier):
-    exported, store = toy_store
+    exported, store, rows = toy_store
     manifest = Manifest.load(exported / "distortion_classifier.json")
     assert manifest.class_names == (*distortions.DISTORTION_CLASSES, TOY)
     assert manifest.fallbacks == {TOY: "gaussian_blur"}
@@ -98,6 +103,11 @@ def test_the_guide_makes_a_classifier_that_knows_the_type_and_its_fallback(toy_s
     # fine-tuned from the classifier without the type: what it knew is where it was
     old = load_checkpoint(tiny_classifier, "distortion_classifier")
     assert old["config"]["classes"] == list(distortions.DISTORTION_CLASSES)
+    # step 7: the evaluation covers the toy's levels, the fallback's expert beside its own
+    toy_rows = {(r["model"], r["level"]) for r in rows if r["distortion"] == TOY}
+    for level in (2, 4):
+        assert {("conventional", level), ("expert_routed", level), ("expert_fallback", level)} <= toy_rows
+    assert not any(r["model"] == "expert_fallback" for r in rows if r["distortion"] != TOY)
 
 
 @pytest.fixture(scope="module")

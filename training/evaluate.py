@@ -121,10 +121,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cells() -> list[tuple[str, float]]:
+def cells(classes=distortions.DISTORTION_CLASSES) -> list[tuple[str, float]]:
     """(type, level) of every evaluated cell; the pristine image is level 0 of every type."""
     out = [("pristine", 0)]
-    for name in distortions.DISTORTION_CLASSES[1:]:
+    for name in [c for c in classes if c != "pristine"]:
         out += [(name, level) for level in distortions.get(name).levels]
     return out
 
@@ -214,11 +214,16 @@ def load_models(args) -> tuple[dict[str, tuple], dict[str, dict[str, str]]]:
             if kind not in experts["_adapt_bn"]:
                 experts["_adapt_bn"][kind] = key
                 engine.log(f"adapt-bn experts: using the frozen-BN {kind} expert for {kind} images")
-    for suffix, by_type in experts.items():
-        if by_type and set(by_type) != set(distortions.DISTORTION_CLASSES):
-            missing = set(distortions.DISTORTION_CLASSES) - set(by_type)
-            raise UserInputError(f"experts{suffix or ''} missing for: {', '.join(sorted(missing))}")
     return models, {s: e for s, e in experts.items() if e}
+
+
+def check_experts_cover(experts: dict[str, dict[str, str]], classes: list[str]) -> None:
+    """Every set of experts has one for each class evaluated (experts of other types may be there
+    too: an expert trained before its type is a class of the classifier)."""
+    for suffix, by_type in experts.items():
+        missing = set(classes) - set(by_type)
+        if missing:
+            raise UserInputError(f"experts{suffix or ''} missing for: {', '.join(sorted(missing))}")
 
 
 def check_export_matches(models: dict[str, tuple], classifier_runs: list[str] | None, export: str) -> None:
@@ -262,9 +267,10 @@ def main(args: argparse.Namespace) -> list[dict]:
     )
     # the classifier's own classes, in its output order (a route is an index into them)
     classes = list(classifiers["any"][0].config.classes if classifiers else distortions.DISTORTION_CLASSES)
+    check_experts_cover(experts, classes)  # its cells: every level of every class it routes
 
     rows, exit_accuracy = [], {}
-    todo = [(w, c) for w in wires for c in (cells() if args.cells == "all" else [("pristine", 0)])]
+    todo = [(w, c) for w in wires for c in (cells(classes) if args.cells == "all" else [("pristine", 0)])]
     for wire, (name, level) in todo:
         policy = DistortionPolicy(fixed=(name, level), seed=args.seed)
         loader = engine.image_loader(

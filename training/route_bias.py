@@ -99,6 +99,12 @@ def misroute_costs(path: str, classes: list[str]) -> dict[str, np.ndarray]:
         raise UserInputError(f"--costs {path}: not a misroute result ({exc})") from None
     costs = {}
     for condition, by_expert in table.items():
+        missing = [c for c in (condition.split()[0], *classes) if c not in by_expert]
+        if missing:
+            raise UserInputError(
+                f"--costs {path}: no accuracy of the {', '.join(missing)} expert on {condition}: "
+                f"re-run python -m export.misroute on an export with every class's expert"
+            )
         own = by_expert[condition.split()[0]]
         costs[condition] = np.array([100 * (own - by_expert[c]) for c in classes])
     return costs
