@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,16 @@ def textured_image(seed: int, size: int = 48) -> np.ndarray:
     x0, y0 = rng.integers(0, size // 2, size=2)
     image[y0 : y0 + size // 3, x0 : x0 + size // 3] = rng.uniform(0, 255, size=3)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    """Poll `predicate` every 0.2 s until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

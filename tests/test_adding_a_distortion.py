@@ -22,7 +22,7 @@ from core.manifest import Manifest
 from edge_router import register
 from export import __main__ as export_cli
 from export import archive
-from tests.conftest import COMMON, textured_image, tiny_classifier_args
+from tests.conftest import COMMON, textured_image, tiny_classifier_args, wait_for
 from training import evaluate, train_classifier, train_expert
 from training.checkpoints import load_checkpoint, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier
@@ -136,17 +136,6 @@ def _served(live) -> set:
     return set(requests.get(f"{live.url}/v1/experts", timeout=10).json()["experts"])
 
 
-def _until(predicate, timeout=30.0) -> bool:
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_a_new_type_plugs_into_a_running_edge_and_falls_back_when_removed(edge_without_the_toy):
     live = edge_without_the_toy
     args = ["--run-dir", str(live.run_dir)]
@@ -159,11 +148,11 @@ def test_a_new_type_plugs_into_a_running_edge_and_falls_back_when_removed(edge_w
     assert (before["distortion"], before["expert"], before["fallback"]) == (TOY, "gaussian_blur", fallback)
 
     register.main(parser.parse_args(["add", TOY, *args]))  # the guide's step 6
-    assert _until(lambda: TOY in _served(live))
+    assert wait_for(lambda: TOY in _served(live))
     plugged = _answer(live)
     assert (plugged["distortion"], plugged["expert"]) == (TOY, TOY) and "fallback" not in plugged
 
     register.main(parser.parse_args(["remove", TOY, *args]))
-    assert _until(lambda: TOY not in _served(live))
+    assert wait_for(lambda: TOY not in _served(live))
     after = _answer(live)
     assert (after["expert"], after["fallback"]) == ("gaussian_blur", fallback)

@@ -26,7 +26,7 @@ from edge_router import register
 from edge_router.tokens import STAT_EVERY_S
 from export.pipeline import Pipeline
 from tests import toy_expert as toy
-from tests.conftest import textured_image
+from tests.conftest import textured_image, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -382,15 +382,6 @@ def test_registration_is_picked_up_and_removal_stops_use(system):
 
 def experts(system):
     return requests.get(f"{system['url']}/v1/experts", timeout=10).json()["experts"]
-
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_torchserve_workers_run_without_pytorch(system):
