@@ -6,7 +6,8 @@
     curl http://127.0.0.1:8095/metrics                           # Prometheus
 
 Every `cloud_*.mar` of the model store (or the cloud manifests of an export folder, `--exported`)
-becomes a model of the same name at `POST /v2/models/<name>/infer` (`cloud_kserve.predictor`).
+becomes a model of the same name at `POST /v2/models/<name>/infer` (`cloud_kserve.predictor`);
+a malformed request gets a 400 with a one-line reason before KServe decodes it (`cloud_kserve.guard`).
 KServe's REST server listens on every interface, as a pod must; here it listens on `--host`
 (loopback unless told otherwise), like the rest of the project. No Kubernetes needed.
 """
@@ -69,12 +70,17 @@ def main(args: argparse.Namespace) -> int:
     import kserve
     from kserve.protocol.rest import server as rest
 
+    from cloud_kserve.guard import OipGuard
     from cloud_kserve.predictor import CloudSegment
 
     class Server(rest.RESTServer):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             self.config.host = args.host  # KServe hard-codes 0.0.0.0
+
+        def _add_middlewares(self, app):
+            super()._add_middlewares(app)
+            app.add_middleware(OipGuard)  # malformed requests: 400 before KServe's decoder
 
     rest.RESTServer = Server
     import kserve.model_server as model_server

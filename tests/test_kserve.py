@@ -2,10 +2,12 @@
 
 It runs from `.venv-kserve` (made by `make test`), the edge's environment stays free of KServe. A
 request built by `tritonclient`'s own HTTP request generator (binary tensor extension) must get the
-class the reference runtime gives for the same tensor.
+class the reference runtime gives for the same tensor; a malformed one a 4xx with a one-line reason
+(`cloud_kserve.guard`), never a 5xx.
 """
 
 import json
+import random
 import socket
 import subprocess
 import urllib.error
@@ -15,13 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmarks.live_parts import KSERVE_PYTHON, wait_until_ready
+from benchmarks.reliability.fuzz import fuzz_cloud_case
 from core import wire
 from core.manifest import Manifest
 from export.archive import extract
 from handlers.runtime import CloudExpert
 from handlers.service import MANIFEST_NAME
+from tests.test_kserve_guard import MALFORMED
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cloud_gaussian_noise"
@@ -160,3 +166,20 @@ def test_bad_requests_get_a_4xx_and_the_server_goes_on(predictor, reference):
         assert 400 <= status < 500, (status, answer)
     assert call(f"{predictor}/v2/models/no_such_model/infer", wrong, {wire.HEADER_LENGTH: str(n)})[0] == 404
     assert call(f"{predictor}/v2/health/ready")[0] == 200
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_what_kserve_answered_with_500_is_a_400_with_a_one_line_reason(predictor, case):
+    (body, n), reason = MALFORMED[case]
+    status, headers, answer = call(f"{predictor}/v2/models/{MODEL}/infer", body, {wire.HEADER_LENGTH: n})
+    assert status == 400 and headers["content-type"] == "application/json", (status, answer)
+    assert reason in json.loads(answer)["error"] and b"\n" not in answer
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**31 - 1))
+def test_fuzzed_tensors_get_a_4xx_or_an_answer_never_a_5xx(predictor, seed):
+    """The reliability benchmark's cloud-tensor fuzz (`benchmarks.reliability.fuzz`), a case per seed."""
+    body, n = fuzz_cloud_case(random.Random(seed), (160, 2, 2))
+    status, _, answer = call(f"{predictor}/v2/models/{MODEL}/infer", body, {wire.HEADER_LENGTH: n})
+    assert status == 200 or (400 <= status < 500 and "error" in json.loads(answer)), (status, answer)
