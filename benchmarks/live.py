@@ -19,7 +19,9 @@ own process (`python -m edge_router`). Options:
 - `router_options`: extra `python -m edge_router` flags (deadline, limits, ...);
 - `cloud_engine` ("torchserve" or "kserve": `python -m cloud_kserve` from `.venv-kserve`) and
   `cloud_replicas`: that many cloud processes, all given to the router with `--cloud`, which
-  spreads offloads over them (`edge_router.cloud`); `kill_cloud_replica(i)` for fault tests.
+  spreads offloads over them (`edge_router.cloud`); `kill_cloud_replica(i)` for fault tests;
+- `kserve_replicas`: KServe replicas beside a TorchServe cloud, in the router's one pool (the whole
+  system of the reliability soak: both cloud engines at once).
 
 Everything started is stopped on exit, also on failure; `down` stops what `up` left running. The
 command line of each part, its readiness probe and its processes are in `benchmarks.live_parts`.
@@ -83,6 +85,7 @@ class LiveSystem:
         wait_s: float = 240,
         cloud_engine: str = "torchserve",
         cloud_replicas: int = 1,
+        kserve_replicas: int = 0,
         worker_torch: str = "stub",
     ):
         from benchmarks import netem
@@ -105,9 +108,12 @@ class LiveSystem:
         self.router_port = router_port
         self.url = f"http://{self.hosts['router']}:{router_port}"
         self.router: subprocess.Popen | None = None
-        if cloud_engine not in ("torchserve", "kserve") or cloud_replicas < 1:
+        if cloud_engine not in ("torchserve", "kserve") or cloud_replicas < 1 or kserve_replicas < 0:
             raise ValueError("cloud_engine is torchserve or kserve, with at least one replica")
-        if cloud_engine == "kserve" and not KSERVE_PYTHON.is_file():
+        if cloud_engine == "kserve" and kserve_replicas:
+            raise ValueError("kserve_replicas go beside a TorchServe cloud; use cloud_replicas")
+        n_kserve = cloud_replicas if cloud_engine == "kserve" else kserve_replicas
+        if n_kserve and not KSERVE_PYTHON.is_file():
             raise UserInputError(f"{KSERVE_PYTHON} missing: make kserve")
         self.cloud_engine, self.cloud_replicas = cloud_engine, cloud_replicas
         # extra TorchServe cloud replicas live in run_dir/replica<i>/cloud on ports of their own
@@ -125,11 +131,7 @@ class LiveSystem:
             else []
         )
         kserve_base = ports["cloud"].inference + 5
-        self.kserve_urls = (
-            [f"http://{self.hosts['cloud']}:{kserve_base + i}" for i in range(cloud_replicas)]
-            if cloud_engine == "kserve"
-            else []
-        )
+        self.kserve_urls = [f"http://{self.hosts['cloud']}:{kserve_base + i}" for i in range(n_kserve)]
         self.kserve: list[subprocess.Popen | None] = []
 
     # -- parts ----------------------------------------------------------------------------------
@@ -197,14 +199,12 @@ class LiveSystem:
 
     def cloud_flags(self) -> list[str]:
         """`--cloud` flags for the router, or none for the one default cloud TorchServe."""
-        if self.cloud_engine == "kserve":
-            return [f for url in self.kserve_urls for f in ("--cloud", f"oip={url}")]
-        if not self.ts_replicas:
-            return []
-        specs = [
-            f"torchserve={i.inference_url},{i.management_url},{i.key_file}"
-            for i in (self.insts["cloud"], *self.ts_replicas)
-        ]
+        specs = [f"oip={url}" for url in self.kserve_urls]
+        if self.cloud_engine == "torchserve" and specs + self.ts_replicas:
+            specs[:0] = [
+                f"torchserve={i.inference_url},{i.management_url},{i.key_file}"
+                for i in (self.insts["cloud"], *self.ts_replicas)
+            ]
         return [f for spec in specs for f in ("--cloud", spec)]
 
     def router_argv(self) -> list[str]:
@@ -252,10 +252,9 @@ class LiveSystem:
     def start(self) -> LiveSystem:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if self.cloud_engine == "kserve":
-                for i in range(self.cloud_replicas):
-                    self.start_kserve(i)
-            else:
+            for i in range(len(self.kserve_urls)):
+                self.start_kserve(i)
+            if self.cloud_engine == "torchserve":
                 self.start_ts("cloud")
                 for inst in self.ts_replicas:
                     self.start_ts("cloud", inst)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 class _State:
     outstanding: int = 0
     down_since: float | None = None  # wall-clock time it was taken out, None while in
+    answered: int = 0  # offloads it answered (not 5xx), since the router started
+    failed: int = 0  # offloads it refused, dropped or answered with 5xx (a timeout is neither)
 
 
 POLICIES = ("least_outstanding", "round_robin")
@@ -92,9 +94,11 @@ class CloudPool:
     def begin(self, name: str) -> None:
         self.state[name].outstanding += 1
 
-    def end(self, name: str, *, failed: bool) -> None:
+    def end(self, name: str, *, failed: bool, answered: bool = False) -> None:
         st = self.state[name]
         st.outstanding -= 1
+        st.failed += failed
+        st.answered += answered
         if failed and st.down_since is None:
             st.down_since = self.clock()
             log.warning("cloud endpoint %s taken out", name)
@@ -107,6 +111,8 @@ class CloudPool:
                 "url": self.endpoints[n].inference_url,
                 "outstanding": s.outstanding,
                 "up": s.down_since is None,
+                "answered": s.answered,
+                "failed": s.failed,
                 **links[n],
             }
             for n, s in self.state.items()
@@ -215,11 +221,12 @@ class CloudUpstream:
             if i:
                 self.on_retry(ep.name)
             self.pool.begin(ep.name)
-            failed, started = True, time.perf_counter()
+            failed, answered, started = True, False, time.perf_counter()
             try:
                 reply = await self._send(session, ep, model, body, headers, remaining)
                 failed = reply.status >= 500
-                if not failed:
+                answered = not failed
+                if answered:
                     self.pool.links.observe_offload(ep.name, time.perf_counter() - started)
                     return reply
                 last = reply
@@ -230,7 +237,7 @@ class CloudUpstream:
                 self.pool.links.observe_offload(ep.name, time.perf_counter() - started, censored=True)
                 raise
             finally:
-                self.pool.end(ep.name, failed=failed)
+                self.pool.end(ep.name, failed=failed, answered=answered)
         if isinstance(last, Reply):
             return last
         raise last

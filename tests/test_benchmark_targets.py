@@ -292,6 +292,7 @@ def test_reliability_faults_are_skipped_against_an_existing_deployment(
     result = json.loads((tmp_path / "reliability.json").read_text())
     assert [r["scenario"] for r in result["faults"]] == [
         *reliability.LOOPBACK_SCENARIOS,
+        *reliability.KSERVE_SCENARIOS,
         *reliability.LINK_SCENARIOS,
     ]
     for row in result["faults"]:
@@ -406,7 +407,7 @@ def test_reliability_abuse_against_an_existing_loopback_deployment(fake_router, 
         assert s["checks"]["router_measured"] is None and s["passed"], s["checks"]
     assert a["passed"] and result["checks"]["abuse_every_scenario_passed"] is True
     assert result["router_rss_mb_max_all"] is None
-    assert result["checks"]["fuzz_10000_inputs_0_5xx_0_hung"] is None
+    assert result["checks"]["fuzz_100000_inputs_0_5xx_0_hung"] is None
     text = (tmp_path / "reliability.md").read_text()
     assert "## Connection abuse" in text and "at scale 0.01 (not the required counts)" in text
     assert "| partial_uploads | 10 | 1/1 |" in text
@@ -475,20 +476,53 @@ def test_reliability_abuse_checks_and_the_must_show():
             "control_p99_limit_ms": 1000.0,
             "router_rss_limit_mb": 300.0,
         },
-        "soak": {"errors": 0, "router_rss_mb_max": 200.0},
+        "soak": {
+            "errors": 0,
+            "router_rss_mb_max": 200.0,
+            "minutes": 60,
+            "rss_growth_max": 0.04,
+            "rss_growth_from_s": 300.0,
+        },
         "faults": [
-            {"scenario": n, "lost": 0, "router_rss_mb_max": 180.0} for n in reliability.LOOPBACK_SCENARIOS
+            {"scenario": n, "lost": 0, "router_rss_mb_max": 180.0}
+            for n in reliability.LOOPBACK_SCENARIOS + reliability.KSERVE_SCENARIOS
         ],
-        "fuzz": {"inputs": 10000, "status_5xx": 0, "hung": 0, "router_rss_mb_max": None},
+        "fuzz": {
+            "inputs": 100_000,
+            "status_5xx": 0,
+            "hung": 0,
+            "router_rss_mb_max": None,
+            "worker_deaths": 0,
+            "still_correct_after": True,
+            "control_after": {"edge": 200, "cloud": 200, "kserve": 200},
+        },
     }
     r.update(reliability.router_rss_overall(r))
     assert r["router_rss_mb_max_all"] == 320.0 and r["router_rss_mb_max_all_in"] == "abuse/partial_uploads"
     assert r["router_rss_not_sampled_in"] == ["fuzz"]
     checks = reliability.must_show(r)
-    assert checks["fuzz_10000_inputs_0_5xx_0_hung"] is True and checks["faults_0_lost"] is True
+    assert checks["fuzz_100000_inputs_0_5xx_0_hung"] is True and checks["faults_0_lost"] is True
+    assert checks["fuzz_0_worker_deaths_and_every_tier_answers_after"] is True
+    assert checks["kserve_faults_0_lost"] is True
     assert checks["faults_all_scenarios_ran"] is False  # the emulated-link rows are missing
     assert checks["soak_0_errors"] is True and checks["abuse_every_scenario_passed"] is False
+    assert (
+        checks["soak_60_minutes"] is True
+        and checks["soak_every_process_rss_within_10%_from_minute_5"] is True
+    )
     assert checks["router_rss_under_300mb_throughout"] is False
+    # each requirement fails on its own figure
+    r["fuzz"] = {**r["fuzz"], "inputs": 99_999, "control_after": {"edge": 200, "kserve": 502}}
+    r["soak"] = {**r["soak"], "minutes": 10, "rss_growth_max": 0.43}
+    r["faults"][-1] = {**r["faults"][-1], "lost": 1}
+    checks = reliability.must_show(r)
+    assert checks["fuzz_100000_inputs_0_5xx_0_hung"] is False
+    assert checks["fuzz_0_worker_deaths_and_every_tier_answers_after"] is False
+    assert checks["kserve_faults_0_lost"] is False and checks["faults_0_lost"] is False
+    assert (
+        checks["soak_60_minutes"] is False
+        and checks["soak_every_process_rss_within_10%_from_minute_5"] is False
+    )
 
 
 def test_reliability_fate_table_counts_every_request():
@@ -515,3 +549,81 @@ def test_reliability_fate_table_counts_every_request():
         "longest_s": 11.0,
         "deadline_s": 1.0,
     }
+
+
+def test_reliability_fuzz_is_replayed_exactly_by_its_seed_across_four_targets():
+    import random
+
+    from benchmarks.reliability import fuzz
+
+    assert fuzz.count_planned(10) == {"router": 4, "edge": 2, "cloud": 2, "kserve": 2}
+
+    class Stub:
+        def auth(self, role, kind="inference"):
+            return {"Authorization": f"Bearer {role}"}
+
+    seeds = [b"\x89PNG\r\n\x1a\n" + bytes(range(64)), b"\xff\xd8\xff" + bytes(64)]
+    models = {"edge": "edge_pristine", "cloud": "cloud_pristine"}
+
+    def draw(seed):
+        rng = random.Random(seed)
+        return [
+            fuzz.fuzz_request(fuzz.TARGET_CYCLE[i % 5], "http://t", rng, seeds, Stub(), models, (4, 2, 2))
+            for i in range(200)
+        ]
+
+    first = draw(7)
+    assert first == draw(7) and first != draw(8)
+    urls = {r["url"] for r in first}
+    assert urls == {
+        "http://t/v1/classify",
+        "http://t/predictions/edge_pristine",
+        "http://t/predictions/cloud_pristine",
+        "http://t/v2/models/cloud_pristine/infer",
+    }
+    kserve = [r for r in first if r["url"].endswith("/infer")]
+    assert any(r["headers"].get("Content-Type") == "application/json" for r in kserve)  # JSON cases too
+
+
+def test_reliability_report_has_the_fuzz_per_target_and_every_process_of_the_soak(tmp_path):
+    proc = {"rss_mb": 100.0, "pss_mb": 60.0, "threads": 5, "open_files": 8}
+    r = {
+        "fuzz": {
+            "inputs": 10,
+            "seed": 3,
+            "inputs_by_target": {"router": 4, "kserve": 6},
+            "statuses_by_target": {"router": {"400": 3, "200": 1}, "kserve": {"400": 6}},
+            "statuses": {"400": 9, "200": 1},
+            "status_5xx": 0,
+            "hung": 0,
+            "worker_deaths": 0,
+            "control_after": {"kserve": 200},
+            "still_correct_after": True,
+        },
+        "soak": {
+            "minutes": 2,
+            "clients": 4,
+            "requests": 100,
+            "errors": 0,
+            "p99_first_last_ms": [30.0, 31.0],
+            "rss": {"cloud_kserve_0": {"after_warmup_mb": 100.0, "end_mb": 101.0, "growth": 0.01}},
+            "rss_growth_max": 0.01,
+            "rss_growth_from_s": 300.0,
+            "offloaded_share": 0.25,
+            "cloud_endpoints": {"cloud1": {"kind": "oip", "answered": 25, "failed": 0}},
+            "processes_per_minute": [
+                {"minute": 0, "processes": {"cloud_kserve_0": proc}},
+                {"minute": 2, "processes": {"cloud_kserve_0": {**proc, "threads": 6}}},
+            ],
+            "plot": "soak.png",
+        },
+    }
+    reliability.write_markdown(r, tmp_path / "reliability.md")
+    text = (tmp_path / "reliability.md").read_text()
+    assert "| target | inputs | 200 | 400 |" in text and "| kserve | 6 | 0 | 6 |" in text
+    assert "seed 3" in text and "kserve 200" in text
+    assert (
+        "| cloud_kserve_0 | 100.0 -> 101.0 | +1.0 % | 100.0 / 100.0 | 60.0 / 60.0 | 5 / 6 | 8 / 8 |" in text
+    )
+    assert "25.0 % of the answers were offloaded" in text and "cloud1 (oip) 25 (0 failed)" in text
+    assert "![every process over the soak](soak.png)" in text

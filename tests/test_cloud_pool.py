@@ -97,6 +97,10 @@ def test_a_failed_offload_is_retried_on_the_next_replica():
     assert all(r is ok for r in replies)
     assert up.sent == ["c0", "c1", "c1"] and up.retries == ["c1"]  # c0 tried once, then out
     assert not p.describe()["c0"]["up"] and p.describe()["c1"]["up"]
+    assert [(p.describe()[c]["answered"], p.describe()[c]["failed"]) for c in ("c0", "c1")] == [
+        (0, 1),
+        (2, 0),
+    ]
     up = FakeUpstream(pool(2), {"c0": Reply(503, {}, b"{}"), "c1": Reply(500, {}, b"{}")})
     assert run(up.post(None, "cloud_x", b"", {}, 5.0)).status in (500, 503)  # both failed: the last
 
@@ -107,6 +111,7 @@ def test_a_timeout_is_not_retried_and_does_not_take_the_endpoint_out():
     with pytest.raises(UpstreamTimeout):
         run(up.post(None, "cloud_x", b"", {}, 5.0))
     assert len(up.sent) == 1 and all(s["up"] for s in p.describe().values())
+    assert all(s["answered"] == s["failed"] == 0 for s in p.describe().values())  # a timeout is neither
     empty = FakeUpstream(p, {})
     with pytest.raises(UpstreamUnreachable, match="no healthy cloud endpoint"):
         run(empty.post(None, "cloud_missing", b"", {}, 5.0))

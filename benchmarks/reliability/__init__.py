@@ -12,10 +12,11 @@ One module per part, over the system and instruments they share:
 from benchmarks.reliability.checks import abuse_checks, must_show, router_rss_overall
 from benchmarks.reliability.cli import OWN_STACK_OPTIONS, get_args_parser, load_result, main
 from benchmarks.reliability.connection_abuse import control_image
-from benchmarks.reliability.faults import LINK_SCENARIOS, LOOPBACK_SCENARIOS, fate_table
+from benchmarks.reliability.faults import KSERVE_SCENARIOS, LINK_SCENARIOS, LOOPBACK_SCENARIOS, fate_table
 from benchmarks.reliability.report import write_markdown
 
 __all__ = [
+    "KSERVE_SCENARIOS",
     "LINK_SCENARIOS",
     "LOOPBACK_SCENARIOS",
     "OWN_STACK_OPTIONS",

@@ -3,9 +3,11 @@ largest RSS over every part, and each requirement on reliability.json (`must_sho
 
 from __future__ import annotations
 
-from benchmarks.reliability.faults import LINK_SCENARIOS, LOOPBACK_SCENARIOS
+from benchmarks.reliability.faults import KSERVE_SCENARIOS, LINK_SCENARIOS, LOOPBACK_SCENARIOS
 
-MIN_FUZZ_INPUTS = 10_000
+MIN_FUZZ_INPUTS = 100_000
+MIN_SOAK_MINUTES = 60
+RSS_GROWTH_LIMIT = 0.10
 CONTROL_P99_LIMIT_MS = 1000.0
 ROUTER_RSS_LIMIT_MB = 300.0
 
@@ -61,11 +63,26 @@ def must_show(r: dict) -> dict:
     out[f"fuzz_{MIN_FUZZ_INPUTS}_inputs_0_5xx_0_hung"] = (
         None if f is None else (f["inputs"] >= MIN_FUZZ_INPUTS and f["status_5xx"] == 0 and f["hung"] == 0)
     )
+    if f is not None and f.get("worker_deaths") is not None:
+        out["fuzz_0_worker_deaths_and_every_tier_answers_after"] = (
+            f["worker_deaths"] == 0
+            and f["still_correct_after"] is True
+            and all(c == 200 for c in f.get("control_after", {}).values())
+        )
     ran = [x for x in r.get("faults", []) if "skipped" not in x]
     out["faults_0_lost"] = all(x["lost"] == 0 for x in ran) if ran else None
+    kserve = [x for x in ran if x["scenario"] in KSERVE_SCENARIOS]
+    out["kserve_faults_0_lost"] = all(x["lost"] == 0 for x in kserve) if kserve else None
     names = {x["scenario"] for x in ran}
-    out["faults_all_scenarios_ran"] = set(LOOPBACK_SCENARIOS + LINK_SCENARIOS) <= names if ran else None
-    out["soak_0_errors"] = None if "soak" not in r else r["soak"]["errors"] == 0
+    every = set(LOOPBACK_SCENARIOS + KSERVE_SCENARIOS + LINK_SCENARIOS)
+    out["faults_all_scenarios_ran"] = every <= names if ran else None
+    soak = r.get("soak")
+    out["soak_0_errors"] = None if soak is None else soak["errors"] == 0
+    out[f"soak_{MIN_SOAK_MINUTES}_minutes"] = None if soak is None else soak["minutes"] >= MIN_SOAK_MINUTES
+    growth = None if soak is None else soak.get("rss_growth_max")
+    out[f"soak_every_process_rss_within_{RSS_GROWTH_LIMIT:.0%}_from_minute_5"] = (
+        None if growth is None else growth <= RSS_GROWTH_LIMIT and soak.get("rss_growth_from_s", 0) <= 300
+    )
     a = r.get("abuse")
     out["abuse_every_scenario_passed"] = None if a is None or "skipped" in a else a["passed"]
     top = r.get("router_rss_mb_max_all")

@@ -8,18 +8,23 @@ Two modes:
     python -m benchmarks.reliability --router http://127.0.0.1:8000 --cloud http://127.0.0.1:8090 \\
         --cloud-key-file run/cloud/key_file.json --parts fuzz soak --fuzz-inputs 2000 --soak-minutes 2
 
-**Own stack** (the default): starts the live system (`benchmarks.live.LiveSystem`: edge and cloud
-TorchServe and the router, which runs the distortion classifier itself) on loopback test ports
-(and, for the slow and lossy cloud, over an emulated link: `benchmarks.latency.emulated_system`),
-and stops it at the end. The router gets `--deadline-ms`, `--max-in-flight` and `--max-body-bytes`
-as given here. All load is sent by the one load client, `benchmarks.loadgen.LoadClient`.
+**Own stack** (the default): starts the live system (`benchmarks.live.LiveSystem`) on loopback
+test ports and stops it at the end. Fuzz, soak and abuse run against the whole system: the router
+(which runs the distortion classifier itself), edge TorchServe, and a cloud pool of one TorchServe
+instance and two KServe replicas (`python -m cloud_kserve`, from `.venv-kserve`: `make kserve`).
+The fault scenarios each get the system they break: edge and cloud TorchServe alone for the
+TorchServe ones, two KServe replicas for the KServe ones, and for the slow and lossy cloud an
+emulated link (`benchmarks.latency.emulated_system`). The router gets `--deadline-ms`,
+`--max-in-flight` and `--max-body-bytes` as given here. All load is sent by the one load client,
+`benchmarks.loadgen.LoadClient`.
 
 **Existing deployment** (`--router URL`, optionally `--cloud URL` and `--cloud-key-file`): sends
 the same bounded fuzz, soak and (loopback only) connection abuse to a system that is already
 running; nothing is created, started, stopped or signalled. What needs more than that is skipped,
 and the result says so:
 
-- the cloud-tensor fuzz without `--cloud`;
+- the edge-handler and KServe shares of the fuzz (no URLs of theirs are given), and the
+  cloud-tensor share without `--cloud`;
 - worker deaths (the deployment's TorchServe processes are not this run's) and the check against
   the in-process reference pipeline (the deployment's archives are not known): the fuzz instead
   checks that the router answers 12 images after the fuzz as it did before;
@@ -35,17 +40,23 @@ Results go to `run/existing/reliability` unless `--out` says otherwise; each par
 Parts:
 
 - **fuzz**: random and mutated images (bit flips, truncations, lying PNG/JPEG headers with huge
-  dimensions), wrong content types and query strings against the router, and random or mutated
-  binary tensors with lying headers against the cloud handler (a quarter of `--fuzz-inputs`).
-  Counts 5xx, hung requests (no answer within 10 s) and worker deaths (TorchServe worker processes
-  that changed), then checks that the servers still answer correctly (against the in-process
-  pipeline).
+  dimensions), wrong content types and query strings against the router and the edge handler, and
+  random or mutated binary tensors with lying headers (and malformed JSON requests) against the
+  cloud handler and the KServe predictor (`benchmarks.reliability.fuzz`: 40 % router, 20 % each
+  other tier; seeded by `--seed`, replayed exactly by the same command). Counts statuses per
+  target, 5xx, hung requests (no answer within 10 s) and worker deaths (TorchServe workers and
+  KServe processes that changed), then checks that each tier answers a valid request and that the
+  router's answers are still correct (against the in-process pipeline).
 - **faults** (own stack only): the cloud stopped; the cloud restarted mid-run; an edge worker killed
   mid-load (TorchServe restarts it); the router restarted (SIGTERM: it drains); the cloud slowed
-  past the deadline and a lossy link (emulated). Every request must end as a correct answer, a
-  degraded edge answer or a clear error within its deadline; `lost` counts the rest.
-- **soak**: steady concurrent load on the router for `--soak-minutes`; errors, p99 per minute and
-  RSS growth of every process after warm-up.
+  past the deadline and a lossy link (emulated); with two KServe replicas, one killed under load and
+  restarted, one refusing connections throughout, one frozen (SIGSTOP) past the deadline. Every
+  request must end as a correct answer, a degraded edge answer or a clear error within its deadline;
+  `lost` counts the rest.
+- **soak**: steady concurrent load (4 clients, edge exits and offloads mixed) on the router for
+  `--soak-minutes`; errors, p99 and offloads per minute, RSS growth of every process after
+  `--soak-warmup-minutes`, and every process's RSS, PSS, threads and open files each minute
+  (plotted in `soak.png`).
 - **abuse**: the connection-abuse scenarios of `benchmarks.abuse`, each held for `--abuse-seconds`:
   slowloris (300 sockets trickling headers), 1,000 idle keep-alive connections, slow large bodies
   from 50 sockets, an overload burst (64 clients above the in-flight limit) and 1,000 partial
@@ -78,10 +89,12 @@ from benchmarks import target
 from benchmarks.reliability.checks import must_show, router_rss_overall
 from benchmarks.reliability.connection_abuse import run_abuse
 from benchmarks.reliability.faults import (
+    KSERVE_SCENARIOS,
     LINK_SCENARIOS,
     LOOPBACK_SCENARIOS,
     link_client,
     run_faults,
+    run_kserve_faults,
     run_link_faults,
 )
 from benchmarks.reliability.fuzz import run_fuzz
@@ -121,12 +134,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         "skipped (and the cloud fuzz without --cloud); loopback URLs only\n    unless --allow-remote.",
     )
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    p.add_argument("--fuzz-inputs", type=int, default=10000, help="in all; a quarter go to the cloud handler")
-    p.add_argument("--soak-minutes", type=float, default=10.0)
+    p.add_argument(
+        "--fuzz-inputs",
+        type=int,
+        default=100_000,
+        help="in all: 40 %% to the router, 20 %% each to the edge handler, the cloud handler and KServe",
+    )
+    p.add_argument("--soak-minutes", type=float, default=60.0)
     p.add_argument(
         "--soak-warmup-minutes",
         type=float,
-        default=1.0,
+        default=5.0,
         help="RSS growth is measured from this minute of the soak to its end (a JVM's heap and a "
         "worker's allocator settle in the first minutes)",
     )
@@ -203,7 +221,7 @@ def main(args: argparse.Namespace) -> dict | int:
     if targets:
         run_existing(ExistingSystem(targets, args.cloud_key_file), args, result, prov)
     else:
-        run_own_stack(store, args, result, prov)
+        run_own_stack(store, args, result, prov, out)
     result.update(router_rss_overall(result))
     result["checks"] = must_show(result)
     write_json(result_path, result)
@@ -219,23 +237,33 @@ def run_fuzz_sampled(system, args, reference, prov: dict) -> dict:
     return fuzz
 
 
-def run_own_stack(store: Path, args, result: dict, prov: dict) -> None:
+def run_own_stack(store: Path, args, result: dict, prov: dict, out_dir: Path) -> None:
     from export.pipeline import Pipeline
 
     run_dir = Path(args.run_dir or "run/reliability").resolve()
-    with own_system(store, run_dir / "loopback", args) as system:
+    whole = [p for p in args.parts if p in ("fuzz", "soak", "abuse")]
+    with contextlib.ExitStack() as stack:
+        system = (
+            stack.enter_context(own_system(store, run_dir / "whole", args, kserve_replicas=2))
+            if whole
+            else None
+        )
         if "fuzz" in args.parts:
             result["fuzz"] = run_fuzz_sampled(system, args, Pipeline(store), prov)
-        if "faults" in args.parts:
-            kept = [f for f in result.get("faults", []) if f["scenario"] in LINK_SCENARIOS]
-            result["faults"] = [{**row, "produced_by": prov} for row in run_faults(system, args)]
-            if args.no_link_faults:  # keep the emulated-link rows of an earlier run (and their provenance)
-                result["faults"] += kept
         if "soak" in args.parts:
-            result["soak"] = {**run_soak(system, args), "produced_by": prov}
+            result["soak"] = {**run_soak(system, args, out_dir), "produced_by": prov}
         if "abuse" in args.parts:
             result["abuse"] = {**run_abuse(system, args), "produced_by": prov}
-    if "faults" in args.parts and not args.no_link_faults:
+    if "faults" not in args.parts:
+        return
+    kept = [f for f in result.get("faults", []) if f["scenario"] in LINK_SCENARIOS]
+    with own_system(store, run_dir / "loopback", args) as system:
+        result["faults"] = [{**row, "produced_by": prov} for row in run_faults(system, args)]
+    with own_system(store, run_dir / "kserve", args, cloud_engine="kserve", cloud_replicas=2) as system:
+        result["faults"] += [{**row, "produced_by": prov} for row in run_kserve_faults(system, args)]
+    if args.no_link_faults:  # keep the emulated-link rows of an earlier run (and their provenance)
+        result["faults"] += kept
+    else:
         result["faults"] += [{**row, "produced_by": prov} for row in run_link_faults(store, run_dir, args)]
 
 
@@ -247,7 +275,7 @@ def run_existing(system: ExistingSystem, args, result: dict, prov: dict) -> None
     if "faults" in args.parts:
         result["faults"] = [
             {"scenario": name, "skipped": SKIPPED_FAULT, "produced_by": prov}
-            for name in LOOPBACK_SCENARIOS + LINK_SCENARIOS
+            for name in LOOPBACK_SCENARIOS + KSERVE_SCENARIOS + LINK_SCENARIOS
         ]
         print(f"faults skipped: {SKIPPED_FAULT}", flush=True)
     if "soak" in args.parts:

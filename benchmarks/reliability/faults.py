@@ -1,10 +1,14 @@
 """The faults part (own stack only): labelled load with a deadline while the cloud is stopped or
 restarted, an edge worker killed, the router restarted, and (over an emulated link) the cloud slowed
-past the deadline and a lossy link; how every request ended (`fate_table`)."""
+past the deadline and a lossy link; on a cloud of two KServe replicas, one replica killed and
+restarted under load, its port refusing, and it frozen past the deadline; how every request ended
+(`fate_table`)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +23,11 @@ from core.imaging import encode_image
 
 LOOPBACK_SCENARIOS = ("cloud_stopped", "cloud_restarted_mid_run", "edge_worker_killed", "router_restarted")
 LINK_SCENARIOS = ("cloud_slowed_past_deadline", "lossy_link_10pct")
+KSERVE_SCENARIOS = (
+    "kserve_replica_killed_restarted",
+    "kserve_replica_refusing",
+    "kserve_replica_slowed_past_deadline",
+)
 
 
 def fault_load(
@@ -68,23 +77,27 @@ def labelled_bodies(n: int, seed: int) -> list[tuple[bytes, int]]:
     return [(encode_image(im, "png"), source.label(i)) for i, im in enumerate(test_images(n, seed=seed))]
 
 
+def run_scenario(
+    system, args, bodies, name: str, action, *, threshold: float = 0.8, seconds: float = 12.0
+) -> dict:
+    """Load for 2 s, `action()`, load for `seconds` more; the scenario's fate table."""
+    with (
+        sampling_router(system) as sampler,
+        fault_load(system.url, bodies, args.deadline_ms, threshold=threshold) as load,
+    ):
+        time.sleep(2)
+        action()
+        time.sleep(seconds)
+    row = {**fate_table(name, load.records, args.deadline_ms), **sampler.summary()}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def run_faults(system: LiveSystem, args) -> list[dict]:
     bodies = labelled_bodies(40, seed=9)
-    out = []
-
-    def scenario(name: str, action, threshold: float = 0.8, seconds: float = 12.0) -> None:
-        with (
-            sampling_router(system) as sampler,
-            fault_load(system.url, bodies, args.deadline_ms, threshold=threshold) as load,
-        ):
-            time.sleep(2)
-            action()
-            time.sleep(seconds)
-        row = {**fate_table(name, load.records, args.deadline_ms), **sampler.summary()}
-        out.append(row)
-        print(json.dumps(row), flush=True)
-
-    scenario("cloud_stopped", lambda: system.stop_ts("cloud"), threshold=0.95)
+    out = [
+        run_scenario(system, args, bodies, "cloud_stopped", lambda: system.stop_ts("cloud"), threshold=0.95)
+    ]
     system.start_ts("cloud")
     time.sleep(3)
 
@@ -92,21 +105,48 @@ def run_faults(system: LiveSystem, args) -> list[dict]:
         system.stop_ts("cloud")
         system.start_ts("cloud")
 
-    scenario("cloud_restarted_mid_run", restart_cloud, threshold=0.95)
+    out.append(run_scenario(system, args, bodies, "cloud_restarted_mid_run", restart_cloud, threshold=0.95))
 
     def kill_edge_worker():
         workers = sorted(system.workers("edge"))
         if workers:
             psutil.Process(workers[-1]).kill()
 
-    scenario("edge_worker_killed", kill_edge_worker)
+    out.append(run_scenario(system, args, bodies, "edge_worker_killed", kill_edge_worker))
 
     def restart_router():
         system.stop_router()
         time.sleep(1)
         system.start_router()
 
-    scenario("router_restarted", restart_router)
+    out.append(run_scenario(system, args, bodies, "router_restarted", restart_router))
+    return out
+
+
+def run_kserve_faults(system: LiveSystem, args) -> list[dict]:
+    """A cloud of two KServe replicas behind the router; replica 1 is the one that fails. Threshold
+    0.95: most requests offload, so most requests meet the failing replica or its twin."""
+    bodies = labelled_bodies(40, seed=9)
+    out = []
+
+    def kill_then_restart():
+        system.kill_cloud_replica(1)
+        time.sleep(4)
+        system.start_kserve(1)  # returns once it says ready
+
+    out.append(run_scenario(system, args, bodies, KSERVE_SCENARIOS[0], kill_then_restart, threshold=0.95))
+    system.kill_cloud_replica(1)  # down before the load starts: its port refuses throughout
+    out.append(run_scenario(system, args, bodies, KSERVE_SCENARIOS[1], lambda: None, threshold=0.95))
+    system.start_kserve(1)
+    time.sleep(2)
+    replica = system.kserve[1]
+
+    def freeze_past_deadline():
+        os.kill(replica.pid, signal.SIGSTOP)  # accepts connections (the kernel does), answers nothing
+        time.sleep(2 + 3 * args.deadline_ms / 1000)
+        os.kill(replica.pid, signal.SIGCONT)
+
+    out.append(run_scenario(system, args, bodies, KSERVE_SCENARIOS[2], freeze_past_deadline, threshold=0.95))
     return out
 
 

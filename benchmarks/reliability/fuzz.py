@@ -1,5 +1,19 @@
-"""The fuzz part: random and mutated images against the router, random or mutated binary tensors
-with lying headers against the cloud handler, then a check that the servers still answer correctly."""
+"""The fuzz part: random and mutated inputs against every tier that parses untrusted bytes, then a
+check that the servers still answer correctly.
+
+Targets, interleaved in a fixed cycle (`TARGET_CYCLE`: 40 % router, 20 % each of the others):
+
+- `router`: images (random bytes, mutated PNG/JPEG, lying headers with huge dimensions) with odd
+  content types and query strings, `POST /v1/classify`;
+- `edge`: the same images straight to the edge TorchServe handler with odd `X-Exit-Threshold` and
+  `X-Offload-Compression` headers;
+- `cloud`: random or mutated binary tensors with lying framing to the cloud TorchServe handler;
+- `kserve`: the same tensors, and malformed JSON requests, to the KServe predictor.
+
+Every input is drawn from one `random.Random(--seed)` in order, so a run is replayed exactly by
+the same `--seed` and `--fuzz-inputs`; each 5xx example records its input's index. A target this
+run cannot reach (an existing deployment gives only the router and, with `--cloud`, the cloud)
+is skipped and its share not sent."""
 
 from __future__ import annotations
 
@@ -123,6 +137,93 @@ def fuzz_cloud_case(rng: random.Random, shape: tuple[int, ...]) -> tuple[bytes, 
     return body, str(n)
 
 
+TARGET_CYCLE = ("router", "edge", "router", "cloud", "kserve")
+EDGE_HEADERS = {
+    "X-Exit-Threshold": ["0", "-1", "1.5", "nan", "inf", "abc", "0.5", "", "1e-300"],
+    "X-Offload-Compression": ["fp16", "int8", "fp64", "", "INT8", "x" * 300],
+}
+
+
+def fuzz_edge_case(rng: random.Random, seeds: list[bytes]) -> tuple[bytes, dict]:
+    body, _, headers = fuzz_router_case(rng, seeds)
+    for name, values in EDGE_HEADERS.items():
+        if rng.random() < 0.3:
+            headers[name] = rng.choice(values)
+    return body, headers
+
+
+def fuzz_oip_json_case(rng: random.Random, shape: tuple[int, ...]) -> bytes:
+    """An Open Inference Protocol JSON request with one field made wrong (or none)."""
+    n = rng.randint(1, 2)
+    spec = {
+        "name": "stage2",
+        "shape": [n, *shape],
+        "datatype": rng.choice(["FP32", "FP16", "INT8"]),
+        "data": [rng.randint(-3, 3) for _ in range(n * int(np.prod(shape)))],
+    }
+    request: dict = {"inputs": [spec]}
+    kind = rng.randrange(6)
+    if kind == 1:
+        spec["data"] = spec["data"][: rng.randrange(len(spec["data"]))]
+    elif kind == 2:
+        spec[rng.choice(["shape", "datatype", "name", "data", "parameters"])] = rng.choice(
+            [[0, *shape], [-1], "BYTES", 7, None, {"a": [1]}, [[1, 2], [3]], ["x"], [10**6] * 4]
+        )
+    elif kind == 3:
+        request[rng.choice(["outputs", "id", "parameters", "extra"])] = rng.choice([5, "x", [1], {"a": None}])
+    elif kind == 4:
+        spec["data"][rng.randrange(len(spec["data"]))] = rng.choice([1e300, -1e40, 1000, True, "1"])
+    body = json.dumps(request).encode()
+    if kind == 5:
+        body = mutate(body, rng)
+    return body
+
+
+def fuzz_urls(system) -> dict[str, str | None]:
+    """Each target's base URL, None where this run cannot reach it."""
+    if isinstance(system, LiveSystem):
+        kserve = system.kserve_urls[0] if system.kserve_urls else None
+        return {
+            "router": system.url,
+            "edge": system.insts["edge"].inference_url,
+            "cloud": cloud_url(system),
+            "kserve": kserve,
+        }
+    return {"router": system.url, "edge": None, "cloud": cloud_url(system), "kserve": None}
+
+
+def fuzz_request(target: str, url: str, rng: random.Random, seeds, system, models, shape) -> dict:
+    """The `requests.post` arguments of the next input for `target`."""
+    if target == "router":
+        body, params, headers = fuzz_router_case(rng, seeds)
+        return {"url": f"{url}/v1/classify", "data": body, "params": params, "headers": headers}
+    if target == "edge":
+        body, headers = fuzz_edge_case(rng, seeds)
+        return {
+            "url": f"{url}/predictions/{models['edge']}",
+            "data": body,
+            "headers": {**system.auth("edge"), **headers},
+        }
+    if target == "kserve" and rng.random() < 0.2:
+        return {
+            "url": f"{url}/v2/models/{models['cloud']}/infer",
+            "data": fuzz_oip_json_case(rng, shape),
+            "headers": {"Content-Type": "application/json"},
+        }
+    body, n = fuzz_cloud_case(rng, shape)
+    if target == "cloud":
+        return {
+            "url": f"{url}/predictions/{models['cloud']}",
+            "data": body,
+            "headers": cloud_headers(system.auth("cloud"), n),
+        }
+    return {
+        "url": f"{url}/v2/models/{models['cloud']}/infer",
+        "data": body,
+        "headers": {wire.HEADER_LENGTH: n},
+    }
+
+
 def run_fuzz(system, args, reference) -> dict:
     """The fuzz; `reference` is the in-process pipeline, or None to compare the router's answers
     after the fuzz with its answers before it (an existing deployment, whose archives are unknown)."""
@@ -130,37 +231,27 @@ def run_fuzz(system, args, reference) -> dict:
     images = test_images(24, seed=3)
     seeds = [encode_image(im, rng.choice(["png", "jpeg"])) for im in images]
     expert, shape = split_of(system)
-    cloud_model = archive_name("cloud", expert)
-    n_cloud = args.fuzz_inputs // 4
-    first = 0
-    cloud = cloud_url(system)
-    auth = system.auth("cloud")
-    if cloud is None:
-        first = n_cloud  # the cloud share is not sent
-        print(f"cloud-tensor fuzz skipped: no --cloud given ({n_cloud} inputs not sent)", flush=True)
-    elif reference is None:
-        check_cloud_answers(system, cloud_model, shape)
+    models = {role: archive_name(role, expert) for role in ("edge", "cloud")}
+    urls = fuzz_urls(system)
+    planned = count_planned(args.fuzz_inputs)
+    skipped = {t: planned[t] for t, u in urls.items() if u is None}
+    for t, n in skipped.items():
+        print(f"{t} fuzz skipped: this run cannot reach it ({n} inputs not sent)", flush=True)
+    if urls["cloud"] is not None and reference is None:
+        check_cloud_answers(system, models["cloud"], shape)
     before = None if reference is not None else answers(system, images[:12])
-    workers_before = {r: system.workers(r) for r in ("edge", "cloud")}
-    statuses: dict[str, int] = {}
+    processes_before = watched_pids(system)
+    statuses: dict[str, dict[str, int]] = {t: {} for t in urls if urls[t] is not None}
     status_5xx = hung = 0
     examples = []
     session = requests.Session()
-    for i in progress(range(first, args.fuzz_inputs), desc="fuzz", quiet=args.quiet):
+    for i in progress(range(args.fuzz_inputs), desc="fuzz", quiet=args.quiet):
+        target = TARGET_CYCLE[i % len(TARGET_CYCLE)]
+        if urls[target] is None:
+            continue
+        request = fuzz_request(target, urls[target], rng, seeds, system, models, shape)
         try:
-            if i < n_cloud:
-                body, n = fuzz_cloud_case(rng, shape)
-                r = session.post(
-                    f"{cloud}/predictions/{cloud_model}",
-                    data=body,
-                    headers=cloud_headers(auth, n),
-                    timeout=HUNG_S,
-                )
-            else:
-                body, params, headers = fuzz_router_case(rng, seeds)
-                r = session.post(
-                    f"{system.url}/v1/classify", data=body, params=params, headers=headers, timeout=HUNG_S
-                )
+            r = session.post(**request, timeout=HUNG_S)
             code = r.status_code
         except requests.Timeout:
             hung += 1
@@ -169,33 +260,83 @@ def run_fuzz(system, args, reference) -> dict:
         except requests.ConnectionError:
             code = "connection_error"
             session = requests.Session()
-        statuses[str(code)] = statuses.get(str(code), 0) + 1
+        statuses[target][str(code)] = statuses[target].get(str(code), 0) + 1
         if isinstance(code, int) and code >= 500:
             status_5xx += 1
             if len(examples) < 10:
-                examples.append({"input": i, "status": code, "body": r.text[:200]})
-    workers_after = {r: system.workers(r) for r in ("edge", "cloud")}
+                examples.append({"input": i, "target": target, "status": code, "body": r.text[:200]})
+    processes_after = watched_pids(system)
+    sent = {t: sum(c.values()) for t, c in statuses.items()}
+    total: dict[str, int] = {}
+    for counts in statuses.values():
+        for code, n in counts.items():
+            total[code] = total.get(code, 0) + n
     out = {
-        "inputs": args.fuzz_inputs - first,
-        "router_inputs": args.fuzz_inputs - n_cloud,
-        "cloud_inputs": n_cloud - first,
+        "inputs": sum(sent.values()),
+        "seed": args.seed,
+        "inputs_by_target": sent,
+        "statuses_by_target": statuses,
         "status_5xx": status_5xx,
         "hung": hung,
-        "statuses": statuses,
+        "statuses": total,
         "examples_5xx": examples,
     }
-    if first:
-        out["cloud_note"] = "cloud-tensor fuzz skipped: no --cloud given"
-    if workers_before["edge"] is None:
+    if skipped:
+        out["skipped_targets"] = {
+            t: f"{n} inputs not sent: this run cannot reach it" for t, n in skipped.items()
+        }
+    if processes_before is None:
         out.update(worker_deaths=None, worker_deaths_note=NOT_OBSERVED_WORKERS)
     else:
-        out["worker_deaths"] = sum(len(workers_before[r] - workers_after[r]) for r in workers_before)
+        out["worker_deaths"] = len(processes_before - processes_after)
+    out["control_after"] = control_after(system, urls, models, shape)
     if reference is not None:
         out["still_correct_after"] = check_still_correct(system, reference, images[:12])
         out["still_correct_checked_against"] = "the in-process reference pipeline (model store)"
     else:
         out["still_correct_after"] = before is not None and answers(system, images[:12]) == before
         out["still_correct_checked_against"] = "the router's answers to the same 12 images before the fuzz"
+    return out
+
+
+def count_planned(n: int) -> dict[str, int]:
+    """How many of `n` inputs each target gets in the cycle."""
+    out: dict[str, int] = {}
+    for i in range(n):
+        target = TARGET_CYCLE[i % len(TARGET_CYCLE)]
+        out[target] = out.get(target, 0) + 1
+    return out
+
+
+def watched_pids(system) -> set[int] | None:
+    """TorchServe workers of edge and cloud and the KServe processes; None: not ours to watch."""
+    if not isinstance(system, LiveSystem):
+        return None
+    pids = system.workers("edge") | system.workers("cloud")
+    return pids | {p.pid for p in system.kserve if p is not None and p.poll() is None}
+
+
+def control_after(system, urls: dict, models: dict, shape) -> dict[str, int | str]:
+    """Each direct target's status for one valid request after the fuzz (200 expected)."""
+    body, n = wire.encode(np.zeros((1, *shape), np.float32), name="stage2", compression="fp32")
+    png = encode_image(test_images(1, seed=5)[0], "png")
+    asks = {
+        "edge": (f"{urls['edge']}/predictions/{models['edge']}", png, system.auth("edge")),
+        "cloud": (
+            f"{urls['cloud']}/predictions/{models['cloud']}",
+            body,
+            cloud_headers(system.auth("cloud"), n),
+        ),
+        "kserve": (f"{urls['kserve']}/v2/models/{models['cloud']}/infer", body, {wire.HEADER_LENGTH: str(n)}),
+    }
+    out: dict[str, int | str] = {}
+    for target, (url, data, headers) in asks.items():
+        if urls[target] is None:
+            continue
+        try:
+            out[target] = requests.post(url, data=data, headers=headers, timeout=30).status_code
+        except requests.RequestException as exc:
+            out[target] = type(exc).__name__
     return out
 
 

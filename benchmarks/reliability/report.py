@@ -43,20 +43,45 @@ def write_markdown(r: dict, path: Path) -> None:
             if f.get("worker_deaths") is not None
             else f"worker deaths {f.get('worker_deaths_note', 'not observed')}"
         )
+        by_target = f.get("inputs_by_target") or {
+            "router": f.get("router_inputs"),
+            "cloud": f.get("cloud_inputs"),
+        }  # (files written before the fuzz had four targets)
         lines += [
             "## Fuzz",
             "",
             f"Produced by: {target.describe(f.get('produced_by'))}",
             "",
-            f"{f['inputs']} inputs ({f['router_inputs']} to the router, {f['cloud_inputs']} "
-            f"to the cloud handler{'; ' + f['cloud_note'] if f.get('cloud_note') else ''}): "
-            f"**{f['status_5xx']} 5xx, {deaths}, {f['hung']} hung**; statuses {f['statuses']}; "
+            f"{f['inputs']} inputs (seed {f.get('seed', 0)}; "
+            + ", ".join(f"{n} to the {t}" for t, n in by_target.items())
+            + f"{'; ' + f['cloud_note'] if f.get('cloud_note') else ''}): "
+            f"**{f['status_5xx']} 5xx, {deaths}, {f['hung']} hung**; "
             f"servers still correct afterwards: **{f['still_correct_after']}**"
             + (f" (against {against})" if (against := f.get("still_correct_checked_against")) else "")
             + "."
+            + (
+                " A valid request to each tier after the fuzz: "
+                + ", ".join(f"{t} {c}" for t, c in f["control_after"].items())
+                + "."
+                if f.get("control_after")
+                else ""
+            )
             + _router_line(f),
             "",
         ]
+        lines += [f"- {t} skipped: {why}" for t, why in f.get("skipped_targets", {}).items()]
+        per = f.get("statuses_by_target") or {"all": f["statuses"]}
+        codes = sorted({c for counts in per.values() for c in counts})
+        lines += [
+            "",
+            "| target | inputs | " + " | ".join(codes) + " |",
+            "|---|---|" + "---|" * len(codes),
+        ]
+        lines += [
+            f"| {t} | {sum(counts.values())} | " + " | ".join(str(counts.get(c, 0)) for c in codes) + " |"
+            for t, counts in per.items()
+        ]
+        lines.append("")
     if "faults" in r:
         ran = [x for x in r["faults"] if "skipped" not in x]
         skipped = [x for x in r["faults"] if "skipped" in x]
@@ -109,14 +134,54 @@ def write_markdown(r: dict, path: Path) -> None:
             + _router_line(s),
             "",
         ]
-        lines += [
-            f"- {k}: {v['after_warmup_mb']} -> {v['end_mb']} MB ({100 * v['growth']:+.1f} %)"
-            for k, v in s["rss"].items()
-        ]
-        lines.append("")
+        if s.get("offloaded_share") is not None:
+            lines[-2] += f" {100 * s['offloaded_share']:.1f} % of the answers were offloaded."
+        if s.get("cloud_endpoints"):
+            lines[-2] += (
+                " Offloads answered per cloud endpoint: "
+                + ", ".join(
+                    f"{n} ({c['kind']}) {c['answered']} ({c['failed']} failed)"
+                    for n, c in s["cloud_endpoints"].items()
+                )
+                + "."
+            )
+        lines += soak_process_table(s)
+        if s.get("plot"):
+            lines += [f"![every process over the soak]({s['plot']})", ""]
     if "abuse" in r:
         lines += abuse_markdown(r["abuse"])
     path.write_text("\n".join(lines))
+
+
+def soak_process_table(s: dict) -> list[str]:
+    """Per process: RSS growth over the measured span, and RSS, PSS, threads and open files at the
+    first and the last minute's sample."""
+    per = s.get("processes_per_minute") or []
+    if not per:
+        return [
+            f"- {k}: {v['after_warmup_mb']} -> {v['end_mb']} MB ({100 * v['growth']:+.1f} %)"
+            for k, v in s["rss"].items()
+        ] + [""]
+    first, last = per[0]["processes"], per[-1]["processes"]
+    lines = [
+        f"| process | RSS from minute {s.get('rss_growth_from_s', 60) / 60:g} to the end (MB) | growth | "
+        f"RSS min {per[0]['minute']} / {per[-1]['minute']} (MB) | PSS (MB) | threads | open files |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(set(first) | set(last) | set(s["rss"])):
+        g = s["rss"].get(name)
+        a, b = first.get(name, {}), last.get(name, {})
+
+        def pair(key, a=a, b=b):
+            return f"{a.get(key, '-')} / {b.get(key, '-')}"
+
+        span = f"{g['after_warmup_mb']} -> {g['end_mb']}" if g else "-"
+        growth = f"{100 * g['growth']:+.1f} %" if g else "-"
+        lines.append(
+            f"| {name} | {span} | {growth} | {pair('rss_mb')} | {pair('pss_mb')} | "
+            f"{pair('threads')} | {pair('open_files')} |"
+        )
+    return [*lines, ""]
 
 
 def abuse_markdown(a: dict) -> list[str]:

@@ -24,8 +24,9 @@ NOT_SAMPLED_RSS = "not sampled: the existing deployment's processes are not this
 SAMPLE_EVERY_S = 0.5
 
 
-def own_system(store: Path, run_dir: Path, args) -> LiveSystem:
-    """The live system on loopback test ports, its router with this run's deadline and limits."""
+def own_system(store: Path, run_dir: Path, args, **cloud) -> LiveSystem:
+    """The live system on loopback test ports, its router with this run's deadline and limits;
+    `cloud`: LiveSystem's cloud options (engine, replicas, KServe replicas beside TorchServe)."""
     return LiveSystem(
         store,
         run_dir,
@@ -39,6 +40,7 @@ def own_system(store: Path, run_dir: Path, args) -> LiveSystem:
             "--max-body-bytes",
             str(args.max_body_bytes),
         ],
+        **cloud,
     )
 
 
