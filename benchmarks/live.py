@@ -21,7 +21,10 @@ own process (`python -m edge_router`). Options:
   `cloud_replicas`: that many cloud processes, all given to the router with `--cloud`, which
   spreads offloads over them (`edge_router.cloud`); `kill_cloud_replica(i)` for fault tests;
 - `kserve_replicas`: KServe replicas beside a TorchServe cloud, in the router's one pool (the whole
-  system of the reliability soak: both cloud engines at once).
+  system of the reliability soak: both cloud engines at once);
+- `security` ("off", "tls" or "mtls"): a throwaway CA made at start, the cloud (TorchServe or
+  KServe) and the router on verified HTTPS, device keys at the router, and under "mtls" device
+  certificates too (`benchmarks.live_security`); `client_options()` is what a device sends.
 
 Everything started is stopped on exit, also on failure; `down` stops what `up` left running. The
 command line of each part, its readiness probe and its processes are in `benchmarks.live_parts`.
@@ -54,6 +57,8 @@ from benchmarks.live_parts import (
     torchserve_stop_argv,
     wait_until_ready,
 )
+from benchmarks.live_security import MODES
+from benchmarks.live_security import make as make_secured
 from core.cli import run_cli
 from core.errors import UserInputError
 from edge_router.torchserve import DEFAULT_PORTS, Ports, instance
@@ -87,6 +92,7 @@ class LiveSystem:
         cloud_replicas: int = 1,
         kserve_replicas: int = 0,
         worker_torch: str = "stub",
+        security: str = "off",
     ):
         from benchmarks import netem
 
@@ -106,7 +112,11 @@ class LiveSystem:
         }
         self.insts = {r: instance(r, run_dir=self.run_dir, ports=ports[r], host=self.hosts[r]) for r in ROLES}
         self.router_port = router_port
-        self.url = f"http://{self.hosts['router']}:{router_port}"
+        if security not in MODES:
+            raise ValueError(f"security is one of {', '.join(MODES)}")
+        self.security, self.secured = security, None  # made at start (`live_security.make`)
+        scheme = "http" if security == "off" else "https"
+        self.url = f"{scheme}://{self.hosts['router']}:{router_port}"
         self.router: subprocess.Popen | None = None
         if cloud_engine not in ("torchserve", "kserve") or cloud_replicas < 1 or kserve_replicas < 0:
             raise ValueError("cloud_engine is torchserve or kserve, with at least one replica")
@@ -131,7 +141,7 @@ class LiveSystem:
             else []
         )
         kserve_base = ports["cloud"].inference + 5
-        self.kserve_urls = [f"http://{self.hosts['cloud']}:{kserve_base + i}" for i in range(n_kserve)]
+        self.kserve_urls = [f"{scheme}://{self.hosts['cloud']}:{kserve_base + i}" for i in range(n_kserve)]
         self.kserve: list[subprocess.Popen | None] = []
 
     # -- parts ----------------------------------------------------------------------------------
@@ -146,6 +156,8 @@ class LiveSystem:
     def start_ts(self, role: str, inst=None) -> None:
         inst = inst or self.insts[role]
         cmd = torchserve_start_argv(role, inst, self.store, self.wait_s, self.models[role], self.worker_torch)
+        if self.secured is not None and role == "cloud":  # the hop that leaves the box
+            cmd += self.secured.torchserve_flags()
         r = subprocess.run(
             self._argv(role, cmd), env=self.env, timeout=self.wait_s + 120, capture_output=True, text=True
         )
@@ -162,8 +174,9 @@ class LiveSystem:
         url = self.kserve_urls[i]
         port = url.rsplit(":", 1)[1]
         log = open(self.run_dir / f"kserve{i}.log", "ab")  # noqa: SIM115 - the child owns it
+        tls_flags = self.secured.kserve_flags() if self.secured else []
         proc = subprocess.Popen(
-            self._argv("cloud", kserve_argv(self.store, self.hosts["cloud"], port)),
+            self._argv("cloud", [*kserve_argv(self.store, self.hosts["cloud"], port), *tls_flags]),
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -173,7 +186,7 @@ class LiveSystem:
         while len(self.kserve) <= i:
             self.kserve.append(None)
         self.kserve[i] = proc
-        argv = [sys.executable, "-c", READY_PROBE, f"{url}/v2/health/ready", str(self.wait_s)]
+        argv = [sys.executable, "-c", READY_PROBE, f"{url}/v2/health/ready", str(self.wait_s), self._verify()]
         if self.link is not None:
             argv = self.link.exec_args("cloud", argv)
         ready = subprocess.run(argv, timeout=self.wait_s + 30, check=False).returncode == 0
@@ -213,7 +226,8 @@ class LiveSystem:
         )
         for role, inst in self.insts.items():
             argv += [f"--{role}-url", inst.inference_url, f"--{role}-management-url", inst.management_url]
-        return [*argv, *self.cloud_flags(), *self.router_options]
+        security = self.secured.router_flags() if self.secured else []
+        return [*argv, *self.cloud_flags(), *security, *self.router_options]
 
     def start_router(self, *, wait_s: float = 60) -> None:
         log = open(self.run_dir / "router.log", "ab")  # noqa: SIM115 - the child owns it
@@ -222,12 +236,12 @@ class LiveSystem:
         )
         log.close()
         if self.link is None:
-            wait_until_ready(f"{self.url}/healthz", proc=self.router, timeout=wait_s)
+            wait_until_ready(f"{self.url}/healthz", proc=self.router, timeout=wait_s, verify=self._verify())
             return
         # the router's address is reached from the device namespace only
         r = subprocess.run(
             self.link.exec_args(
-                "dev", [sys.executable, "-c", READY_PROBE, f"{self.url}/healthz", str(wait_s)]
+                "dev", [sys.executable, "-c", READY_PROBE, f"{self.url}/healthz", str(wait_s), self._verify()]
             ),
             env=self.env,
             timeout=wait_s + 30,
@@ -249,8 +263,23 @@ class LiveSystem:
             return proc.wait(timeout=10)
 
     # -- the whole ------------------------------------------------------------------------------
+    def _verify(self) -> str:
+        """What a health probe verifies the servers by: the run's CA, or "true" (plain HTTP)."""
+        return self.secured.ca if self.secured else "true"
+
+    def client_options(self) -> dict:
+        """`requests` options of a device (CA bundle, key, certificate); {} with security off."""
+        return self.secured.client_options() if self.secured else {}
+
     def start(self) -> LiveSystem:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.security != "off":
+            self.secured = make_secured(
+                self.run_dir / "security",
+                cloud_host=self.hosts["cloud"],
+                router_host=self.hosts["router"],
+                mtls=self.security == "mtls",
+            )
         try:
             for i in range(len(self.kserve_urls)):
                 self.start_kserve(i)

@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
 # waits for a health URL from inside a namespace (a KServe replica's readiness from the cloud
 # namespace, the router's health from the device namespace, the only places that reach them):
-# argv url, seconds
+# argv url, seconds, and what to verify TLS by ("true": the system's trust, or a CA bundle)
 READY_PROBE = (
     "import sys; from benchmarks.live_parts import wait_until_ready; "
-    "wait_until_ready(sys.argv[1], timeout=float(sys.argv[2]))"
+    "v = sys.argv[3] if len(sys.argv) > 3 else 'true'; "
+    "wait_until_ready(sys.argv[1], timeout=float(sys.argv[2]), verify=True if v == 'true' else v)"
 )
 
 
@@ -38,7 +39,9 @@ def replica_ports(base: Ports, i: int) -> Ports:
     )
 
 
-def wait_until_ready(url: str, *, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+def wait_until_ready(
+    url: str, *, proc: subprocess.Popen | None = None, timeout: float = 60.0, verify: str | bool = True
+) -> None:
     """Poll a health URL (a router's /healthz, KServe's /v2/health/ready) until it answers 200.
 
     Fails early if `proc`, the server's process, exits during start-up."""
@@ -47,7 +50,7 @@ def wait_until_ready(url: str, *, proc: subprocess.Popen | None = None, timeout:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the server behind {url} exited during start-up (code {proc.returncode})")
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if requests.get(url, timeout=2, verify=True if verify == "true" else verify).status_code == 200:
                 return
         except requests.RequestException:
             pass

@@ -54,6 +54,8 @@ class LoadClient:
         max_requests: int | None = None,
         keep_answers: bool = True,
         headers: dict[str, str] | None = None,
+        verify: str | bool = True,
+        cert: tuple[str, str] | None = None,
     ):
         if clients < 1 or not bodies:
             raise ValueError("need at least one client and one body")
@@ -61,6 +63,7 @@ class LoadClient:
         self.bodies = [b if isinstance(b, tuple) else (b, None) for b in bodies]
         self.clients, self.params, self.timeout_s = clients, dict(params or {}), timeout_s
         self.keep_answers, self.headers = keep_answers, dict(headers or {})
+        self.verify, self.cert = verify, cert  # HTTPS: the CA bundle, a client certificate
         self.records: list[Record] = []
         self._budget = max_requests if max_requests is not None else float("inf")
         self._lock = threading.Lock()
@@ -111,6 +114,9 @@ class LoadClient:
     def _worker(self, k: int) -> None:
         session = requests.Session()
         session.headers.update(self.headers)
+        if self.verify is not True or self.cert:  # our CA beats REQUESTS_CA_BUNDLE (psf/requests#3829)
+            session.trust_env = False
+            session.verify, session.cert = self.verify, self.cert
         i = k
         while not self._stop.is_set() and self._take():
             body, label = self.bodies[i % len(self.bodies)]

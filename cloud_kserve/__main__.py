@@ -10,6 +10,10 @@ becomes a model of the same name at `POST /v2/models/<name>/infer` (`cloud_kserv
 a malformed request gets a 400 with a one-line reason before KServe decodes it (`cloud_kserve.guard`).
 KServe's REST server listens on every interface, as a pod must; here it listens on `--host`
 (loopback unless told otherwise), like the rest of the project. No Kubernetes needed.
+
+Across a WAN it serves HTTPS itself: `--tls-cert` and `--tls-key` (and `--tls-client-ca` for mutual
+TLS) go to the uvicorn server KServe runs, whose own options these are (KServe re-reads renewed
+files); no terminator in front is needed. In a cluster the mesh's mutual TLS does this instead.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a pod)")
     p.add_argument("--port", type=int, default=8095)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per model")
+    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca", default=None, help="mutual TLS: clients need a certificate this CA signed"
+    )
     return p
 
 
@@ -66,6 +75,9 @@ def collect(args: argparse.Namespace, unpack_root: Path) -> list[tuple[str, Mani
 def main(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536 or args.threads < 1:
         raise UserInputError("--port must be 1..65535 and --threads at least 1")
+    from edge_router.tls import ServerTls
+
+    tls = ServerTls.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
     sys.argv = sys.argv[:1]  # kserve parses the command line at import; it gets none of ours
     import kserve
     from kserve.protocol.rest import server as rest
@@ -77,6 +89,8 @@ def main(args: argparse.Namespace) -> int:
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             self.config.host = args.host  # KServe hard-codes 0.0.0.0
+            for name, value in (tls.uvicorn_options() if tls else {}).items():
+                setattr(self.config, name, value)  # uvicorn builds the SSL context at start
 
         def _add_middlewares(self, app):
             super()._add_middlewares(app)

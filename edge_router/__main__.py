@@ -12,11 +12,24 @@ The cloud tier is one TorchServe instance unless `--cloud` lists endpoints, any 
 
     --cloud oip=http://10.0.0.5:8080                       # KServe's model server or Triton
     --cloud torchserve=http://h:8090,http://h:8091,run/cloud/key_file.json
+    --cloud oip=https://10.0.0.5:8443,ca=certs/ca.pem      # this endpoint over verified TLS
+
+Across a WAN, every hop that leaves the box is encrypted and authenticated (`edge_router.tls`):
+
+    --cloud-ca certs/ca.pem          # TLS to every cloud endpoint, its certificate verified; an
+                                     # http:// cloud is refused (answers degraded, with the reason)
+    --cloud-client-cert/--cloud-client-key    # for a cloud that asks for client certificates
+    --tls-cert certs/edge.pem --tls-key certs/edge.key   # the router serves HTTPS
+    --tls-client-ca certs/ca.pem     # and only to devices with a certificate this CA signed
+    --device-keys run/devices.json   # each device needs its key (python -m edge_router.devices)
+
+On loopback these are off by default; listening on another address without them logs a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -29,7 +42,9 @@ from edge_router import adaptive
 from edge_router.app import Router, RouterConfig, make_server
 from edge_router.classifier import LocalClassifier
 from edge_router.cloud import POLICIES
+from edge_router.devices import DeviceKeys
 from edge_router.discovery import Discovery, Endpoint
+from edge_router.tls import ClientTls, ServerTls
 from edge_router.tokens import KeyFile
 from edge_router.torchserve import instance
 
@@ -135,8 +150,34 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="adaptive: accuracy points (of 100) that one second of expected offload time must buy",
     )
+    sec = p.add_argument_group("security (TLS and device keys; see edge_router.tls, edge_router.devices)")
+    sec.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate chain (PEM)")
+    sec.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
+    sec.add_argument(
+        "--tls-client-ca", default=None, help="mutual TLS: clients need a certificate signed by this CA"
+    )
+    sec.add_argument(
+        "--device-keys", default=None, help="device keys file: every request but /healthz needs a key"
+    )
+    sec.add_argument(
+        "--cloud-ca",
+        default=None,
+        help="CA bundle of the cloud's certificates: TLS required and verified on every cloud endpoint",
+    )
+    sec.add_argument("--cloud-client-cert", default=None, help="client certificate for the cloud (PEM)")
+    sec.add_argument("--cloud-client-key", default=None, help="its private key (PEM)")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def cloud_tls(args: argparse.Namespace, ca: str | None = None) -> ClientTls | None:
+    """The TLS of a cloud endpoint: its own `ca=` or --cloud-ca, with the client certificate
+    (commands that share `endpoint` without these flags get none)."""
+    return ClientTls.from_flags(
+        ca or getattr(args, "cloud_ca", None),
+        getattr(args, "cloud_client_cert", None),
+        getattr(args, "cloud_client_key", None),
+    )
 
 
 def endpoint(role: str, args: argparse.Namespace) -> Endpoint:
@@ -148,6 +189,10 @@ def endpoint(role: str, args: argparse.Namespace) -> Endpoint:
         inference_url=getattr(args, f"{role}_url") or inst.inference_url,
         management_url=management_url,
         keys=KeyFile(key_file, management_url),
+        # the local cloud instance started with TLS (its tls.json) is verified against its own CA
+        tls=cloud_tls(args, getattr(args, "cloud_ca", None) or (inst.tls or {}).get("ca_file"))
+        if role == "cloud"
+        else None,
     )
 
 
@@ -158,8 +203,13 @@ def cloud_endpoints(args: argparse.Namespace) -> list[Endpoint]:
     for i, spec in enumerate(args.cloud):
         kind, _, rest = spec.partition("=")
         parts = rest.split(",")
+        options = dict(p.split("=", 1) for p in parts if "=" in p)  # per-endpoint: ca=FILE
+        parts = [p for p in parts if "=" not in p]
+        if set(options) - {"ca"}:
+            raise UserInputError(f"--cloud {spec!r}: the one option an endpoint takes is ca=FILE")
+        tls = cloud_tls(args, options.get("ca"))
         if kind == "oip" and len(parts) == 1 and parts[0].startswith(("http://", "https://")):
-            out.append(Endpoint(name=f"cloud{i}", inference_url=parts[0].rstrip("/"), kind="oip"))
+            out.append(Endpoint(name=f"cloud{i}", inference_url=parts[0].rstrip("/"), kind="oip", tls=tls))
         elif kind == "torchserve" and len(parts) == 3 and all(parts):
             out.append(
                 Endpoint(
@@ -167,13 +217,47 @@ def cloud_endpoints(args: argparse.Namespace) -> list[Endpoint]:
                     inference_url=parts[0].rstrip("/"),
                     management_url=parts[1].rstrip("/"),
                     keys=KeyFile(Path(parts[2]), parts[1]),
+                    tls=tls,
                 )
             )
         else:
             raise UserInputError(
                 f"--cloud {spec!r}: expected oip=URL or torchserve=INFERENCE_URL,MANAGEMENT_URL,KEY_FILE"
+                " (either optionally followed by ,ca=FILE)"
             )
     return out
+
+
+def exposure_warnings(args: argparse.Namespace, clouds: list[Endpoint]) -> list[str]:
+    """What an operator should hear at start: a router reachable beyond loopback without TLS or
+    device keys, and cloud endpoints reached in the clear off this machine."""
+    out = []
+    if not is_loopback(args.host):
+        if args.tls_cert is None:
+            out.append(
+                f"listening on {args.host} without TLS (--tls-cert, --tls-key): images cross in the clear"
+            )
+        if args.device_keys is None and args.tls_client_ca is None:
+            out.append(
+                f"listening on {args.host} without device authentication (--device-keys or --tls-client-ca)"
+            )
+    for ep in clouds:
+        host = ep.inference_url.split("/")[2].rsplit(":", 1)[0].strip("[]")
+        if ep.tls is None and not is_loopback(host):
+            out.append(
+                f"cloud endpoint {ep.name} ({ep.inference_url}) without TLS (--cloud-ca): "
+                "tensors and token in the clear"
+            )
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def config_from(args: argparse.Namespace) -> RouterConfig:
@@ -229,21 +313,30 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    server_tls = ServerTls.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
+    devices = DeviceKeys(args.device_keys) if args.device_keys else None
+    clouds = cloud_endpoints(args)
     classifier = LocalClassifier(args.classifier or Path(args.model_store) / f"{CLASSIFIER}.mar")
     discovery = Discovery(
         endpoint("edge", args),
-        cloud_endpoints(args),
+        clouds,
         classifier=classifier.manifest,
         refresh_s=args.refresh_s,
     )
     discovery.start()
-    router = Router(discovery, classifier, config)
-    server = make_server(router, args.host, args.port, log_level=args.log_level)
+    router = Router(discovery, classifier, config, devices=devices)
+    server = make_server(router, args.host, args.port, log_level=args.log_level, tls=server_tls)
     cat = discovery.catalogue
-    logging.getLogger("edge_router").info(
-        "listening on http://%s:%d; experts: %s; refused: %s",
+    log = logging.getLogger("edge_router")
+    for warning in exposure_warnings(args, clouds):
+        log.warning("%s", warning)
+    log.info(
+        "listening on %s://%s:%d%s%s; experts: %s; refused: %s",
+        "https" if server_tls else "http",
         args.host,
         args.port,
+        " (mutual TLS)" if server_tls and server_tls.client_ca else "",
+        " (device keys)" if devices else "",
         ", ".join(sorted(cat.experts)) or "none",
         ", ".join(sorted(cat.refused)) or "none",
     )

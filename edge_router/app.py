@@ -31,6 +31,9 @@ lives in `edge_router.decisions`; this module is the HTTP around it:
   left of the request's deadline.
 - **Graceful drain.** SIGTERM is uvicorn's own: it stops accepting, answers the requests in
   progress (up to `drain_s`), then exits.
+- **Devices and TLS, when configured.** With device keys (`edge_router.devices`) every request but
+  `/healthz` needs a valid key (401 otherwise); with a certificate the server speaks HTTPS, and
+  with a client CA only to clients with a certificate it signed (`edge_router.tls`).
 """
 
 from __future__ import annotations
@@ -54,9 +57,11 @@ from core.imaging import DEFAULT_MAX_BYTES
 from edge_router.classifier import LocalClassifier
 from edge_router.cloud import CloudPool, CloudUpstream
 from edge_router.decisions import Decider, Reply, UpstreamTimeout, UpstreamUnreachable
+from edge_router.devices import DeviceAuth, DeviceKeys
 from edge_router.discovery import Discovery, Endpoint
 from edge_router.metrics import CONTENT_TYPE, Metrics
 from edge_router.options import Defaults, RouterError, parse_query
+from edge_router.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +146,14 @@ class Router:
     """The router's state: configuration, discovery, classifier, upstream, metrics, limits."""
 
     def __init__(
-        self, discovery: Discovery, classifier: LocalClassifier | None, config: RouterConfig | None = None
+        self,
+        discovery: Discovery,
+        classifier: LocalClassifier | None,
+        config: RouterConfig | None = None,
+        *,
+        devices: DeviceKeys | None = None,
     ):
-        self.discovery, self.classifier = discovery, classifier
+        self.discovery, self.classifier, self.devices = discovery, classifier, devices
         self.config = config or RouterConfig()
         self.metrics = Metrics()
         self.pool = CloudPool(discovery.clouds, policy=self.config.cloud_policy)
@@ -289,7 +299,13 @@ class Router:
     async def method_not_allowed(self, request: Request, exc: Exception) -> Response:
         return self._error(405, f"{request.method} not allowed on {request.url.path[:60]}")
 
-    def asgi(self) -> Starlette:
+    def asgi(self) -> Starlette | DeviceAuth:
+        app = self._starlette()
+        if self.devices is None:
+            return app
+        return DeviceAuth(app, self.devices, on_request=self.metrics.observe_device)
+
+    def _starlette(self) -> Starlette:
         @contextlib.asynccontextmanager
         async def lifespan(app):
             await self.upstream.open()
@@ -361,7 +377,12 @@ class ReceiptDeadlineProtocol(HttpToolsProtocol):
 
 
 def make_server(
-    router: Router, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning"
+    router: Router,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "warning",
+    tls: ServerTls | None = None,
 ) -> uvicorn.Server:
     config = router.config
     protocol = type(
@@ -383,6 +404,7 @@ def make_server(
             timeout_graceful_shutdown=int(max(1, config.drain_s)),
             backlog=2048,
             h11_max_incomplete_event_size=16 * 1024,
+            **(tls.uvicorn_options() if tls else {}),
         )
     )
 

@@ -29,6 +29,7 @@ from core import experts
 from edge_router.adaptive import LinkEstimates
 from edge_router.decisions import Reply, UpstreamTimeout, UpstreamUnreachable
 from edge_router.discovery import Catalogue, Endpoint
+from edge_router.tls import reason as tls_reason
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +191,16 @@ class CloudUpstream:
                 log.exception("cloud probe failed")
 
     async def _probe(self, session: aiohttp.ClientSession, ep: Endpoint) -> None:
+        if ep.refusal():
+            return  # nothing is sent to an endpoint that would get it in the clear
         url = f"{ep.inference_url}/v2/health/live" if ep.kind == "oip" else f"{ep.inference_url}/ping"
         started = time.perf_counter()
         try:
             async with session.get(
-                url, headers=ep.auth("inference"), timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+                url,
+                headers=ep.auth("inference"),
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
+                ssl=ep.ssl(),
             ) as r:
                 await r.read()  # any answer is a round trip (a refused token too)
                 self.pool.links.observe_probe(ep.name, time.perf_counter() - started)
@@ -212,7 +218,11 @@ class CloudUpstream:
         deadline = time.perf_counter() + timeout_s
         endpoints = self.candidates(model)
         if not endpoints:
-            raise UpstreamUnreachable(f"no healthy cloud endpoint serves {model}")
+            errors = self.catalogue().errors
+            why = "; ".join(errors[n] for n in self.pool.endpoints if n in errors)
+            raise UpstreamUnreachable(
+                f"no healthy cloud endpoint serves {model}" + (f" ({why})" if why else "")
+            )
         last: Exception | Reply = UpstreamUnreachable("no attempt")
         for i, ep in enumerate(endpoints):
             remaining = deadline - time.perf_counter()
@@ -256,14 +266,18 @@ class CloudUpstream:
             if ep.kind == "oip"
             else f"{ep.inference_url}/predictions/{model}"
         )
+        if why := ep.refusal():
+            raise UpstreamUnreachable(why)
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(self.connect_timeout_s, timeout_s))
         try:
             async with session.post(
-                url, data=body, headers={**ep.auth("inference"), **headers}, timeout=timeout
+                url, data=body, headers={**ep.auth("inference"), **headers}, timeout=timeout, ssl=ep.ssl()
             ) as r:
                 reply = Reply(r.status, r.headers, await r.read())
         except TimeoutError:
             raise UpstreamTimeout() from None
+        except (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError) as exc:
+            raise UpstreamUnreachable(f"{ep.name}: {tls_reason(exc)}") from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(str(exc)) from None
         if ep.kind == "oip" and reply.status == 200:

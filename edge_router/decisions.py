@@ -330,8 +330,9 @@ class Decider:
             reply = await self.upstream.post(role, model, body, headers, remaining)
         except UpstreamTimeout:
             raise RouterError(504, f"{step} did not answer within the deadline") from None
-        except UpstreamUnreachable:
-            raise RouterError(502, f"{step} unreachable") from None
+        except UpstreamUnreachable as exc:
+            why = " ".join(str(exc).split())[:240]  # e.g. the TLS check that failed, one line
+            raise RouterError(502, f"{step} unreachable" + (f": {why}" if why else "")) from None
         if reply.status == 404:
             raise RouterError(missing_status, f"{step}: {reply.reason()}")
         if 400 <= reply.status < 500:

@@ -14,12 +14,18 @@ check that brings an endpoint taken out after failures back. Experts appear with
 a router restart when they are registered and disappear when they are unregistered. Pairs that
 do not match are listed with the reason and never used. An instance whose management API stops
 answering keeps its last known experts (reported under `errors`), so a cloud outage leaves the
-edge answering, degraded, instead of refusing everything.
+edge answering, degraded, instead of refusing everything; an edge expert whose cloud has never
+been listed (unreachable, or its TLS certificate refused since start) serves from the edge alone,
+its offloads degraded with the reason, until a cloud lists it.
+
+A cloud endpoint with a CA bundle (`Endpoint.tls`, `edge_router.tls`) is reached over verified
+HTTPS by discovery as by offloads, and never over plain HTTP: its listing fails with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl as ssl_module
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,10 +34,16 @@ import requests
 
 from core import experts
 from core.manifest import Manifest, ManifestError, check_pair
+from edge_router.tls import ClientTls, plain_http_refused
+from edge_router.tls import reason as tls_reason
 from edge_router.tokens import KeyFile
 from handlers.service import DESCRIBE_HEADER
 
 log = logging.getLogger(__name__)
+
+
+class PlainHttpRefused(Exception):
+    """An endpoint that must be reached over TLS has a plain-HTTP URL: nothing is sent to it."""
 
 
 @dataclass
@@ -43,9 +55,21 @@ class Endpoint:
     management_url: str = ""
     keys: KeyFile | None = field(default=None, repr=False)  # TorchServe's tokens (None: no auth)
     kind: str = "torchserve"  # or "oip": an Open Inference Protocol server (KServe, Triton)
+    tls: ClientTls | None = field(default=None, repr=False)  # set: verified HTTPS required
 
     def auth(self, kind: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys.token(kind)}"} if self.keys else {}
+
+    def refusal(self) -> str | None:
+        """Why nothing may be sent to this endpoint (TLS required, a URL is plain HTTP), or None."""
+        for url in (self.inference_url, self.management_url):
+            if url and (why := plain_http_refused(url, self.tls)):
+                return f"{self.name}: {why}"
+        return None
+
+    def ssl(self) -> ssl_module.SSLContext | bool:
+        """aiohttp's `ssl=`: this endpoint's verifying context, or True (the system's trust)."""
+        return self.tls.context() if self.tls else True
 
 
 @dataclass(frozen=True)
@@ -130,7 +154,7 @@ class Discovery:
         self.catalogue = Catalogue()
         # (endpoint, model, what identifies its registration: TorchServe's archive URL, Triton's version)
         self._manifests: dict[tuple[str, str, str], Manifest] = {}
-        self._session = requests.Session()
+        self._sessions: dict[str, requests.Session] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -151,6 +175,19 @@ class Discovery:
             except Exception:  # noqa: BLE001 - discovery must outlive any single failure
                 log.exception("discovery refresh failed")
 
+    def _http(self, ep: Endpoint) -> requests.Session:
+        """The endpoint's own session: its CA bundle and client certificate, if it has them."""
+        if ep.name not in self._sessions:
+            session = requests.Session()
+            if ep.tls:
+                # requests lets REQUESTS_CA_BUNDLE override a session's own bundle (psf/requests
+                # #3829): this endpoint's CA must win, so the environment is not consulted
+                session.trust_env = False
+                for k, v in ep.tls.requests_options().items():
+                    setattr(session, k, v)
+            self._sessions[ep.name] = session
+        return self._sessions[ep.name]
+
     def _models(self, ep: Endpoint) -> dict[str, str]:
         """Registered model -> what identifies its current version (TorchServe: the archive URL)."""
         if ep.kind == "oip":
@@ -158,7 +195,7 @@ class Discovery:
         out, token = {}, None
         for _ in range(100):
             params = {"limit": 100, **({"next_page_token": token} if token else {})}
-            r = self._session.get(
+            r = self._http(ep).get(
                 f"{ep.management_url}/models",
                 params=params,
                 headers=ep.auth("management"),
@@ -175,9 +212,9 @@ class Discovery:
 
     def _oip_models(self, ep: Endpoint) -> dict[str, str]:
         headers = ep.auth("inference")
-        r = self._session.get(f"{ep.inference_url}/v2/models", headers=headers, timeout=self.timeout_s)
+        r = self._http(ep).get(f"{ep.inference_url}/v2/models", headers=headers, timeout=self.timeout_s)
         if r.status_code in (404, 405):  # Triton: the model repository extension instead
-            r = self._session.post(
+            r = self._http(ep).post(
                 f"{ep.inference_url}/v2/repository/index",
                 json={"ready": True},
                 headers=headers,
@@ -190,7 +227,7 @@ class Discovery:
 
     def _oip_contract(self, ep: Endpoint, model: str, edge: Manifest) -> str | None:
         """Why an OIP model cannot finish `edge`'s split tensor, or None when it can."""
-        r = self._session.get(
+        r = self._http(ep).get(
             f"{ep.inference_url}/v2/models/{model}", headers=ep.auth("inference"), timeout=self.timeout_s
         )
         r.raise_for_status()
@@ -210,7 +247,7 @@ class Discovery:
     def _manifest(self, ep: Endpoint, model: str, url: str) -> Manifest:
         key = (ep.name, model, url)
         if key not in self._manifests:
-            r = self._session.post(
+            r = self._http(ep).post(
                 f"{ep.inference_url}/predictions/{model}",
                 data=b"",
                 headers={**ep.auth("inference"), DESCRIBE_HEADER: "manifest"},
@@ -222,13 +259,20 @@ class Discovery:
 
     def _list(self, ep: Endpoint, cat: Catalogue) -> dict[str, str]:
         try:
+            if why := ep.refusal():
+                raise PlainHttpRefused(why)
             models = self._models(ep)
             self._last[ep.name] = models
             cat.listed_at[ep.name] = time.time()
-        except (requests.RequestException, ValueError, TypeError, AttributeError) as exc:
+        except (requests.RequestException, ValueError, TypeError, AttributeError, PlainHttpRefused) as exc:
             # An instance that does not answer keeps its last known experts: the edge must go on
             # answering (degraded) through a cloud outage, not lose every expert.
-            cat.errors[ep.name] = f"listing: {type(exc).__name__}"
+            if isinstance(exc, PlainHttpRefused):
+                cat.errors[ep.name] = str(exc)
+            elif isinstance(exc, requests.exceptions.SSLError):
+                cat.errors[ep.name] = f"{ep.name}: listing: {tls_reason(exc)}"
+            else:
+                cat.errors[ep.name] = f"listing: {type(exc).__name__}"
             models = {
                 m: u
                 for m, u in self._last.get(ep.name, {}).items()
@@ -242,7 +286,8 @@ class Discovery:
         with self._lock:
             for ep in (self.edge, *self.clouds):
                 if ep.keys is not None:
-                    ep.keys.renew_due(self._session, timeout=self.timeout_s)
+                    if ep.refusal() is None:
+                        ep.keys.renew_due(self._http(ep), timeout=self.timeout_s)
             cat = Catalogue(classifier=self.classifier, refreshed_at=time.time())
             edge: dict[str, Manifest] = {}
             for model, url in self._list(self.edge, cat).items():
@@ -290,10 +335,15 @@ class Discovery:
                         cat.refused[name] = f"{ep.name}: {why}"
                         continue
                     served.setdefault(name, []).append(ep.name)
+            unlisted = [ep.name for ep in self.clouds if ep.name in cat.errors and ep.name not in self._last]
             for name, edge_m in edge.items():
                 if name in served:
                     cat.refused.pop(name, None)
                     cat.experts[name] = ExpertPair(name, edge_m.distortion, edge_m, tuple(served[name]))
+                elif unlisted and len(unlisted) == len(self.clouds):
+                    # no cloud was ever listed: the edge answers alone (offloads degraded, with why)
+                    cat.refused.pop(name, None)
+                    cat.experts[name] = ExpertPair(name, edge_m.distortion, edge_m, ())
                 else:
                     cat.refused.setdefault(name, "no cloud_<expert> registered on the cloud")
             previous = set(self.catalogue.experts)

@@ -58,7 +58,23 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(f"{p}_in_flight", "requests being answered now", registry=r)
+        self.device_requests = Counter(
+            f"{p}_device_requests", "requests with a valid device key, by key id", ["key_id"], registry=r
+        )
+        self.auth_refused = Counter(
+            f"{p}_auth_refused",
+            "requests refused with 401, by reason (missing or invalid key)",
+            ["reason"],
+            registry=r,
+        )
         self.buffered_bytes = Gauge(f"{p}_buffered_body_bytes", "request body bytes held now", registry=r)
+
+    def observe_device(self, key_id: str | None, refused: str | None) -> None:
+        """One request checked by `edge_router.devices.DeviceAuth`: the key id, never the key."""
+        if key_id is not None:
+            self.device_requests.labels(key_id).inc()
+        else:
+            self.auth_refused.labels(refused or "invalid").inc()
 
     def observe_answer(self, answer: dict, seconds: float) -> None:
         self.requests.labels("200").inc()

@@ -62,6 +62,8 @@ def main(args: argparse.Namespace) -> dict:
         for role, ep in eps.items():
             model = experts.archive_name(role, args.expert) if args.expert else ""
             url, headers = f"{ep.management_url}/models", ep.auth("management")
+            s.trust_env = ep.tls is None  # else REQUESTS_CA_BUNDLE would override the CA (psf/requests#3829)
+            s.verify = ep.tls.ca_file if ep.tls else True  # an HTTPS cloud: verified, never skipped
             if args.action == "add":
                 params = {
                     "url": f"{model}.mar",

@@ -11,11 +11,21 @@ one machine need. The configuration is the repository's `config.properties` (tok
 loopback only, registration limited to the local model store) with the instance's ports and paths
 filled in. `--models all` registers every archive of the model store whose name matches the role
 (edge: the classifier and `edge_*`; cloud: `cloud_*`). `start` returns once `/ping` says Healthy.
+
+`--tls-cert`, `--tls-key` (and `--tls-ca`, the CA that signed them) serve every API of the instance
+over HTTPS with TorchServe's own `certificate_file` and `private_key_file`: the cloud instance
+across a WAN. The instance's folder then holds `tls.json`, so every command here (and the router's
+defaults) reaches it at https:// and verifies it against that CA.
+
+    python -m edge_router.pki ca --out certs && python -m edge_router.pki issue cloud --out certs
+    python -m edge_router.torchserve start cloud --tls-cert certs/cloud.pem --tls-key certs/cloud.key \
+        --tls-ca certs/ca.pem
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -66,16 +76,35 @@ class Instance:
     host: str = "127.0.0.1"
 
     @property
+    def tls(self) -> dict | None:
+        """{cert_file, key_file, ca_file} when the instance serves HTTPS (written by `start`)."""
+        path = self.workdir / "tls.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def verify(self) -> str | bool:
+        """`requests`' verify= for this instance: its CA bundle under TLS."""
+        tls = self.tls
+        return tls["ca_file"] if tls else True
+
+    @property
     def inference_url(self) -> str:
-        return f"http://{self.host}:{self.ports.inference}"
+        return f"{self.scheme}://{self.host}:{self.ports.inference}"
 
     @property
     def management_url(self) -> str:
-        return f"http://{self.host}:{self.ports.management}"
+        return f"{self.scheme}://{self.host}:{self.ports.management}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.ports.metrics}"
+        return f"{self.scheme}://{self.host}:{self.ports.metrics}"
 
     @property
     def key_file(self) -> Path:
@@ -135,6 +164,9 @@ def render_config(inst: Instance, model_store: Path) -> str:
         "vmargs": f"{template_value('vmargs')} -Djava.io.tmpdir={inst.workdir / 'tmp'} "
         f"-Dlog4j.configurationFile={LOG_CONFIG.as_uri()}".strip(),
     }
+    tls = inst.tls
+    if tls:  # TorchServe's own HTTPS (Netty): a PEM chain and a PKCS#8 key
+        values.update(certificate_file=tls["cert_file"], private_key_file=tls["key_file"])
     lines, seen = [], set()
     for line in TEMPLATE.read_text().splitlines():
         key = line.split("=", 1)[0].strip()
@@ -174,6 +206,7 @@ def ping(inst: Instance, timeout: float = 2.0) -> bool:
             f"{inst.inference_url}/ping",
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}"} if token else {},
+            verify=inst.verify,
         )
         return r.status_code == 200 and r.json().get("status") == "Healthy"
     except (requests.RequestException, ValueError):
@@ -188,6 +221,7 @@ def start(
     wait_s: float = 120,
     extra_env: dict[str, str] | None = None,
     worker_torch: str = "stub",
+    tls: dict[str, str] | None = None,
 ) -> Instance:
     """Start `inst` with `models` of `model_store` registered, and wait until they are READY.
 
@@ -204,6 +238,13 @@ def start(
         raise UserInputError(f"something already answers on {inst.inference_url}: stop it first")
     for sub in ("tmp", "logs"):
         (inst.workdir / sub).mkdir(parents=True, exist_ok=True)
+    tls_file = inst.workdir / "tls.json"
+    tls_file.unlink(missing_ok=True)  # a plain start after a TLS one must not look like TLS
+    if tls:
+        missing = [f"--tls-{k.split('_')[0]}" for k in ("cert_file", "key_file", "ca_file") if not tls.get(k)]
+        if missing or not all(Path(v).is_file() for v in tls.values()):
+            raise UserInputError("TLS needs --tls-cert, --tls-key and --tls-ca, each an existing file")
+        tls_file.write_text(json.dumps({k: str(Path(v).resolve()) for k, v in tls.items()}))
     config = inst.workdir / "config.properties"
     config.write_text(render_config(inst, store))
     cmd = [torchserve_bin(), "--start", "--ncs", "--ts-config", str(config), "--model-store", str(store)]
@@ -232,7 +273,9 @@ def _models_ready(inst: Instance, models: list[str]) -> bool:
     try:
         headers = {"Authorization": f"Bearer {inst.keys()['management']}"}
         for m in models:
-            r = requests.get(f"{inst.management_url}/models/{m}", headers=headers, timeout=2)
+            r = requests.get(
+                f"{inst.management_url}/models/{m}", headers=headers, timeout=2, verify=inst.verify
+            )
             if r.status_code != 200 or not any(
                 w.get("status") == "READY" for v in r.json() for w in v.get("workers", [])
             ):
@@ -291,6 +334,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "handlers/worker_env (our handlers never use torch; about 480 MB less per worker), or "
         "'real', the installed PyTorch (for handlers of your own that need it)",
     )
+    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", default=None, help="its private key (PEM, PKCS#8)")
+    p.add_argument("--tls-ca", default=None, help="the CA that signed it (to check the instance is up)")
     p.add_argument(
         "--ports",
         type=int,
@@ -311,7 +357,19 @@ def main(args: argparse.Namespace) -> int:
             role, run_dir=args.run_dir, host=args.host, ports=Ports(*args.ports) if args.ports else None
         )
         if args.action == "start":
-            start(inst, args.model_store, args.models, wait_s=args.wait_s, worker_torch=args.worker_torch)
+            tls = (
+                {"cert_file": args.tls_cert, "key_file": args.tls_key, "ca_file": args.tls_ca}
+                if args.tls_cert or args.tls_key or args.tls_ca
+                else None
+            )
+            start(
+                inst,
+                args.model_store,
+                args.models,
+                wait_s=args.wait_s,
+                worker_torch=args.worker_torch,
+                tls=tls,
+            )
             print(
                 f"{role}: healthy at {inst.inference_url} (management {inst.management_url}, "
                 f"metrics {inst.metrics_url}); tokens in {inst.key_file}"

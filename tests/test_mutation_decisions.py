@@ -145,7 +145,7 @@ def test_a_long_cloud_confidence_is_cut_in_the_reason():
     "cloud_step, reason",
     [
         (("slow", 5.0, None), "cloud did not answer within the deadline"),
-        (UpstreamUnreachable("refused"), "cloud unreachable"),
+        (UpstreamUnreachable("refused"), "cloud unreachable: refused"),
         (json_reply(500, error="worker died"), "cloud answered 500: worker died"),
         (json_reply(404, message="gone"), "cloud: gone"),
     ],
@@ -158,7 +158,7 @@ def test_a_failed_cloud_step_is_named_in_the_reason(cloud_step, reason):
 @pytest.mark.parametrize(
     "edge_step, status, reason",
     [
-        (UpstreamUnreachable("refused"), 502, "edge unreachable"),
+        (UpstreamUnreachable("refused"), 502, "edge unreachable: refused"),
         (UpstreamTimeout(), 504, "edge did not answer within the deadline"),
         (json_reply(500, error="worker died"), 502, "edge answered 500: worker died"),
     ],

@@ -1,0 +1,121 @@
+"""TLS on the hops that leave the box: the router's front door (server side, optionally mutual) and
+the offload hop to the cloud (client side, the cloud's certificate verified against a CA bundle).
+
+- `ServerTls`: a certificate and key to serve HTTPS with, and optionally a client CA: then every
+  client must present a certificate it signed (mutual TLS). The router's `--tls-cert`, `--tls-key`,
+  `--tls-client-ca`; KServe's predictor takes the same flags (`python -m cloud_kserve`); TorchServe
+  its own `certificate_file` and `private_key_file` (`python -m edge_router.torchserve start
+  --tls-cert ...`).
+- `ClientTls`: the CA bundle that signs the cloud's certificates, and optionally a client
+  certificate for a cloud that asks for one. With it the router requires TLS of that endpoint: an
+  `http://` URL is refused before anything is sent (the token and the tensor never cross in the
+  clear), and a certificate that does not verify (wrong CA, expired, wrong host) fails the
+  connection; the router then answers from the edge, `degraded`, with the reason. Never a silent
+  downgrade. One `ssl.SSLContext` per endpoint, shared by every connection of the router's pooled
+  keep-alive session, so a handshake is paid once per connection, not per offload.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import UserInputError
+
+
+def _readable(path: str | Path | None, what: str) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise UserInputError(f"{what} {path} is not a file")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    cert_file: str
+    key_file: str
+    client_ca: str | None = None  # mutual TLS: clients need a certificate this CA signed
+
+    @classmethod
+    def from_flags(cls, cert: str | None, key: str | None, client_ca: str | None = None) -> ServerTls | None:
+        """None when neither certificate nor key is given; a one-line error for half a pair."""
+        if cert is None and key is None:
+            if client_ca is not None:
+                raise UserInputError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)")
+            return None
+        if cert is None or key is None:
+            raise UserInputError("--tls-cert and --tls-key go together")
+        return cls(
+            _readable(cert, "--tls-cert"),
+            _readable(key, "--tls-key"),
+            _readable(client_ca, "--tls-client-ca"),
+        )
+
+    def uvicorn_options(self) -> dict:
+        return {
+            "ssl_certfile": self.cert_file,
+            "ssl_keyfile": self.key_file,
+            "ssl_ca_certs": self.client_ca,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if self.client_ca else ssl.CERT_NONE,
+        }
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    _context: list = field(default_factory=list, compare=False, repr=False)  # built once, lazily
+
+    @classmethod
+    def from_flags(cls, ca: str | None, cert: str | None = None, key: str | None = None) -> ClientTls | None:
+        if ca is None:
+            if cert or key:
+                raise UserInputError("a client certificate needs --cloud-ca (TLS to the cloud)")
+            return None
+        if (cert is None) != (key is None):
+            raise UserInputError("--cloud-client-cert and --cloud-client-key go together")
+        return cls(
+            _readable(ca, "the cloud CA bundle"),
+            _readable(cert, "--cloud-client-cert"),
+            _readable(key, "--cloud-client-key"),
+        )
+
+    def context(self) -> ssl.SSLContext:
+        """Verification on (certificate chain to `ca_file`, host name), TLS 1.2 at least."""
+        if not self._context:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.cert_file:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            self._context.append(ctx)
+        return self._context[0]
+
+    def requests_options(self) -> dict:
+        """The same trust for `requests` (discovery, token renewal)."""
+        out: dict = {"verify": self.ca_file}
+        if self.cert_file:
+            out["cert"] = (self.cert_file, self.key_file)
+        return out
+
+
+def plain_http_refused(url: str, tls: ClientTls | None) -> str | None:
+    """Why `url` may not be used when TLS is required of it (None: it may)."""
+    if tls is not None and not url.startswith("https://"):
+        host = url.split("/")[2] if "//" in url else url
+        return f"TLS required (a CA bundle is given) but {host} is plain HTTP"
+    return None
+
+
+def reason(exc: BaseException) -> str:
+    """A TLS failure in one line: what the certificate check said, without the library's framing."""
+    text = " ".join(str(exc).split())
+    m = re.search(
+        r"(certificate verify failed[^'()\]]*|wrong version number|tlsv1 alert [a-z ]+|"
+        r"sslv3 alert [a-z ]+|hostname '[^']*' doesn't match[^'()\]]*|record layer failure)",
+        text,
+    )
+    return f"TLS: {m.group(1).strip()}" if m else text[:200]
