@@ -188,13 +188,17 @@ def emulated_system(
     cloud_engine: str = "torchserve",
     cloud_replicas: int = 1,
     router_options: list[str] | None = None,
+    security: str = "off",
+    edge_models: list[str] | None = None,
+    cloud_models: list[str] | None = None,
 ) -> Iterator[LiveSystem]:
     """The live system (`benchmarks.live.LiveSystem`) over one emulated profile, as the paper ran it.
 
     Cloud TorchServe (or `cloud_replicas` of `cloud_engine`) in the cloud namespace on CPU 1; edge
     TorchServe and the router in the edge namespace on CPU 0; the router listens on the edge's
     device-side address, with a deadline long enough for the slowest profile. Everything is
-    stopped and the namespaces removed on exit, also on failure.
+    stopped and the namespaces removed on exit, also on failure. `security`: LiveSystem's (TLS on
+    the cloud hop and the router, device keys); the models default to this experiment's.
     """
     from benchmarks import netem
     from benchmarks.live import LiveSystem
@@ -207,10 +211,11 @@ def emulated_system(
             link=link,
             cpus={"cloud": "1", "edge": "0", "router": "0"},
             router_options=["--deadline-ms", "10000", *(router_options or [])],
-            edge_models=EDGE_MODELS,
-            cloud_models=CLOUD_MODELS,
+            edge_models=edge_models or EDGE_MODELS,
+            cloud_models=cloud_models or CLOUD_MODELS,
             cloud_engine=cloud_engine,
             cloud_replicas=cloud_replicas,
+            security=security,
         ) as system,
     ):
         yield system

@@ -389,6 +389,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="archives registered on the cloud (all: every cloud_* and full_*)",
     )
     p.add_argument(
+        "--security",
+        choices=MODES,
+        default="off",
+        help="tls: a throwaway CA, the cloud and the router on HTTPS, device keys (run-dir/security); "
+        "mtls: device certificates too",
+    )
+    p.add_argument(
         "--router-option",
         action="append",
         default=[],
@@ -406,6 +413,7 @@ def main(args: argparse.Namespace) -> int:
         router_options=args.router_option,
         edge_models=args.edge_models,
         cloud_models=args.cloud_models,
+        security=args.security,
     )
     state = Path(args.run_dir).resolve() / "router.pid"
     if args.action == "up":

@@ -7,7 +7,9 @@ What `make` writes into `<run_dir>/security/` (`edge_router.pki`, `edge_router.d
 - `cloud.pem`/`.key`: the cloud's server certificate (TorchServe's `certificate_file`, KServe's
   `--tls-cert`) for the cloud's address; `router.pem`/`.key`: the router's, for its address;
 - `device.pem`/`.key`: a device's client certificate (mutual TLS, `security="mtls"`);
-- `devices.json` with one key, `device-1`, whose key (`device_key`) the load clients send.
+- `devices.json` with one key, `device-1`, whose key (`device_key`) the load clients send; the key
+  itself in `device-1.token` (mode 0600), so a client in another process can be the device
+  (`device_options(folder)`: what `benchmarks.stream --security-dir` and `make demo` use).
 
 The flags each part gets follow; clients get `client_options()` (CA bundle, key header, and the
 client certificate under mutual TLS).
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from core.errors import UserInputError
 
 MODES = ("off", "tls", "mtls")
 DEVICE = "device-1"
@@ -81,4 +85,19 @@ def make(folder: Path, *, cloud_host: str, router_host: str, mtls: bool = False)
     pki.issue(folder, "device", folder, client=True)
     key, entry = devices.new_key(DEVICE)
     devices.write_file(folder / "devices.json", {"keys": {DEVICE: entry}})
+    token = folder / f"{DEVICE}.token"
+    token.touch(mode=0o600)
+    token.write_text(key)
+    (folder / "mtls").unlink(missing_ok=True)
+    if mtls:
+        (folder / "mtls").touch()
     return Secured(folder, key, mtls)
+
+
+def device_options(folder: str | Path) -> dict:
+    """A device's `requests` options from a folder `make` wrote (CA, key, certificate under mTLS)."""
+    folder = Path(folder)
+    token = folder / f"{DEVICE}.token"
+    if not token.is_file():
+        raise UserInputError(f"{folder} holds no device key (made by LiveSystem(security=...))")
+    return Secured(folder, token.read_text().strip(), (folder / "mtls").is_file()).client_options()

@@ -72,6 +72,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="expert_routed",
         help="the CSV row the live system corresponds to (routed frozen-BN experts)",
     )
+    p.add_argument(
+        "--security-dir",
+        default=None,
+        help="a router on HTTPS with device keys: the folder with its CA and this device's key "
+        "(`benchmarks.live up --security tls` writes run-dir/security)",
+    )
     p.add_argument("--json", default=None)
     p.add_argument("--quiet", action="store_true")
     return p
@@ -103,6 +109,13 @@ def main(args: argparse.Namespace) -> dict:
     if args.threshold is not None:
         params["threshold"] = args.threshold
     session = requests.Session()
+    if args.security_dir:
+        from benchmarks.live_security import device_options
+
+        options = device_options(args.security_dir)
+        session.trust_env = False  # the run's CA, not REQUESTS_CA_BUNDLE (psf/requests#3829)
+        session.verify, session.cert = options["verify"], options.get("cert")
+        session.headers.update(options["headers"])
     stop_at = time.time() + args.max_seconds
     rows, records = [], []
     for wire in wires:

@@ -21,6 +21,9 @@
 # DEMO_TRAIN=1 (`make demo-train`, about 7 minutes) first trains demo-sized models on subsets
 # (a contact sheet of the distortions, classifier, conventional model, three experts, ONNX export
 # with parity checks) and serves those instead; their accuracy is not compared with the CSV.
+# DEMO_SECURITY=tls (or mtls) runs the whole system with its security on: a throwaway CA made at
+# start (demo_runs/run/security), the cloud TorchServe and the router on verified HTTPS, device
+# keys at the router (and with mtls device certificates); every request of the demo is a device's.
 # Outputs go to demo_runs/ (ignored by git). `make demo` runs this inside the project's venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,13 @@ PORT=${DEMO_ROUTER_PORT:-8000}
 PER_CELL=${DEMO_PER_CELL:-100}
 read -r -a WIRES <<< "${DEMO_WIRES:-png jpeg:90}"
 TRAIN=${DEMO_TRAIN:-0}
+SECURITY=${DEMO_SECURITY:-off}
+ROUTER="http://127.0.0.1:$PORT"
+DEVICE=()  # what a device sends besides the image: nothing, or the run's CA and its key
+if [ "$SECURITY" != off ]; then
+  ROUTER="https://127.0.0.1:$PORT"
+  DEVICE=(--security-dir "$RUN/security")
+fi
 mkdir -p "$OUT"
 started=$(date +%s)
 step() { printf '\n=== %s\n' "$*"; }
@@ -75,15 +85,19 @@ read -r -a PLUGGABLE <<< "$($PY -c "import json, sys; print(' '.join(json.load(o
 step "1/5 TorchServe archives from $MODELS"
 $PY -m export.archive --exported "$MODELS" --model-store "$OUT/model_store"
 
-step "2/5 edge and cloud TorchServe (token auth, loopback), then the edge router on :$PORT (classifier inside)"
+step "2/5 edge and cloud TorchServe (token auth, loopback), then the edge router at $ROUTER (classifier inside; security: $SECURITY)"
 $PY -m benchmarks.live up --run-dir "$RUN" --model-store "$OUT/model_store" --port "$PORT" \
-  --edge-models "${TYPES[@]/#/edge_}" --cloud-models "${TYPES[@]/#/cloud_}"
-get() {  # GET a router URL with Python (no curl needed); prints the body, fails on non-2xx
-  $PY -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"
+  --edge-models "${TYPES[@]/#/edge_}" --cloud-models "${TYPES[@]/#/cloud_}" --security "$SECURITY"
+get() {  # GET a router URL as a device (no curl needed); prints the body, fails on non-2xx
+  $PY -c "import sys, requests
+from benchmarks.live_security import device_options
+o = device_options(sys.argv[2]) if sys.argv[2] != 'off' else {}
+s = requests.Session(); s.trust_env = not o
+r = s.get(sys.argv[1], timeout=5, **o); r.raise_for_status(); sys.stdout.write(r.text)" "$1" "$([ "$SECURITY" = off ] && echo off || echo "$RUN/security")"
 }
 serving() {  # wait until the router's experts do (yes) or do not (no) include $1
   for _ in $(seq 60); do
-    if get "http://127.0.0.1:$PORT/v1/experts" | $PY -c "import json, sys; sys.exit(('$1' in json.load(sys.stdin)['experts']) != ('$2' == 'yes'))"; then return 0; fi
+    if get "$ROUTER/v1/experts" | $PY -c "import json, sys; sys.exit(('$1' in json.load(sys.stdin)['experts']) != ('$2' == 'yes'))"; then return 0; fi
     sleep 0.5
   done
   echo "error: the router did not $([ "$2" = yes ] && echo pick up || echo drop) $1 within 30 s" >&2; return 1
@@ -92,7 +106,7 @@ serving() {  # wait until the router's experts do (yes) or do not (no) include $
 step "3/5 $PER_CELL test images per cell through the router, sent as ${WIRES[*]} (live exits and offloads, p_tar 0.8)"
 [ ${#EXPECTED[@]} -gt 0 ] && echo "csv %: docs/results/accuracy.csv (expert_routed, same wire, p_tar 0.8, same models); 3 SE: three binomial standard errors of a cell of this size; ok: live within that band; routed %: answers the classifier routed to the true distortion (its expert, or its fallback where that answered: said after the expert); gap: accuracy minus the PNG run's on the same images"
 status=0
-$PY -m benchmarks.stream --router "http://127.0.0.1:$PORT" --threshold 0.8 --per-cell "$PER_CELL" \
+$PY -m benchmarks.stream --router "$ROUTER" ${DEVICE[@]+"${DEVICE[@]}"} --threshold 0.8 --per-cell "$PER_CELL" \
   --cells "${CELLS[@]}" --wires "${WIRES[@]}" --max-seconds 300 --quiet --json "$OUT/stream.json" "${EXPECTED[@]}" || status=$?
 
 for type in ${PLUGGABLE[@]+"${PLUGGABLE[@]}"}; do
@@ -101,19 +115,19 @@ for type in ${PLUGGABLE[@]+"${PLUGGABLE[@]}"}; do
   $PY -m edge_router.register remove "$type" --run-dir "$RUN"
   serving "$type" no
   echo "without its expert: answered by the fallback the classifier's manifest names (csv: expert_fallback rows)"
-  $PY -m benchmarks.stream --router "http://127.0.0.1:$PORT" --threshold 0.8 --per-cell "$PER_CELL" \
+  $PY -m benchmarks.stream --router "$ROUTER" ${DEVICE[@]+"${DEVICE[@]}"} --threshold 0.8 --per-cell "$PER_CELL" \
     --cells "${PLUG_CELLS[@]}" --wires png --max-seconds 120 --quiet --json "$OUT/stream_${type}_fallback.json" \
     ${EXPECTED[@]+"${EXPECTED[@]}" --expected-model expert_fallback} || status=$?
   $PY -m edge_router.register add "$type" --run-dir "$RUN"
   serving "$type" yes
   echo "its own expert again (csv: expert_routed rows)"
-  $PY -m benchmarks.stream --router "http://127.0.0.1:$PORT" --threshold 0.8 --per-cell "$PER_CELL" \
+  $PY -m benchmarks.stream --router "$ROUTER" ${DEVICE[@]+"${DEVICE[@]}"} --threshold 0.8 --per-cell "$PER_CELL" \
     --cells "${PLUG_CELLS[@]}" --wires png --max-seconds 120 --quiet --json "$OUT/stream_${type}_plugged.json" \
     ${EXPECTED[@]+"${EXPECTED[@]}"} || status=$?
 done
 echo
 echo "router metrics (excerpt):"
-get "http://127.0.0.1:$PORT/metrics" | grep -E '^edge_router_(requests|offloads|degraded)_total' || true
+get "$ROUTER/metrics" | grep -E '^edge_router_(requests|offloads|degraded)_total' || true
 
 step "5/5 stopping the router and both TorchServe instances"
 cleanup

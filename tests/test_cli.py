@@ -28,6 +28,9 @@ MODULES = [
     "benchmarks.spectrum_cost",
     "export",
     "export.pipeline",
+    "edge_router.devices",
+    "edge_router.pki",
+    "benchmarks.offload_tls",
 ]
 
 
