@@ -134,7 +134,7 @@ def _body(t: Target, n: int) -> bytes:
 def _request_head(t: Target, content_length: int) -> bytes:
     return (
         f"POST {t.control_path} HTTP/1.1\r\nHost: {t.host_header}\r\nContent-Type: {t.content_type}\r\n"
-        f"Content-Length: {content_length}\r\n\r\n"
+        f"{t.auth_lines}Content-Length: {content_length}\r\n\r\n"
     ).encode()
 
 

@@ -11,6 +11,7 @@ import random
 import resource
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -50,7 +51,7 @@ def raise_fd_limit(needed: int) -> int:
 class _Conn:
     sock: socket.socket
     index: int
-    state: str = "connecting"  # connecting | open | closed
+    state: str = "connecting"  # connecting | handshaking (TLS) | open | closed
     out: memoryview | None = None  # bytes still to write
     trickled: int = 0  # bytes written by the trickle so far
     opened_at: float = 0.0
@@ -135,6 +136,32 @@ class SocketFlood(threading.Thread):
         if err:
             self._close(sel, conn, refused=True)
             return
+        if self.target.tls is not None:  # a TLS router: the handshake first, without blocking
+            sel.unregister(conn.sock)
+            conn.sock = self.target.tls.wrap_socket(
+                conn.sock, server_hostname=self.target.host, do_handshake_on_connect=False
+            )
+            conn.state = "handshaking"
+            sel.register(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            self._handshake(sel, conn, heap)
+            return
+        self._opened(sel, conn, heap)
+
+    def _handshake(self, sel: selectors.BaseSelector, conn: _Conn, heap: list) -> None:
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            sel.modify(conn.sock, selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:
+            sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            return
+        except OSError:  # the server refused the handshake (or closed the socket)
+            self._close(sel, conn, refused=True)
+            return
+        self._opened(sel, conn, heap)
+
+    def _opened(self, sel: selectors.BaseSelector, conn: _Conn, heap: list) -> None:
         self.connected += 1
         conn.state = "open"
         conn.opened_at = time.monotonic()
@@ -146,7 +173,7 @@ class SocketFlood(threading.Thread):
     def _write(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         try:
             n = conn.sock.send(conn.out) if conn.out else 0
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             n = 0
         except OSError:  # reset or broken pipe: the server closed it
             self._close(sel, conn, by_server=True)
@@ -159,7 +186,7 @@ class SocketFlood(threading.Thread):
     def _read(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -216,6 +243,9 @@ class SocketFlood(threading.Thread):
                     if events & selectors.EVENT_WRITE:
                         self._connected(sel, conn, heap)
                     continue
+                if conn.state == "handshaking":
+                    self._handshake(sel, conn, heap)
+                    continue
                 if events & selectors.EVENT_READ:
                     self._read(sel, conn)
                 if conn.state == "open" and events & selectors.EVENT_WRITE:
@@ -223,13 +253,13 @@ class SocketFlood(threading.Thread):
             now = time.monotonic()
             while heap and heap[0][0] <= now:
                 self._trickle(sel, self.conns[heapq.heappop(heap)[1]], heap, now)
-            for conn in self.conns:  # a connect the server never completes is given up
-                if conn.state == "connecting" and now - conn.opened_at > CONNECT_TIMEOUT_S:
+            for conn in self.conns:  # a connect (or handshake) the server never completes is given up
+                if conn.state in ("connecting", "handshaking") and now - conn.opened_at > CONNECT_TIMEOUT_S:
                     self._close(sel, conn, timed_out=True)
             if (
                 not self.ready.is_set()
                 and len(self.conns) == self.count
-                and all(c.state != "connecting" for c in self.conns)
+                and all(c.state not in ("connecting", "handshaking") for c in self.conns)
             ):
                 self.ready.set()
 
@@ -282,7 +312,7 @@ class Burst:
         self.ready.set()
 
     def client(self) -> None:
-        conn = http.client.HTTPConnection(self.target.host, self.target.port, timeout=CONTROL_TIMEOUT_S)
+        conn = self.target.connection(CONTROL_TIMEOUT_S)
         sent, status, errors, latencies, retry_after = 0, Counter(), Counter(), [], 0
         try:
             for _ in range(MAX_BURST_REQUESTS_PER_CLIENT):

@@ -8,10 +8,11 @@ import http.client
 import ipaddress
 import math
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
@@ -47,6 +48,20 @@ class Target:
     control_path: str = "/v1/classify"
     max_body_bytes: int = ROUTER_DEFAULTS.max_body_bytes  # the router's body-size limit
     max_in_flight: int = ROUTER_DEFAULTS.max_in_flight  # the router's in-flight limit
+    # a router on HTTPS: the context every abuser and control connection handshakes with (the
+    # run's CA, and a client certificate under mutual TLS); None: plain HTTP
+    tls: ssl.SSLContext | None = field(default=None, repr=False)
+    auth: dict[str, str] = field(default_factory=dict, repr=False)  # device key header, if keys are on
+
+    def connection(self, timeout: float = CONTROL_TIMEOUT_S) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    @property
+    def auth_lines(self) -> str:
+        """The device key as raw header lines (the abuse sockets write their requests by hand)."""
+        return "".join(f"{k}: {v}\r\n" for k, v in self.auth.items())
 
     def __post_init__(self) -> None:
         self.host = self.host.strip("[]")
@@ -89,10 +104,12 @@ def post_once(t: Target, conn: http.client.HTTPConnection | None = None) -> tupl
     """
     own = conn is None
     if own:
-        conn = http.client.HTTPConnection(t.host, t.port, timeout=CONTROL_TIMEOUT_S)
+        conn = t.connection()
     started = time.perf_counter()
     try:
-        conn.request("POST", t.control_path, body=t.control_body, headers={"Content-Type": t.content_type})
+        conn.request(
+            "POST", t.control_path, body=t.control_body, headers={"Content-Type": t.content_type, **t.auth}
+        )
         r = conn.getresponse()
         r.read()
         ms = (time.perf_counter() - started) * 1000

@@ -116,7 +116,7 @@ from edge_router.app import RouterConfig
 PARTS = ("fuzz", "faults", "soak", "abuse")
 DEFAULT_OUT = "docs/results"
 EXISTING_OUT = "run/existing/reliability"
-OWN_STACK_OPTIONS = ("model_store", "run_dir", "no_link_faults")
+OWN_STACK_OPTIONS = ("model_store", "run_dir", "no_link_faults", "security")
 SKIPPED_FAULT = (
     "not run against an existing deployment: the scenario stops, restarts or kills its "
     "processes (or needs an emulated link), which this run did not start and leaves alone"
@@ -178,6 +178,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     own = p.add_argument_group("own stack (the default: TorchServe and router started here)")
     own.add_argument("--model-store", default=None, help="archives (default: model_store)")
     own.add_argument("--run-dir", default=None, help="working folders (default: run/reliability)")
+    own.add_argument(
+        "--security",
+        choices=("off", "tls", "mtls"),
+        default=None,
+        help="the system with its security on (benchmarks.live_security): the cloud tiers and the "
+        "router on HTTPS, device keys; every request, abuser and fuzz input speaks TLS and the "
+        "router's inputs carry the device key (default: off)",
+    )
     own.add_argument(
         "--no-link-faults",
         action="store_true",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import urlsplit
 
 from benchmarks import abuse, target
@@ -21,6 +22,18 @@ def control_image() -> bytes:
     return encode_image(test_images(1, seed=5)[0], "png")
 
 
+def device_of(system) -> dict:
+    """A router with its security on: the TLS context and key header every abuser and control uses
+    (the run's CA, a client certificate under mutual TLS, the device key)."""
+    options = {} if isinstance(system, ExistingSystem) else system.client_options()
+    if not options:
+        return {}
+    ctx = ssl.create_default_context(cafile=options["verify"])
+    if options.get("cert"):
+        ctx.load_cert_chain(*options["cert"])
+    return {"tls": ctx, "auth": options["headers"]}
+
+
 def run_abuse(system, args) -> dict:
     """`benchmarks.abuse.run_all` against the router, with the pass/fail of each scenario.
 
@@ -35,11 +48,12 @@ def run_abuse(system, args) -> dict:
     pid = None if existing else system.router.pid
     t = abuse.Target(
         host,
-        parts.port or 80,
+        parts.port or (443 if parts.scheme == "https" else 80),
         router_pid=pid,
         control_body=control_image(),
         max_body_bytes=args.max_body_bytes,
         max_in_flight=args.max_in_flight,
+        **device_of(system),
     )
     scenarios = abuse.run_all(t, seconds=args.abuse_seconds, scale=args.abuse_scale, progress=print)
     for s in scenarios:

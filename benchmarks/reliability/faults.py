@@ -18,7 +18,7 @@ import psutil
 
 from benchmarks.live import LiveSystem
 from benchmarks.loadgen import LOST, LoadClient, Record
-from benchmarks.reliability.system import HUNG_S, sampling_router, test_images
+from benchmarks.reliability.system import HUNG_S, client_options, sampling_router, test_images
 from core.imaging import encode_image
 
 LOOPBACK_SCENARIOS = ("cloud_stopped", "cloud_restarted_mid_run", "edge_worker_killed", "router_restarted")
@@ -31,7 +31,13 @@ KSERVE_SCENARIOS = (
 
 
 def fault_load(
-    url: str, bodies: list[tuple[bytes, int]], deadline_ms: float, *, clients: int = 2, threshold: float = 0.8
+    url: str,
+    bodies: list[tuple[bytes, int]],
+    deadline_ms: float,
+    *,
+    clients: int = 2,
+    threshold: float = 0.8,
+    device: dict | None = None,
 ) -> LoadClient:
     """Background clients sending labelled images with a deadline; every request's fate is recorded.
 
@@ -43,6 +49,9 @@ def fault_load(
         clients=clients,
         params={"threshold": threshold, "deadline_ms": deadline_ms},
         timeout_s=deadline_ms / 1000 + HUNG_S,
+        headers=(device or {}).get("headers"),
+        verify=(device or {}).get("verify", True),
+        cert=(device or {}).get("cert"),
     )
 
 
@@ -83,7 +92,9 @@ def run_scenario(
     """Load for 2 s, `action()`, load for `seconds` more; the scenario's fate table."""
     with (
         sampling_router(system) as sampler,
-        fault_load(system.url, bodies, args.deadline_ms, threshold=threshold) as load,
+        fault_load(
+            system.url, bodies, args.deadline_ms, threshold=threshold, device=client_options(system)
+        ) as load,
     ):
         time.sleep(2)
         action()

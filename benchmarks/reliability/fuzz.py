@@ -26,7 +26,14 @@ import numpy as np
 import requests
 
 from benchmarks.live import LiveSystem
-from benchmarks.reliability.system import HUNG_S, cloud_headers, cloud_url, test_images
+from benchmarks.reliability.system import (
+    HUNG_S,
+    client_options,
+    cloud_headers,
+    cloud_url,
+    test_images,
+    with_options,
+)
 from core import wire
 from core.cli import progress
 from core.errors import UserInputError
@@ -242,6 +249,7 @@ def run_fuzz(system, args, reference) -> dict:
     before = None if reference is not None else answers(system, images[:12])
     processes_before = watched_pids(system)
     statuses: dict[str, dict[str, int]] = {t: {} for t in urls if urls[t] is not None}
+    options = {t: client_options(system, "cloud" if t == "kserve" else t) for t in urls}
     status_5xx = hung = 0
     examples = []
     session = requests.Session()
@@ -250,6 +258,7 @@ def run_fuzz(system, args, reference) -> dict:
         if urls[target] is None:
             continue
         request = fuzz_request(target, urls[target], rng, seeds, system, models, shape)
+        request = with_options(request, options[target])
         try:
             r = session.post(**request, timeout=HUNG_S)
             code = r.status_code
@@ -333,8 +342,11 @@ def control_after(system, urls: dict, models: dict, shape) -> dict[str, int | st
     for target, (url, data, headers) in asks.items():
         if urls[target] is None:
             continue
+        request = with_options(
+            {"headers": headers}, client_options(system, "cloud" if target == "kserve" else target)
+        )
         try:
-            out[target] = requests.post(url, data=data, headers=headers, timeout=30).status_code
+            out[target] = requests.post(url, data=data, timeout=30, **request).status_code
         except requests.RequestException as exc:
             out[target] = type(exc).__name__
     return out
@@ -342,7 +354,7 @@ def control_after(system, urls: dict, models: dict, shape) -> dict[str, int | st
 
 def split_of(system) -> tuple[str, list[int]]:
     """An expert the router uses (pristine if it has it) and the per-sample shape of its split tensor."""
-    experts = requests.get(f"{system.url}/v1/experts", timeout=10).json()["experts"]
+    experts = requests.get(f"{system.url}/v1/experts", timeout=10, **client_options(system)).json()["experts"]
     if not experts:
         raise UserInputError(f"the router at {system.url} has no experts")
     name = "pristine" if "pristine" in experts else sorted(experts)[0]
@@ -359,6 +371,7 @@ def check_cloud_answers(system, model: str, shape: list[int]) -> None:
             data=body,
             headers=cloud_headers(system.auth("cloud"), n),
             timeout=30,
+            **client_options(system, "cloud"),
         )
     except requests.RequestException as exc:
         raise UserInputError(f"no cloud answers at {cloud} ({type(exc).__name__})") from None
@@ -379,6 +392,7 @@ def answers(system, images) -> list | None:
                 data=encode_image(im, "png"),
                 params={"threshold": 0.8},
                 timeout=30,
+                **client_options(system),
             )
             a = r.json() if r.status_code == 200 else None
         except (requests.RequestException, ValueError):
@@ -393,7 +407,11 @@ def check_still_correct(system: LiveSystem, reference, images) -> bool:
     expected = reference.infer(images, 0.8)
     for im, ref in zip(images, expected, strict=True):
         r = requests.post(
-            f"{system.url}/v1/classify", data=encode_image(im, "png"), params={"threshold": 0.8}, timeout=30
+            f"{system.url}/v1/classify",
+            data=encode_image(im, "png"),
+            params={"threshold": 0.8},
+            timeout=30,
+            **client_options(system),
         )
         if r.status_code != 200:
             return False

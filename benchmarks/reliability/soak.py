@@ -19,7 +19,7 @@ import psutil
 import requests
 
 from benchmarks.reliability.faults import fate_table, fault_load, labelled_bodies
-from benchmarks.reliability.system import NOT_SAMPLED_RSS, ExistingSystem, sampling_router
+from benchmarks.reliability.system import NOT_SAMPLED_RSS, ExistingSystem, client_options, sampling_router
 
 RSS_EVERY_S = 5.0
 RESOURCES = ("rss_mb", "pss_mb", "threads", "open_files")
@@ -56,7 +56,7 @@ def run_soak(system, args, out_dir: Path | None = None) -> dict:
     own = not isinstance(system, ExistingSystem)
     with (
         sampling_router(system) as sampler,
-        fault_load(system.url, bodies, args.deadline_ms, clients=4) as load,
+        fault_load(system.url, bodies, args.deadline_ms, clients=4, device=client_options(system)) as load,
     ):
         started = time.time()
         end = started + 60 * args.soak_minutes
@@ -78,7 +78,7 @@ def run_soak(system, args, out_dir: Path | None = None) -> dict:
                     per_minute.append({"minute": len(minutes), "processes": sample_processes(system)})
                 print(json.dumps(minutes[-1]), flush=True)
                 next_minute += 60
-        clouds = cloud_endpoints(system.url)
+        clouds = cloud_endpoints(system.url, client_options(system))
     table = fate_table("soak", load.records, args.deadline_ms)
     growth = {}
     for name, samples in rss.items():
@@ -134,10 +134,10 @@ def minute_row(minute: int, recs) -> dict:
     }
 
 
-def cloud_endpoints(router_url: str) -> dict | None:
+def cloud_endpoints(router_url: str, options: dict) -> dict | None:
     """Per cloud endpoint: its kind and how many offloads it answered or failed (the router's pool)."""
     try:
-        clouds = requests.get(f"{router_url}/v1/experts", timeout=10).json().get("clouds", {})
+        clouds = requests.get(f"{router_url}/v1/experts", timeout=10, **options).json().get("clouds", {})
     except (requests.RequestException, ValueError):
         return None
     return {

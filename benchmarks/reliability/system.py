@@ -40,6 +40,7 @@ def own_system(store: Path, run_dir: Path, args, **cloud) -> LiveSystem:
             "--max-body-bytes",
             str(args.max_body_bytes),
         ],
+        security=getattr(args, "security", None) or "off",
         **cloud,
     )
 
@@ -72,6 +73,23 @@ class ExistingSystem:
 def cloud_url(system) -> str | None:
     """The cloud TorchServe's inference URL (None: an existing deployment given without --cloud)."""
     return system.cloud_url if isinstance(system, ExistingSystem) else system.insts["cloud"].inference_url
+
+
+def client_options(system, role: str = "router") -> dict:
+    """`requests` options for a call to `role` of a system with its security on: the router as a
+    device (CA, key, certificate), the cloud tiers trusting the run's CA; {} otherwise."""
+    secured = getattr(system, "secured", None)
+    if secured is None or role == "edge":  # the edge TorchServe stays on loopback, plain
+        return {}
+    return secured.client_options() if role == "router" else {"verify": secured.ca}
+
+
+def with_options(request: dict, options: dict) -> dict:
+    """`requests` keyword arguments with `options` added (their headers merged, not replaced)."""
+    out = {**request, **{k: v for k, v in options.items() if k != "headers"}}
+    if options.get("headers"):
+        out["headers"] = {**request.get("headers", {}), **options["headers"]}
+    return out
 
 
 def cloud_headers(auth: dict, n: int | str) -> dict:
