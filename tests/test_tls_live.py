@@ -237,3 +237,31 @@ def test_hostile_inputs_over_tls_get_4xx_never_5xx(system):
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
     assert all(code < 500 for code in statuses), statuses
     assert statuses.get(200, 0) > 0 and sum(v for k, v in statuses.items() if 400 <= k < 500) > 50, statuses
+
+
+def test_offloads_to_kserve_over_verified_https(system, router, tmp_path):
+    """The KServe predictor serves HTTPS itself (`python -m cloud_kserve --tls-cert --tls-key`);
+    a router with the run's CA offloads to it, verified."""
+    from benchmarks.live_parts import KSERVE_PYTHON, kserve_argv
+
+    s = system.secured
+    log = (tmp_path / "kserve.log").open("wb")
+    argv = [
+        *kserve_argv(system.store, "127.0.0.1", "18495"),
+        "--tls-cert",
+        s.file("cloud.pem"),
+        "--tls-key",
+        s.file("cloud.key"),
+    ]
+    assert argv[0] == str(KSERVE_PYTHON)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=system.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready("https://127.0.0.1:18495/v2/health/ready", proc=proc, timeout=90, verify=s.ca)
+        url = router(18414, "--cloud", "oip=https://127.0.0.1:18495", "--cloud-ca", s.ca)
+        r = classify(url)
+        assert r.status_code == 200 and r.json()["offloaded"] and not r.json()["degraded"], r.text
+        with pytest.raises(requests.exceptions.SSLError):  # and nobody reaches it without the CA
+            requests.get("https://127.0.0.1:18495/v2/health/ready", timeout=10, verify=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
