@@ -41,8 +41,17 @@ from core.errors import UserInputError
 from edge_router.tokens import KINDS, parse_key_file
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "config.properties"
-LOG_CONFIG = ROOT / "log4j2.xml"
+INSTALLED = Path(sys.prefix) / "share" / "distortion-aware-early-exit"  # setup.cfg's data_files
+
+
+def _asset(name: str) -> Path:
+    """A serving file of the repository root in a checkout; else where `pip install` put it."""
+    local = ROOT / name
+    return local if local.is_file() or not (INSTALLED / name).is_file() else INSTALLED / name
+
+
+TEMPLATE = _asset("config.properties")
+LOG_CONFIG = _asset("log4j2.xml")
 # the workers' stand-in for PyTorch (handlers/worker_env/torch/__init__.py says why)
 WORKER_ENV = ROOT / "handlers" / "worker_env"
 WORKER_TORCH = ("stub", "real")

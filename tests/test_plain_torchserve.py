@@ -28,8 +28,8 @@ PHOTO = Path("/usr/share/doc/opencv-doc/examples/data/baboon.jpg")
 
 
 def readme_block() -> str:
-    found = BLOCK.findall((ROOT / "README.md").read_text())
-    assert len(found) == 1, "README.md must hold exactly one plain-torchserve block"
+    found = BLOCK.findall((ROOT / "docs" / "operating.md").read_text())
+    assert len(found) == 1, "docs/operating.md must hold exactly one plain-torchserve block"
     return found[0]
 
 
