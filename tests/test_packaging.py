@@ -97,7 +97,7 @@ def test_packages_exclude_the_tests_and_include_every_part():
     packages = set(find_packages(str(ROOT), exclude=exclude))
     assert not {p for p in packages if p.split(".")[0] in ("tests", "mutants", "run")}, packages
     assert {"core", "edge_router", "handlers", "cloud_kserve", "export", "training", "benchmarks"} <= packages
-    data = cfg["options"]["data_files"]
+    data = cfg["options.data_files"]["share/distortion-aware-early-exit"]
     for name in re.findall(r"[\w.]+\.(?:properties|xml)", data):
         assert (ROOT / name).is_file(), name
     stub = cfg["options.package_data"]["handlers"].strip()
