@@ -8,7 +8,7 @@
 `issue NAME` writes `NAME.pem` (the certificate, then the CA's: the chain a server presents) and
 `NAME.key` (PKCS#8, which TorchServe's Netty and uvicorn both read; mode 0600). A renewal is the
 same command again: the key is new, the servers pick the files up at their next start. The harness
-(`benchmarks.live`, `make demo` with TLS) makes a throwaway CA this way for each run. RSA-2048
+(`benchmarks.lib.live`, `make demo` with TLS) makes a throwaway CA this way for each run. RSA-2048
 keys: TorchServe's frontend reads only RSA private keys (its `private_key_file` goes through Java's
 RSA key factory; an EC key stops it at start).
 """

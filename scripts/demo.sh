@@ -46,7 +46,7 @@ started=$(date +%s)
 step() { printf '\n=== %s\n' "$*"; }
 
 cleanup() {  # the router (drained by SIGTERM) and both TorchServe instances
-  $PY -m benchmarks.live down --run-dir "$RUN" --port "$PORT" >/dev/null 2>&1 || true
+  $PY -m benchmarks.lib.live down --run-dir "$RUN" --port "$PORT" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -86,11 +86,11 @@ step "1/5 TorchServe archives from $MODELS"
 $PY -m export.archive --exported "$MODELS" --model-store "$OUT/model_store"
 
 step "2/5 edge and cloud TorchServe (token auth, loopback), then the edge router at $ROUTER (classifier inside; security: $SECURITY)"
-$PY -m benchmarks.live up --run-dir "$RUN" --model-store "$OUT/model_store" --port "$PORT" \
+$PY -m benchmarks.lib.live up --run-dir "$RUN" --model-store "$OUT/model_store" --port "$PORT" \
   --edge-models "${TYPES[@]/#/edge_}" --cloud-models "${TYPES[@]/#/cloud_}" --security "$SECURITY"
 get() {  # GET a router URL as a device (no curl needed); prints the body, fails on non-2xx
   $PY -c "import sys, requests
-from benchmarks.live_security import device_options
+from benchmarks.lib.live_security import device_options
 o = device_options(sys.argv[2]) if sys.argv[2] != 'off' else {}
 s = requests.Session(); s.trust_env = not o
 r = s.get(sys.argv[1], timeout=5, **o); r.raise_for_status(); sys.stdout.write(r.text)" "$1" "$([ "$SECURITY" = off ] && echo off || echo "$RUN/security")"

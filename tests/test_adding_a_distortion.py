@@ -14,7 +14,7 @@ import pytest
 import requests
 import torch
 
-from benchmarks.live import LiveSystem
+from benchmarks.lib.live import LiveSystem
 from core import distortions
 from core.experts import archive_name
 from core.imaging import encode_image

@@ -13,7 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from benchmarks import latency, latency_report, load, reliability, target
+from benchmarks import latency, load, reliability
+from benchmarks.latency import report as latency_report
+from benchmarks.lib import target
 from core.cli import run_cli
 
 MODULES = {"latency": latency, "load": load, "reliability": reliability}
@@ -222,7 +224,7 @@ def test_load_against_an_existing_deployment(fake_router, fake_fashion_root, tmp
         "--out",
         str(tmp_path),
     ]
-    monkeypatch.setattr(sys, "argv", ["benchmarks/load.py", *argv])
+    monkeypatch.setattr(sys, "argv", ["benchmarks/load/__main__.py", *argv])
     assert run_cli(load.main, load.get_args_parser, argv) == 0
     report = json.loads((tmp_path / "load.json").read_text())
     assert report["mode"] == "existing deployment" and report["targets"] == {"router": fake_router}
@@ -257,7 +259,7 @@ def test_latency_against_an_existing_deployment_records_provenance(
         "--out",
         str(tmp_path),
     ]
-    monkeypatch.setattr(sys, "argv", ["benchmarks/latency.py", *argv])
+    monkeypatch.setattr(sys, "argv", ["benchmarks/latency/__main__.py", *argv])
     assert run_cli(latency.main, latency.get_args_parser, argv) == 0
     n_requests = FakeRouter.posts
     assert n_requests == len(latency.configs()) * (len(latency.CELLS) + 1)  # + one warm-up each
@@ -271,7 +273,7 @@ def test_latency_against_an_existing_deployment_records_provenance(
 
     # a second invocation resumes: the records and their provenance are those of the first
     argv2 = [*argv[:4], "--max-minutes", "2", *argv[6:]]
-    monkeypatch.setattr(sys, "argv", ["benchmarks/latency.py", *argv2])
+    monkeypatch.setattr(sys, "argv", ["benchmarks/latency/__main__.py", *argv2])
     assert run_cli(latency.main, latency.get_args_parser, argv2) == 0
     assert FakeRouter.posts == n_requests
     meta2 = json.loads((tmp_path / "run.json").read_text())
@@ -285,7 +287,7 @@ def test_reliability_faults_are_skipped_against_an_existing_deployment(
     fake_router, tmp_path, monkeypatch, capsys
 ):
     argv = ["--router", fake_router, "--parts", "faults", "--out", str(tmp_path)]
-    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability", *argv])
+    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability/__main__.py", *argv])
     assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
     assert FakeRouter.posts == 0  # nothing sent, nothing stopped
     assert "faults skipped" in capsys.readouterr().out
@@ -394,7 +396,7 @@ def test_reliability_abuse_against_an_existing_loopback_deployment(fake_router, 
         "--out",
         str(tmp_path),
     ]
-    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability", *argv])
+    monkeypatch.setattr(sys, "argv", ["benchmarks/reliability/__main__.py", *argv])
     assert run_cli(reliability.main, reliability.get_args_parser, argv) == 0
     result = json.loads((tmp_path / "reliability.json").read_text())
     a = result["abuse"]
@@ -526,7 +528,7 @@ def test_reliability_abuse_checks_and_the_must_show():
 
 
 def test_reliability_fate_table_counts_every_request():
-    from benchmarks.loadgen import LOST, REFUSED, Record
+    from benchmarks.lib.loadgen import LOST, REFUSED, Record
 
     records = [
         Record(200, 0.1, 0, 3, {"class": 3, "degraded": False}),

@@ -113,7 +113,10 @@ def test_cli_bad_input_is_one_line_and_nonzero(argv, reason, capsys):
 @pytest.mark.parametrize("module", MODULES)
 def test_every_cli_main_block_goes_through_run_cli(module):
     """What the in-process cases rely on: `python -m module` is run_cli over main/get_args_parser."""
-    path = importlib.util.find_spec(module if module != "export" else "export.__main__").origin
+    spec = importlib.util.find_spec(module)
+    if spec.submodule_search_locations is not None:  # a package (export, an experiment): its __main__
+        spec = importlib.util.find_spec(f"{module}.__main__")
+    path = spec.origin
     tail = open(path).read().rsplit('if __name__ == "__main__":', 1)[-1]
     assert "sys.exit(run_cli(main, get_args_parser))" in tail or (
         module == "export" and "sys.exit(_run())" in tail

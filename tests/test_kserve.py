@@ -20,7 +20,7 @@ import tritonclient.http as triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.live_parts import KSERVE_PYTHON, wait_until_ready
+from benchmarks.lib.live_parts import KSERVE_PYTHON, wait_until_ready
 from benchmarks.reliability.fuzz import fuzz_cloud_case
 from core import wire
 from core.manifest import Manifest

@@ -4,7 +4,8 @@ import subprocess
 
 import pytest
 
-from benchmarks import netem
+from benchmarks.lib import netem
+from benchmarks.netem import tcp_rtt_ms
 
 OK, WHY = netem.namespaces_available()
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not OK, reason=f"no network namespaces: {WHY}")]
@@ -23,7 +24,7 @@ def test_link_delays_traffic_and_cleans_up():
     with netem.Link(profile, max_seconds=120, with_device=False) as link:
         assert netem.SUBNET.split("/")[0] in routes()  # blackhole first: nothing leaves the machine
         assert "ee-edge" in namespaces() and "ee-cloud" in namespaces()
-        rtt = netem.tcp_rtt_ms(link, samples=5)
+        rtt = tcp_rtt_ms(link, samples=5)
         assert 38.0 <= rtt <= 60.0, rtt
         backend = link.backend
     assert "ee-edge" not in namespaces() and "ee-cloud" not in namespaces()

@@ -1,10 +1,10 @@
-"""benchmarks.peers_report: the ratios the project tracks, over several runs of every contender."""
+"""benchmarks.peers.report: the ratios the project tracks, over several runs of every contender."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.peers_report import median_run, ratios, summarise_ratios
+from benchmarks.peers.report import median_run, ratios, summarise_ratios
 
 
 def contender(p50: float, peak: float, *, paths=("edge_exit", "offload"), same=16) -> dict:

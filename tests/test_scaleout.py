@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 import requests
 
-from benchmarks.live import LiveSystem
-from benchmarks.loadgen import LoadClient
+from benchmarks.lib.live import LiveSystem
+from benchmarks.lib.loadgen import LoadClient
 from core.imaging import encode_image
 from export.pipeline import Pipeline
 from tests.test_serving import MODELS, images

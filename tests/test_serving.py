@@ -1,6 +1,6 @@
 """The live system: real edge and cloud TorchServe on loopback, the router, real HTTP.
 
-Starts both instances on test ports with the tiny archives and the router (`benchmarks.live`), plus
+Starts both instances on test ports with the tiny archives and the router (`benchmarks.lib.live`), plus
 a hand-made toy expert with known logits (`tests.toy_expert`): the router's exit decisions on it are
 held against the exit rule written out here (every side exit, the final exit and the fallback
 occur); then the tiny experts' routing, bad input, registration, token auth and a cloud outage.
@@ -18,7 +18,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.live import LiveSystem
+from benchmarks.lib.live import LiveSystem
 from core.distortions import DISTORTION_CLASSES, apply
 from core.experts import archive_name
 from core.imaging import DEFAULT_MAX_BYTES, encode_image

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.live import ROOT, LiveSystem
-from benchmarks.live_parts import router_base_argv, wait_until_ready
+from benchmarks.lib.live import ROOT, LiveSystem
+from benchmarks.lib.live_parts import router_base_argv, wait_until_ready
 from core.imaging import encode_image
 from edge_router import pki
 from edge_router.torchserve import Ports
@@ -242,7 +242,7 @@ def test_hostile_inputs_over_tls_get_4xx_never_5xx(system):
 def test_offloads_to_kserve_over_verified_https(system, router, tmp_path):
     """The KServe predictor serves HTTPS itself (`python -m cloud_kserve --tls-cert --tls-key`);
     a router with the run's CA offloads to it, verified."""
-    from benchmarks.live_parts import KSERVE_PYTHON, kserve_argv
+    from benchmarks.lib.live_parts import KSERVE_PYTHON, kserve_argv
 
     s = system.secured
     log = (tmp_path / "kserve.log").open("wb")

@@ -8,7 +8,7 @@ Two modes:
     python -m benchmarks.reliability --router http://127.0.0.1:8000 --cloud http://127.0.0.1:8090 \\
         --cloud-key-file run/cloud/key_file.json --parts fuzz soak --fuzz-inputs 2000 --soak-minutes 2
 
-**Own stack** (the default): starts the live system (`benchmarks.live.LiveSystem`) on loopback
+**Own stack** (the default): starts the live system (`benchmarks.lib.live.LiveSystem`) on loopback
 test ports and stops it at the end. Fuzz, soak and abuse run against the whole system: the router
 (which runs the distortion classifier itself), edge TorchServe, and a cloud pool of one TorchServe
 instance and two KServe replicas (`python -m cloud_kserve`, from `.venv-kserve`: `make kserve`).
@@ -16,7 +16,7 @@ The fault scenarios each get the system they break: edge and cloud TorchServe al
 TorchServe ones, two KServe replicas for the KServe ones, and for the slow and lossy cloud an
 emulated link (`benchmarks.latency.emulated_system`). The router gets `--deadline-ms`,
 `--max-in-flight` and `--max-body-bytes` as given here. All load is sent by the one load client,
-`benchmarks.loadgen.LoadClient`.
+`benchmarks.lib.loadgen.LoadClient`.
 
 **Existing deployment** (`--router URL`, optionally `--cloud URL` and `--cloud-key-file`): sends
 the same bounded fuzz, soak and (loopback only) connection abuse to a system that is already
@@ -85,7 +85,7 @@ import json
 import shlex
 from pathlib import Path
 
-from benchmarks import target
+from benchmarks.lib import target
 from benchmarks.reliability.checks import must_show, router_rss_overall
 from benchmarks.reliability.connection_abuse import run_abuse
 from benchmarks.reliability.faults import (
@@ -182,7 +182,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--security",
         choices=("off", "tls", "mtls"),
         default=None,
-        help="the system with its security on (benchmarks.live_security): the cloud tiers and the "
+        help="the system with its security on (benchmarks.lib.live_security): the cloud tiers and the "
         "router on HTTPS, device keys; every request, abuser and fuzz input speaks TLS and the "
         "router's inputs carry the device key (default: off)",
     )

@@ -6,7 +6,8 @@ from __future__ import annotations
 import ssl
 from urllib.parse import urlsplit
 
-from benchmarks import abuse, target
+from benchmarks import abuse
+from benchmarks.lib import target
 from benchmarks.reliability.checks import CONTROL_P99_LIMIT_MS, ROUTER_RSS_LIMIT_MB, abuse_checks
 from benchmarks.reliability.system import NOT_SAMPLED_RSS, ExistingSystem, test_images
 from core.imaging import encode_image

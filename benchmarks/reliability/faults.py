@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.live import LiveSystem
-from benchmarks.loadgen import LOST, LoadClient, Record
+from benchmarks.lib.live import LiveSystem
+from benchmarks.lib.loadgen import LOST, LoadClient, Record
 from benchmarks.reliability.system import HUNG_S, client_options, sampling_router, test_images
 from core.imaging import encode_image
 
@@ -164,8 +164,8 @@ def run_kserve_faults(system: LiveSystem, args) -> list[dict]:
 def run_link_faults(store: Path, run_dir: Path, args) -> list[dict]:
     """The cloud slowed past the deadline, and a lossy link: over the emulated WAN
     (`benchmarks.latency.emulated_system`), the client in the device namespace."""
-    from benchmarks import netem
     from benchmarks.latency import emulated_system
+    from benchmarks.lib import netem
 
     rows = []
     for name, profile in (

@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 import requests
 
-from benchmarks.live import LiveSystem
+from benchmarks.lib.live import LiveSystem
 from benchmarks.reliability.system import (
     HUNG_S,
     client_options,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import target
+from benchmarks.lib import target
 
 
 def write_markdown(r: dict, path: Path) -> None:
@@ -144,6 +144,12 @@ def write_markdown(r: dict, path: Path) -> None:
                     for n, c in s["cloud_endpoints"].items()
                 )
                 + "."
+            )
+        for e in s.get("error_examples", []):
+            lines.insert(
+                len(lines) - 1,
+                f"- failed request in minute {e['minute']}: {e['status']} after {e['seconds']} s: "
+                f"{e['reason'] or '-'}",
             )
         lines += soak_process_table(s)
         if s.get("plot"):

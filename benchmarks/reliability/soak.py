@@ -96,6 +96,7 @@ def run_soak(system, args, out_dir: Path | None = None) -> dict:
     elif not growth:
         note["rss_note"] = f"growth not measured: the soak is shorter than its {warmup_s:.0f}-s warm-up"
     ok = [r for r in load.records if r.status == 200]
+    failed = [r for r in load.records if r.status != 200]
     result = {
         **note,
         "minutes": args.soak_minutes,
@@ -104,6 +105,17 @@ def run_soak(system, args, out_dir: Path | None = None) -> dict:
         "errors": table["errors"] + table["lost"],
         "lost": table["lost"],
         "degraded": table["degraded"],
+        "error_statuses": table["error_statuses"],
+        # what each failed request got, so a rare one can be traced (its minute, the router's reason)
+        "error_examples": [
+            {
+                "minute": int((r.started - started) // 60) + 1,
+                "status": r.status,
+                "reason": r.reason,
+                "seconds": round(r.seconds, 3),
+            }
+            for r in failed[:20]
+        ],
         "offloaded_share": round(sum(1 for r in ok if (r.answer or {}).get("offloaded")) / len(ok), 4)
         if ok
         else None,

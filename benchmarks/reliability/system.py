@@ -1,4 +1,4 @@
-"""The system under test, for every part: our own (`benchmarks.live.LiveSystem`) or an existing
+"""The system under test, for every part: our own (`benchmarks.lib.live.LiveSystem`) or an existing
 deployment (`ExistingSystem`), the cloud's URL and headers, the router sampler (RSS and threads
 while a part runs) and the test images."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from benchmarks.live import LiveSystem
+from benchmarks.lib.live import LiveSystem
 from core import wire
 from core.experts import CLASSIFIER
 
