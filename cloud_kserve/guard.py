@@ -90,8 +90,7 @@ def check_json(body: bytes) -> None:
         or not all(type(d) is int and d > 0 for d in shape)
     ):
         raise wire.WireError(f"shape must be a list of 1..{wire.MAX_RANK} positive integers")
-    if not isinstance(spec.get("parameters", {}), dict):
-        raise wire.WireError("'parameters' must be objects")
+    check_parameters(spec.get("parameters", {}))
     count = math.prod(shape)
     if count > wire.MAX_ELEMENTS:
         raise wire.WireError(f"tensor of {count} elements exceeds the limit of {wire.MAX_ELEMENTS}")
@@ -111,17 +110,27 @@ def check_request_fields(request) -> None:
         raise wire.WireError(f"unknown request field {sorted(unknown)[0][:30]!r}")
     if not isinstance(request.get("id", ""), str):
         raise wire.WireError("'id' must be a string")
-    if not isinstance(request.get("parameters", {}), dict):
-        raise wire.WireError("'parameters' must be objects")
+    check_parameters(request.get("parameters", {}))
     outputs = request.get("outputs", [])
     if not isinstance(outputs, list) or not all(
-        isinstance(o, dict)
-        and isinstance(o.get("name"), str)
-        and isinstance(o.get("parameters", {}), dict)
-        and set(o) <= {"name", "parameters"}
+        isinstance(o, dict) and isinstance(o.get("name"), str) and set(o) <= {"name", "parameters"}
         for o in outputs
     ):
         raise wire.WireError("'outputs' must be a list of {name, parameters} objects")
+    for o in outputs:
+        check_parameters(o.get("parameters", {}))
+    for spec in request.get("inputs", []) if isinstance(request.get("inputs"), list) else []:
+        if isinstance(spec, dict):
+            check_parameters(spec.get("parameters", {}))
+
+
+def check_parameters(parameters) -> None:
+    """An OIP `parameters` object: values are booleans, numbers or strings (KServe's schema answers
+    anything else with a 422 and a multi-line detail)."""
+    if not isinstance(parameters, dict) or not all(
+        isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in parameters.items()
+    ):
+        raise wire.WireError("'parameters' must be objects of booleans, numbers or strings")
 
 
 def flat_numbers(data: list, *, limit: int, largest: float | None) -> int:

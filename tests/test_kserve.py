@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.lib.live_parts import KSERVE_PYTHON, wait_until_ready
-from benchmarks.reliability.fuzz import fuzz_cloud_case
+from benchmarks.reliability.fuzz import fuzz_cloud_case, fuzz_oip_json_case
 from core import wire
 from core.manifest import Manifest
 from export.archive import extract
@@ -183,3 +183,15 @@ def test_fuzzed_tensors_get_a_4xx_or_an_answer_never_a_5xx(predictor, seed):
     body, n = fuzz_cloud_case(random.Random(seed), (160, 2, 2))
     status, _, answer = call(f"{predictor}/v2/models/{MODEL}/infer", body, {wire.HEADER_LENGTH: n})
     assert status == 200 or (400 <= status < 500 and "error" in json.loads(answer)), (status, answer)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**31 - 1))
+def test_fuzzed_json_requests_get_a_400_with_a_reason_or_an_answer(predictor, seed):
+    """The fuzz's malformed JSON requests: KServe's schema would answer some with a 422 and a
+    multi-line detail; the guard answers a one-line reason first."""
+    body = fuzz_oip_json_case(random.Random(seed), (160, 2, 2))
+    status, _, answer = call(
+        f"{predictor}/v2/models/{MODEL}/infer", body, {"Content-Type": "application/json"}
+    )
+    assert status == 200 or (status == 400 and "error" in json.loads(answer)), (status, answer)

@@ -161,6 +161,21 @@ def test_what_kserve_answered_with_500_gets_a_reason(case):
         ),
         ({"inputs": []}, "exactly one"),
         ({"x": 1}, "unknown request field"),
+        (
+            {
+                "inputs": [{"name": "s", "shape": [1], "datatype": "FP32", "data": [1]}],
+                "parameters": {"a": None},
+            },
+            "booleans",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "s", "shape": [1], "datatype": "FP32", "data": [1], "parameters": {"a": [1]}}
+                ]
+            },
+            "booleans",
+        ),
         ([1, 2], "JSON object"),
     ],
 )
