@@ -66,11 +66,17 @@ from edge_router.torchserve import DEFAULT_PORTS, Ports, instance
 
 ROLES = ("edge", "cloud")
 # Test ports, away from the defaults a user's own instances (8080/8090, router 8000) listen on.
+# EE_PORT_OFFSET (default 0) moves every one of them, so two harnesses can run side by side (a soak
+# beside the test suite); it is recorded with the results that a harness run writes.
+PORT_OFFSET = int(os.environ.get("EE_PORT_OFFSET", "0"))
 TEST_PORTS = {
-    "edge": Ports(18380, 18381, 18382, 17370, 17371),
-    "cloud": Ports(18390, 18391, 18392, 17390, 17391),
+    role: Ports(*(p + PORT_OFFSET for p in ports))
+    for role, ports in {
+        "edge": (18380, 18381, 18382, 17370, 17371),
+        "cloud": (18390, 18391, 18392, 17390, 17391),
+    }.items()
 }
-TEST_ROUTER_PORT = 18300
+TEST_ROUTER_PORT = 18300 + PORT_OFFSET
 
 
 class LiveSystem:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -182,6 +183,8 @@ def provenance(module: str, targets: dict | None, model_store: str | Path | None
         out["targets"] = dict(targets)
     elif model_store is not None:
         out["artifacts"] = artifacts_entry(model_store)
+    if os.environ.get("EE_PORT_OFFSET", "0") != "0":  # the harness's test ports moved (lib.live)
+        out["port_offset"] = int(os.environ["EE_PORT_OFFSET"])
     return out
 
 
