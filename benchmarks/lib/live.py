@@ -67,8 +67,11 @@ from edge_router.torchserve import DEFAULT_PORTS, Ports, instance
 ROLES = ("edge", "cloud")
 # Test ports, away from the defaults a user's own instances (8080/8090, router 8000) listen on.
 # EE_PORT_OFFSET (default 0) moves every one of them, so two harnesses can run side by side (a soak
-# beside the test suite); it is recorded with the results that a harness run writes.
+# beside the test suite); it is recorded with the results that a harness run writes. The ports
+# span 17370-18392 (gRPC 1,000 below HTTP), so an offset must be 2,000 or more to clear them.
 PORT_OFFSET = int(os.environ.get("EE_PORT_OFFSET", "0"))
+if 0 < abs(PORT_OFFSET) < 2000:
+    raise UserInputError(f"EE_PORT_OFFSET={PORT_OFFSET} overlaps the unshifted test ports: use 0 or 2000+")
 TEST_PORTS = {
     role: Ports(*(p + PORT_OFFSET for p in ports))
     for role, ports in {

@@ -300,7 +300,10 @@ def run_fuzz(system, args, reference) -> dict:
         out["worker_deaths"] = len(processes_before - processes_after)
     out["control_after"] = control_after(system, urls, models, shape)
     if reference is not None:
-        out["still_correct_after"] = check_still_correct(system, reference, images[:12])
+        mismatches = still_correct_mismatches(system, reference, images[:12])
+        out["still_correct_after"] = not mismatches
+        if mismatches:
+            out["still_correct_mismatches"] = mismatches
         out["still_correct_checked_against"] = "the in-process reference pipeline (model store)"
     else:
         out["still_correct_after"] = before is not None and answers(system, images[:12]) == before
@@ -403,9 +406,12 @@ def answers(system, images) -> list | None:
     return out
 
 
-def check_still_correct(system: LiveSystem, reference, images) -> bool:
+def still_correct_mismatches(system: LiveSystem, reference, images) -> list[dict]:
+    """Where the router's answer after the fuzz differs from the reference pipeline's: each image's
+    (class, exit, expert) both ways, or the status of a request that failed."""
     expected = reference.infer(images, 0.8)
-    for im, ref in zip(images, expected, strict=True):
+    out = []
+    for i, (im, ref) in enumerate(zip(images, expected, strict=True)):
         r = requests.post(
             f"{system.url}/v1/classify",
             data=encode_image(im, "png"),
@@ -414,8 +420,17 @@ def check_still_correct(system: LiveSystem, reference, images) -> bool:
             **client_options(system),
         )
         if r.status_code != 200:
-            return False
+            out.append({"image": i, "status": r.status_code, "reason": r.text[:200]})
+            continue
         got = r.json()
-        if (got["class"], got["exit"], got["expert"]) != (ref["class"], ref["exit"], ref["expert"]):
-            return False
-    return True
+        want = (ref["class"], ref["exit"], ref["expert"])
+        if (got["class"], got["exit"], got["expert"]) != want:
+            out.append(
+                {
+                    "image": i,
+                    "got": [got["class"], got["exit"], got["expert"]],
+                    "expected": list(want),
+                    "degraded_reason": got.get("degraded_reason"),
+                }
+            )
+    return out
