@@ -75,6 +75,7 @@ def check_json(body: bytes) -> None:
             f"not JSON; a binary tensor request needs the {wire.HEADER_LENGTH} header"
         ) from None
     check_request_fields(request)
+    check_json_parameters(request)
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise wire.WireError("exactly one input tensor is expected")
@@ -90,7 +91,6 @@ def check_json(body: bytes) -> None:
         or not all(type(d) is int and d > 0 for d in shape)
     ):
         raise wire.WireError(f"shape must be a list of 1..{wire.MAX_RANK} positive integers")
-    check_parameters(spec.get("parameters", {}))
     count = math.prod(shape)
     if count > wire.MAX_ELEMENTS:
         raise wire.WireError(f"tensor of {count} elements exceeds the limit of {wire.MAX_ELEMENTS}")
@@ -110,23 +110,33 @@ def check_request_fields(request) -> None:
         raise wire.WireError(f"unknown request field {sorted(unknown)[0][:30]!r}")
     if not isinstance(request.get("id", ""), str):
         raise wire.WireError("'id' must be a string")
-    check_parameters(request.get("parameters", {}))
+    if not isinstance(request.get("parameters", {}), dict):
+        raise wire.WireError("'parameters' must be objects")
     outputs = request.get("outputs", [])
     if not isinstance(outputs, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) and set(o) <= {"name", "parameters"}
+        isinstance(o, dict)
+        and isinstance(o.get("name"), str)
+        and isinstance(o.get("parameters", {}), dict)
+        and set(o) <= {"name", "parameters"}
         for o in outputs
     ):
         raise wire.WireError("'outputs' must be a list of {name, parameters} objects")
-    for o in outputs:
-        check_parameters(o.get("parameters", {}))
-    for spec in request.get("inputs", []) if isinstance(request.get("inputs"), list) else []:
-        if isinstance(spec, dict):
-            check_parameters(spec.get("parameters", {}))
+
+
+def check_json_parameters(request: dict) -> None:
+    """A JSON request's `parameters` (request, inputs, outputs): KServe validates them against its
+    schema (booleans, numbers, strings) and answers anything else with a 422 and a multi-line
+    detail. Not applied to the binary framing, which KServe does not validate that way and whose
+    request parameters carry the edge's branch list (`core.wire`)."""
+    check_parameters(request.get("parameters", {}))
+    for key in ("inputs", "outputs"):
+        for item in request.get(key, []) if isinstance(request.get(key), list) else []:
+            if isinstance(item, dict):
+                check_parameters(item.get("parameters", {}))
 
 
 def check_parameters(parameters) -> None:
-    """An OIP `parameters` object: values are booleans, numbers or strings (KServe's schema answers
-    anything else with a 422 and a multi-line detail)."""
+    """An OIP `parameters` object of booleans, numbers or strings."""
     if not isinstance(parameters, dict) or not all(
         isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in parameters.items()
     ):

@@ -114,6 +114,11 @@ def test_tritonclient_requests_pass(shape, datatype, binary, binary_outputs):
 @pytest.mark.parametrize("compression", ["fp32", "fp16", "int8"])
 def test_the_edge_wire_passes(compression):
     assert check_request(*valid_body(compression=compression)) is None
+    # what the edge handler really sends: request parameters with its branch list
+    x = np.zeros((1, 160, 2, 2), np.float32)
+    params = {"exited": False, "branches": [[0.1, 3], [0.2, 4]], "expert": "pristine", "run_id": "r"}
+    body, n = wire.encode(x, name="stage2", compression=compression, parameters=params)
+    assert check_request(body, str(n)) is None
 
 
 # -- the failures KServe answered with a 500 (issue 27) ---------------------------------------------
