@@ -64,6 +64,7 @@ def router(system, tmp_path):
         argv = router_base_argv("127.0.0.1", port, system.run_dir, system.store, "WARNING")
         edge = system.insts["edge"]
         argv += ["--edge-url", edge.inference_url, "--edge-management-url", edge.management_url, *flags]
+        argv += ["--drain-s", "2"]  # a refused TLS client's connection must not hold the teardown
         log = (tmp_path / f"router{port}.log").open("wb")
         proc = subprocess.Popen(argv, cwd=ROOT, env=system.env, stdout=log, stderr=subprocess.STDOUT)
         started.append(proc)
