@@ -61,7 +61,7 @@ from edge_router.devices import DeviceAuth, DeviceKeys
 from edge_router.discovery import Discovery, Endpoint
 from edge_router.metrics import CONTENT_TYPE, Metrics
 from edge_router.options import Defaults, RouterError, parse_query
-from edge_router.tls import ServerTls
+from edge_router.tls import ServerTls, bound_tls_incoming, bound_tls_read_buffers
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +344,7 @@ class ReceiptDeadlineProtocol(HttpToolsProtocol):
     header_timeout_s = 5.0  # set on the subclass made by `serve`
 
     def connection_made(self, transport) -> None:
+        bound_tls_incoming(transport)
         super().connection_made(transport)
         self._arm()
 
@@ -388,13 +389,15 @@ def make_server(
     protocol = type(
         "RouterProtocol", (ReceiptDeadlineProtocol,), {"header_timeout_s": config.header_timeout_s}
     )
+    if tls:
+        bound_tls_read_buffers()  # asyncio's loop: its SSL read buffer can be made small (edge_router.tls)
     return uvicorn.Server(
         uvicorn.Config(
             router.asgi(),
             host=host,
             port=port,
             http=protocol,
-            loop="uvloop",
+            loop="asyncio" if tls else "uvloop",
             lifespan="on",
             log_level=log_level.lower(),
             access_log=False,

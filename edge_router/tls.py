@@ -17,6 +17,7 @@ the offload hop to the cloud (client side, the cloud's certificate verified agai
 
 from __future__ import annotations
 
+import asyncio.sslproto
 import re
 import ssl
 from dataclasses import dataclass, field
@@ -31,6 +32,31 @@ def _readable(path: str | Path | None, what: str) -> str | None:
     if not Path(path).is_file():
         raise UserInputError(f"{what} {path} is not a file")
     return str(path)
+
+
+# -- memory per TLS connection on the front door ---------------------------------------------------------
+# The SSL layer of asyncio (and uvloop's copy of it) gives every connection a 256-KiB buffer to read
+# the socket into and lets the decrypted-but-unread bytes grow to 256 KiB before it stops reading:
+# 1,000 devices that stall mid-upload held about 220 KB each over the 64 KB of body the router kept
+# (docs/results/reliability_tls). A TLS record carries at most 16 KiB of plaintext, so reading one
+# record at a time costs a few more read calls on a large image and nothing else.
+TLS_READ_CHUNK_BYTES = 16 * 1024
+TLS_READ_HIGH_WATER_BYTES = 64 * 1024
+
+
+def bound_tls_read_buffers() -> None:
+    """Make asyncio's SSL connections read one record at a time. Process-wide: the router calls it
+    when it serves HTTPS, and then runs on asyncio's loop, whose SSL buffer size can be set (uvloop's
+    is compiled in)."""
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_CHUNK_BYTES
+
+
+def bound_tls_incoming(transport) -> None:
+    """Stop reading a TLS connection's socket once 64 KiB wait decrypted-but-unread (plain TCP
+    transports have no such buffer and are left alone)."""
+    set_limits = getattr(transport, "set_read_buffer_limits", None)
+    if set_limits is not None:
+        set_limits(high=TLS_READ_HIGH_WATER_BYTES)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 them live)."""
 
 import asyncio
+import asyncio.sslproto
 import datetime as dt
 import json
 import ssl
@@ -199,3 +200,64 @@ def test_the_router_warns_when_it_is_exposed_without_tls_or_keys():
     assert any("device authentication" in w for w in warnings) and any("cloud0" in w for w in warnings)
     loopback = router_main.cloud_endpoints(parse("--cloud", "oip=http://127.0.0.1:8095"))
     assert router_main.exposure_warnings(parse(), loopback) == []
+
+
+# -- memory per TLS connection on the front door ---------------------------------------------------
+def stalled_tls_buffers(tmp_path, *, bounded: bool) -> int:
+    """Bytes a TLS server connection holds decrypted-but-unread after its client sent 1 MB to an
+    application that stopped reading (a stalled upload), with or without the router's bounds."""
+    ca = pki.make_ca(tmp_path)
+    server = pki.issue(tmp_path, "router", tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(str(server.cert), str(server.key))
+    client_ctx = tls.ClientTls(str(ca.cert)).context()
+    held: list[asyncio.Transport] = []
+
+    class StalledApp(asyncio.Protocol):
+        def connection_made(self, transport):
+            if bounded:
+                tls.bound_tls_incoming(transport)
+            transport.pause_reading()  # the application reads nothing more
+            held.append(transport)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(StalledApp, "127.0.0.1", 0, ssl=server_ctx)
+        port = srv.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="127.0.0.1"
+        )
+        writer.write(b"x" * 2**20)
+        await asyncio.sleep(0.5)
+        size = held[0].get_read_buffer_size()
+        writer.transport.abort()
+        srv.close()
+        return size
+
+    return asyncio.run(main())
+
+
+def test_a_stalled_tls_upload_holds_one_record_and_the_high_water_mark(tmp_path, monkeypatch):
+    unbounded = stalled_tls_buffers(tmp_path / "a", bounded=False)
+    monkeypatch.setattr(asyncio.sslproto.SSLProtocol, "max_size", asyncio.sslproto.SSLProtocol.max_size)
+    tls.bound_tls_read_buffers()
+    assert asyncio.sslproto.SSLProtocol.max_size == tls.TLS_READ_CHUNK_BYTES
+    bounded = stalled_tls_buffers(tmp_path / "b", bounded=True)
+    # asyncio's default lets 256 KiB pile up per connection; the router's stops at 64 KiB (+ a read)
+    assert unbounded >= 200 * 1024
+    assert bounded <= tls.TLS_READ_HIGH_WATER_BYTES + tls.TLS_READ_CHUNK_BYTES
+
+
+def test_the_router_serves_https_on_asyncios_loop_with_small_ssl_buffers(tmp_path, monkeypatch):
+    from edge_router.app import Router, RouterConfig, make_server
+    from edge_router.discovery import Discovery, Endpoint
+
+    monkeypatch.setattr(asyncio.sslproto.SSLProtocol, "max_size", asyncio.sslproto.SSLProtocol.max_size)
+    pki.make_ca(tmp_path)
+    server = pki.issue(tmp_path, "router", tmp_path)
+    nowhere = "http://127.0.0.1:9"
+    router = Router(Discovery(Endpoint("edge", nowhere), Endpoint("cloud", nowhere)), None, RouterConfig())
+    assert make_server(router).config.loop == "uvloop"  # plain HTTP keeps the faster loop
+    https = make_server(router, tls=tls.ServerTls(str(server.cert), str(server.key)))
+    assert https.config.loop == "asyncio" and https.config.ssl_certfile == str(server.cert)
+    assert asyncio.sslproto.SSLProtocol.max_size == tls.TLS_READ_CHUNK_BYTES
