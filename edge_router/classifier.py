@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from core.errors import UserInputError
 from core.experts import CLASSIFIER
-from core.imaging import ImageWire, decode_image
+from core.imaging import ImageWire, decode_image, header_dimensions
 from core.manifest import Manifest, ManifestError
 from edge_router.options import RouterError
 from handlers.runtime import DistortionClassifierRuntime
@@ -22,12 +23,19 @@ from handlers.runtime import DistortionClassifierRuntime
 class LocalClassifier:
     """The distortion classifier from its archive (`*.mar`) or an export folder.
 
-    An image up to `inline_bytes` is classified on the event loop itself (about 2 ms at 224 px
-    with the luma spectrum alone, about 3 ms with luma and chroma; a hand-off to a thread and back
-    cost 0.5 ms more); a larger one, whose
-    decoding could hold the loop for tens of milliseconds, in a small thread pool."""
+    An image up to `inline_bytes` and `inline_pixels` is classified on the event loop itself (about
+    2 ms at 224 px with the luma spectrum alone, about 3 ms with luma and chroma; a hand-off to a
+    thread and back cost 0.5 ms more); a larger one, whose decoding could hold the loop for tens of
+    milliseconds, in a small thread pool. Pixels count as well as bytes: a flat PNG of 50 KB can
+    declare 4096 x 4096 pixels.
+
+    Images above `large_pixels` are decoded one at a time. OpenCV's decoder holds twice the decoded
+    image at its peak (its own buffer, then the array handed to Python): about 100 MB for a frame at
+    the 16.7-MP limit, which two at once in the pool would add to the router's own 130 MB."""
 
     inline_bytes = 256 * 1024
+    inline_pixels = 1024 * 1024
+    large_pixels = 4 * 1024 * 1024
 
     def __init__(self, source: str | Path, *, threads: int = 1):
         source = Path(source)
@@ -51,14 +59,31 @@ class LocalClassifier:
         except (OSError, ManifestError) as exc:
             raise UserInputError(f"{source}: not a usable distortion classifier: {exc}") from None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classifier")
+        self._large = threading.Lock()  # one decode above `large_pixels` at a time
 
     def distortion(self, body: bytes) -> tuple[str, dict[str, float]]:
+        if declared_pixels(body) > self.large_pixels:
+            with self._large:
+                return self._distortion(body)
+        return self._distortion(body)
+
+    def _distortion(self, body: bytes) -> tuple[str, dict[str, float]]:
         return self.runtime.distortions([decode_image(body)], [ImageWire.of_body(body)])[0]
 
     async def __call__(self, body: bytes) -> tuple[str, dict[str, float]]:
         try:
-            if len(body) <= self.inline_bytes:
+            if len(body) <= self.inline_bytes and declared_pixels(body) <= self.inline_pixels:
                 return self.distortion(body)
             return await asyncio.get_running_loop().run_in_executor(self._pool, self.distortion, body)
         except ValueError as exc:  # an image whose header looked fine but does not decode
             raise RouterError(400, " ".join(str(exc).split())[:200]) from None
+
+
+def declared_pixels(body: bytes) -> int:
+    """The pixel count an image's header declares; 0 when it has no readable header (the decoder
+    then refuses it with its reason)."""
+    try:
+        height, width = header_dimensions(body)
+    except ValueError:
+        return 0
+    return max(0, height) * max(0, width)

@@ -93,6 +93,32 @@ def test_the_body_format_picks_the_network(two_network_export, tiny_classifier):
     assert router.distortion(encode_image(image, "png")) == runtime.distortions([image], [png])[0]
 
 
+def test_the_router_decodes_large_declared_images_off_the_loop_and_one_at_a_time(two_network_export):
+    import asyncio
+    import threading
+
+    from edge_router.classifier import LocalClassifier
+
+    router = LocalClassifier(two_network_export[0])
+    router.inline_pixels, router.large_pixels = 48 * 48, 96 * 96  # the limits scaled down
+    seen = []
+    classify = router._distortion
+
+    def recording(body):
+        seen.append((threading.current_thread().name, router._large.locked()))
+        return classify(body)
+
+    router._distortion = recording
+    flat = np.full((120, 120, 3), 90, np.uint8)  # a few hundred bytes declaring 14,400 pixels
+    for image in (textured_image(1, 40), textured_image(2, 64), flat):
+        body = encode_image(image, "png")
+        assert asyncio.run(router(body)) == classify(body)
+    (small, small_lock), (mid, mid_lock), (large, large_lock) = seen
+    assert small == threading.main_thread().name and not small_lock  # on the event loop
+    assert mid.startswith("classifier") and not mid_lock  # in the pool, beside another
+    assert large.startswith("classifier") and large_lock  # in the pool, alone
+
+
 def test_evaluation_routes_each_wire_with_its_network(tiny_classifier, always_noise):
     from training.eval_classifier import for_wire, load_classifiers
 
