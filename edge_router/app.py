@@ -61,6 +61,7 @@ from edge_router.devices import DeviceAuth, DeviceKeys
 from edge_router.discovery import Discovery, Endpoint
 from edge_router.metrics import CONTENT_TYPE, Metrics
 from edge_router.options import Defaults, RouterError, parse_query
+from edge_router.pacing import RetryAfterPacing
 from edge_router.tls import ServerTls, bound_tls_incoming, bound_tls_read_buffers
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class Router:
         self.decider = Decider(self._catalogue, classifier, self.upstream, self.defaults)
         self.in_flight = 0
         self.buffered = 0
+        self.pacing = RetryAfterPacing(self.config.retry_after_s)
 
     def _catalogue(self):
         return self.discovery.catalogue
@@ -189,6 +191,10 @@ class Router:
             # budget, never one of the in-flight slots the answering work is bounded by.
             body, held = await self._read_body(request)
             if self.in_flight >= self.config.max_in_flight:
+                # back before its Retry-After on the same connection: it waits out the rest first
+                await asyncio.sleep(self.pacing.wait_s(request.scope.get("client")))
+            if self.in_flight >= self.config.max_in_flight:
+                self.pacing.told(request.scope.get("client"))
                 return self._shed("in_flight", f"{self.in_flight} requests in progress (the router's limit)")
             self.in_flight += 1
             self.metrics.in_flight.set(self.in_flight)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from starlette.requests import Request
@@ -52,6 +53,7 @@ def request(
     headers=(),
     stall=None,
     on_receive=None,
+    client=("127.0.0.1", 50000),
 ):
     """A POST /v1/classify ASGI request whose body arrives in `parts`; with `stall` (an Event) the
     body stops after its parts until the event is set; a part None is the client leaving;
@@ -73,7 +75,7 @@ def request(
         "query_string": query.encode(),
         "headers": raw,
         "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
+        "client": client,
     }
 
     async def receive():
@@ -259,6 +261,38 @@ def test_the_in_flight_limit():
     assert counted(router, "edge_router_in_flight") == 0
     assert counted(router, "edge_router_shed_total", limit="in_flight") == 1
     assert counted(router, "edge_router_requests_total", status="503") == 1
+
+
+def test_a_connection_back_before_its_retry_after_waits_it_out():
+    """At the limit, a connection told to retry after 1 s that asks again at once is answered only
+    when the second is up: 503 if the router is still full, its answer if a slot freed meanwhile.
+    Another connection's first request is still shed at once."""
+
+    async def timed(router, client):
+        started = time.monotonic()
+        r = await asyncio.wait_for(router.classify(request([b"x"], client=client)), 5.0)
+        return r.status_code, time.monotonic() - started
+
+    async def scenario():
+        release = asyncio.Event()
+        router = make_router(FakeDecider(release=release), max_in_flight=1, retry_after_s=1)
+        held = asyncio.create_task(router.classify(request([b"0"], client=("10.0.0.9", 1))))
+        await until(lambda: router.in_flight == 1)
+        a, b = ("10.0.0.1", 4000), ("10.0.0.2", 4000)
+        told = await timed(router, a)
+        again = await timed(router, a)  # 1 s after the first: the wait is over, still full
+        other = await timed(router, b)
+        freed = asyncio.create_task(timed(router, b))  # back at once: waits, and a slot frees
+        await asyncio.sleep(0.3)
+        release.set()
+        await held
+        return told, again, other, await freed
+
+    told, again, other, freed = asyncio.run(scenario())
+    assert told[0] == 503 and told[1] < 0.5
+    assert again[0] == 503 and 0.8 < again[1] < 1.5
+    assert other[0] == 503 and other[1] < 0.5
+    assert freed[0] == 200 and 0.8 < freed[1] < 1.5
 
 
 def test_one_request_at_the_limit_is_answered_and_the_next_waits_its_turn():
