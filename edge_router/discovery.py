@@ -178,14 +178,7 @@ class Discovery:
     def _http(self, ep: Endpoint) -> requests.Session:
         """The endpoint's own session: its CA bundle and client certificate, if it has them."""
         if ep.name not in self._sessions:
-            session = requests.Session()
-            if ep.tls:
-                # requests lets REQUESTS_CA_BUNDLE override a session's own bundle (psf/requests
-                # #3829): this endpoint's CA must win, so the environment is not consulted
-                session.trust_env = False
-                for k, v in ep.tls.requests_options().items():
-                    setattr(session, k, v)
-            self._sessions[ep.name] = session
+            self._sessions[ep.name] = ep.tls.session() if ep.tls else requests.Session()
         return self._sessions[ep.name]
 
     def _models(self, ep: Endpoint) -> dict[str, str]:

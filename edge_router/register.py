@@ -58,12 +58,11 @@ def main(args: argparse.Namespace) -> dict:
         experts.check_expert_name(args.expert)
     eps = {role: endpoint(role, args) for role in ("edge", "cloud")}
     out: dict = {}
-    with requests.Session() as s:
-        for role, ep in eps.items():
+    for role, ep in eps.items():
+        # an HTTPS cloud: verified against its CA, never skipped
+        with ep.tls.session() if ep.tls else requests.Session() as s:
             model = experts.archive_name(role, args.expert) if args.expert else ""
             url, headers = f"{ep.management_url}/models", ep.auth("management")
-            s.trust_env = ep.tls is None  # else REQUESTS_CA_BUNDLE would override the CA (psf/requests#3829)
-            s.verify = ep.tls.ca_file if ep.tls else True  # an HTTPS cloud: verified, never skipped
             if args.action == "add":
                 params = {
                     "url": f"{model}.mar",

@@ -23,6 +23,8 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
+
 from core.errors import UserInputError
 
 
@@ -126,6 +128,28 @@ class ClientTls:
         if self.cert_file:
             out["cert"] = (self.cert_file, self.key_file)
         return out
+
+    def session(self) -> requests.Session:
+        """A `requests` session with this trust (`verified_session`)."""
+        return verified_session(**self.requests_options())
+
+
+def verified_session(
+    verify: str | bool = True, cert: tuple[str, str] | None = None, headers: dict | None = None
+) -> requests.Session:
+    """A `requests` session that verifies servers against `verify` (a CA bundle, or True for the
+    system's), presents `cert` if given, and sends `headers` with every request.
+
+    With a CA bundle or a certificate of its own, the session does not read the environment:
+    requests lets `REQUESTS_CA_BUNDLE` override a session's own bundle (psf/requests#3829), and
+    the CA the caller chose must win."""
+    session = requests.Session()
+    if headers:
+        session.headers.update(headers)
+    if verify is not True or cert:
+        session.trust_env = False
+        session.verify, session.cert = verify, cert
+    return session
 
 
 def plain_http_refused(url: str, tls: ClientTls | None) -> str | None:

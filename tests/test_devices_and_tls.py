@@ -261,3 +261,18 @@ def test_the_router_serves_https_on_asyncios_loop_with_small_ssl_buffers(tmp_pat
     https = make_server(router, tls=tls.ServerTls(str(server.cert), str(server.key)))
     assert https.config.loop == "asyncio" and https.config.ssl_certfile == str(server.cert)
     assert asyncio.sslproto.SSLProtocol.max_size == tls.TLS_READ_CHUNK_BYTES
+
+
+def test_a_session_with_its_own_ca_ignores_requests_ca_bundle(monkeypatch, tmp_path):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/elsewhere/bundle.pem")
+    url = "https://cloud.example/ping"
+
+    def verify_of(session):
+        return session.merge_environment_settings(url, {}, None, None, None)["verify"]
+
+    own = tls.verified_session(str(tmp_path / "ca.pem"), ("c.pem", "c.key"), {"X-Key": "k"})
+    assert verify_of(own) == str(tmp_path / "ca.pem")  # a plain session would take the variable's
+    assert own.cert == ("c.pem", "c.key") and own.headers["X-Key"] == "k"
+    assert verify_of(tls.verified_session()) == "/elsewhere/bundle.pem"  # the system's trust, as set
+    client = tls.ClientTls(str(tmp_path / "ca.pem"))
+    assert verify_of(client.session()) == str(tmp_path / "ca.pem")

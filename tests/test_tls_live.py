@@ -19,6 +19,7 @@ from benchmarks.lib.live import ROOT, LiveSystem
 from benchmarks.lib.live_parts import router_base_argv, wait_until_ready
 from core.imaging import encode_image
 from edge_router import pki
+from edge_router.tls import verified_session
 from edge_router.torchserve import Ports
 from tests.conftest import wait_for
 from tests.test_serving import images
@@ -229,9 +230,7 @@ def test_hostile_inputs_over_tls_get_4xx_never_5xx(system):
     seeds = [encode_image(im, rng.choice(["png", "jpeg"])) for im in images(6)]
     options = system.client_options()
     statuses = {}
-    with requests.Session() as s:
-        s.trust_env = False
-        s.verify, s.headers = options["verify"], {**s.headers, **options["headers"]}
+    with verified_session(options["verify"], options.get("cert"), options["headers"]) as s:
         for _ in range(150):
             body, params, headers = fuzz_router_case(rng, seeds)
             r = s.post(f"{system.url}/v1/classify", data=body, params=params, headers=headers, timeout=30)

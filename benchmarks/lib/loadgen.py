@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import requests
 
+from edge_router.tls import verified_session
+
 LOST = "lost"
 REFUSED = "refused"
 
@@ -112,11 +114,7 @@ class LoadClient:
             return True
 
     def _worker(self, k: int) -> None:
-        session = requests.Session()
-        session.headers.update(self.headers)
-        if self.verify is not True or self.cert:  # our CA beats REQUESTS_CA_BUNDLE (psf/requests#3829)
-            session.trust_env = False
-            session.verify, session.cert = self.verify, self.cert
+        session = verified_session(self.verify, self.cert, self.headers)
         i = k
         while not self._stop.is_set() and self._take():
             body, label = self.bodies[i % len(self.bodies)]

@@ -68,13 +68,12 @@ def client(plan: dict) -> dict:
 
     from benchmarks.reliability.system import test_images
     from core.imaging import encode_image
+    from edge_router.tls import verified_session
 
-    session = requests.Session()
     options = plan["options"]
-    if options:
-        session.trust_env = False  # the run's CA, not REQUESTS_CA_BUNDLE (psf/requests#3829)
-        session.verify = options["verify"]
-        session.headers.update(options["headers"])
+    session = (
+        verified_session(options["verify"], headers=options["headers"]) if options else requests.Session()
+    )
     bodies = [encode_image(im, "png") for im in test_images(8, seed=21)]
     cloud_ms, total_ms, degraded = [], [], 0
     for i in range(plan["n"] + 1):

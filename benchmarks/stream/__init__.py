@@ -25,6 +25,7 @@ import requests
 from core import distortions
 from core.cli import parse_wires, progress, write_json
 from core.errors import UserInputError
+from edge_router.tls import verified_session
 from training.datasets import DistortionPolicy, distorted_image, load_source
 
 DEFAULT_CELLS = (
@@ -115,9 +116,7 @@ def main(args: argparse.Namespace) -> dict:
         from benchmarks.lib.live_security import device_options
 
         options = device_options(args.security_dir)
-        session.trust_env = False  # the run's CA, not REQUESTS_CA_BUNDLE (psf/requests#3829)
-        session.verify, session.cert = options["verify"], options.get("cert")
-        session.headers.update(options["headers"])
+        session = verified_session(options["verify"], options.get("cert"), options["headers"])
     stop_at = time.time() + args.max_seconds
     rows, records = [], []
     for wire in wires:
