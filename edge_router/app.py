@@ -19,7 +19,8 @@ lives in `edge_router.decisions`; this module is the HTTP around it:
   store's `distortion_classifier.mar`); the expert's edge segments stay on the edge TorchServe.
 - **Bounded.** At most `max_in_flight` requests are answered at once; beyond that an immediate 503
   with `Retry-After` (a request counts once its body has arrived, so slow uploads cannot take the
-  slots). Request bodies need a `Content-Length` no larger than `max_body_bytes`, are
+  slots); a connection that comes back before its `Retry-After` is up waits out the rest first
+  (`edge_router.pacing`). Request bodies need a `Content-Length` no larger than `max_body_bytes`, are
   read as they arrive within `body_timeout_s`, and all bodies held at once stay under
   `max_buffered_bytes` (else 503 with `Retry-After`). A connection must deliver a request's
   headers within `header_timeout_s` of its first byte (or of connecting), whatever it trickles:
