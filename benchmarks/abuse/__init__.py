@@ -21,8 +21,10 @@ Scenarios (counts at `--scale 1`; every count is multiplied by the scale and rou
 - **partial_uploads**: 1,000 connections POST with `Content-Length` at the body limit, send the
   first 64 KB and stall (a router that buffers bodies whole, or reserves them up front, grows by
   the declared sizes);
-- **overload_burst**: 64 + `--max-in-flight` keep-alive clients POST the image as fast as they can;
-  every answer must be 200 or 503 (a 503 with `Retry-After`).
+- **overload_burst**: 64 + `--max-in-flight` keep-alive clients POST the image as fast as they can,
+  ignoring `Retry-After`, from a process of their own (so that the control's clock does not
+  include waits for this process's GIL); every answer must be 200 or 503 (a 503 with
+  `Retry-After`).
 
 An abuse socket that the router closes is a defence, not an error: it is counted in
 `dropped_by_server`. `without_answer` counts the control requests (and the burst's requests) that

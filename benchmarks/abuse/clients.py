@@ -1,5 +1,6 @@
 """The abusers of `benchmarks.abuse`: `SocketFlood` (many non-blocking sockets in one selectors
-loop, each playing a `SocketPlan`), `Burst` (keep-alive clients POSTing back to back) and the open-file
+loop, each playing a `SocketPlan`), `Burst` (keep-alive clients POSTing back to back, from a
+process of their own) and the open-file
 limit they need (`raise_fd_limit`)."""
 
 from __future__ import annotations
