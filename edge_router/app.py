@@ -64,6 +64,7 @@ from edge_router.metrics import CONTENT_TYPE, Metrics
 from edge_router.options import Defaults, RouterError, parse_query
 from edge_router.pacing import RetryAfterPacing
 from edge_router.tls import ServerTls, bound_tls_incoming, bound_tls_read_buffers
+from edge_router.tokens import with_fresh_token
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,18 @@ class HttpUpstream:
         timeout = aiohttp.ClientTimeout(
             total=timeout_s, sock_connect=min(self.config.connect_timeout_s, timeout_s)
         )
-        try:
+
+        async def send(auth: dict[str, str]) -> Reply:
             async with self.session.post(
                 f"{self.edge.inference_url}/predictions/{model}",
                 data=body,
-                headers={**self.edge.auth("inference"), **headers},
+                headers={**auth, **headers},
                 timeout=timeout,
             ) as r:
                 return Reply(r.status, r.headers, await r.read())
+
+        try:
+            return await with_fresh_token(self.edge, send)
         except TimeoutError:
             raise UpstreamTimeout() from None
         except aiohttp.ClientError as exc:

@@ -30,6 +30,7 @@ from edge_router.adaptive import LinkEstimates
 from edge_router.decisions import Reply, UpstreamTimeout, UpstreamUnreachable
 from edge_router.discovery import Catalogue, Endpoint
 from edge_router.tls import reason as tls_reason
+from edge_router.tokens import with_fresh_token
 
 log = logging.getLogger(__name__)
 
@@ -269,11 +270,15 @@ class CloudUpstream:
         if why := ep.refusal():
             raise UpstreamUnreachable(why)
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(self.connect_timeout_s, timeout_s))
-        try:
+
+        async def send(auth: dict[str, str]) -> Reply:
             async with session.post(
-                url, data=body, headers={**ep.auth("inference"), **headers}, timeout=timeout, ssl=ep.ssl()
+                url, data=body, headers={**auth, **headers}, timeout=timeout, ssl=ep.ssl()
             ) as r:
-                reply = Reply(r.status, r.headers, await r.read())
+                return Reply(r.status, r.headers, await r.read())
+
+        try:
+            reply = await with_fresh_token(ep, send)
         except TimeoutError:
             raise UpstreamTimeout() from None
         except (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError) as exc:

@@ -1,7 +1,10 @@
 """edge_router.tokens: the router keeps TorchServe's expiring tokens valid (no server here)."""
 
+import asyncio
 import json
 import os
+import time
+import types
 
 import pytest
 
@@ -134,3 +137,61 @@ def test_no_api_key_or_no_management_url_renews_nothing(tmp_path):
     write(path, expires=T0 + 1)
     server = FakeTorchServe(path, clock)
     assert KeyFile(path, "", clock=clock).renew_due(server) == [] and server.calls == []
+
+
+# -- a request caught by a renewal ------------------------------------------------------------------
+class Sent:
+    """A TorchServe stand-in: accepts only `valid`'s current key; records the keys it was sent."""
+
+    def __init__(self, valid: list[str]):
+        self.valid, self.keys = valid, []
+
+    async def __call__(self, auth):
+        key = auth["Authorization"].removeprefix("Bearer ")
+        self.keys.append(key)
+        if key == self.valid[0]:
+            return types.SimpleNamespace(status=200, content=b"{}")
+        return types.SimpleNamespace(
+            status=400, content=b'{"message": "Token Authorization failed. Token ..."}'
+        )
+
+
+def endpoint(path):
+    keys = KeyFile(path)
+    return types.SimpleNamespace(keys=keys, auth=lambda kind: {"Authorization": f"Bearer {keys.token(kind)}"})
+
+
+def test_a_request_refused_for_a_renewed_key_is_sent_again_with_the_new_one(tmp_path):
+    path = tmp_path / "key_file.json"
+    write(path, inference="old")
+    ep = endpoint(path)
+    server = Sent(["new"])  # TorchServe has swapped the key in; the file follows 50 ms later
+
+    async def scenario():
+        async def renew():
+            await asyncio.sleep(0.05)
+            write(path, inference="new")
+
+        task = asyncio.create_task(renew())
+        reply = await tokens.with_fresh_token(ep, server)
+        await task
+        return reply
+
+    assert asyncio.run(scenario()).status == 200 and server.keys == ["old", "new"]
+
+
+def test_a_wrong_key_is_refused_once_and_other_answers_pass_through(tmp_path):
+    path = tmp_path / "key_file.json"
+    write(path, inference="wrong")
+    server = Sent(["right"])
+    started = time.monotonic()
+    reply = asyncio.run(tokens.with_fresh_token(endpoint(path), server))
+    assert reply.status == 400 and server.keys == ["wrong"]  # no new key appeared: not sent again
+    assert tokens.RENEWAL_WAIT_S <= time.monotonic() - started < 2
+    ok = Sent(["wrong"])
+    assert asyncio.run(tokens.with_fresh_token(endpoint(path), ok)).status == 200 and ok.keys == ["wrong"]
+    no_keys = types.SimpleNamespace(keys=None, auth=lambda kind: {"Authorization": "Bearer x"})
+    refusing = Sent(["y"])
+    assert asyncio.run(tokens.with_fresh_token(no_keys, refusing)).status == 400 and refusing.keys == ["x"]
+    assert not tokens.token_refused(400, b'{"message": "bad image"}')
+    assert not tokens.token_refused(200, tokens.TOKEN_REFUSED)
