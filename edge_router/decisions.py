@@ -43,6 +43,7 @@ from edge_router.options import (
     RouterError,
     check_image,
 )
+from edge_router.tokens import token_refused
 
 
 @dataclass
@@ -335,6 +336,9 @@ class Decider:
             raise RouterError(502, f"{step} unreachable" + (f": {why}" if why else "")) from None
         if reply.status == 404:
             raise RouterError(missing_status, f"{step}: {reply.reason()}")
+        if token_refused(reply.status, reply.content):
+            # the router's credentials were refused, not the device's image: a server-side failure
+            raise RouterError(502, f"{step} refused the router's token: {reply.reason()}")
         if 400 <= reply.status < 500:
             # the image or tensor was refused: pass the handler's one-line reason on
             raise RouterError(reply.status, f"{step}: {reply.reason()}")

@@ -187,6 +187,7 @@ def test_a_cloud_past_the_deadline_degrades_to_the_best_edge_branch(edge_step):
         (Reply(200, {}, b"<html>"), "cloud_error"),  # not JSON
         (json_reply(400, error="bad tensor"), "cloud_refused"),
         (json_reply(413, error="too big"), "cloud_refused"),
+        (json_reply(400, message="Token Authorization failed. Token expired"), "cloud_error"),
     ],
 )
 def test_a_failing_cloud_degrades(cloud_step, kind):
@@ -209,6 +210,7 @@ def test_a_cloud_model_that_went_away_degrades():
         (json_reply(404, message="Model not found"), 503),  # a discovered model went away
         (json_reply(415, error="not an image"), 415),  # the handler's refusal passes on
         (json_reply(400, error="threshold"), 400),
+        (json_reply(400, message="Token Authorization failed. Token either incorrect"), 502),
         (Reply(200, {}, b"not json"), 502),
         (json_reply(exited=True, exit=1), 502),  # JSON lacking the answer
         (Reply(200, {wire.HEADER_LENGTH: "9"}, b"{garbage}xx"), 502),  # a malformed tensor
