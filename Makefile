@@ -46,7 +46,7 @@ kserve: $(KSTAMP)
 MUTATION_STAMP := $(VENV)/.installed-mutation
 MUTATION_JOBS ?= $(shell nproc)
 MUTATION_MUTANTS := 'core.exits.*' 'core.wire.*' 'core.imaging.*' 'handlers.runtime.*' \
-  'edge_router.decisions.*' 'edge_router.options.*' \
+  'edge_router.decisions.*' 'edge_router.options.*' 'edge_router.pacing.*' \
   'edge_router.app.x?Router?classify__mutmut_*' 'edge_router.app.x?Router?_read_body__mutmut_*' \
   'edge_router.app.x?Router?_shed__mutmut_*' 'edge_router.app.x?Router?_error__mutmut_*' \
   'edge_router.app.x?ReceiptDeadlineProtocol?*' 'edge_router.app.x_make_server__mutmut_*'
