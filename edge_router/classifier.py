@@ -61,8 +61,9 @@ class LocalClassifier:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="classifier")
         self._large = threading.Lock()  # one decode above `large_pixels` at a time
 
-    def distortion(self, body: bytes) -> tuple[str, dict[str, float]]:
-        if declared_pixels(body) > self.large_pixels:
+    def distortion(self, body: bytes, pixels: int | None = None) -> tuple[str, dict[str, float]]:
+        """The class of an image body; `pixels`: its header's pixel count, when already read."""
+        if (declared_pixels(body) if pixels is None else pixels) > self.large_pixels:
             with self._large:
                 return self._distortion(body)
         return self._distortion(body)
@@ -72,9 +73,10 @@ class LocalClassifier:
 
     async def __call__(self, body: bytes) -> tuple[str, dict[str, float]]:
         try:
-            if len(body) <= self.inline_bytes and declared_pixels(body) <= self.inline_pixels:
-                return self.distortion(body)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self.distortion, body)
+            pixels = declared_pixels(body)
+            if len(body) <= self.inline_bytes and pixels <= self.inline_pixels:
+                return self.distortion(body, pixels)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.distortion, body, pixels)
         except ValueError as exc:  # an image whose header looked fine but does not decode
             raise RouterError(400, " ".join(str(exc).split())[:200]) from None
 

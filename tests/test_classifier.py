@@ -250,8 +250,24 @@ def test_fine_tuning_starts_from_the_init_checkpoint(tiny_checkpoint, fake_fashi
     other = tiny_classifier_args(
         fake_fashion_root, tmp_path / "x.pt", epochs=1, samples_per_epoch=64, extra=luma_only
     )
-    with pytest.raises(UserInputError, match="its spectra is"):
+    with pytest.raises(UserInputError, match="do not begin --spectra"):
         train_classifier.main(other)
+
+
+def test_a_spectrum_added_at_the_end_starts_silent():
+    """--init into a network with one more input spectrum: the first convolution keeps the
+    channels it knew and the new channel's weights start at zero, so the grown network answers
+    exactly as the old one did until training teaches it the new input."""
+    from training.classifier import widened
+
+    torch.manual_seed(0)
+    old = DistortionClassifier(ClassifierConfig(input_size=32, spectra=("luma", "chroma"))).eval()
+    grown = ClassifierConfig(input_size=32, spectra=("luma", "chroma", "luma_native"))
+    new = DistortionClassifier(grown).eval()
+    new.load_state_dict(widened(old.state_dict(), new.state_dict()))
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(new(x), old(x[:, :2]))
+    assert (new.features[0].weight[:, 2] == 0).all()
 
 
 def test_a_type_added_at_the_end_keeps_the_trained_rows(tiny_checkpoint, fake_fashion_root, tmp_path):
@@ -277,7 +293,7 @@ def test_a_type_added_at_the_end_keeps_the_trained_rows(tiny_checkpoint, fake_fa
     ):
         extra = ("--init", str(path), "--classes", listed)
         args = tiny_classifier_args(
-            fake_fashion_root, tmp_path / "w.pt", epochs=1, samples_per_epoch=32, extra=extra
+            fake_fashion_root, tmp_path / "w.pt", epochs=1, samples_per_epoch=64, extra=extra
         )
         if match is None:
             assert train_classifier.main(args)["class_names"] == listed.split(",")

@@ -60,6 +60,10 @@ def _in_process(module: str, argv: list[str]) -> int:
         (["training.train_classifier", "--jpeg-quality", "90-60"], "--jpeg-quality: expected a range"),
         (["training.train_classifier", "--jpeg-444-fraction", "-1"], "--jpeg-444-fraction must be"),
         (["training.train_classifier", "--bottleneck", "0"], "--bottleneck must be positive"),
+        (
+            ["training.train_classifier", "--samples-per-epoch", "32", "--batch-size", "64"],
+            "an epoch would train on nothing",
+        ),
         (["training.train_classifier", "--lossless-only", "gaussian_noise:7"], "7 is not a level"),
         (["training.route_bias", "--checkpoint", "/no/such.pt", "--out", "x.pt"], "not found"),
         (["training.route_bias", "--checkpoint", "x.pt", "--out", "y.pt", "--grid", "1:0:1"], "--grid"),

@@ -142,19 +142,19 @@ def test_motion_blur_smears_along_its_direction_only():
     stripes[::4] = 255  # horizontal lines
 
     def blur(angle):
-        kernel = distortions.motion_blur_kernel(9, angle)
+        kernel = distortions.motion_blur_kernel(11, angle)
         return cv2.filter2D(stripes, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
 
     assert np.abs(blur(0).astype(int) - stripes).max() <= 1  # motion along the lines: untouched
     assert blur(90).std() < 0.2 * stripes.std()  # motion across them: smeared flat
     # the registered function draws its angle from the generator it is given
     angle = float(np.random.default_rng(0).uniform(0, 180))
-    np.testing.assert_array_equal(distortions.apply(stripes, "motion_blur", 9, seed=0), blur(angle))
+    np.testing.assert_array_equal(distortions.apply(stripes, "motion_blur", 11, seed=0), blur(angle))
 
 
 def test_motion_blur_levels_and_fallback_are_data_of_its_entry():
     entry = distortions.get("motion_blur")
-    assert entry.levels == (5, 9, 13, 17, 21) and entry.fallback == "gaussian_blur"
+    assert entry.levels == (7, 11, 15, 21, 27) and entry.fallback == "gaussian_blur"
     assert distortions.fallbacks(("pristine", "gaussian_blur", "motion_blur")) == {
         "motion_blur": "gaussian_blur"
     }

@@ -144,3 +144,45 @@ def test_classifier_manifest_needs_one_input_channel_per_spectrum():
         d["preprocessing"]["spectra"] = bad
         with pytest.raises(ManifestError, match="spectra must be"):
             Manifest.from_dict(d)
+
+
+def test_native_spectrum_is_the_own_size_spectrum_with_every_bin_scaled_up():
+    """`luma_native` is the luma spectrum at the image's own size (after the resize to the
+    backbone's size), each bin a 3x3 block at three times that size: the blur's shape fills the
+    map instead of its middle third."""
+    from core.imaging import resize
+    from core.spectrum import native_spectrum
+
+    image = textured_image(4, 48)
+    own = spectrum(resize(image, 16))
+    channels = classifier_input(image, 48, image_size=16, spectra=("luma", "chroma", "luma_native"))
+    assert channels.shape == (3, 48, 48)
+    np.testing.assert_array_equal(channels[2], np.kron(own, np.ones((3, 3), np.float32)))
+    np.testing.assert_array_equal(channels[2], native_spectrum(resize(image, 16), 48))
+    # the upsampled luma spectrum keeps the same frequencies in its middle third only
+    assert not np.array_equal(channels[0], channels[2])
+
+
+def test_native_spectrum_tells_the_direction_of_a_motion_blur():
+    """Motion blur dims frequencies along its direction only: on the native spectrum of a
+    horizontally blurred image the horizontal frequencies are darker than the vertical ones;
+    Gaussian blur dims both alike."""
+    from core.spectrum import native_spectrum
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # white: every direction alike
+    kernel = distortions.motion_blur_kernel(11, 0.0)  # a horizontal line
+    import cv2
+
+    moved = cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    blurred = distortions.apply(image, "gaussian_blur", 2)
+
+    def along_and_across(img):
+        s = native_spectrum(img, 64)
+        c = 32
+        return s[c, c + 8 : c + 28].mean(), s[c + 8 : c + 28, c].mean()  # u axis, v axis
+
+    horizontal, vertical = along_and_across(moved)
+    assert horizontal < vertical - 0.1
+    horizontal, vertical = along_and_across(blurred)
+    assert abs(horizontal - vertical) < 0.05

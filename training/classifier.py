@@ -26,7 +26,7 @@ from torch import nn
 
 from core.distortions import DISTORTION_CLASSES
 from core.errors import UserInputError
-from core.spectrum import LEGACY_SPECTRA, SPECTRA, check_spectra, classifier_input
+from core.spectrum import DEFAULT_SPECTRA, LEGACY_SPECTRA, check_spectra, classifier_input
 from training.checkpoints import load_checkpoint
 
 
@@ -36,7 +36,7 @@ class ClassifierConfig:
     dropout: float = 0.5
     classes: tuple[str, ...] = DISTORTION_CLASSES
     image_size: int = 64  # side at which the training distortions were applied
-    spectra: tuple[str, ...] = SPECTRA  # input channels, in order (core.spectrum)
+    spectra: tuple[str, ...] = DEFAULT_SPECTRA  # input channels, in order (core.spectrum)
     bottleneck: int = 1  # channels of the 1x1 conv (CollabAR: 1)
 
     def __post_init__(self):
@@ -117,17 +117,23 @@ class DistortionClassifier(nn.Module):
 
 def initial_state(path: str | None, config: ClassifierConfig) -> tuple[dict, str] | None:
     """(state dict, run id) of the checkpoint at `path` (`train_classifier --init`), refused
-    unless its network matches `config`; its classes may be a prefix of `config`'s (`widened`)."""
+    unless its network matches `config`; its classes and its spectra may be a prefix of `config`'s
+    (`widened`)."""
     if path is None:
         return None
     payload = load_checkpoint(path, "distortion_classifier")
     theirs = ClassifierConfig.from_dict(payload["config"])
-    for field in ("input_size", "image_size", "spectra", "bottleneck"):
+    for field in ("input_size", "image_size", "bottleneck"):
         if getattr(theirs, field) != getattr(config, field):
             raise UserInputError(
                 f"--init {path}: its {field} is {getattr(theirs, field)}, "
                 f"this run's is {getattr(config, field)}"
             )
+    if config.spectra[: len(theirs.spectra)] != theirs.spectra:
+        raise UserInputError(
+            f"--init {path}: its spectra {', '.join(theirs.spectra)} do not begin --spectra "
+            f"{', '.join(config.spectra)} (spectra may only be added at the end)"
+        )
     if config.classes[: len(theirs.classes)] != theirs.classes:
         raise UserInputError(
             f"--init {path}: its classes {', '.join(theirs.classes)} do not begin --classes "
@@ -137,13 +143,20 @@ def initial_state(path: str | None, config: ClassifierConfig) -> tuple[dict, str
 
 
 def widened(init: dict, fresh: dict) -> dict:
-    """`init`, its output layer grown to `fresh`'s classes: the rows of the classes it knew keep
-    their trained weights, the added rows keep `fresh`'s initialisation."""
+    """`init`, grown to `fresh`'s classes and input channels. The output layer: the rows of the
+    classes it knew keep their trained weights, the added rows keep `fresh`'s initialisation. The
+    first convolution: the channels it knew keep their weights, an added spectrum's start at zero,
+    so the grown network answers as the old one did until training teaches it the new input."""
     out = dict(init)
     for key, new in fresh.items():
         old = init[key]
-        if old.shape != new.shape:  # the output layer's weight and bias: more rows
+        if old.shape == new.shape:
+            continue
+        if new.dim() == 4:  # the first convolution: more input channels
+            grown = torch.zeros_like(new)
+            grown[:, : old.shape[1]] = old
+        else:  # the output layer's weight and bias: more rows
             grown = new.clone()
             grown[: old.shape[0]] = old
-            out[key] = grown
+        out[key] = grown
     return out

@@ -33,7 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spectra",
         action="store_true",
-        help="add each tile's spectra (luma, then chroma; at the tile's size, not the classifier's)",
+        help="add each tile's spectra (every one in core.spectrum.SPECTRA, in that order; at the tile's "
+        "size, not the classifier's)",
     )
     p.add_argument("--out", default="demo_runs/distortions.png")
     return p

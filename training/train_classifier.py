@@ -30,7 +30,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 from core import distortions
 from core.cli import command_line, progress, run_cli
 from core.errors import UserInputError
-from core.spectrum import SPECTRA, parse_spectra
+from core.spectrum import DEFAULT_SPECTRA, parse_spectra
 from training.checkpoints import new_run_id, save_checkpoint
 from training.classifier import ClassifierConfig, DistortionClassifier, initial_state, widened
 from training.datasets import DistortedDataset, DistortionPolicy, load_source
@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--spectra",
-        default=",".join(SPECTRA),
+        default=",".join(DEFAULT_SPECTRA),
         help="comma-separated spectra the classifier sees, one input channel each: 'luma' "
         "(CollabAR's) and 'chroma' (tells fine detail from noise on whole frames; see README)",
     )
@@ -178,6 +178,11 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserInputError(f"--{name.replace('_', '-')} must be positive")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise UserInputError("--max-minutes must be positive")
+    if args.samples_per_epoch < args.batch_size:  # incomplete batches are dropped
+        raise UserInputError(
+            f"--samples-per-epoch {args.samples_per_epoch} is below --batch-size {args.batch_size}: "
+            "an epoch would train on nothing"
+        )
     args.spectra = parse_spectra(args.spectra)
     if args.input_size < 13:
         raise UserInputError("--input-size must be at least 13 for the classifier's convolutions")
