@@ -29,15 +29,17 @@ frequencies the image cannot contain; its minimum stays near zero whatever the n
 noise floor survives the scaling. The classifier's input size is therefore larger than the
 backbone's (see README, "Distortion classifier").
 
-`luma_native`: the luma spectrum at the image's own size (the backbone's, 64 px), each frequency
-bin scaled up to the input size by nearest neighbour. The upsampled spectra put all of a 64-px
-image's frequencies in the middle third of the map, and a Fashion-MNIST image (28 px upsampled)
-in the middle seventh: after the network's stride and two poolings that is a 3-4 cell patch of
-the bottleneck map, too coarse to see which way a blur runs. Motion blur and Gaussian blur differ
-exactly there (motion blur zeroes stripes across one direction and leaves the other alone;
-Gaussian blur dims every direction alike), and on this channel the same frequencies fill the map.
-Four-class training, same recipe, 6 epochs: motion blur 95.9-99.1 % per level with it, 89.9-95.4 %
-on luma and chroma alone (docs/adding-a-distortion.md).
+`luma_native` and `anisotropy`, for telling motion blur from Gaussian blur (not in the shipped
+networks yet). The upsampled spectra put all of a 64-px image's frequencies in the middle third of
+the map, and a Fashion-MNIST image's (28 px upsampled) in the middle seventh: after the network's
+stride and two poolings that is a 3-4 cell patch of the bottleneck map, too coarse to see which
+way a blur runs. `luma_native` is the luma spectrum at the image's own size (the backbone's 64
+px), each frequency bin scaled up to the input size, so the same frequencies fill the map.
+`anisotropy` is that spectrum minus itself turned by 90 degrees: motion blur zeroes stripes across
+one direction and leaves the other alone, Gaussian blur dims every direction alike, and the
+network's small filters cannot compare frequencies at right angles, far apart in the map, on their
+own. On a four-class network each lifted motion blur's and sigma-1 blur's accuracy by points
+(docs/adding-a-distortion.md, "Where motion blur stands").
 """
 
 from __future__ import annotations

@@ -186,3 +186,26 @@ def test_native_spectrum_tells_the_direction_of_a_motion_blur():
     assert horizontal < vertical - 0.1
     horizontal, vertical = along_and_across(blurred)
     assert abs(horizontal - vertical) < 0.05
+
+
+def test_quarter_turn_is_about_the_zero_frequency():
+    """On an even-sized centred spectrum the zero frequency sits at (n/2, n/2), half a bin off
+    the array's middle: the turn keeps it there and moves (u, v) to (-v, u)."""
+    from core.spectrum import anisotropy_spectrum, quarter_turn
+
+    n, c = 8, 4
+    s = np.zeros((n, n), np.float32)
+    s[c, c] = 1.0  # the zero frequency
+    s[c, c + 2] = 0.5  # u = 2, v = 0
+    turned = quarter_turn(s)
+    assert turned[c, c] == 1.0 and (turned[c + 2, c] == 0.5 or turned[c - 2, c] == 0.5)
+    assert np.count_nonzero(turned) == 2
+    np.testing.assert_array_equal(quarter_turn(quarter_turn(quarter_turn(quarter_turn(s)))), s)
+    # an image the same every way round has no anisotropy: the map sits at its neutral 0.5
+    yy, xx = np.mgrid[-16:16, -16:16]
+    disc = np.repeat(((np.hypot(yy, xx) < 8) * 200).astype(np.uint8)[..., None], 3, axis=2)
+    aniso = anisotropy_spectrum(disc, 64)
+    assert aniso.shape == (64, 64) and np.abs(aniso - 0.5).max() < 1e-5  # float32 DFT rounding
+    upright = np.zeros_like(disc)
+    upright[10:22, 12:20] = 200  # taller than wide: its spectrum is wider than tall
+    assert np.abs(anisotropy_spectrum(upright, 64) - 0.5).max() > 0.2

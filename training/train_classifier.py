@@ -63,8 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spectra",
         default=",".join(DEFAULT_SPECTRA),
-        help="comma-separated spectra the classifier sees, one input channel each: 'luma' "
-        "(CollabAR's) and 'chroma' (tells fine detail from noise on whole frames; see README)",
+        help="comma-separated spectra the classifier sees, one input channel each, in this order: "
+        "'luma' (CollabAR's), 'chroma' (tells fine detail from noise on whole frames; see README), "
+        "'luma_native' and 'anisotropy' (show which way a blur runs; core/spectrum.py)",
     )
     p.add_argument(
         "--photo-fraction",
