@@ -190,7 +190,8 @@ def classifier_input(
     image = resize(image, size)
     return np.stack(
         [
-            _OWN_SIZE_SPECTRUM_OF[name](own_size, size) if name in _OWN_SIZE_SPECTRUM_OF
+            _OWN_SIZE_SPECTRUM_OF[name](own_size, size)
+            if name in _OWN_SIZE_SPECTRUM_OF
             else _SPECTRUM_OF[name](image)
             for name in check_spectra(spectra)
         ]
