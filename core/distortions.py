@@ -7,7 +7,7 @@ option only. Gaussian noise: sigma in {5, 10, 20, 30, 40} on the 0-255 scale, dr
 per pixel and channel, added in floating point, then **clipped** to [0, 255] and rounded (the
 prototype's uint8 addition wrapped around).
 
-Motion blur: a straight line of 5, 9, 13, 17 or 21 pixels at an angle drawn from the generator,
+Motion blur: a straight line of 7, 11, 15, 21 or 27 pixels at an angle drawn from the generator,
 anti-aliased, reflected border (the blur of a shaking camera or a moving object; the levels come
 from the measured cost to the conventional model, `python -m training.level_curve`).
 

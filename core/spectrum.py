@@ -115,18 +115,19 @@ def chroma_spectrum(image: np.ndarray, size: int | None = None) -> np.ndarray:
 
 def native_spectrum(image: np.ndarray, size: int) -> np.ndarray:
     """The luma spectrum of `image` at its own size, each frequency bin scaled up to fill
-    `size x size` (nearest neighbour, so every bin keeps its value)."""
+    `size x size` (nearest neighbour, so every bin keeps its value; `classifier_input` brings the
+    image to the backbone's size first, smaller than the spectrum's)."""
     own = spectrum(image)
     return cv2.resize(own, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
 def quarter_turn(s: np.ndarray) -> np.ndarray:
-    """A centred square spectrum turned by 90 degrees about its zero frequency: the value at
-    frequency (u, v) moves to (-v, u). (np.rot90 turns about the array's middle, half a bin off
-    the zero frequency of an even-sized spectrum.)"""
-    n = s.shape[0]
+    """A centred square spectrum turned by 90 degrees about its zero frequency (at n // 2 after
+    fftshift): the value at frequency (u, v) moves to (v, -u). (np.rot90 turns about the array's
+    middle, half a bin off the zero frequency of an even-sized spectrum.)"""
+    n, c = s.shape[0], s.shape[0] // 2
     i, j = np.mgrid[0:n, 0:n]
-    return s[j, (n - i) % n]
+    return s[j, (2 * c - i) % n]
 
 
 def anisotropy_spectrum(image: np.ndarray, size: int) -> np.ndarray:

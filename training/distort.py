@@ -28,7 +28,7 @@ from core import distortions
 from core.cli import progress, run_cli
 from core.errors import UserInputError
 from core.imaging import encode_image
-from core.spectrum import SPECTRA, classifier_input, parse_spectra
+from core.spectrum import DEFAULT_SPECTRA, classifier_input, parse_spectra
 from training.datasets import DistortionPolicy, distorted_image, load_source
 
 
@@ -71,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--spectra",
-        default=",".join(SPECTRA),
+        default=",".join(DEFAULT_SPECTRA),
         help="with --classifier-set: comma-separated spectra, written side by side",
     )
     p.add_argument(

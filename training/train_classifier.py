@@ -125,9 +125,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init",
         default=None,
-        help="start from this classifier checkpoint (same input size and spectra) instead of a "
-        "random initialisation: fine-tuning. Its classes may be a prefix of --classes: the "
-        "output rows of the added types start from a fresh initialisation (a type added)",
+        help="start from this classifier checkpoint (same input size and bottleneck) instead of a "
+        "random initialisation: fine-tuning. Its classes may be a prefix of --classes (the output "
+        "rows of the added types start from a fresh initialisation) and its spectra a prefix of "
+        "--spectra (the added channels' weights start at zero)",
     )
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--samples-per-epoch", type=int, default=20000)
