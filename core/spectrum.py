@@ -117,7 +117,10 @@ def native_spectrum(image: np.ndarray, size: int) -> np.ndarray:
     """The luma spectrum of `image` at its own size, each frequency bin scaled up to fill
     `size x size` (nearest neighbour, so every bin keeps its value; `classifier_input` brings the
     image to the backbone's size first, smaller than the spectrum's)."""
-    own = spectrum(image)
+    return _scaled_up(spectrum(image), size)
+
+
+def _scaled_up(own: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(own, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
@@ -138,11 +141,13 @@ def anisotropy_spectrum(image: np.ndarray, size: int) -> np.ndarray:
     Gaussian blur dims both alike and leaves this map as the image's own content made it; motion
     blur dims one of each pair, so its stripes show up here. The network's filters are local and
     cannot compare frequencies far apart in the map themselves."""
-    own = spectrum(image)
+    return _scaled_up(_turn_difference(spectrum(image)), size)
+
+
+def _turn_difference(own: np.ndarray) -> np.ndarray:
     if own.shape[0] != own.shape[1]:
         raise ValueError(f"the anisotropy spectrum needs a square image, got {own.shape}")
-    turned = (0.5 + 0.5 * (own - quarter_turn(own))).astype(np.float32)
-    return cv2.resize(turned, (size, size), interpolation=cv2.INTER_NEAREST)
+    return (0.5 + 0.5 * (own - quarter_turn(own))).astype(np.float32)
 
 
 def parse_spectra(option: str, flag: str = "--spectra") -> tuple[str, ...]:
@@ -154,7 +159,8 @@ def parse_spectra(option: str, flag: str = "--spectra") -> tuple[str, ...]:
 
 
 _SPECTRUM_OF = {"luma": spectrum, "chroma": chroma_spectrum}  # of the image at the input size
-_OWN_SIZE_SPECTRUM_OF = {"luma_native": native_spectrum, "anisotropy": anisotropy_spectrum}
+# of the image at the backbone's size, from its luma spectrum (taken once for both)
+_FROM_OWN_SPECTRUM = {"luma_native": lambda own: own, "anisotropy": _turn_difference}
 
 
 def check_spectra(spectra: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -187,13 +193,14 @@ def classifier_input(
     image = to_rgb(image)
     if image_size is not None:
         image = resize(image, image_size)
-    own_size = image
-    image = resize(image, size)
+    names = check_spectra(spectra)
+    own = spectrum(image) if any(name in _FROM_OWN_SPECTRUM for name in names) else None
+    at_size = resize(image, size)
     return np.stack(
         [
-            _OWN_SIZE_SPECTRUM_OF[name](own_size, size)
-            if name in _OWN_SIZE_SPECTRUM_OF
-            else _SPECTRUM_OF[name](image)
-            for name in check_spectra(spectra)
+            _scaled_up(_FROM_OWN_SPECTRUM[name](own), size)
+            if name in _FROM_OWN_SPECTRUM
+            else _SPECTRUM_OF[name](at_size)
+            for name in names
         ]
     )
