@@ -270,6 +270,50 @@ def test_a_spectrum_added_at_the_end_starts_silent():
     assert (new.features[0].weight[:, 2] == 0).all()
 
 
+def test_a_hidden_layer_grown_from_a_linear_network_starts_silent(tmp_path):
+    """--init a linear network into one with a hidden layer: the hidden layer's output starts at
+    zero, so the grown network answers exactly as the old one did; once that output is non-zero it
+    counts in the logits (wired in), and the ONNX export carries it."""
+    from export.segments import check_parity, export_module
+    from training.classifier import widened
+
+    torch.manual_seed(0)
+    old = DistortionClassifier(ClassifierConfig(input_size=32, bottleneck=2)).eval()
+    new = DistortionClassifier(ClassifierConfig(input_size=32, bottleneck=2, hidden=8)).eval()
+    new.load_state_dict(widened(old.state_dict(), new.state_dict()))
+    x = torch.rand(4, 2, 32, 32)
+    torch.testing.assert_close(new(x), old(x))
+    with torch.no_grad():
+        new.mixer[-1].bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    torch.testing.assert_close(new(x), old(x) + torch.tensor([0.0, 5.0, 0.0]))
+    # the routing bias moves the sum, as the export's offsets expect
+    torch.testing.assert_close(new.with_logit_offsets([1.0, 0.0, 0.0])(x), new(x) + torch.tensor([1.0, 0, 0]))
+    export_module(new, x[:2], tmp_path / "c.onnx", input_name="spectrum", output_name="logits")
+    report, _ = check_parity(new, tmp_path / "c.onnx", x, is_logits=True, segment="c")
+    assert report.max_abs_diff < 1e-4
+    assert ClassifierConfig.from_dict(new.config.to_dict()).hidden == 8
+    legacy = old.config.to_dict()
+    del legacy["hidden"]  # a checkpoint from before the option
+    assert ClassifierConfig.from_dict(legacy).hidden == 0 and old.mixer is None
+    with pytest.raises(ValueError, match="hidden"):
+        DistortionClassifier(ClassifierConfig(hidden=-1))
+
+
+def test_init_grows_a_hidden_layer_but_never_resizes_one(tiny_checkpoint, fake_fashion_root, tmp_path):
+    path, _ = tiny_checkpoint
+
+    def train(init, hidden, out):
+        extra = ("--init", str(init), "--hidden", str(hidden))
+        return train_classifier.main(
+            tiny_classifier_args(fake_fashion_root, out, epochs=1, samples_per_epoch=64, extra=extra)
+        )
+
+    grown = train(path, 8, tmp_path / "h8.pt")
+    assert grown["config"]["hidden"] == 8 and "mixer.2.weight" in grown["state_dict"]
+    with pytest.raises(UserInputError, match="hidden layer has 8 units, this run's 4"):
+        train(tmp_path / "h8.pt", 4, tmp_path / "h4.pt")
+
+
 def test_a_type_added_at_the_end_keeps_the_trained_rows(tiny_checkpoint, fake_fashion_root, tmp_path):
     from training.classifier import widened
 

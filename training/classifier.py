@@ -8,6 +8,12 @@ bottleneck) the flattened map is 27x27 = 729, as in CollabAR; the input size and
 width B are parameters and the linear layer follows them. The reference prototype's port had no
 ReLU; CollabAR's has, and so does this one.
 
+Optionally (`hidden` > 0) a hidden layer beside that linear read-out: flatten -> dropout -> linear
+to H units -> ReLU -> linear to the classes, its logits added to the read-out's. The linear
+read-out can only add evidence band by band; telling a motion blur at a random angle from a
+Gaussian blur takes "one direction darkened, the one at right angles not", whichever direction
+that is, which a sum over bands cannot express (docs/adding-a-distortion.md).
+
 Why a wider bottleneck can be needed. Each position of the bottleneck map is one frequency band,
 and the linear layer adds the bands up. With one channel per band the network can only add
 evidence; a frame that arrives as JPEG needs it to weigh luma differently once the encoder has
@@ -38,6 +44,7 @@ class ClassifierConfig:
     image_size: int = 64  # side at which the training distortions were applied
     spectra: tuple[str, ...] = DEFAULT_SPECTRA  # input channels, in order (core.spectrum)
     bottleneck: int = 1  # channels of the 1x1 conv (CollabAR: 1)
+    hidden: int = 0  # units of a hidden layer beside the linear read-out (0: none, CollabAR's)
 
     def __post_init__(self):
         self.spectra = check_spectra(self.spectra)
@@ -61,6 +68,7 @@ class ClassifierConfig:
             image_size=int(d.get("image_size", d["input_size"])),
             spectra=tuple(d.get("spectra", LEGACY_SPECTRA)),  # checkpoints from before chroma
             bottleneck=int(d.get("bottleneck", 1)),  # checkpoints from before it was a parameter
+            hidden=int(d.get("hidden", 0)),  # checkpoints from before it was a parameter
         )
 
 
@@ -79,6 +87,8 @@ class DistortionClassifier(nn.Module):
             raise ValueError(f"input size {config.input_size} too small for the classifier")
         if config.bottleneck < 1:
             raise ValueError(f"bottleneck width must be at least 1, got {config.bottleneck}")
+        if config.hidden < 0:
+            raise ValueError(f"hidden units must be 0 or more, got {config.hidden}")
         self.config = config
         self.features = nn.Sequential(
             nn.Conv2d(len(config.spectra), 32, 3, stride=2),
@@ -98,6 +108,19 @@ class DistortionClassifier(nn.Module):
         # The narrow 1x1 conv feeds everything through a few ReLUs: a positive bias keeps them
         # from starting dead (a dead bottleneck collapses the classifier to one class).
         nn.init.constant_(self.features[5].bias, 0.1)
+        # The hidden layer's logits are added to the linear read-out's; its output layer starts
+        # at zero, so a network grown from a linear one answers as before until trained.
+        self.mixer = None
+        if config.hidden > 0:
+            self.mixer = nn.Sequential(
+                nn.Flatten(),
+                nn.Dropout(config.dropout),
+                nn.Linear(config.bottleneck * side * side, config.hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(config.hidden, len(config.classes)),
+            )
+            nn.init.zeros_(self.mixer[-1].weight)
+            nn.init.zeros_(self.mixer[-1].bias)
 
     def with_logit_offsets(self, offsets) -> DistortionClassifier:
         """A copy whose output layer adds `offsets` (one per class) to the logits: the network with
@@ -112,13 +135,15 @@ class DistortionClassifier(nn.Module):
         return self.features[:6](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        bands = self.features(x)
+        logits = self.head(bands)
+        return logits if self.mixer is None else logits + self.mixer(bands)
 
 
 def initial_state(path: str | None, config: ClassifierConfig) -> tuple[dict, str] | None:
     """(state dict, run id) of the checkpoint at `path` (`train_classifier --init`), refused
-    unless its network matches `config`; its classes and its spectra may be a prefix of `config`'s
-    (`widened`)."""
+    unless its network matches `config`; its classes and its spectra may be a prefix of `config`'s,
+    and a network without a hidden layer may grow one (`widened`)."""
     if path is None:
         return None
     payload = load_checkpoint(path, "distortion_classifier")
@@ -129,6 +154,10 @@ def initial_state(path: str | None, config: ClassifierConfig) -> tuple[dict, str
                 f"--init {path}: its {field} is {getattr(theirs, field)}, "
                 f"this run's is {getattr(config, field)}"
             )
+    if theirs.hidden not in (0, config.hidden):
+        raise UserInputError(
+            f"--init {path}: its hidden layer has {theirs.hidden} units, this run's {config.hidden}"
+        )
     if config.spectra[: len(theirs.spectra)] != theirs.spectra:
         raise UserInputError(
             f"--init {path}: its spectra {', '.join(theirs.spectra)} do not begin --spectra "
@@ -146,9 +175,13 @@ def widened(init: dict, fresh: dict) -> dict:
     """`init`, grown to `fresh`'s classes and input channels. The output layer: the rows of the
     classes it knew keep their trained weights, the added rows keep `fresh`'s initialisation. The
     first convolution: the channels it knew keep their weights, an added spectrum's start at zero,
-    so the grown network answers as the old one did until training teaches it the new input."""
+    so the grown network answers as the old one did until training teaches it the new input. A
+    hidden layer `init` lacks keeps `fresh`'s initialisation (its output starts at zero)."""
     out = dict(init)
     for key, new in fresh.items():
+        if key not in init:  # a hidden layer added
+            out[key] = new
+            continue
         old = init[key]
         if old.shape == new.shape:
             continue

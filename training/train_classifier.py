@@ -117,6 +117,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "against chroma evidence per frequency band",
     )
     p.add_argument(
+        "--hidden",
+        type=int,
+        default=0,
+        help="units of a hidden layer beside the linear read-out (0: none, CollabAR's): it lets the "
+        "network combine frequency bands, e.g. a drop along one direction only (motion blur at a "
+        "random angle); a checkpoint without one (--init) grows it, answering as before at first",
+    )
+    p.add_argument(
         "--classes",
         default=",".join(distortions.DISTORTION_CLASSES),
         help="comma-separated distortion types the classifier tells apart, in output order (each "
@@ -279,6 +287,7 @@ def main(args: argparse.Namespace) -> dict:
         image_size=args.image_size,
         spectra=args.spectra,
         bottleneck=args.bottleneck,
+        hidden=args.hidden,
         classes=args.classes,
     )
     val_loader = DataLoader(val_set, batch_size=256, num_workers=args.workers)
