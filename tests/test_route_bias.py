@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from core.distortions import DISTORTION_CLASSES
 from core.errors import UserInputError
 from training import route_bias
 
@@ -77,12 +78,14 @@ def test_the_shipped_jpeg_network_records_its_bias():
     from training.checkpoints import load_checkpoint
 
     path = Path(__file__).resolve().parent.parent / "models/torch/classifier_jpeg.pt"
-    record = load_checkpoint(path, "distortion_classifier")["route_bias"]
+    payload = load_checkpoint(path, "distortion_classifier")
+    record, shipped_classes = payload["route_bias"], payload["config"]["classes"]
+    assert shipped_classes == list(DISTORTION_CLASSES)  # the shipped network answers every routed type
     assert record["command"].startswith("python -m training.route_bias")
     assert record["mean_cost_points"]["after"] <= record["mean_cost_points"]["before"]
-    assert set(record["offsets"]) == set(CLASSES) and record["offsets"]["pristine"] == 0.0
+    assert set(record["offsets"]) == set(shipped_classes) and record["offsets"]["pristine"] == 0.0
     band = record["low_quality"]  # JPEG bodies below a quality: offsets of their own, on top
-    assert band["below"] == 85 and len(band["offsets"]) == len(CLASSES)
+    assert band["below"] == 85 and len(band["offsets"]) == len(shipped_classes)
     fit = record["low_quality_fit"]
     assert fit["wires"] and all(int(w.split(":")[1]) < band["below"] for w in fit["wires"])
     assert all(int(w.split(":")[1]) >= band["below"] for w in record["wires"])

@@ -131,10 +131,21 @@ def _table(rows: list[dict], wire: str, p_tar: float) -> list[str]:
     return lines
 
 
+def _type_axes():
+    """One panel per routed distortion type, side by side."""
+    types = distortions.DISTORTION_CLASSES[1:]
+    fig, axes = plt.subplots(1, len(types), figsize=(5 * len(types), 4), sharey=True, squeeze=False)
+    return fig, axes[0]
+
+
+def _level_unit(name: str) -> str:
+    return "kernel length, px" if name == "motion_blur" else "sigma"
+
+
 def plot_accuracy_vs_level(rows: list[dict], path: Path, p_tar: float = 0.8) -> None:
     """Overall accuracy per level, one line per model; the first wire solid, the others dashed."""
     wires = wires_of(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = _type_axes()
     for ax, name in zip(axes, distortions.DISTORTION_CLASSES[1:], strict=True):
         for wire, style in zip(wires, ("-", "--", ":", "-."), strict=False):
             idx = _index(rows, wire)
@@ -148,7 +159,7 @@ def plot_accuracy_vs_level(rows: list[dict], path: Path, p_tar: float = 0.8) -> 
                     tag = label if len(wires) == 1 else f"{label}, {wire}"
                     ax.plot(*zip(*pts, strict=True), style, color=color, marker=marker, label=tag)
         ax.set_title(name.replace("_", " "))
-        ax.set_xlabel("sigma (0 = pristine)")
+        ax.set_xlabel(f"{_level_unit(name)} (0 = pristine)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"overall accuracy at p_tar {p_tar}")
     axes[0].legend(fontsize=6 if len(wires) > 1 else 8)
@@ -161,7 +172,7 @@ def plot_p_edge_vs_ptar(rows: list[dict], path: Path) -> None:
     """P(edge) against p_tar on the first wire (lossless when it was evaluated)."""
     idx = _index(rows, wires_of(rows)[0])
     p_tars = sorted({float(r["p_tar"]) for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = _type_axes()
     for ax, name in zip(axes, distortions.DISTORTION_CLASSES[1:], strict=True):
         levels = _levels(name)
         for level, style in zip(
@@ -177,7 +188,7 @@ def plot_p_edge_vs_ptar(rows: list[dict], path: Path) -> None:
                         style,
                         color=color,
                         marker=marker,
-                        label=f"{label}, sigma {level:g}",
+                        label=f"{label}, {_level_unit(name)} {level:g}",
                     )
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("p_tar")
