@@ -42,6 +42,7 @@ class Distortion:
     it to an expert named after it. `fallback`: the type whose expert answers when this type's own
     expert is not registered (written into the classifier's manifest at export, so the router
     follows data, not code); None falls back to nothing (503 when the expert is missing).
+    `unit`: what a level measures, for plots and tables.
     """
 
     name: str
@@ -49,6 +50,7 @@ class Distortion:
     fn: DistortionFn
     routed: bool = True
     fallback: str | None = None
+    unit: str = "sigma"
 
     def __call__(
         self, image: np.ndarray, level: float, rng: np.random.Generator | None = None, **options
@@ -67,7 +69,12 @@ REGISTRY: dict[str, Distortion] = {}
 
 
 def register(
-    name: str, *, levels: tuple[float, ...], routed: bool = True, fallback: str | None = None
+    name: str,
+    *,
+    levels: tuple[float, ...],
+    routed: bool = True,
+    fallback: str | None = None,
+    unit: str = "sigma",
 ) -> Callable[[DistortionFn], DistortionFn]:
     """Decorator: add `fn(image, level, rng, **options)` to the registry under `name`."""
 
@@ -76,7 +83,9 @@ def register(
             raise ValueError(f"distortion {name!r} registered twice")
         if fallback is not None and fallback not in REGISTRY:
             raise ValueError(f"distortion {name!r} falls back to {fallback!r}, which is not registered")
-        REGISTRY[name] = Distortion(name=name, levels=tuple(levels), fn=fn, routed=routed, fallback=fallback)
+        REGISTRY[name] = Distortion(
+            name=name, levels=tuple(levels), fn=fn, routed=routed, fallback=fallback, unit=unit
+        )
         return fn
 
     return wrap
@@ -163,7 +172,13 @@ def motion_blur_kernel(length: float, angle_deg: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-@register("motion_blur", levels=MOTION_BLUR_LENGTHS, routed=False, fallback="gaussian_blur")
+@register(
+    "motion_blur",
+    levels=MOTION_BLUR_LENGTHS,
+    routed=False,
+    fallback="gaussian_blur",
+    unit="kernel length, px",
+)
 def motion_blur(image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
     angle = float(rng.uniform(0.0, 180.0))
     out = cv2.filter2D(image, -1, motion_blur_kernel(level, angle), borderType=cv2.BORDER_REFLECT_101)

@@ -138,10 +138,6 @@ def _type_axes():
     return fig, axes[0]
 
 
-def _level_unit(name: str) -> str:
-    return "kernel length, px" if name == "motion_blur" else "sigma"
-
-
 def plot_accuracy_vs_level(rows: list[dict], path: Path, p_tar: float = 0.8) -> None:
     """Overall accuracy per level, one line per model; the first wire solid, the others dashed."""
     wires = wires_of(rows)
@@ -159,7 +155,7 @@ def plot_accuracy_vs_level(rows: list[dict], path: Path, p_tar: float = 0.8) -> 
                     tag = label if len(wires) == 1 else f"{label}, {wire}"
                     ax.plot(*zip(*pts, strict=True), style, color=color, marker=marker, label=tag)
         ax.set_title(name.replace("_", " "))
-        ax.set_xlabel(f"{_level_unit(name)} (0 = pristine)")
+        ax.set_xlabel(f"{distortions.get(name).unit} (0 = pristine)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"overall accuracy at p_tar {p_tar}")
     axes[0].legend(fontsize=6 if len(wires) > 1 else 8)
@@ -188,7 +184,7 @@ def plot_p_edge_vs_ptar(rows: list[dict], path: Path) -> None:
                         style,
                         color=color,
                         marker=marker,
-                        label=f"{label}, {_level_unit(name)} {level:g}",
+                        label=f"{label}, {distortions.get(name).unit} {level:g}",
                     )
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("p_tar")
