@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ def ort_session(path: str | Path, *, threads: int = 1) -> ort.InferenceSession:
 def export_module(
     module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str, output_name: str
 ) -> None:
-    """Export `module` (eval mode) with a dynamic batch axis as one self-contained ONNX file."""
+    """Export `module` (eval mode) with a dynamic batch axis as one self-contained ONNX file, without
+    the exporter's stack traces (`strip_stack_traces`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
@@ -59,6 +61,32 @@ def export_module(
             opset_version=OPSET,
             verbose=False,
         )
+    model = onnx.load(str(path))
+    strip_stack_traces(model)
+    onnx.save(model, str(path))
+
+
+# the exporter records, per node, the Python stack that made it: absolute paths of the machine and
+# checkout that exported, so the shipped bytes (and every hash recorded against them) would depend
+# on where the export ran. The other per-node records (module names, scopes) stay for debugging.
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def strip_stack_traces(model: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node stack traces, in place: in the main graph, every subgraph (If,
+    Loop, Scan bodies) and every local function the exporter emitted."""
+
+    def nodes(node_list):
+        for node in node_list:
+            yield node
+            for attr in node.attribute:
+                for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                    yield from nodes(sub.node)
+
+    for node in [*nodes(model.graph.node), *(n for f in model.functions for n in nodes(f.node))]:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 @dataclass

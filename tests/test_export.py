@@ -1,14 +1,24 @@
 """ONNX export: every segment of every expert, parity, manifests, a broken segment fails."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from core.experts import standard_experts
 from core.manifest import Manifest, ManifestError, check_pair
-from export.segments import ExportParityError, check_parity, export_module, ort_session
+from export.segments import (
+    STACK_TRACE_KEY,
+    ExportParityError,
+    check_parity,
+    export_module,
+    ort_session,
+    strip_stack_traces,
+)
 from training.early_exit import EXIT_NAMES
 
 EXPERTS = standard_experts()
@@ -90,6 +100,67 @@ def test_broken_segment_fails_parity(tmp_path):
         module[1].weight[0, 0] += 0.5  # the PyTorch model moved on: the ONNX file is now stale
     with pytest.raises(ExportParityError, match="head: ONNX differs"):
         check_parity(module, path, x, is_logits=True, segment="head")
+
+
+class _Scaled(torch.nn.Module):
+    """Defined here, so the exporter's stack traces would name this file's absolute path."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x) * 2.0
+
+
+def test_exported_bytes_name_no_path_of_the_machine(tmp_path, monkeypatch):
+    import export.segments as segments
+
+    paths = (Path(__file__).resolve().parents[1], Path(sys.prefix), Path(torch.__file__).parent)
+    raw, path = tmp_path / "raw.onnx", tmp_path / "scaled.onnx"
+    with monkeypatch.context() as m:  # the exporter as it is: it does write traces with paths
+        m.setattr(segments, "strip_stack_traces", lambda model: None)
+        export_module(_Scaled().eval(), torch.randn(2, 4), raw, input_name="x", output_name="logits")
+    assert str(paths[0]).encode() in raw.read_bytes()
+    export_module(_Scaled().eval(), torch.randn(2, 4), path, input_name="x", output_name="logits")
+    data = path.read_bytes()
+    for where in paths:
+        assert str(where).encode() not in data
+    keys = {p.key for node in onnx.load(str(path)).graph.node for p in node.metadata_props}
+    assert STACK_TRACE_KEY not in keys
+    assert "namespace" in keys  # only the traces go: the module names stay for debugging
+
+
+def test_stack_traces_go_from_subgraphs_and_functions():
+    from onnx import TensorProto, helper
+
+    def traced(node):
+        helper.set_metadata_props(node, {STACK_TRACE_KEY: "File /somewhere", "namespace": "kept"})
+        return node
+
+    branch = helper.make_graph(
+        [traced(helper.make_node("Identity", ["x"], ["y"]))],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    cond = traced(helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch))
+    func = helper.make_function(
+        "local", "f", ["a"], ["b"], [traced(helper.make_node("Relu", ["a"], ["b"]))], []
+    )
+    graph = helper.make_graph(
+        [cond],
+        "main",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, functions=[func])
+    strip_stack_traces(model)
+    nodes = [model.graph.node[0], *model.graph.node[0].attribute[0].g.node]
+    nodes += [*model.graph.node[0].attribute[1].g.node, *model.functions[0].node]
+    assert len(nodes) == 4
+    for node in nodes:
+        assert {p.key: p.value for p in node.metadata_props} == {"namespace": "kept"}
 
 
 def test_pipeline_matches_pytorch_and_answers_images(
