@@ -17,7 +17,7 @@ the model sees (resize first, then distort) and return a new array of the same s
 A new distortion is one function and one `@register(...)` line, then training commands
 (docs/adding-a-distortion.md):
 
-    @register("motion_blur", levels=MOTION_BLUR_LENGTHS, routed=False, fallback="gaussian_blur")
+    @register("motion_blur", levels=MOTION_BLUR_LENGTHS, fallback="gaussian_blur")
     def motion_blur(image, level, rng): ...
 """
 
@@ -172,13 +172,7 @@ def motion_blur_kernel(length: float, angle_deg: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-@register(
-    "motion_blur",
-    levels=MOTION_BLUR_LENGTHS,
-    routed=False,
-    fallback="gaussian_blur",
-    unit="kernel length, px",
-)
+@register("motion_blur", levels=MOTION_BLUR_LENGTHS, fallback="gaussian_blur", unit="kernel length, px")
 def motion_blur(image: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
     angle = float(rng.uniform(0.0, 180.0))
     out = cv2.filter2D(image, -1, motion_blur_kernel(level, angle), borderType=cv2.BORDER_REFLECT_101)

@@ -1,5 +1,6 @@
 """The Fourier spectra the distortion classifier sees (CollabAR, IPSN 2020, via the GLOBECOM 2021
-prototype), with the prototype's numerical bugs fixed, and a chroma spectrum beside CollabAR's.
+prototype), with the prototype's numerical bugs fixed, and three more beside CollabAR's: chroma,
+and two at the image's own size that show which way a blur runs.
 
 `luma`: gray (Rec.601 luma, in float32) -> 2-D DFT (OpenCV, float32) -> fftshift (zero frequency in
 the centre) -> log(1 + |F|) -> min-max to [0, 1], float32 HxW. `chroma`: the same for the joint
@@ -29,17 +30,17 @@ frequencies the image cannot contain; its minimum stays near zero whatever the n
 noise floor survives the scaling. The classifier's input size is therefore larger than the
 backbone's (see README, "Distortion classifier").
 
-`luma_native` and `anisotropy`, for telling motion blur from Gaussian blur (not in the shipped
-networks yet). The upsampled spectra put all of a 64-px image's frequencies in the middle third of
-the map, and a Fashion-MNIST image's (28 px upsampled) in the middle seventh: after the network's
-stride and two poolings that is a 3-4 cell patch of the bottleneck map, too coarse to see which
-way a blur runs. `luma_native` is the luma spectrum at the image's own size (the backbone's 64
-px), each frequency bin scaled up to the input size, so the same frequencies fill the map.
-`anisotropy` is that spectrum minus itself turned by 90 degrees: motion blur zeroes stripes across
-one direction and leaves the other alone, Gaussian blur dims every direction alike, and the
-network's small filters cannot compare frequencies at right angles, far apart in the map, on their
-own. On a four-class network each lifted motion blur's and sigma-1 blur's accuracy by points
-(docs/adding-a-distortion.md, "Where motion blur stands").
+`luma_native` and `anisotropy`, for telling motion blur from Gaussian blur (the shipped four-class
+networks read all four spectra). The upsampled spectra put all of a 64-px image's frequencies in
+the middle third of the map, and a Fashion-MNIST image's (28 px upsampled) in the middle seventh:
+after the network's stride and two poolings that is a 3-4 cell patch of the bottleneck map, too
+coarse to see which way a blur runs. `luma_native` is the luma spectrum at the image's own size
+(the backbone's 64 px), each frequency bin scaled up to the input size, so the same frequencies
+fill the map. `anisotropy` is that spectrum minus itself turned by 90 degrees: motion blur zeroes
+stripes across one direction and leaves the other alone, Gaussian blur dims every direction alike,
+and the network's small filters cannot compare frequencies at right angles, far apart in the map,
+on their own. On a four-class network each lifted motion blur's and sigma-1 blur's accuracy by
+points (docs/adding-a-distortion.md, "Motion blur, as it was added").
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ CR_ON_DIFFERENCES = (0.5, -0.081312)
 
 # The spectra a classifier can be trained on; a classifier's input channels follow this order.
 SPECTRA = ("luma", "chroma", "luma_native", "anisotropy")
-# What a new classifier is trained on unless told otherwise.
-DEFAULT_SPECTRA = ("luma", "chroma")
+# What a new classifier is trained on unless told otherwise (the shipped networks' input).
+DEFAULT_SPECTRA = SPECTRA
 # What a checkpoint or manifest that names none was trained on (CollabAR's single gray spectrum).
 LEGACY_SPECTRA = ("luma",)
 

@@ -24,10 +24,10 @@ class LocalClassifier:
     """The distortion classifier from its archive (`*.mar`) or an export folder.
 
     An image up to `inline_bytes` and `inline_pixels` is classified on the event loop itself (about
-    2 ms at 224 px with the luma spectrum alone, about 3 ms with luma and chroma; a hand-off to a
-    thread and back cost 0.5 ms more); a larger one, whose decoding could hold the loop for tens of
-    milliseconds, in a small thread pool. Pixels count as well as bytes: a flat PNG of 50 KB can
-    declare 4096 x 4096 pixels.
+    2 ms at 224 px with the luma spectrum alone, about 3 ms with luma and chroma, measured before
+    the four-spectrum network; a hand-off to a thread and back cost 0.5 ms more); a larger one,
+    whose decoding could hold the loop for tens of milliseconds, in a small thread pool. Pixels
+    count as well as bytes: a flat PNG of 50 KB can declare 4096 x 4096 pixels.
 
     Images above `large_pixels` are decoded one at a time. OpenCV's decoder holds twice the decoded
     image at its peak (its own buffer, then the array handed to Python): about 100 MB for a frame at

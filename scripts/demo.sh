@@ -5,7 +5,7 @@
 # a minute and a half on 2 cores:
 #   1. TorchServe archives built from the shipped exports,
 #   2. edge and cloud TorchServe instances and the edge router on loopback,
-#   3. a stream of 100 pristine, blurred and noisy test images per type and level through the
+#   3. a stream of 100 test images per routed type (pristine included) and level through the
 #      router, sent twice: as PNG and as JPEG quality 90 (how cameras send them, DEMO_WIRES to
 #      change), with a table of accuracy, routing, exits, offload rate and latency per wire and
 #      cell, and beside each live accuracy the value docs/results/accuracy.csv holds for the same
@@ -19,7 +19,7 @@
 # DEMO_MODELS serves another export instead of models/onnx (DEMO_EXPECTED= skips the comparison
 # with the CSV, which holds the shipped models' figures).
 # DEMO_TRAIN=1 (`make demo-train`, about 7 minutes) first trains demo-sized models on subsets
-# (a contact sheet of the distortions, classifier, conventional model, three experts, ONNX export
+# (a contact sheet of the distortions, classifier, conventional model, an expert per type, ONNX export
 # with parity checks) and serves those instead; their accuracy is not compared with the CSV.
 # DEMO_SECURITY=tls (or mtls) runs the whole system with its security on: a throwaway CA made at
 # start (demo_runs/run/security), the cloud TorchServe and the router on verified HTTPS, device
@@ -52,7 +52,7 @@ trap cleanup EXIT
 
 if [ "$TRAIN" = 1 ]; then
   MODELS="$OUT/exported"
-  step "training demo-sized models (DEMO_TRAIN=1): contact sheet, classifier, conventional model, three experts"
+  step "training demo-sized models (DEMO_TRAIN=1): contact sheet, classifier, conventional model, an expert per type"
   $PY -m training.preview --index 0 --spectra --out "$OUT/distortions.png"
   CK="$OUT/checkpoints"
   mkdir -p "$CK"
@@ -60,14 +60,16 @@ if [ "$TRAIN" = 1 ]; then
     --val-limit 1000 --val-photo-crops 400 --quiet --out "$CK/classifier.pt"
   $PY -m training.train_backbone --weights none --train-limit 8000 --val-limit 1000 --epochs 3 --cosine-t 3 \
     --batch-size 64 --lr-backbone 1e-3 --lr-heads 1e-3 --quiet --out "$CK/backbone.pt"
-  for d in pristine gaussian_blur gaussian_noise; do
+  routed=$($PY -c "from core.distortions import DISTORTION_CLASSES as c; print(' '.join(c))")  # fails the script if it fails
+  for d in $routed; do
     $PY -m training.train_expert --backbone "$CK/backbone.pt" --distortion "$d" --train-limit 4000 \
       --val-limit 1000 --epochs 2 --cosine-t 2 --batch-size 64 --lr-heads 1e-3 --quiet --out "$CK/expert_$d.pt"
   done
   $PY -m export --backbone "$CK/backbone.pt" --experts "$CK"/expert_*.pt --classifier "$CK/classifier.pt" \
     --parity-images 32 --out "$MODELS"
   EXPECTED=()
-  CELLS=(pristine:0 gaussian_blur:1 gaussian_blur:3 gaussian_blur:5 gaussian_noise:10 gaussian_noise:20 gaussian_noise:40)
+  CELLS=(pristine:0 gaussian_blur:1 gaussian_blur:3 gaussian_blur:5 gaussian_noise:10 gaussian_noise:20 gaussian_noise:40
+    motion_blur:11 motion_blur:27)
 else
   MODELS=${DEMO_MODELS:-models/onnx}
   [ -f "$MODELS/distortion_classifier.json" ] || { echo "error: no shipped models in $MODELS" >&2; exit 1; }

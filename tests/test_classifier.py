@@ -27,14 +27,16 @@ from training.photos import (
 
 
 @pytest.mark.parametrize("size,flat", [(64, 49), (224, 729), (32, 9)])
-@pytest.mark.parametrize("spectra", [("luma",), ("luma", "chroma")])
+@pytest.mark.parametrize(
+    "spectra", [("luma",), ("luma", "chroma"), ("luma", "chroma", "luma_native", "anisotropy")]
+)
 @pytest.mark.parametrize("bottleneck", [1, 4])
 def test_architecture_follows_input_size(size, flat, spectra, bottleneck):
     model = DistortionClassifier(ClassifierConfig(input_size=size, spectra=spectra, bottleneck=bottleneck))
     # 27 x 27 = 729 at 224 px with CollabAR's 1-channel bottleneck; one map per bottleneck channel
     assert model.head[-1].in_features == flat * bottleneck
     out = model(torch.rand(5, len(spectra), size, size))
-    assert out.shape == (5, 3)
+    assert out.shape == (5, 4)  # pristine, Gaussian blur, Gaussian noise, motion blur
     kinds = [type(m).__name__ for m in model.features]
     assert kinds == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d"]
     assert model.features[5].out_channels == bottleneck
@@ -80,11 +82,12 @@ def tiny_checkpoint(fake_fashion_root, tmp_path_factory):
 def test_training_learns_and_checkpoint_records_config(tiny_checkpoint):
     path, payload = tiny_checkpoint
     assert path.is_file()
-    assert payload["class_names"] == ["pristine", "gaussian_blur", "gaussian_noise"]
+    assert payload["class_names"] == ["pristine", "gaussian_blur", "gaussian_noise", "motion_blur"]
     assert payload["config"]["input_size"] == 32
+    assert payload["config"]["spectra"] == ["luma", "chroma", "luma_native", "anisotropy"]
     assert len(payload["history"]) >= 1 and payload["run_id"]
-    # 3 balanced classes: chance is 1/3; at least 12 of the 20 validation images right happens by
-    # chance about once in 80 runs (binomial), and blur and noise leave clear marks in the spectrum
+    # 4 balanced classes: chance is 1/4; at least 12 of the 20 validation images right happens by
+    # chance about once in 1,000 runs (binomial), and blur and noise leave clear marks in the spectrum
     assert payload["val_accuracy"] >= 0.6
 
 
@@ -112,11 +115,13 @@ def test_evaluation_writes_the_documented_json(tiny_checkpoint, fake_fashion_roo
     for wire, got in saved["wires"].items():
         assert got["accuracy"] == result["wires"][wire]["accuracy"] and 0 <= got["accuracy"] <= 1
         assert got["n"] == 60
-        assert set(got["per_level"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
+        assert set(got["per_level"]) == {"pristine", "gaussian_blur", "gaussian_noise", "motion_blur"}
         assert list(got["per_level"]["gaussian_noise"]) == ["5", "10", "20", "30", "40"]
+        assert list(got["per_level"]["motion_blur"]) == ["7", "11", "15", "21", "27"]
         matrix = got["confusion"]["matrix"]
+        assert len(matrix) == 4 and all(len(row) == 4 for row in matrix)
         assert sum(map(sum, matrix)) == 60
-        assert sum(matrix[k][k] for k in range(3)) / 60 == pytest.approx(got["accuracy"])
+        assert sum(matrix[k][k] for k in range(4)) / 60 == pytest.approx(got["accuracy"])
     assert saved["command"].startswith("python -m ")  # the command that made the file
 
 
@@ -155,7 +160,8 @@ def test_whole_frame_evaluation_reports_every_condition_and_photo(tiny_checkpoin
     frames = PhotoFrames("heldout", size=model.config.image_size)
     got = eval_classifier.evaluate_frames(model, frames, seed=1, quiet=True)
     conditions = [f"{name} {level:g}" for _, name, level in eval_classifier.cells(list(model.config.classes))]
-    assert len(conditions) == 11 and list(got["routing"]) == conditions
+    # pristine, then five levels each of Gaussian blur, Gaussian noise and motion blur
+    assert len(conditions) == 16 and list(got["routing"]) == conditions
     assert all(sum(counts.values()) == len(frames) for counts in got["routing"].values())
     assert set(got["per_photo"]) == set(got["files"]) and len(got["files"]) == len(frames)
     for photo in got["files"]:
@@ -281,13 +287,15 @@ def test_a_hidden_layer_grown_from_a_linear_network_starts_silent(tmp_path):
     old = DistortionClassifier(ClassifierConfig(input_size=32, bottleneck=2)).eval()
     new = DistortionClassifier(ClassifierConfig(input_size=32, bottleneck=2, hidden=8)).eval()
     new.load_state_dict(widened(old.state_dict(), new.state_dict()))
-    x = torch.rand(4, 2, 32, 32)
+    x = torch.rand(4, 4, 32, 32)  # the four default spectra
     torch.testing.assert_close(new(x), old(x))
     with torch.no_grad():
-        new.mixer[-1].bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
-    torch.testing.assert_close(new(x), old(x) + torch.tensor([0.0, 5.0, 0.0]))
+        new.mixer[-1].bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    torch.testing.assert_close(new(x), old(x) + torch.tensor([0.0, 5.0, 0.0, 0.0]))
     # the routing bias moves the sum, as the export's offsets expect
-    torch.testing.assert_close(new.with_logit_offsets([1.0, 0.0, 0.0])(x), new(x) + torch.tensor([1.0, 0, 0]))
+    torch.testing.assert_close(
+        new.with_logit_offsets([1.0, 0.0, 0.0, 0.0])(x), new(x) + torch.tensor([1.0, 0, 0, 0])
+    )
     export_module(new, x[:2], tmp_path / "c.onnx", input_name="spectrum", output_name="logits")
     report, _ = check_parity(new, tmp_path / "c.onnx", x, is_logits=True, segment="c")
     assert report.max_abs_diff < 1e-4
@@ -314,10 +322,16 @@ def test_init_grows_a_hidden_layer_but_never_resizes_one(tiny_checkpoint, fake_f
         train(tmp_path / "h8.pt", 4, tmp_path / "h4.pt")
 
 
-def test_a_type_added_at_the_end_keeps_the_trained_rows(tiny_checkpoint, fake_fashion_root, tmp_path):
+def test_a_type_added_at_the_end_keeps_the_trained_rows(fake_fashion_root, tmp_path):
     from training.classifier import widened
 
-    path, payload = tiny_checkpoint
+    # a classifier from before motion blur was routed: the three types it was trained on
+    path = tmp_path / "three.pt"
+    three = ("--classes", "pristine,gaussian_blur,gaussian_noise")
+    payload = train_classifier.main(
+        tiny_classifier_args(fake_fashion_root, path, epochs=1, samples_per_epoch=64, extra=three)
+    )
+    assert payload["class_names"] == ["pristine", "gaussian_blur", "gaussian_noise"]
     old = payload["state_dict"]
     fresh = {
         k: torch.full((v.shape[0] + 1, *v.shape[1:]), 7.0) if k.startswith("head.") else v

@@ -17,9 +17,9 @@ from core.manifest import Manifest, ManifestError
 from tests.conftest import textured_image
 from training.checkpoints import load_checkpoint, new_run_id, save_checkpoint
 
-BLUR, NOISE = 1, 2  # indices of gaussian_blur and gaussian_noise among the classes
+BLUR, NOISE = 1, 2  # indices of gaussian_blur and gaussian_noise among the four classes
 # the second network's low-quality band: below JPEG quality 85 its answers turn to gaussian_blur
-BAND = {"below": 85, "offsets": [0.0, 200.0, 0.0]}
+BAND = {"below": 85, "offsets": [0.0, 200.0, 0.0, 0.0]}
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +166,13 @@ def test_manifest_refuses_formats_that_do_not_name_each_network_once(two_network
     [
         {"png": BAND},  # no network is kept for png
         {"jpeg": {"below": 85}},
-        {"jpeg": {"below": 101, "offsets": [0, 0, 0]}},
-        {"jpeg": {"below": True, "offsets": [0, 0, 0]}},
-        {"jpeg": {"below": 85, "offsets": [0, 0]}},
-        {"jpeg": {"below": 85, "offsets": [0, "1", 0]}},
-        {"jpeg": {"below": 85, "offsets": [0, float("inf"), 0]}},
-        {"jpeg": {"below": 85, "offsets": [0, 0, 0], "above": 95}},
-        {"jpeg": [85, [0, 0, 0]]},
+        {"jpeg": {"below": 101, "offsets": [0, 0, 0, 0]}},
+        {"jpeg": {"below": True, "offsets": [0, 0, 0, 0]}},
+        {"jpeg": {"below": 85, "offsets": [0, 0, 0]}},  # one offset short of the four classes
+        {"jpeg": {"below": 85, "offsets": [0, "1", 0, 0]}},
+        {"jpeg": {"below": 85, "offsets": [0, float("inf"), 0, 0]}},
+        {"jpeg": {"below": 85, "offsets": [0, 0, 0, 0], "above": 95}},
+        {"jpeg": [85, [0, 0, 0, 0]]},
         [BAND],
     ],
 )
@@ -193,11 +193,14 @@ def test_the_band_rule():
 
 @pytest.mark.parametrize(
     "fallbacks",
-    [{"motion_blur": "gaussian_blur"}, {"gaussian_blur": "fog"}, {"gaussian_blur": "gaussian_blur"}],
+    [{"fog": "gaussian_blur"}, {"gaussian_blur": "fog"}, {"gaussian_blur": "gaussian_blur"}],
 )
 def test_manifest_refuses_fallbacks_outside_its_classes(two_network_export, fallbacks):
     d = json.loads((two_network_export[0] / "distortion_classifier.json").read_text())
-    assert "fallbacks" not in d  # this classifier's classes declare none among them
+    # the export writes the registry's table for the classifier's classes: motion blur's expert
+    # falls back to Gaussian blur's
+    assert d["fallbacks"] == {"motion_blur": "gaussian_blur"}
+    assert Manifest.from_dict(d).fallbacks == {"motion_blur": "gaussian_blur"}
     Manifest.from_dict({**d, "fallbacks": {"gaussian_noise": "gaussian_blur"}})  # a valid table
     with pytest.raises(ManifestError, match="fallbacks must map a class to another class"):
         Manifest.from_dict({**d, "fallbacks": fallbacks})

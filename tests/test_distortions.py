@@ -14,7 +14,13 @@ ALL_CELLS = [(name, level) for name, d in distortions.REGISTRY.items() for level
 def test_paper_levels():
     assert distortions.get("gaussian_blur").levels == (1, 2, 3, 4, 5)
     assert distortions.get("gaussian_noise").levels == (5, 10, 20, 30, 40)
-    assert distortions.DISTORTION_CLASSES == ("pristine", "gaussian_blur", "gaussian_noise")
+    assert distortions.get("motion_blur").levels == (7, 11, 15, 21, 27)
+    assert distortions.DISTORTION_CLASSES == (
+        "pristine",
+        "gaussian_blur",
+        "gaussian_noise",
+        "motion_blur",
+    )
 
 
 @pytest.mark.parametrize("sigma", [1, 2, 3, 4, 5])
@@ -114,8 +120,9 @@ def test_sample_is_uniform_over_types_then_levels():
     rng = np.random.default_rng(0)
     draws = [distortions.sample(rng) for _ in range(6000)]
     types = [t for t, _ in draws]
+    assert set(types) == set(distortions.DISTORTION_CLASSES)  # every routed type, motion blur too
     for name in distortions.DISTORTION_CLASSES:
-        assert abs(types.count(name) / len(draws) - 1 / 3) < 0.03
+        assert abs(types.count(name) / len(draws) - 1 / 4) < 0.03
     blur_levels = [lvl for t, lvl in draws if t == "gaussian_blur"]
     assert set(blur_levels) == {1, 2, 3, 4, 5}
     assert min(blur_levels.count(v) for v in range(1, 6)) > 0.15 * len(blur_levels)

@@ -45,7 +45,13 @@ def test_archive_names_that_are_not_ours():
 
 
 def test_standard_experts_are_the_training_recipe():
-    assert experts.standard_experts() == ("conventional", "pristine", "gaussian_blur", "gaussian_noise")
+    assert experts.standard_experts() == (
+        "conventional",
+        "pristine",
+        "gaussian_blur",
+        "gaussian_noise",
+        "motion_blur",
+    )
 
 
 def test_export_filed_by_manifest(exported):

@@ -247,7 +247,7 @@ def test_classifier_handler_and_wrong_role_refused(unpacked):
     out = h.handle([{"body": png(1)}, {"body": png(2, 20, "gaussian_noise")}], FakeContext("."))
     for body in out:
         probs = json.loads(body)["probabilities"]
-        assert set(probs) == {"pristine", "gaussian_blur", "gaussian_noise"}
+        assert set(probs) == {"pristine", "gaussian_blur", "gaussian_noise", "motion_blur"}
         assert abs(sum(probs.values()) - 1) < 1e-5
     with pytest.raises(RuntimeError, match="edge manifest"):
         started(CloudExpertHandler, unpacked["edge_pristine"])
@@ -262,8 +262,9 @@ def test_pipeline_from_archives_equals_pipeline_from_export(model_store, exporte
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_classifier_runtime_builds_the_input_its_manifest_names(exported, tiny_classifier, tmp_path, legacy):
-    """The exported classifier sees luma and chroma spectra; a manifest from before the chroma
-    spectrum (no `spectra`, a 1-channel model) is still served with the luma spectrum alone."""
+    """The exported classifier sees the four default spectra (luma, chroma, luma_native,
+    anisotropy); a manifest from before the chroma spectrum (no `spectra`, a 1-channel model) is
+    still served with the luma spectrum alone."""
     import torch
 
     from core.manifest import sha256_file
@@ -274,7 +275,8 @@ def test_classifier_runtime_builds_the_input_its_manifest_names(exported, tiny_c
 
     folder = exported[0]
     manifest = Manifest.load(folder / "distortion_classifier.json")
-    assert manifest.preprocessing["spectra"] == ["luma", "chroma"] and manifest.input.shape[1] == 2
+    four = ("luma", "chroma", "luma_native", "anisotropy")
+    assert manifest.preprocessing["spectra"] == list(four) and manifest.input.shape[1] == 4
     model, _ = load_classifier(tiny_classifier)
     if legacy:  # the same export, as the luma-only classifier of an earlier release would have it
         torch.manual_seed(0)
@@ -292,7 +294,7 @@ def test_classifier_runtime_builds_the_input_its_manifest_names(exported, tiny_c
         with pytest.raises(ManifestError, match="takes 1 input channels"):
             DistortionClassifierRuntime(Manifest.from_dict(d), folder)
     runtime = DistortionClassifierRuntime(manifest, folder)
-    assert runtime.spectra == model.config.spectra == (("luma",) if legacy else ("luma", "chroma"))
+    assert runtime.spectra == model.config.spectra == (("luma",) if legacy else four)
     images = [textured_image(i, 50) for i in range(3)]
     x = torch.from_numpy(np.stack([model.config.model_input(im) for im in images]))
     with torch.no_grad():

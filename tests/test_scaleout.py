@@ -45,7 +45,7 @@ def predictions_served(url: str) -> float:
 
 def test_offloads_over_two_replicas_equal_the_reference(system, model_store):
     experts = requests.get(f"{system.url}/v1/experts", timeout=10).json()
-    assert set(experts["experts"]) == {"pristine", "gaussian_blur", "gaussian_noise"}
+    assert set(experts["experts"]) == {"pristine", "gaussian_blur", "gaussian_noise", "motion_blur"}
     assert all(len(e["clouds"]) == 2 for e in experts["experts"].values())
     reference = Pipeline(model_store)
     ims = images(12)

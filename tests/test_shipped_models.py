@@ -27,7 +27,14 @@ RESULTS_WITH_ARTIFACTS = [
     ROOT / "docs/results/parity.json",
     ROOT / "docs/results/classifier.json",
 ]
-EXPERTS = ("pristine", "gaussian_blur", "gaussian_noise", "gaussian_blur_adapt_bn", "gaussian_noise_adapt_bn")
+EXPERTS = (
+    "pristine",
+    "gaussian_blur",
+    "gaussian_noise",
+    "motion_blur",
+    "gaussian_blur_adapt_bn",
+    "gaussian_noise_adapt_bn",
+)
 # checkpoint -> the manifest exported from it (the conventional model is the backbone checkpoint)
 CHECKPOINT_MANIFESTS = {
     "backbone.pt": "edge_conventional.json",

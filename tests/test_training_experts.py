@@ -142,15 +142,19 @@ def test_evaluate_writes_table_csv_and_plots(
     assert run["artifacts"]["sha256"] == export_file_hashes(exported[0])
     assert set(run["artifacts"]["checkpoints"]) == {str(backbone), str(tiny_classifier), *experts}
     rows = list(csv.DictReader(open(tmp_path / "accuracy.csv")))
-    assert len(rows) == 2 * 11 * 5 * 3  # wires x cells x p_tar x (conventional, oracle, routed)
-    assert {r["model"] for r in rows} == {"conventional", "expert_oracle", "expert_routed"}
-    assert [r["wire"] for r in rows[:: 11 * 5 * 3]] == ["png", "jpeg:90"] and run["wires"] == [
+    # per wire: 16 cells (pristine, five levels each of blur, noise and motion blur) x 5 p_tar x
+    # (conventional, oracle, routed), and motion blur's 5 cells x 5 p_tar on its fallback's expert
+    per_wire = 16 * 5 * 3 + 5 * 5
+    assert len(rows) == 2 * per_wire
+    assert {r["model"] for r in rows} == {"conventional", "expert_oracle", "expert_routed", "expert_fallback"}
+    assert {r["distortion"] for r in rows if r["model"] == "expert_fallback"} == {"motion_blur"}
+    assert [r["wire"] for r in rows[::per_wire]] == ["png", "jpeg:90"] and run["wires"] == [
         "png",
         "jpeg:90",
     ]
     # the same cell on the two wires: the same images, and JPEG changes what the models see
     cell = [(r["model"], r["distortion"], r["level"], r["p_tar"]) for r in rows]
-    assert cell[: 11 * 5 * 3] == cell[11 * 5 * 3 :]
+    assert cell[:per_wire] == cell[per_wire:]
     for r in rows:
         p_edge, overall = float(r["p_edge"]), float(r["overall_acc"])
         assert 0 <= p_edge <= 1 and 0 <= overall <= 1
@@ -171,7 +175,7 @@ def test_evaluate_writes_table_csv_and_plots(
         ]
         assert p == sorted(p, reverse=True)
     md = (tmp_path / "accuracy.md").read_text()
-    assert "| gaussian_blur | 3 |" in md and "ECE before" in md
+    assert "| gaussian_blur | 3 |" in md and "| motion_blur | 11 |" in md and "ECE before" in md
     assert "## Sent as png" in md and "## Sent as jpeg:90" in md
     assert (tmp_path / "accuracy_vs_level.png").stat().st_size > 1000
     assert (tmp_path / "p_edge_vs_ptar.png").stat().st_size > 1000

@@ -1,7 +1,8 @@
 """The distortion classifier: CollabAR's CNN on the Fourier spectrum (Liu et al., IPSN 2020).
 
 Input: one channel per spectrum in `config.spectra` (`core.spectrum`: CollabAR's luma spectrum,
-and the chroma spectrum that tells a detailed clean frame from a noisy one); then
+the chroma spectrum that tells a detailed clean frame from a noisy one, and two that show which
+way a blur runs); then
 conv 32@3x3 stride 2 -> ReLU -> conv 16@3x3 -> ReLU -> maxpool 2 -> conv B@1x1 -> ReLU ->
 maxpool 2 -> dropout -> linear to the distortion classes. At 224 px and B = 1 (CollabAR's
 bottleneck) the flattened map is 27x27 = 729, as in CollabAR; the input size and the bottleneck's

@@ -1,15 +1,14 @@
 """Train the distortion classifier on spectra of distorted images.
 
 Each sample is an image (Fashion-MNIST, or a random crop of a natural photo with probability
-`--photo-fraction`) with a uniformly random distortion class (pristine / gaussian_blur /
-gaussian_noise) at a uniformly random level of it, drawn anew every epoch, and arrives as a device
-would send it: lossless, or (`--jpeg-fraction`) after a JPEG round trip at a drawn quality and
-chroma subsampling. Validation uses a fixed
-draw over the Fashion-MNIST validation split and crops of the training photos (the held-out photos
-are kept for `training.eval_classifier`). Adam with a cosine learning-rate schedule,
-cross-entropy, early stopping on validation accuracy; the best epoch is saved (after every
-improvement, so an interrupted run leaves a usable checkpoint) with its config, class order and a
-run id.
+`--photo-fraction`) with a uniformly random distortion class (`--classes`, by default every routed
+type: pristine / gaussian_blur / gaussian_noise / motion_blur) at a uniformly random level of it,
+drawn anew every epoch, and arrives as a device would send it: lossless, or (`--jpeg-fraction`)
+after a JPEG round trip at a drawn quality and chroma subsampling. Validation uses a fixed draw over
+the Fashion-MNIST validation split and crops of the training photos (the held-out photos are kept
+for `training.eval_classifier`). Adam with a cosine learning-rate schedule, cross-entropy, early
+stopping on validation accuracy; the best epoch is saved (after every improvement, so an interrupted
+run leaves a usable checkpoint) with its config, class order and a run id.
 
     python -m training.train_classifier --out checkpoints/classifier.pt
 """

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmarks.lib import target
+from core import distortions
 from core.cli import progress, write_json
 from core.errors import UserInputError
 from core.experts import CLASSIFIER
@@ -59,11 +60,10 @@ from core.experts import CLASSIFIER
 if TYPE_CHECKING:
     from benchmarks.lib.live import LiveSystem
 
-CELLS = (
-    [("pristine", 0)]
-    + [("gaussian_blur", v) for v in (1, 2, 3, 4, 5)]
-    + [("gaussian_noise", v) for v in (5, 10, 20, 30, 40)]
-)
+# every level of every type the classifier routes (core.distortions.DISTORTION_CLASSES)
+CELLS = [("pristine", 0)] + [
+    (name, level) for name in distortions.DISTORTION_CLASSES[1:] for level in distortions.get(name).levels
+]
 RECORD_FIELDS = (
     "profile",
     "system",
@@ -83,13 +83,9 @@ RECORD_FIELDS = (
     "degraded",
     "correct",
 )
-EDGE_MODELS = ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise", "edge_conventional"]
-CLOUD_MODELS = [
-    "cloud_pristine",
-    "cloud_gaussian_blur",
-    "cloud_gaussian_noise",
-    "cloud_conventional",
-    "full_conventional",
+EDGE_MODELS = [f"edge_{name}" for name in (*distortions.DISTORTION_CLASSES, "conventional")]
+CLOUD_MODELS = [f"cloud_{name}" for name in (*distortions.DISTORTION_CLASSES, "conventional")] + [
+    "full_conventional"
 ]
 ROUTER_MODELS = [CLASSIFIER]  # run by the router itself, from the same model store
 DEFAULT_PROFILES = ("lan", "sao_paulo", "fremont", "paris")

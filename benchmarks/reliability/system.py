@@ -14,10 +14,11 @@ import psutil
 
 from benchmarks.lib.live import LiveSystem
 from core import wire
+from core.distortions import DISTORTION_CLASSES
 from core.experts import CLASSIFIER
 
-EDGE_MODELS = ["edge_pristine", "edge_gaussian_blur", "edge_gaussian_noise"]
-CLOUD_MODELS = ["cloud_pristine", "cloud_gaussian_blur", "cloud_gaussian_noise"]
+EDGE_MODELS = [f"edge_{name}" for name in DISTORTION_CLASSES]  # an expert per routed type
+CLOUD_MODELS = [f"cloud_{name}" for name in DISTORTION_CLASSES]
 ROUTER_MODELS = [CLASSIFIER]  # run by the router itself, from the same model store
 HUNG_S = 10.0
 NOT_SAMPLED_RSS = "not sampled: the existing deployment's processes are not this run's"

@@ -1,8 +1,9 @@
-"""What the classifier's input costs per image: luma spectrum alone vs luma and chroma, in process.
+"""What the classifier's input costs per image: luma alone, luma and chroma, the shipped spectra.
 
     python -m benchmarks.spectrum_cost --json docs/results/spectrum_cost.json
 
-Times, on one thread, `core.spectrum.classifier_input` with each set of spectra and the shipped
+Times, on one thread, `core.spectrum.classifier_input` with each set of spectra (luma; luma and
+chroma; the ones the shipped classifier reads, when they are others) and the shipped
 classifier end to end (`handlers.runtime.DistortionClassifierRuntime.probabilities`: spectra and
 the ONNX network), for a 64-px image and a 480-px frame, interleaved so that machine noise hits
 every variant alike; reports medians. The figures depend on how the allocator reuses the freed
@@ -57,8 +58,13 @@ def main(args: argparse.Namespace) -> dict:
         "spectra luma+chroma": lambda im: classifier_input(
             im, size, image_size=image_size, spectra=("luma", "chroma")
         ),
-        f"classifier ({'+'.join(runtime.spectra)})": lambda im: runtime.probabilities([im]),
     }
+    shipped = tuple(runtime.spectra)
+    if shipped not in (("luma",), ("luma", "chroma")):
+        variants[f"spectra {'+'.join(shipped)}"] = lambda im: classifier_input(
+            im, size, image_size=image_size, spectra=shipped
+        )
+    variants[f"classifier ({'+'.join(shipped)})"] = lambda im: runtime.probabilities([im])
     times: dict[str, dict[str, list[float]]] = {v: {k: [] for k in images} for v in variants}
     for _ in range(10):  # warm-up
         for fn in variants.values():

@@ -1,4 +1,4 @@
-"""Send a stream of pristine, blurred and noisy test images through the live router; print a table.
+"""Send a stream of distorted test images (every routed type) through the live router; print a table.
 
     python -m benchmarks.stream --router http://127.0.0.1:8000 --per-cell 30 --wires png jpeg:90
 
@@ -36,6 +36,8 @@ DEFAULT_CELLS = (
     "gaussian_noise:10",
     "gaussian_noise:20",
     "gaussian_noise:40",
+    "motion_blur:11",
+    "motion_blur:27",
 )
 
 
