@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core import distortions
 from core.cli import write_json
 
 SYSTEM_ORDER = ("cloud_only", "conventional", "edge_only", "expert")
@@ -154,8 +155,12 @@ def plots(rows, agg, profiles, folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = ("gaussian_blur", "gaussian_noise")
-    fig, axes = plt.subplots(len(profiles), 2, figsize=(11, 3.2 * len(profiles)), squeeze=False)
+    # a panel per distortion type the records hold, in registry order
+    present = {r["distortion"] for r in rows}
+    kinds = [name for name in distortions.REGISTRY if name != "pristine" and name in present]
+    fig, axes = plt.subplots(
+        len(profiles), len(kinds), figsize=(5.5 * len(kinds), 3.2 * len(profiles)), squeeze=False
+    )
     for i, p in enumerate(profiles):
         for j, kind in enumerate(kinds):
             ax = axes[i][j]
@@ -180,7 +185,7 @@ def plots(rows, agg, profiles, folder: Path) -> None:
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", label=system, color=COLORS[system])
             ax.set_title(f"{p}: {kind.replace('_', ' ')}")
-            ax.set_xlabel("sigma (0 = pristine)")
+            ax.set_xlabel(f"{distortions.get(kind).unit} (0 = pristine)")
             ax.set_ylabel("mean latency (ms)")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -264,7 +269,7 @@ def markdown(rows, agg, checks, profiles, folder: Path) -> None:
     if meta:
         lines += provenance_lines(meta, profiles)
     lines += [
-        "Distorted inputs (every blur and noise level pooled; p_tar 0.8 unless stated):",
+        "Distorted inputs (every distortion level pooled; p_tar 0.8 unless stated):",
         "",
         "| profile | system | p_tar | mean ms | p50 ms | p95 ms | accuracy % | offload % | errors |",
         "|---|---|---|---|---|---|---|---|---|",
