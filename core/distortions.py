@@ -199,3 +199,12 @@ def routed_classes() -> tuple[str, ...]:
 # checkpoint records its own class list (`training.classifier`), and the served classifier's
 # manifest carries it, so a model trained before a type was added keeps working.
 DISTORTION_CLASSES: tuple[str, ...] = routed_classes()
+
+
+def cells(classes: tuple[str, ...] | list[str] | None = None) -> list[tuple[str, float]]:
+    """(type, level) of every evaluated condition of `classes` (default `DISTORTION_CLASSES`):
+    pristine first (level 0), then every level of each other type in class order."""
+    names = DISTORTION_CLASSES if classes is None else classes
+    return [("pristine", 0)] + [
+        (name, level) for name in names if name != "pristine" for level in get(name).levels
+    ]

@@ -38,15 +38,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def conditions() -> list[tuple[str, float]]:
-    return [("pristine", 0)] + [
-        (name, level)
-        for name in distortions.DISTORTION_CLASSES
-        if name != "pristine"
-        for level in distortions.get(name).levels
-    ]
-
-
 def main(args: argparse.Namespace) -> dict:
     from training.datasets import DistortionPolicy, distorted_image, load_source
 
@@ -65,7 +56,7 @@ def main(args: argparse.Namespace) -> dict:
     size = pipeline.edge[names[0]].preprocessing.size
     table: dict[str, dict[str, float]] = {}
     offload: dict[str, dict[str, float]] = {}
-    for name, level in progress(conditions(), desc="conditions", quiet=args.quiet):
+    for name, level in progress(distortions.cells(), desc="conditions", quiet=args.quiet):
         policy = DistortionPolicy(fixed=(name, level), seed=31)
         images = [distorted_image(source, i, size, policy)[0] for i in range(len(source))]
         cell = f"{name} {level:g}"

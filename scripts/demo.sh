@@ -77,7 +77,7 @@ else
   [ -n "${DEMO_EXPECTED-docs/results/accuracy.csv}" ] || EXPECTED=()
   # every level of every type the shipped classifier routes (core.distortions.DISTORTION_CLASSES)
   read -r -a CELLS <<< "$($PY -c "from core import distortions as d
-print(' '.join(['pristine:0'] + [f'{n}:{v:g}' for n in d.DISTORTION_CLASSES[1:] for v in d.get(n).levels]))")"
+print(' '.join(f'{n}:{v:g}' for n, v in d.cells()))")"
 fi
 # the experts served: one per class of the classifier in $MODELS; and the types its manifest names
 # a fallback for (each is unplugged and plugged in again live in step 4)

@@ -190,12 +190,8 @@ def fallback_confusion(routes: dict, classes: list[str]) -> dict[str, float]:
 
 
 def cells(classes: list[str]) -> list[tuple[int, str, float]]:
-    """(class index, distortion, level) of every evaluated condition: pristine, then each level."""
-    out = []
-    for k, name in enumerate(classes):
-        for level in distortions.get(name).levels if name != "pristine" else (0,):
-            out.append((k, name, level))
-    return out
+    """(class index, distortion, level) of every evaluated condition (`core.distortions.cells`)."""
+    return [(classes.index(name), name, level) for name, level in distortions.cells(classes)]
 
 
 def evaluate_frames(

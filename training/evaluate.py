@@ -121,14 +121,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cells(classes=distortions.DISTORTION_CLASSES) -> list[tuple[str, float]]:
-    """(type, level) of every evaluated cell; the pristine image is level 0 of every type."""
-    out = [("pristine", 0)]
-    for name in [c for c in classes if c != "pristine"]:
-        out += [(name, level) for level in distortions.get(name).levels]
-    return out
-
-
 @torch.no_grad()
 def all_exit_logits(
     models: dict[str, tuple], loader: DataLoader, device: torch.device, desc: str | None
@@ -270,7 +262,11 @@ def main(args: argparse.Namespace) -> list[dict]:
     check_experts_cover(experts, classes)  # its cells: every level of every class it routes
 
     rows, exit_accuracy = [], {}
-    todo = [(w, c) for w in wires for c in (cells(classes) if args.cells == "all" else [("pristine", 0)])]
+    todo = [
+        (w, c)
+        for w in wires
+        for c in (distortions.cells(classes) if args.cells == "all" else [("pristine", 0)])
+    ]
     for wire, (name, level) in todo:
         policy = DistortionPolicy(fixed=(name, level), seed=args.seed)
         loader = engine.image_loader(

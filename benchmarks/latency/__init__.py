@@ -60,10 +60,7 @@ from core.experts import CLASSIFIER
 if TYPE_CHECKING:
     from benchmarks.lib.live import LiveSystem
 
-# every level of every type the classifier routes (core.distortions.DISTORTION_CLASSES)
-CELLS = [("pristine", 0)] + [
-    (name, level) for name in distortions.DISTORTION_CLASSES[1:] for level in distortions.get(name).levels
-]
+CELLS = distortions.cells()  # every level of every type the classifier routes
 RECORD_FIELDS = (
     "profile",
     "system",
